@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="moe_jax",
+    version="0.1.0",
+    description="Multilingual routing analysis of Mixture-of-Experts LLMs in JAX/Flax.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["moe_jax", "moe_jax.*"]),
+    package_data={"moe_jax": ["data/corpus/*", "data/corpus/**/*"]},
+    include_package_data=True,
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "safetensors>=0.4",
+        "orbax-checkpoint>=0.12",
+        "transformers>=4.57",
+        "tokenizers>=0.21",
+        "datasets>=3.0",
+        "absl-py>=2.0",
+        "ml-collections>=1.0",
+        "matplotlib>=3.8",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        # torch 2.13.0 exactly: the CPU wheel of that version is local on dev/CI machines;
+        # any other spec pulls GBs of CUDA packages.
+        "test": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5"],
+        "gpu": ["tokamax"],
+    },
+)
