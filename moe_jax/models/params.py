@@ -1,0 +1,152 @@
+"""The parameter tree of every family: shapes, logical sharding axes and random init.
+
+Layout (kernels are ``[in, out]`` so that ``y = x @ kernel``)::
+
+    {"embed": [vocab, hidden],
+     "layers": [  # one dict per decoder layer
+        {"attn_norm": {"scale": [hidden], "bias": [hidden] (LayerNorm only)},
+         "attn": {"q": {"kernel": [hidden, heads*head_dim], "bias"?},
+                  "k": {"kernel": [hidden, kv_heads*head_dim], "bias"?},
+                  "v": {"kernel": [hidden, kv_heads*head_dim], "bias"?},
+                  "o": {"kernel": [heads*head_dim, hidden], "bias"?},
+                  "q_norm": {"scale": [head_dim] | [heads*head_dim]}?,   # qk_norm "head" | "full"
+                  "k_norm": {"scale": [head_dim] | [kv_heads*head_dim]}?},
+         "mlp_norm": {...like attn_norm},
+         # MoE layer:
+         "moe": {"router": {"kernel": [hidden, experts]},
+                 "gate": [experts, hidden, width], "up": [experts, hidden, width],
+                 "down": [experts, width, hidden],
+                 "shared": {"gate": [hidden, s], "up": [hidden, s], "down": [s, hidden]}?,
+                 "shared_gate": {"kernel": [hidden, 1]}?},
+         # or a dense layer:
+         "mlp": {"gate": [hidden, dense], "up": [hidden, dense], "down": [dense, hidden]}},
+        ...],
+     "final_norm": {"scale": [hidden], "bias"?},
+     "lm_head": {"kernel": [hidden, vocab], "bias": [vocab]?}}   # absent when tied to embed
+
+Every leaf has a tuple of logical axis names (``logical_axes``) that ``moe_jax.sharding`` maps
+to mesh axes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from moe_jax.models.config import ModelConfig
+
+Spec = tuple[tuple[int, ...], tuple[str | None, ...]]  # (shape, logical axes)
+
+
+def _norm(cfg: ModelConfig) -> dict[str, Spec]:
+    d = {"scale": ((cfg.hidden_size,), ("embed",))}
+    if cfg.family.norm == "layer":
+        d["bias"] = ((cfg.hidden_size,), ("embed",))
+    return d
+
+
+def _linear(n_in: int, n_out: int, axes: tuple[str | None, str | None], bias: bool) -> dict[str, Spec]:
+    d = {"kernel": ((n_in, n_out), axes)}
+    if bias:
+        d["bias"] = ((n_out,), (axes[1],))
+    return d
+
+
+def _mlp(hidden: int, width: int) -> dict[str, Spec]:
+    return {"gate": ((hidden, width), ("embed", "mlp")),
+            "up": ((hidden, width), ("embed", "mlp")),
+            "down": ((width, hidden), ("mlp", "embed"))}
+
+
+def layer_spec(cfg: ModelConfig, layer: int) -> dict[str, Any]:
+    H, D = cfg.hidden_size, cfg.head_dim
+    q_out, kv_out = cfg.num_heads * D, cfg.num_kv_heads * D
+    attn = {
+        "q": _linear(H, q_out, ("embed", "heads"), cfg.qkv_bias),
+        "k": _linear(H, kv_out, ("embed", "kv_heads"), cfg.qkv_bias),
+        "v": _linear(H, kv_out, ("embed", "kv_heads"), cfg.qkv_bias),
+        "o": _linear(q_out, H, ("heads", "embed"), cfg.o_bias),
+    }
+    if cfg.family.qk_norm == "head":
+        attn["q_norm"] = {"scale": ((D,), (None,))}
+        attn["k_norm"] = {"scale": ((D,), (None,))}
+    elif cfg.family.qk_norm == "full":
+        attn["q_norm"] = {"scale": ((q_out,), ("heads",))}
+        attn["k_norm"] = {"scale": ((kv_out,), ("kv_heads",))}
+    spec: dict[str, Any] = {"attn_norm": _norm(cfg), "attn": attn, "mlp_norm": _norm(cfg)}
+    if cfg.moe_layers[layer]:
+        E, W = cfg.num_experts, cfg.expert_width
+        moe: dict[str, Any] = {
+            "router": {"kernel": ((H, E), ("embed", None))},
+            "gate": ((E, H, W), ("expert", "embed", "expert_mlp")),
+            "up": ((E, H, W), ("expert", "embed", "expert_mlp")),
+            "down": ((E, W, H), ("expert", "expert_mlp", "embed")),
+        }
+        if cfg.shared_expert_width:
+            moe["shared"] = _mlp(H, cfg.shared_expert_width)
+            moe["shared_gate"] = {"kernel": ((H, 1), ("embed", None))}
+        spec["moe"] = moe
+    else:
+        spec["mlp"] = _mlp(H, cfg.dense_width)
+    return spec
+
+
+def param_spec(cfg: ModelConfig) -> dict[str, Any]:
+    """Tree of ``(shape, logical_axes)`` leaves describing the full parameter tree."""
+    spec: dict[str, Any] = {
+        "embed": ((cfg.vocab_size, cfg.hidden_size), ("vocab", "embed")),
+        "layers": [layer_spec(cfg, i) for i in range(cfg.num_layers)],
+        "final_norm": _norm(cfg),
+    }
+    if not cfg.tie_word_embeddings:
+        spec["lm_head"] = _linear(cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), cfg.lm_head_bias)
+    return spec
+
+
+def _is_spec(x: Any) -> bool:
+    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], tuple) and isinstance(x[1], tuple)
+
+
+def map_spec(fn: Callable[[tuple[str, ...], Spec], Any], cfg: ModelConfig) -> dict[str, Any]:
+    """Maps ``fn(path, (shape, axes))`` over the spec tree, path being a tuple of key strings."""
+    def rec(node, path):
+        if _is_spec(node):
+            return fn(path, node)
+        if isinstance(node, dict):
+            return {k: rec(v, path + (k,)) for k, v in node.items()}
+        return [rec(v, path + (str(i),)) for i, v in enumerate(node)]
+    return rec(param_spec(cfg), ())
+
+
+def param_shapes(cfg: ModelConfig, dtype: Any = jnp.float32) -> dict[str, Any]:
+    """Tree of ``jax.ShapeDtypeStruct``."""
+    return map_spec(lambda _, s: jax.ShapeDtypeStruct(s[0], jnp.dtype(dtype)), cfg)
+
+
+def logical_axes(cfg: ModelConfig) -> dict[str, Any]:
+    """Tree of logical-axis-name tuples, same structure as the params."""
+    return map_spec(lambda _, s: s[1], cfg)
+
+
+def init_params(cfg: ModelConfig, seed: int = 0, dtype: Any = jnp.float32) -> dict[str, Any]:
+    """Random parameters (normal, std 0.02; norm scales near 1) as NumPy arrays, for demos and tests."""
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, s):
+        shape, _ = s
+        name = path[-1]
+        if name == "scale":
+            x = 1.0 + 0.1 * rng.standard_normal(shape)
+        elif name == "bias":
+            x = 0.02 * rng.standard_normal(shape)
+        else:
+            x = 0.02 * rng.standard_normal(shape)
+        return np.asarray(x, dtype=jnp.dtype(dtype))
+    return map_spec(leaf, cfg)
+
+
+def path_str(path: tuple[str, ...]) -> str:
+    return "/".join(path)

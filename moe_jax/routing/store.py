@@ -1,0 +1,142 @@
+"""The routing-statistics store: one directory, one ``.npz`` per language, one ``meta.json``.
+
+Layout::
+
+    <store>/meta.json          run metadata (model, checkpoint hash, dataset, tokenizer, template
+                               options, moe layer ids, code version, config fingerprint) and a
+                               per-language summary under "languages": {code: {...}}
+    <store>/<lang>.npz         arrays of one language (keys below)
+
+Arrays of ``<lang>.npz`` (N sequences, L MoE layers, E experts, k top-k):
+
+    seq_ids            [N]        str      aligned sentence ids (same order in every language)
+    seq_lengths        [N]        int32    tokens counted (padding and, optionally, template excluded)
+    seq_mean_probs     [N, L, E]  float32  mean over counted tokens of the FULL softmax (METHODS Eq. 1)
+    seq_topk_freq      [N, L, E]  float32  fraction of counted tokens whose top-k holds e (rows sum to k)
+    seq_token_entropy  [N, L]     float32  mean over counted tokens of the entropy of softmax(z) (nats)
+    topk_counts        [L, E]     int64    language total of top-k activations
+    gate_weight_sums   [L, E]     float64  language total of the routing weights given to e
+    token_totals       [L]        int64    counted tokens (same for every layer)
+    token_topk         [T, L, k]  int16    optional: per-token top-k experts of all counted tokens,
+                                           concatenated over sequences (T = sum seq_lengths)
+
+Writes are atomic (temp file + ``os.replace``): a language file either exists complete or not at
+all, so an interrupted run resumes at the first missing language.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Mapping
+
+import numpy as np
+
+FORMAT = "moe_jax.routing_store/1"
+META = "meta.json"
+REQUIRED_KEYS = ("seq_ids", "seq_lengths", "seq_mean_probs", "seq_topk_freq", "seq_token_entropy",
+                 "topk_counts", "gate_weight_sums", "token_totals")
+
+
+class StoreMismatchError(ValueError):
+    """The directory holds a store written for another model or configuration."""
+
+
+def _atomic_write(path: str, write_fn) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True, default=str).encode()))
+
+
+def lang_path(store: str, lang: str) -> str:
+    return os.path.join(store, f"{lang}.npz")
+
+
+def read_meta(store: str) -> dict[str, Any] | None:
+    p = os.path.join(store, META)
+    if not os.path.exists(p):
+        return None
+    with open(p) as f:
+        return json.load(f)
+
+
+def open_store(store: str, meta: Mapping[str, Any], *, fingerprint_keys: tuple[str, ...] = ("fingerprint",),
+               overwrite: bool = False) -> dict[str, Any]:
+    """Creates the store or checks that an existing one was written with the same fingerprint.
+
+    ``meta["fingerprint"]`` identifies model + data + options; a store with another fingerprint is
+    refused (``StoreMismatchError``) unless ``overwrite``, which deletes its language files first.
+    Returns the metadata now on disk.
+    """
+    old = read_meta(store)
+    meta = dict(meta, format=FORMAT)
+    meta.setdefault("languages", {})
+    if old is not None:
+        same = all(old.get(k) == meta.get(k) for k in fingerprint_keys)
+        if not same and not overwrite:
+            raise StoreMismatchError(
+                f"{store} holds routing statistics of another model or configuration "
+                f"(fingerprint {old.get('fingerprint')!r} != {meta.get('fingerprint')!r}); "
+                "use another workdir or set overwrite")
+        if same:
+            meta["languages"] = old.get("languages", {})
+        else:
+            for lang in old.get("languages", {}):
+                if os.path.exists(lang_path(store, lang)):
+                    os.remove(lang_path(store, lang))
+    os.makedirs(store, exist_ok=True)
+    atomic_write_json(os.path.join(store, META), meta)
+    return meta
+
+
+def done_languages(store: str) -> set[str]:
+    """Languages whose file is complete (listed in meta and present on disk)."""
+    meta = read_meta(store) or {}
+    return {l for l in meta.get("languages", {}) if os.path.exists(lang_path(store, l))}
+
+
+def write_language(store: str, lang: str, arrays: Mapping[str, np.ndarray], summary: Mapping[str, Any]) -> None:
+    """Writes one language atomically, then records it in meta.json (also atomically)."""
+    missing = [k for k in REQUIRED_KEYS if k not in arrays]
+    if missing:
+        raise ValueError(f"language {lang}: missing arrays {missing}")
+    _atomic_write(lang_path(store, lang), lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
+    meta = read_meta(store)
+    if meta is None:
+        raise FileNotFoundError(f"{store} has no {META}; call open_store first")
+    meta["languages"][lang] = dict(summary)
+    atomic_write_json(os.path.join(store, META), meta)
+
+
+def read_language(store: str, lang: str) -> dict[str, np.ndarray]:
+    p = lang_path(store, lang)
+    if not os.path.exists(p):
+        raise FileNotFoundError(f"store {store} has no statistics for language {lang!r}")
+    with np.load(p, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def read_store(store: str) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+    """Returns ``(meta, {lang: arrays})`` for every complete language, in meta order."""
+    meta = read_meta(store)
+    if meta is None:
+        raise FileNotFoundError(f"no routing store at {store} (missing {META})")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{store}: unknown store format {meta.get('format')!r}, expected {FORMAT}")
+    langs = [l for l in meta.get("languages", {}) if os.path.exists(lang_path(store, l))]
+    return meta, {l: read_language(store, l) for l in langs}
