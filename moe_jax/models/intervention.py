@@ -1,0 +1,55 @@
+"""Router interventions as data: per-MoE-layer arrays applied to the logits before the routing rule.
+
+Because every field is an array argument of the jitted forward, a sweep over intervention values
+compiles once. The neutral element (``Intervention.none``) changes nothing, bit for bit.
+
+For each token with logits ``z [E]`` of MoE layer ``l``::
+
+    z' = z + bias[l] + std_scale[l] * std(z) + abs_scale[l] * |z|      (soft steering, R Eq. 4; U prop.)
+    z'[e] = max(z') + margin            where mode[l, e] == FORCE       (R Eq. 5, hard activation)
+    z'[e] = min(z')                     where mode[l, e] == DEMOTE      (R Eq. 5, hard deactivation)
+    z'[e] = FORBIDDEN                   where mode[l, e] == FORBID      (U masking: the token re-routes)
+
+``std`` is the population standard deviation over all E logits of the token.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FORCE, NONE, DEMOTE, FORBID = 1, 0, -1, -2
+FORBIDDEN = -1e9  # finite: a fully forbidden row still gives finite softmax statistics
+_FORCE_MARGIN = 1e-4  # relative to max(1, |max z|): above the max in fp32, negligible in the weights
+
+
+class Intervention(NamedTuple):
+    """Per-MoE-layer router edits; every field is ``[moe_layers, experts]``."""
+
+    bias: jax.Array  # float32, additive
+    std_scale: jax.Array  # float32, times the per-token std of the logits
+    abs_scale: jax.Array  # float32, times |z_e|
+    mode: jax.Array  # int32: FORCE / NONE / DEMOTE / FORBID
+
+    @classmethod
+    def none(cls, num_moe_layers: int, num_experts: int) -> "Intervention":
+        z = np.zeros((num_moe_layers, num_experts), np.float32)
+        return cls(z, z.copy(), z.copy(), np.zeros((num_moe_layers, num_experts), np.int32))
+
+    def layer(self, i: int) -> "Intervention":
+        """The ``[experts]`` slice of MoE layer ``i``."""
+        return Intervention(*(f[i] for f in self))
+
+
+def apply(z: jax.Array, iv: Intervention) -> jax.Array:
+    """Edits logits ``z [T, E]`` (fp32) with one layer's ``[E]`` intervention."""
+    z = z.astype(jnp.float32)
+    std = jnp.std(z, axis=-1, keepdims=True)
+    out = z + iv.bias + iv.std_scale * std + iv.abs_scale * jnp.abs(z)
+    top = jnp.max(out, axis=-1, keepdims=True)
+    out = jnp.where(iv.mode == FORCE, top + _FORCE_MARGIN * jnp.maximum(1.0, jnp.abs(top)), out)
+    out = jnp.where(iv.mode == DEMOTE, jnp.min(out, axis=-1, keepdims=True), out)
+    return jnp.where(iv.mode == FORBID, FORBIDDEN, out)

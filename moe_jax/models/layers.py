@@ -1,0 +1,111 @@
+"""Norms, rotary embeddings (default and LongRoPE) and attention, as pure functions.
+
+Shapes: B batch, S sequence, H hidden, N query heads, K kv heads, D head_dim.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from moe_jax.models.config import ModelConfig
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """``x / sqrt(mean(x^2) + eps)`` in fp32, cast back to ``x.dtype``, then ``* scale``."""
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return y.astype(x.dtype) * scale
+
+
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(var + eps)
+    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+def norm(p: dict, x: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """The family's block norm (RMSNorm, or LayerNorm with bias for PhiMoE)."""
+    if cfg.family.norm == "layer":
+        return layer_norm(x, p["scale"], p["bias"], cfg.norm_eps)
+    return rms_norm(x, p["scale"], cfg.norm_eps)
+
+
+def linear(p: dict, x: jax.Array) -> jax.Array:
+    y = x @ p["kernel"]
+    return y + p["bias"] if "bias" in p else y
+
+
+def rope_wavelength_base(theta: float, head_dim: int) -> np.ndarray:
+    """``theta^(2i/d)`` for i < d/2 in fp32, as the reference computes it: ``[D/2]``."""
+    exponent = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+    return (np.float32(theta) ** exponent).astype(np.float32)
+
+
+def rope_cos_sin(cfg: ModelConfig, positions: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables ``[B, S, D]`` for ``positions [B, S]``.
+
+    LongRoPE picks the short or long factor set (and mscale) from the current total length,
+    ``max(positions) + 1`` over the batch, against ``original_max_position_embeddings``.
+    """
+    base = jnp.asarray(rope_wavelength_base(cfg.rope_theta, cfg.head_dim))
+    lr = cfg.longrope
+    if lr is None:
+        inv_freq = jnp.float32(1.0) / base
+        mscale = jnp.float32(1.0)
+    else:
+        is_long = (jnp.max(positions) + 1) > lr.original_max_position_embeddings
+        factors = jnp.where(is_long, jnp.asarray(lr.long_factor, jnp.float32),
+                            jnp.asarray(lr.short_factor, jnp.float32))
+        inv_freq = jnp.float32(1.0) / (factors * base)
+        mscale = jnp.where(is_long, jnp.float32(lr.long_mscale), jnp.float32(lr.short_mscale))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, S, D/2]
+    emb = jnp.concatenate([angles, angles], axis=-1)
+    return (jnp.cos(emb) * mscale).astype(dtype), (jnp.sin(emb) * mscale).astype(dtype)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate-half RoPE on ``x [B, S, heads, D]`` with ``cos/sin [B, S, D]``."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+def attention_bias(attention_mask: jax.Array) -> jax.Array:
+    """Additive causal + key-padding bias ``[B, 1, 1, S, S]`` (fp32, finite so padded rows stay finite)."""
+    S = attention_mask.shape[1]
+    causal = jnp.tril(jnp.ones((S, S), dtype=bool))
+    allowed = causal[None] & attention_mask.astype(bool)[:, None, :]
+    return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, None, None]
+
+
+def attention(p: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, bias: jax.Array,
+              cfg: ModelConfig) -> jax.Array:
+    """Causal GQA self-attention over ``x [B, S, H]``; returns ``[B, S, H]``."""
+    B, S, _ = x.shape
+    N, K, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q, k, v = linear(p["q"], x), linear(p["k"], x), linear(p["v"], x)
+    if cfg.family.qk_norm == "full":  # OLMoE: norm over the whole projection, before the head split
+        q = rms_norm(q, p["q_norm"]["scale"], cfg.norm_eps)
+        k = rms_norm(k, p["k_norm"]["scale"], cfg.norm_eps)
+    if cfg.clip_qkv is not None:
+        q, k, v = (jnp.clip(t, -cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
+    q, k, v = q.reshape(B, S, N, D), k.reshape(B, S, K, D), v.reshape(B, S, K, D)
+    if cfg.family.qk_norm == "head":  # Qwen3: per-head norm over head_dim
+        q = rms_norm(q, p["q_norm"]["scale"], cfg.norm_eps)
+        k = rms_norm(k, p["k_norm"]["scale"], cfg.norm_eps)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    # Query head h uses kv head h // (N/K): group the query heads as [K, N/K].
+    q = q.reshape(B, S, K, N // K, D)
+    scores = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32) * (D ** -0.5)
+    probs = jax.nn.softmax(scores + bias, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgst,btkd->bskgd", probs, v).reshape(B, S, N * D)
+    return linear(p["o"], out)
+
+
+def mlp(p: dict, x: jax.Array) -> jax.Array:
+    """SwiGLU ``down(silu(gate(x)) * up(x))`` with kernels ``gate/up [H, F]``, ``down [F, H]``."""
+    return (jax.nn.silu(x @ p["gate"]) * (x @ p["up"])) @ p["down"]

@@ -1,0 +1,84 @@
+"""A thin Flax NNX module around the pure ``forward``, and ``load`` (the public entry point).
+
+Router outputs are sown as ``nnx.Intermediate`` when asked for, so both styles work::
+
+    out = model(ids, attention_mask=mask, return_router_logits=True)
+    out.router_logits                                   # [moe_layers, B, S, E] float32
+
+    out, inter = nnx.capture(model, nnx.Intermediate)(ids, return_router_logits=True)
+    inter["router_logits"]
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from moe_jax.models.config import ModelConfig
+from moe_jax.models.decoder import ModelOutput, forward
+from moe_jax.models.intervention import Intervention
+
+
+def _is_var(x: Any) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+class MoeModel(nnx.Module):
+    """Holds a parameter tree as ``nnx.Param`` leaves; calls the jitted pure forward."""
+
+    def __init__(self, cfg: ModelConfig, params: dict, tokenizer: Any = None, backend: str = "dense"):
+        self.cfg = cfg
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.params = nnx.data(jax.tree.map(nnx.Param, params))
+
+    @property
+    def param_tree(self) -> dict:
+        """The plain parameter pytree (what ``forward`` takes)."""
+        return jax.tree.map(lambda v: v[...], self.params, is_leaf=_is_var)
+
+    def __call__(self, input_ids, attention_mask=None, *, positions=None,
+                 intervention: Intervention | None = None, return_router_logits: bool = False,
+                 compute_logits: bool = True) -> ModelOutput:
+        ids = jnp.asarray(input_ids, jnp.int32)
+        mask = None if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+        out = forward(self.param_tree, self.cfg, ids, mask, positions, intervention,
+                      return_router=return_router_logits, compute_logits=compute_logits,
+                      backend=self.backend)
+        if return_router_logits:
+            self.sow(nnx.Intermediate, "router_logits", out.router_logits)
+            self.sow(nnx.Intermediate, "topk_idx", out.topk_idx)
+            self.sow(nnx.Intermediate, "topk_weights", out.topk_weights)
+        return out
+
+    def no_intervention(self) -> Intervention:
+        return Intervention.none(self.cfg.num_moe_layers, self.cfg.num_experts)
+
+
+def load(path: str | os.PathLike, dtype: str = "float32", *, shardings: Any = None,
+         backend: str = "dense", load_tokenizer: bool = True) -> MoeModel:
+    """Loads an HF checkpoint directory or a converted moe_jax directory.
+
+    Args:
+      path: directory with ``config.json`` + safetensors, or the output of ``moe_jax.convert``.
+      dtype: parameter/activation dtype, "float32" or "bfloat16".
+      shardings: optional tree of ``jax.sharding.Sharding`` matching the params (see
+        ``moe_jax.sharding``); each tensor is placed as it is read.
+    """
+    from moe_jax.convert.loader import load_params  # local: conversion pulls safetensors/orbax
+
+    cfg, params = load_params(path, dtype=dtype, shardings=shardings)
+    tokenizer = _maybe_tokenizer(path) if load_tokenizer else None
+    return MoeModel(cfg, params, tokenizer=tokenizer, backend=backend)
+
+
+def _maybe_tokenizer(path) -> Any:
+    path = os.fspath(path)
+    if not any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(path)
