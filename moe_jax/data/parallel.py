@@ -1,0 +1,161 @@
+"""A parallel corpus aligned by sentence id, and the alignment every loader goes through.
+
+Loaders produce, per language, a list of ``(sentence_id, text)`` records in file order; ``align``
+checks that all languages hold the same ids (else it names the two languages and the first
+differing id), orders every language like the first one, and removes the ids where ANY language
+has an empty text, so that sentence ``i`` is the same sentence in every language. The counts of
+empty texts per language and the dropped ids stay in the corpus as a report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from typing import Mapping, Sequence
+
+from moe_jax.data.languages import validate_languages
+
+log = logging.getLogger(__name__)
+
+Records = Sequence[tuple[str, str]]  # (sentence id, text) in file order
+
+
+class CorpusError(ValueError):
+    """Bad corpus input; the message names the file, language or id at fault."""
+
+
+class AlignmentError(CorpusError):
+    """Languages do not hold the same sentence ids."""
+
+
+class MissingLanguageError(CorpusError):
+    """A requested language is not in the source."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelCorpus:
+    """Sentences aligned across languages: ``texts[lang][i]`` is sentence ``ids[i]`` in ``lang``.
+
+    skipped_empty: per language, how many of its texts were empty (each empty text removes that
+        id from every language, so alignment holds).
+    dropped_ids: the ids so removed, in corpus order.
+    """
+
+    name: str
+    split: str | None
+    languages: list[str]
+    ids: list[str]
+    texts: dict[str, list[str]]
+    skipped_empty: dict[str, int] = dataclasses.field(default_factory=dict)
+    dropped_ids: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        validate_languages(self.languages)
+        if set(self.texts) != set(self.languages):
+            raise CorpusError(f"{self.name}: texts hold languages {sorted(self.texts)}, "
+                              f"but languages are {self.languages}")
+        for lang in self.languages:
+            if len(self.texts[lang]) != len(self.ids):
+                raise AlignmentError(f"{self.name}: {lang} has {len(self.texts[lang])} texts for "
+                                     f"{len(self.ids)} ids")
+        if len(set(self.ids)) != len(self.ids):
+            raise CorpusError(f"{self.name}: duplicate sentence ids")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def select(self, languages: Sequence[str] | None = None,
+               max_sentences: int | None = None) -> "ParallelCorpus":
+        """A corpus restricted to ``languages`` (in that order) and its first ``max_sentences``."""
+        langs = list(self.languages) if languages is None else validate_languages(languages)
+        missing = [lang for lang in langs if lang not in self.texts]
+        if missing:
+            raise MissingLanguageError(f"{self.name}: no language {missing}; it has {self.languages}")
+        n = len(self.ids) if max_sentences is None else _check_cap(max_sentences)
+        return dataclasses.replace(
+            self, languages=langs, ids=self.ids[:n], texts={lang: self.texts[lang][:n] for lang in langs},
+            skipped_empty={lang: self.skipped_empty.get(lang, 0) for lang in langs})
+
+    def report(self) -> dict:
+        """JSON-able summary (for run metadata and logs)."""
+        return {"name": self.name, "split": self.split, "languages": list(self.languages),
+                "num_sentences": len(self.ids), "skipped_empty": dict(self.skipped_empty),
+                "num_dropped_ids": len(self.dropped_ids), "dropped_ids": list(self.dropped_ids),
+                "fingerprint": self.fingerprint()}
+
+    def fingerprint(self) -> str:
+        """sha256 over languages, ids and texts: equal fingerprints mean identical inputs."""
+        h = hashlib.sha256()
+        for lang in self.languages:
+            h.update(lang.encode() + b"\0")
+            for sid, text in zip(self.ids, self.texts[lang]):
+                h.update(sid.encode() + b"\0" + text.encode() + b"\0")
+        return h.hexdigest()
+
+
+def _check_cap(max_sentences) -> int:
+    if isinstance(max_sentences, bool) or not isinstance(max_sentences, int) or max_sentences < 1:
+        raise ValueError(f"max_sentences must be a positive integer or None, got {max_sentences!r}")
+    return max_sentences
+
+
+def align(name: str, split: str | None, records: Mapping[str, Records], *,
+          languages: Sequence[str] | None = None, where: Mapping[str, str] | None = None,
+          max_sentences: int | None = None) -> ParallelCorpus:
+    """Aligns per-language records by sentence id into a ``ParallelCorpus``.
+
+    records: language -> [(id, text), ...]; the first language fixes the sentence order.
+    where: language -> description of its origin (file path, hub subset) used in error messages.
+    Texts are stripped of surrounding whitespace; an empty text drops its id from all languages.
+    """
+    langs = validate_languages(records if languages is None else languages)
+    if not langs:
+        raise CorpusError(f"{name}: no languages")
+    where = dict(where or {})
+    at = lambda lang: f" ({where[lang]})" if lang in where else ""  # noqa: E731
+    maps: dict[str, dict[str, str]] = {}
+    for lang in langs:
+        if lang not in records:
+            raise MissingLanguageError(f"{name}: language {lang} is missing; the source has "
+                                       f"{sorted(records)}")
+        m: dict[str, str] = {}
+        for sid, text in records[lang]:
+            sid = str(sid)
+            if sid in m:
+                raise CorpusError(f"{name}: sentence id {sid!r} appears twice in {lang}{at(lang)}")
+            if not isinstance(text, str):
+                raise CorpusError(f"{name}: sentence {sid!r} of {lang}{at(lang)} is {type(text).__name__}, "
+                                  "not a string")
+            m[sid] = text
+        maps[lang] = m
+    ref = langs[0]
+    ref_ids = [str(sid) for sid, _ in records[ref]]
+    for lang in langs[1:]:
+        _check_same_ids(name, ref, ref_ids, lang, [str(s) for s, _ in records[lang]], at)
+    empty = {lang: {sid for sid, t in maps[lang].items() if not t.strip()} for lang in langs}
+    dropped_set = set().union(*empty.values())
+    dropped = [sid for sid in ref_ids if sid in dropped_set]
+    ids = [sid for sid in ref_ids if sid not in dropped_set]
+    if dropped:
+        log.warning("%s: skipped %d ids with an empty text in some language (empty per language: %s)",
+                    name, len(dropped), {k: len(v) for k, v in empty.items() if v})
+    if not ids:
+        raise CorpusError(f"{name}: no sentence left with a non-empty text in every language")
+    if max_sentences is not None:
+        ids = ids[:_check_cap(max_sentences)]
+    return ParallelCorpus(name=name, split=split, languages=langs, ids=ids,
+                          texts={lang: [maps[lang][sid].strip() for sid in ids] for lang in langs},
+                          skipped_empty={lang: len(empty[lang]) for lang in langs}, dropped_ids=dropped)
+
+
+def _check_same_ids(name, ref, ref_ids, lang, ids, at) -> None:
+    ref_set, other = set(ref_ids), set(ids)
+    if ref_set == other:
+        return
+    first = next(((s, ref, lang) for s in ref_ids if s not in other), None) or \
+        next((s, lang, ref) for s in ids if s not in ref_set)
+    raise AlignmentError(
+        f"{name}: languages {ref} and {lang} are not aligned: {ref}{at(ref)} has {len(ref_ids)} "
+        f"sentences, {lang}{at(lang)} has {len(ids)}; first differing id {first[0]!r} is in {first[1]} "
+        f"but not in {first[2]}")
