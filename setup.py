@@ -10,6 +10,7 @@ setup(
     include_package_data=True,
     install_requires=[
         "jax>=0.10.2",
+        "ml_dtypes>=0.4",
         "flax>=0.12.8",
         "numpy>=1.26",
         "scipy>=1.11",

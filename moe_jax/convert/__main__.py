@@ -1,0 +1,26 @@
+"""CLI: ``python -m moe_jax.convert --hf_dir=DIR --out=DIR [--dtype=bfloat16|float32|float16] [--overwrite]``."""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "HF checkpoint dir (config.json + safetensors).", required=True)
+_OUT = flags.DEFINE_string("out", None, "Output dir of the converted checkpoint.", required=True)
+_DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Parameter dtype: float32, bfloat16 or float16.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --out (only once the new one is complete).")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from moe_jax.convert.checkpoint import convert_checkpoint
+    from moe_jax.convert.safetensors_io import CheckpointError
+    try:
+        out = convert_checkpoint(_HF_DIR.value, _OUT.value, dtype=_DTYPE.value, overwrite=_OVERWRITE.value)
+    except (ValueError, FileExistsError, FileNotFoundError, CheckpointError) as e:
+        raise SystemExit(f"moe_jax.convert: error: {e}") from None
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,101 @@
+"""HF checkpoint dir -> converted moe_jax dir (orbax params + metadata + tokenizer files).
+
+Order of work, so that bad input never leaves anything behind and a crash never leaves a dir
+that loads as complete:
+1. every check (dtype, --out, config.json, all safetensors headers, tensor names and shapes);
+2. tensors streamed one at a time into the param tree (tqdm bar), then saved with orbax, into a
+   sibling temp dir ``.{out}.tmp-*``; config/tokenizer files copied; ``moe_jax.json`` written last;
+3. the temp dir renamed to ``out`` (an existing ``out`` is moved aside first and removed after).
+On any error the temp dir is removed and an existing ``out`` is untouched.
+
+Peak host memory: the output tree (in the target dtype) plus about one layer: the stacked expert
+buffers of the layer being read (``3 * E * H * I`` target-dtype elements) and one raw tensor in
+the stored dtype. Measured in ``tests/test_convert_memory.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import jax
+
+from moe_jax import __version__
+from moe_jax.convert import loader, orbax_io
+
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",
+    "generation_config.json",
+)
+
+
+def convert_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = "bfloat16",
+                       overwrite: bool = False) -> str:
+    """Converts an HF checkpoint dir into a moe_jax dir at ``out_dir``; returns ``out_dir``.
+
+    Raises (before writing anything) ValueError for an unsupported ``dtype``, FileExistsError for an
+    existing ``out_dir`` without ``overwrite``, UnsupportedModelError / CheckpointError for a bad
+    checkpoint (naming the file and tensor).
+    """
+    np_dtype = loader.resolve_dtype(dtype)
+    hf_dir, out_dir = os.path.abspath(os.fspath(hf_dir)), os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
+    if out_dir == hf_dir:
+        raise ValueError(f"output dir {out_dir} is the input dir")
+    cfg, ckpt, pairs = loader.open_hf(hf_dir)
+
+    parent, base = os.path.split(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0o700 would stick to the final dir
+    try:
+        params = loader.stream_hf(cfg, pairs, np_dtype, desc=f"converting to {np_dtype.name}")
+        orbax_io.save_tree(os.path.join(tmp, orbax_io.PARAMS_DIR), params)
+        num_params = sum(x.size for x in jax.tree.leaves(params))
+        del params
+        for name in ("config.json",) + TOKENIZER_FILES:
+            src = os.path.join(hf_dir, name)
+            if os.path.isfile(src):
+                shutil.copyfile(src, os.path.join(tmp, name))
+        meta = {
+            "format": orbax_io.FORMAT, "format_version": orbax_io.FORMAT_VERSION,
+            "config": cfg.to_dict(), "dtype": np_dtype.name, "source": hf_dir,
+            "checkpoint_sha256": ckpt.sha256, "moe_jax_version": __version__, "num_params": int(num_params),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        meta_tmp = os.path.join(tmp, orbax_io.META_FILE + ".tmp")
+        with open(meta_tmp, "w") as f:
+            json.dump(meta, f, indent=2)
+        os.replace(meta_tmp, os.path.join(tmp, orbax_io.META_FILE))  # last: marks the dir complete
+        _install(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _install(tmp: str, out_dir: str) -> None:
+    """Renames the finished ``tmp`` to ``out_dir``, replacing an existing one only now."""
+    if not os.path.exists(out_dir):
+        os.rename(tmp, out_dir)
+        return
+    old = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=f".{os.path.basename(out_dir)}.old-")
+    os.rmdir(old)
+    os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    if os.path.isdir(old):
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.remove(old)
+

@@ -1,0 +1,189 @@
+"""Loading a parameter tree from an HF checkpoint dir or a converted moe_jax dir, streaming.
+
+HF path: ``scan_checkpoint`` checks every file, ``match_checkpoint`` checks every expected tensor
+(names from ``name_map.plan``, shapes from ``config.json``) and rejects unknown extras -- all
+before any tensor data is read. Then tensors are read one at a time, transformed to the param
+layout, cast, and handed to ``place`` (``jax.device_put`` onto their sharding in ``load_params``).
+Per-expert tensors of a layer are written into one stacked ``[E, ...]`` host buffer, placed when
+its last expert arrives. Host memory therefore holds the output (unless placed on devices) plus
+about one layer: the stacked expert buffers of one layer and one raw tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any, Callable, Iterable
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from moe_jax.convert import name_map, orbax_io
+from moe_jax.convert.safetensors_io import CheckpointError, HFCheckpoint, TensorInfo, read_tensor, scan_checkpoint
+from moe_jax.models.config import SUPPORTED_DTYPES, ModelConfig, load_hf_config
+from moe_jax.models.params import map_spec
+
+log = logging.getLogger(__name__)
+
+# Tensors some checkpoints carry that the model does not need.
+HARMLESS_EXTRAS = (re.compile(r"(^|\.)rotary_emb\.inv_freq$"),)
+Place = Callable[[name_map.Path, np.ndarray], Any]
+_MAX_LISTED = 8
+
+
+def resolve_dtype(dtype: Any) -> np.dtype:
+    """``"float32" | "bfloat16" | "float16"`` (or the dtype object) -> NumPy dtype; else ValueError."""
+    try:
+        d = np.dtype(jax.numpy.dtype(dtype))
+    except TypeError:
+        d = None
+    if d is None or d.name not in SUPPORTED_DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; supported: {', '.join(SUPPORTED_DTYPES)}")
+    return d
+
+
+def _listing(problems: list[str]) -> str:
+    more = len(problems) - _MAX_LISTED
+    return "\n  ".join(problems[:_MAX_LISTED] + ([f"... and {more} more"] if more > 0 else []))
+
+
+def match_checkpoint(ckpt: HFCheckpoint, cfg: ModelConfig) -> list[tuple[name_map.Source, TensorInfo]]:
+    """Pairs every expected tensor with its stored tensor; raises CheckpointError naming missing,
+    mis-shaped and unexpected tensors (and their files). Reads no tensor data."""
+    sources = name_map.plan(cfg, ckpt.shapes())
+    pairs, missing, misshaped, used = [], [], [], set()
+    for src in sources:
+        name = next((n for n in src.names if n in ckpt.tensors), None)
+        if name is None:
+            missing.append(f"{src.name} (expected shape {list(src.shape)})")
+            continue
+        info = ckpt.tensors[name]
+        used.add(name)
+        if info.shape != src.shape:
+            misshaped.append(f"{name} in {info.file} has shape {list(info.shape)}, expected {list(src.shape)}")
+        pairs.append((src, info))
+    if missing:
+        raise CheckpointError(f"checkpoint {ckpt.path} ({cfg.model_type}) lacks {len(missing)} tensor(s) expected "
+                              f"from its config.json (searched {', '.join(os.path.basename(f) for f in ckpt.files)}):"
+                              f"\n  {_listing(missing)}")
+    if misshaped:
+        raise CheckpointError(f"checkpoint {ckpt.path}: {len(misshaped)} tensor(s) do not match the shapes "
+                              f"implied by config.json:\n  {_listing(misshaped)}")
+    extra = [n for n in ckpt.tensors if n not in used]
+    harmless = [n for n in extra if any(p.search(n) for p in HARMLESS_EXTRAS)
+                or (cfg.tie_word_embeddings and n == "lm_head.weight")]
+    unexpected = [f"{n} in {ckpt.tensors[n].file}" for n in extra if n not in harmless]
+    if unexpected:
+        raise CheckpointError(f"checkpoint {ckpt.path} ({cfg.model_type}) has {len(unexpected)} tensor(s) this "
+                              f"converter does not know:\n  {_listing(unexpected)}")
+    if harmless:
+        log.warning("ignoring %d unused tensor(s) in %s, e.g. %s", len(harmless), ckpt.path, harmless[0])
+    return pairs
+
+
+def assemble(cfg: ModelConfig, arrays: Iterable[tuple[name_map.Source, np.ndarray]], dtype: Any,
+             place: Place | None = None) -> dict[str, Any]:
+    """Builds the param tree from ``(source, HF array)`` pairs (in ``plan`` order).
+
+    Each target is cast to ``dtype`` and passed to ``place(path, array)`` as soon as it is complete
+    (per-expert targets when their last expert arrives); the tree holds what ``place`` returns.
+    """
+    dtype = resolve_dtype(dtype)
+    place = place or (lambda _, x: x)
+    tree = map_spec(lambda _p, _s: None, cfg)
+    shapes = map_spec(lambda _p, s: s[0], cfg)
+    pending: dict[name_map.Path, list] = {}  # stacked expert target -> [buffer, experts filled]
+    for src, x in arrays:
+        for path, value in zip(src.targets, name_map.to_params(src.kind, x)):
+            if src.kind != name_map.EXPERT:
+                name_map.set_path(tree, path, place(path, np.ascontiguousarray(value, dtype=dtype)))
+                continue
+            if path not in pending:
+                pending[path] = [np.empty(name_map.get_path(shapes, path), dtype), 0]
+            entry = pending[path]
+            entry[0][src.expert] = value
+            entry[1] += 1
+            if entry[1] == cfg.num_experts:
+                name_map.set_path(tree, path, place(path, entry[0]))
+                del pending[path]
+    if pending:
+        raise CheckpointError(f"incomplete experts for {sorted(pending)[0]}")
+    unset = list(_none_paths(tree))
+    if unset:
+        raise CheckpointError(f"no tensor for parameter {'/'.join(map(str, unset[0]))}")
+    return tree
+
+
+def _none_paths(tree: Any, prefix: tuple = ()) -> Iterable[tuple]:
+    if tree is None:
+        yield prefix
+    elif isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _none_paths(v, prefix + (k,))
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            yield from _none_paths(v, prefix + (i,))
+
+
+def hf_tensors_to_params(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype: Any = "float32") -> dict[str, Any]:
+    """In-memory conversion of a ``{HF name: array}`` dict (tests, small models)."""
+    sources = name_map.plan(cfg, {n: tuple(x.shape) for n, x in tensors.items()})
+    missing = [s.name for s in sources if not any(n in tensors for n in s.names)]
+    if missing:
+        raise CheckpointError(f"{len(missing)} tensor(s) missing:\n  {_listing(missing)}")
+    arrays = ((s, np.asarray(tensors[next(n for n in s.names if n in tensors)])) for s in sources)
+    return assemble(cfg, arrays, dtype)
+
+
+def open_hf(path: str | os.PathLike) -> tuple[ModelConfig, HFCheckpoint, list]:
+    """Config + scanned checkpoint + matched tensors: every check, no tensor data read."""
+    cfg = load_hf_config(path)
+    ckpt = scan_checkpoint(path)
+    return cfg, ckpt, match_checkpoint(ckpt, cfg)
+
+
+def stream_hf(cfg: ModelConfig, pairs: list, dtype: Any, place: Place | None = None,
+              desc: str = "loading tensors") -> dict[str, Any]:
+    """Reads the matched tensors one by one (tqdm bar) into a param tree."""
+    arrays = ((src, read_tensor(info)) for src, info in tqdm(pairs, desc=desc, unit="tensor"))
+    return assemble(cfg, arrays, dtype, place)
+
+
+def _sharding_place(shardings: Any) -> Place:
+    if shardings is None:
+        return lambda _, x: jax.device_put(x)
+    if isinstance(shardings, jax.sharding.Sharding):
+        return lambda _, x: jax.device_put(x, shardings)
+    return lambda path, x: jax.device_put(x, name_map.get_path(shardings, path))
+
+
+def checkpoint_kind(path: str | os.PathLike) -> str:
+    """``"converted"`` or ``"hf"``; raises for a missing dir or an incomplete conversion."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+    if os.path.exists(os.path.join(path, orbax_io.META_FILE)):
+        return "converted"
+    if os.path.isdir(os.path.join(path, orbax_io.PARAMS_DIR)):
+        raise CheckpointError(f"{path} is an incomplete moe_jax conversion (no {orbax_io.META_FILE}); convert again")
+    if os.path.exists(os.path.join(path, "config.json")):
+        return "hf"
+    raise FileNotFoundError(f"{path} is neither an HF checkpoint (config.json + safetensors) "
+                            f"nor a converted moe_jax dir ({orbax_io.META_FILE})")
+
+
+def load_params(path: str | os.PathLike, dtype: Any = "float32", shardings: Any = None) -> tuple[ModelConfig, dict]:
+    """Loads ``(ModelConfig, params)`` from an HF checkpoint dir or a converted moe_jax dir.
+
+    Leaves are ``jax.Array`` in ``dtype`` (float32 | bfloat16 | float16), each placed on its
+    sharding from ``shardings`` (a tree like the params, or one ``Sharding`` for all leaves, or
+    None for the default device) as soon as it is read. Every check (dtype, config, files,
+    tensor names and shapes) runs before any tensor data is read.
+    """
+    np_dtype = resolve_dtype(dtype)
+    if checkpoint_kind(path) == "converted":
+        return orbax_io.restore(path, np_dtype, shardings)
+    cfg, _, pairs = open_hf(path)
+    return cfg, stream_hf(cfg, pairs, np_dtype, _sharding_place(shardings))

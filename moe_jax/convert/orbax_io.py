@@ -1,0 +1,113 @@
+"""The converted-checkpoint directory: an orbax checkpoint of the param tree plus metadata.
+
+Layout of a converted dir::
+
+    params/          orbax checkpoint of the param tree, one zarr array per leaf (lists round-trip)
+    config.json      copy of the HF config
+    tokenizer files  copies (tokenizer.json, tokenizer_config.json, ... when present)
+    moe_jax.json     {"format", "format_version", "config": ModelConfig.to_dict(), "dtype",
+                      "source", "checkpoint_sha256", "moe_jax_version", "num_params"}
+
+``moe_jax.json`` is written last: a dir without it is not a complete conversion and is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from moe_jax.convert import name_map
+from moe_jax.convert.safetensors_io import CheckpointError
+from moe_jax.models.config import ModelConfig
+from moe_jax.models.params import map_spec
+
+META_FILE = "moe_jax.json"
+PARAMS_DIR = "params"
+FORMAT = "moe_jax.params"
+FORMAT_VERSION = 1
+
+
+WRITE_BUFFER_BYTES = 64 * 2**20  # arrays being written at once (at least one, whatever its size)
+
+
+class _BoundedNumpyHandler(ocp.type_handlers.NumpyHandler):
+    """Writes NumPy leaves without copying them first and with at most ``max_bytes`` of arrays in
+    flight (orbax's NumpyHandler deep-copies every leaf and starts every write at once, so the
+    encode buffers of the whole tree can be alive together)."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__(deepcopy_host_arrays=False)
+        self._max_bytes, self._in_flight, self._cond = max_bytes, 0, None
+
+    async def _open_and_write(self, value, tspec, ts_context):
+        if self._cond is None:  # created inside the event loop that runs the writes
+            self._cond = asyncio.Condition()
+        async with self._cond:
+            await self._cond.wait_for(lambda: self._in_flight == 0 or self._in_flight + value.nbytes <= self._max_bytes)
+            self._in_flight += value.nbytes
+        try:
+            await super()._open_and_write(value, tspec, ts_context)
+        finally:
+            async with self._cond:
+                self._in_flight -= value.nbytes
+                self._cond.notify_all()
+
+
+def save_tree(path: str, tree: Any, max_bytes_in_flight: int = WRITE_BUFFER_BYTES) -> None:
+    """Writes the param tree (NumPy or jax arrays) as an orbax checkpoint at ``path`` (must not exist).
+
+    Host memory beyond the tree: about ``max(max_bytes_in_flight, largest leaf)``. Orbax's
+    defaults would add about one more copy of the tree (NumPy leaves deep-copied, OCDBT buffering
+    every array until commit), so this writes one zarr array per leaf (no OCDBT), uncopied.
+    """
+    registry = ocp.type_handlers.create_type_handler_registry(
+        (np.ndarray, _BoundedNumpyHandler(max_bytes_in_flight)),
+        (jax.Array, ocp.type_handlers.ArrayHandler()),
+    )
+    handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_ocdbt=False)
+    with ocp.Checkpointer(handler) as ckptr:
+        ckptr.save(os.path.abspath(path), args=ocp.args.PyTreeSave(tree))
+
+
+def read_meta(path: str) -> dict[str, Any]:
+    meta_path = os.path.join(path, META_FILE)
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {meta_path}: {e}") from e
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{meta_path}: unknown format {meta.get('format')!r} "
+                              f"version {meta.get('format_version')!r} (expected {FORMAT} v{FORMAT_VERSION})")
+    return meta
+
+
+def restore(path: str, dtype: np.dtype, shardings: Any = None) -> tuple[ModelConfig, dict[str, Any]]:
+    """Restores ``(cfg, params)`` from a converted dir, each leaf cast to ``dtype`` and restored
+    directly onto its sharding (a tree like the params, one Sharding, or None: default device)."""
+    meta = read_meta(path)
+    cfg = ModelConfig.from_dict(meta["config"])
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def target(p, spec):
+        if shardings is None:
+            s = default
+        elif isinstance(shardings, jax.sharding.Sharding):
+            s = shardings
+        else:
+            s = name_map.get_path(shardings, tuple(int(k) if k.isdigit() else k for k in p))
+        return jax.ShapeDtypeStruct(spec[0], dtype, sharding=s)
+
+    params_dir = os.path.abspath(os.path.join(path, PARAMS_DIR))
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            params = ckptr.restore(params_dir, map_spec(target, cfg))
+    except Exception as e:  # orbax raises many types; name the dir
+        raise CheckpointError(f"cannot restore the parameters in {params_dir}: {type(e).__name__}: {e}") from e
+    return cfg, params
