@@ -1,0 +1,419 @@
+"""The ``analyze`` stage: routing store -> tables (CSV + JSON) and ``summary.json`` under ``workdir/analysis``.
+
+Called by ``moe_jax.launch`` as ``run(config, workdir)``; ``config`` is the full run config (its
+``analysis`` section is used) or the section itself. Reads the store at ``workdir/routing``.
+Analyses whose inputs are missing (no pivot, fewer than 3 languages, no ``token_topk``, no
+accuracies, no task stores) are skipped with a logged message and listed in the summary's
+``skipped``; bad inputs (mismatched shapes, negative distributions) raise a clear error.
+
+Layer positions (``layer``) are 0-indexed positions on the store's MoE-layer axis;
+``decoder_layer`` is the decoder-layer index of that MoE layer (``meta["moe_layer_ids"]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Callable
+
+import ml_collections
+import numpy as np
+from ml_collections import config_dict
+from tqdm import tqdm
+
+from moe_jax.analysis import (accuracy as accuracy_lib, consistency, correlation, divergence, layer_entropy,
+                              experts, similarity, tables)
+from moe_jax.analysis.validate import check_consistent, normalize_band
+from moe_jax.routing.store import read_store
+
+log = logging.getLogger(__name__)
+
+SUBDIR = "analysis"
+STORE_SUBDIR = "routing"
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The ``config.analysis`` section (every field documented inline)."""
+    c = ml_collections.ConfigDict()
+    c.pivot = "eng_Latn"  # divergences and language experts are measured from this language
+    # divergence metrics (moe_jax.analysis.metrics.DIVERGENCES); the first one is primary (band, correlation)
+    c.metrics = ("entropy_normalized_js", "js_divergence")
+    # None: detected from the primary divergence curve; (start, end): 0-indexed MoE-layer positions, inclusive
+    c.middle_band = config_dict.placeholder(tuple)
+    c.band_threshold = 0.5  # band = longest run of layers with divergence <= min + thr * (max - min)
+    c.split_half_seed = 0
+    c.split_half_repeats = 10
+    c.consistency_pairs = 2000  # token pairs sampled per language
+    c.consistency_seed = 0
+    c.consistency_scope = "sequence"  # "sequence": pairs within a sequence; "language": any two tokens
+    c.bootstrap = ml_collections.ConfigDict({"n": 1000, "seed": 0, "ci": 0.95})
+    c.similarity_metric = "cosine"  # "cosine" of utilisation vectors or "js" (1 - entropy-normalised JS)
+    # "" = automatic bands (all, and early / middle / late around the middle band); or "name:start-end,..."
+    c.similarity_bands = ""
+    c.cluster_method = "average"  # scipy.cluster.hierarchy.linkage method
+    c.experts = ml_collections.ConfigDict({
+        "task_tau": 0.3,  # task expert when Delta > task_tau (METHODS Eq. 3)
+        "language_tau": 0.3,  # language expert when Delta (language - pivot) > language_tau
+        "shared_top_k": 16,  # per (language, layer) top-k kept for shared/exclusive (clipped to E)
+        "shared_thr": 0.5,  # exclusive when the language's share of the pool's mass > shared_thr
+    })
+    # {language: accuracy} or a path to a CSV/JSON file (moe_jax.analysis.accuracy); {} = none
+    c.accuracy = config_dict.FieldReference({}, field_type=object)
+    # {task name: path of a routing store of (English) task data}; the main store's pivot data is
+    # the generic corpus. A string "math=/path,med=/path" works too (command line).
+    c.task_stores = config_dict.FieldReference({}, field_type=object)
+    return c
+
+
+def section(config, name: str, defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config.<name>`` (or ``config`` itself when it is the section) over ``defaults``."""
+    sub = config.get(name) if config is not None and hasattr(config, "get") and name in config else config
+    out = defaults  # a fresh default_config(): keeps the placeholder field types
+    if sub is not None:
+        out.update(sub.to_dict() if hasattr(sub, "to_dict") else dict(sub))
+    return out
+
+
+class Skip(Exception):
+    """An analysis whose inputs are missing; the message says why."""
+
+
+@dataclasses.dataclass
+class Inputs:
+    """The store's arrays with the facts every analysis needs."""
+
+    store: str
+    meta: dict
+    data: dict[str, dict[str, np.ndarray]]
+    languages: list[str]  # pivot first when present, then store order
+    n_layers: int
+    n_experts: int
+    top_k: int
+    layer_ids: list[int]
+    pivot: str
+
+    @property
+    def has_pivot(self) -> bool:
+        return self.pivot in self.data
+
+    def get(self, key: str) -> dict[str, np.ndarray]:
+        return {l: self.data[l][key] for l in self.languages}
+
+    def layer_cols(self, l: int) -> dict[str, int]:
+        return {"layer": l, "decoder_layer": self.layer_ids[l]}
+
+    def require_pivot(self, what: str) -> None:
+        if not self.has_pivot:
+            raise Skip(f"{what}: pivot {self.pivot!r} is not in the store (languages: {self.languages})")
+        if len(self.languages) < 2:
+            raise Skip(f"{what}: the store holds only the pivot language")
+
+
+def load_inputs(store: str, pivot: str) -> Inputs:
+    meta, data = read_store(store)
+    if not data:
+        raise ValueError(f"routing store {store} holds no complete language")
+    langs = ([pivot] if pivot in data else []) + [l for l in data if l != pivot]
+    L, E = check_consistent({l: data[l]["topk_counts"] for l in langs}, f"{store}: topk_counts",
+                            "[layers, experts]", 2)
+    for key, axes in (("seq_mean_probs", 2), ("seq_topk_freq", 2)):
+        check_consistent({l: data[l][key] for l in langs}, f"{store}: {key}", "[sequences, layers, experts]", axes)
+    first = data[langs[0]]
+    total = float(first["token_totals"][0])
+    k = int(round(float(first["topk_counts"].sum(-1)[0]) / total)) if total > 0 else 1
+    k = int(meta.get("top_k") or k)
+    ids = meta.get("moe_layer_ids")
+    ids = [int(i) for i in ids] if ids is not None and len(ids) == L else list(range(L))
+    return Inputs(store, meta, data, langs, L, E, max(k, 1), ids, pivot)
+
+
+# -- analyses: each returns {table name: records} and a summary piece, or raises Skip ------------
+
+def _divergence(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
+    inp.require_pivot("divergence")
+    ids = inp.get("seq_ids")
+    rows, agg_rows, curves = [], [], {}
+    for metric in cfg.metrics:
+        pairs = divergence.pivot_divergence_pairs(inp.get("seq_mean_probs"), inp.pivot, metric, seq_ids=ids)
+        agg = divergence.aggregate_divergence(inp.get("topk_counts"), inp.get("token_totals"), inp.pivot, metric)
+        curves[metric] = {l: v.mean(0) for l, v in pairs.items()}
+        for lang, v in pairs.items():
+            sem = v.std(0, ddof=1) / np.sqrt(v.shape[0]) if v.shape[0] > 1 else np.zeros(v.shape[1])
+            rows += [dict(language=lang, **inp.layer_cols(l), metric=metric, mean=v[:, l].mean(), sem=sem[l],
+                          n_pairs=v.shape[0]) for l in range(inp.n_layers)]
+            agg_rows += [dict(language=lang, **inp.layer_cols(l), metric=metric, value=agg[lang][l])
+                         for l in range(inp.n_layers)]
+    state["curves"] = curves[cfg.metrics[0]]
+    return {"divergence": rows, "divergence_aggregate": agg_rows}, {"metrics": list(cfg.metrics)}
+
+
+def _baseline(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
+    rows = []
+    for lang in inp.languages:
+        a = inp.data[lang]
+        if a["seq_mean_probs"].shape[0] < 2:
+            log.warning("split-half baseline: %s has fewer than 2 sequences", lang)
+            continue
+        kw = dict(n_repeats=cfg.split_half_repeats, seed=cfg.split_half_seed, return_repeats=True)
+        for metric in cfg.metrics:
+            for mode, d, w in (("pairs", a["seq_mean_probs"], None),
+                               ("means", a["seq_topk_freq"] / inp.top_k, a["seq_lengths"])):
+                r = divergence.split_half_baseline(d, metric, mode, weights=w, **kw)
+                rows += [dict(language=lang, **inp.layer_cols(l), metric=metric, mode=mode, mean=r[:, l].mean(),
+                              std=r[:, l].std()) for l in range(inp.n_layers)]
+    if not rows:
+        raise Skip("split-half baseline: no language has 2 or more sequences")
+    return {"baseline": rows}, {"split_half": {"repeats": cfg.split_half_repeats, "seed": cfg.split_half_seed,
+                                               "modes": {"pairs": "per-pair, on seq_mean_probs",
+                                                         "means": "half means, on seq_topk_freq / k"}}}
+
+
+def _band(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
+    override = cfg.middle_band
+    if override is not None and all(v is None for v in override):
+        override = None  # "--config.analysis.middle_band=None" parses as (None,)
+    if override is None and "curves" not in state:
+        raise Skip("middle band: no divergence curve to detect it from and no middle_band override")
+    if override is not None:
+        s, e = normalize_band(override, inp.n_layers, "analysis.middle_band")
+    else:
+        s, e = divergence.detect_middle_band(state["curves"], cfg.band_threshold)
+    state["band"] = (s, e)
+    return {}, {"middle_band": {"start": s, "end": e, "source": "override" if override is not None else "detected",
+                                "threshold": cfg.band_threshold, "decoder_layers": [inp.layer_ids[s], inp.layer_ids[e]]}}
+
+
+def _entropy(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
+    rows, log_e = [], np.log(inp.n_experts)
+    for lang in inp.languages:
+        a = inp.data[lang]
+        h = layer_entropy.routing_entropy(a["seq_token_entropy"], a["seq_lengths"])
+        u = layer_entropy.utilization_entropy(a["topk_counts"])
+        rows += [dict(language=lang, **inp.layer_cols(l), token_entropy=h[l], token_entropy_norm=h[l] / log_e,
+                      utilization_entropy=u[l], utilization_entropy_norm=u[l] / log_e) for l in range(inp.n_layers)]
+    return {"entropy": rows}, {}
+
+
+def _consistency(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
+    have = [l for l in inp.languages if "token_topk" in inp.data[l]]
+    if not have:
+        raise Skip("token consistency: the store has no token_topk (collect with per-token top-k on)")
+    rows = []
+    for lang in have:
+        a = inp.data[lang]
+        j = consistency.token_consistency(a["token_topk"], a["seq_lengths"], cfg.consistency_pairs,
+                                          cfg.consistency_seed, cfg.consistency_scope)
+        rows += [dict(language=lang, **inp.layer_cols(l), jaccard=j[l], n_pairs=cfg.consistency_pairs)
+                 for l in range(inp.n_layers)]
+    missing = [l for l in inp.languages if l not in have]
+    if missing:
+        log.info("token consistency: no token_topk for %s", missing)
+    return {"consistency": rows}, {"consistency": {"pairs": cfg.consistency_pairs, "seed": cfg.consistency_seed,
+                                                   "scope": cfg.consistency_scope, "languages_without": missing}}
+
+
+def parse_bands(spec: str, n_layers: int, band: tuple[int, int] | None) -> dict[str, tuple[int, int]]:
+    """Named layer bands: ``"name:start-end,..."`` (inclusive positions) or, for "", the automatic
+    ``all`` plus ``early`` / ``middle`` / ``late`` around the middle band when it is known."""
+    if spec:
+        out = {}
+        for item in spec.split(","):
+            try:
+                name, rng = item.split(":")
+                out[name.strip()] = normalize_band(rng.split("-"), n_layers, f"similarity band {item!r}")
+            except ValueError as e:
+                raise ValueError(f"analysis.similarity_bands: bad item {item!r} (expected name:start-end): {e}") from None
+        return out
+    out = {"all": (0, n_layers - 1)}
+    if band is not None:
+        s, e = band
+        if s > 0:
+            out["early"] = (0, s - 1)
+        out["middle"] = (s, e)
+        if e < n_layers - 1:
+            out["late"] = (e + 1, n_layers - 1)
+    return out
+
+
+def _similarity(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
+    if len(inp.languages) < 3:
+        raise Skip(f"similarity and clustering: need at least 3 languages, have {inp.languages}")
+    util = np.stack([a["topk_counts"] / a["token_totals"][:, None] for a in map(inp.data.get, inp.languages)])
+    per_layer = similarity.layer_similarity(util, cfg.similarity_metric)
+    X = len(inp.languages)
+    layer_rows = [dict(**inp.layer_cols(l), language_a=inp.languages[i], language_b=inp.languages[j],
+                       similarity=per_layer[l, i, j]) for l in range(inp.n_layers) for i in range(X) for j in range(X)]
+    band_rows, cluster_rows = [], []
+    bands = parse_bands(cfg.similarity_bands, inp.n_layers, state.get("band"))
+    for name, (s, e) in bands.items():
+        sim = per_layer[s: e + 1].mean(0)
+        band_rows += [dict(band=name, start=s, end=e, language_a=inp.languages[i], language_b=inp.languages[j],
+                           similarity=sim[i, j]) for i in range(X) for j in range(X)]
+        z = similarity.cluster_languages(sim, cfg.cluster_method)
+        label = lambda n: inp.languages[int(n)] if n < X else f"cluster{int(n)}"
+        cluster_rows += [dict(band=name, step=t, left=int(a), right=int(b), distance=d, size=int(n),
+                              left_label=label(a), right_label=label(b)) for t, (a, b, d, n) in enumerate(z)]
+    return ({"similarity_layers": layer_rows, "similarity_bands": band_rows, "clustering": cluster_rows},
+            {"similarity": {"metric": cfg.similarity_metric, "bands": bands, "cluster_method": cfg.cluster_method,
+                            "languages": inp.languages}})
+
+
+def _language_experts(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
+    inp.require_pivot("language experts")
+    res = experts.language_experts(inp.get("seq_topk_freq"), inp.pivot, cfg.experts.language_tau)
+    state["language_experts"] = res
+    rows = [dict(language=lang, **inp.layer_cols(l), expert=e, delta=r.scores[l, e], is_expert=bool(r.mask[l, e]))
+            for lang, r in res.items() for l in range(inp.n_layers) for e in range(inp.n_experts)]
+    return {"experts_language": rows}, {"language_experts": {
+        "tau": cfg.experts.language_tau, "count": {l: int(r.mask.sum()) for l, r in res.items()}}}
+
+
+def _shared_exclusive(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
+    if len(inp.languages) < 2:
+        raise Skip("shared/exclusive experts: need at least 2 languages in the pool")
+    freqs = {l: a["topk_counts"] / a["token_totals"][:, None] for l, a in zip(inp.languages, map(inp.data.get, inp.languages))}
+    r = experts.shared_exclusive_experts(freqs, cfg.experts.shared_top_k, cfg.experts.shared_thr)
+    rows = []
+    for x, lang in enumerate(r.languages):
+        for l, e in zip(*np.nonzero(r.in_topk[x])):
+            label = "exclusive" if r.exclusive_mask[x, l, e] else "shared" if r.shared_mask[l, e] else "other"
+            rows.append(dict(language=lang, **inp.layer_cols(int(l)), expert=int(e), freq=freqs[lang][l, e],
+                             share=r.share[x, l, e], label=label))
+    return {"experts_pool": rows}, {"shared_exclusive": {
+        "pool": list(r.languages), "top_k": r.top_k, "thr": r.thr,
+        "n_shared": int(r.shared_mask.sum()),
+        "n_exclusive": {l: int(r.exclusive_mask[x].sum()) for x, l in enumerate(r.languages)}}}
+
+
+def parse_task_stores(spec) -> dict[str, str]:
+    if not spec:
+        return {}
+    if isinstance(spec, str):
+        try:
+            return dict(item.split("=", 1) for item in spec.split(","))
+        except ValueError:
+            raise ValueError(f"analysis.task_stores: expected 'name=path,...', got {spec!r}") from None
+    return {str(k): str(v) for k, v in (spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)).items()}
+
+
+def _task_experts(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
+    stores = parse_task_stores(cfg.task_stores)
+    if not stores:
+        raise Skip("task experts: no analysis.task_stores configured")
+    if not inp.has_pivot:
+        raise Skip(f"task experts: the generic corpus is the pivot's data and {inp.pivot!r} is not in the store")
+    generic = inp.data[inp.pivot]["seq_topk_freq"]
+    rows, overlap_rows, summary = [], [], {}
+    lang_sets = state.get("language_experts", {})
+    for task, path in stores.items():
+        _, tdata = read_store(path)
+        lang = inp.pivot if inp.pivot in tdata else next(iter(tdata)) if len(tdata) == 1 else None
+        if lang is None:
+            raise ValueError(f"task store {task!r} ({path}) has languages {sorted(tdata)} but no {inp.pivot!r}")
+        res = experts.task_experts(tdata[lang]["seq_topk_freq"], generic, cfg.experts.task_tau)
+        rows += [dict(task=task, **inp.layer_cols(l), expert=e, delta=res.scores[l, e], is_expert=bool(res.mask[l, e]))
+                 for l in range(inp.n_layers) for e in range(inp.n_experts)]
+        targets = dict(lang_sets)
+        if lang_sets:
+            targets["any"] = experts.ExpertSets(np.zeros_like(res.scores),
+                                                np.any([s.mask for s in lang_sets.values()], axis=0), np.nan)
+        n_both = 0
+        for other, sets in targets.items():
+            ov = experts.expert_overlap(res, sets)
+            overlap_rows += [dict(task=task, language=other, **inp.layer_cols(l), n_task=ov["n_a"][l],
+                                  n_language=ov["n_b"][l], n_both=ov["n_both"][l], both=ov["both"][l].tolist())
+                             for l in range(inp.n_layers)]
+            n_both = int(ov["n_both"].sum()) if other == "any" else n_both
+        summary[task] = {"store": path, "language": lang, "n_task_experts": int(res.mask.sum()),
+                         "n_also_language_experts": n_both}
+    tabs = {"experts_task": rows}
+    if overlap_rows:
+        tabs["expert_overlap"] = overlap_rows
+    return tabs, {"task_experts": {"tau": cfg.experts.task_tau, "tasks": summary}}
+
+
+def _correlation(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
+    acc = accuracy_lib.load_accuracy(cfg.accuracy)
+    if not acc:
+        raise Skip("correlation: no analysis.accuracy given")
+    if "curves" not in state:
+        raise Skip("correlation: no divergence curves")
+    langs = [l for l in state["curves"] if l in acc]
+    if len(langs) < correlation.MIN_LANGUAGES:
+        raise Skip(f"correlation: needs at least {correlation.MIN_LANGUAGES} non-pivot languages with an accuracy, "
+                   f"have {langs}")
+    b = cfg.bootstrap
+    res = correlation.divergence_accuracy_correlation(state["curves"], acc, state.get("band"), b.n, b.seed, b.ci)
+    rows = []
+    for stat, per in res["per_layer"].items():
+        rows += [dict(scope="layer", **inp.layer_cols(l), statistic=stat, **_corr_cols(c)) for l, c in enumerate(per)]
+    if res["band"] is not None:
+        s, e = res["band_range"]
+        rows += [dict(scope="band", layer=None, decoder_layer=None, band_start=s, band_end=e, statistic=stat,
+                      **_corr_cols(c)) for stat, c in res["band"].items()]
+    points = [dict(language=l, accuracy=a, **({"band_divergence": res["band_divergence"][i]}
+                                                if res["band_divergence"] is not None else {}))
+              for i, (l, a) in enumerate(zip(res["languages"], res["accuracy"]))]
+    band = {s: c.to_dict() for s, c in res["band"].items()} if res["band"] is not None else None
+    return ({"correlation": rows, "correlation_points": points, "accuracy": [dict(language=l, accuracy=a)
+                                                                             for l, a in acc.items()]},
+            {"correlation": {"metric": cfg.metrics[0], "languages": res["languages"], "band": band,
+                             "bootstrap": b.to_dict()}})
+
+
+def _corr_cols(c: correlation.Correlation) -> dict:
+    d = c.to_dict()
+    d.pop("statistic")
+    return d
+
+
+# every table an analysis may write (stale copies from an earlier run are removed)
+TABLES = ("divergence", "divergence_aggregate", "baseline", "entropy", "consistency", "similarity_layers",
+          "similarity_bands", "clustering", "experts_language", "experts_pool", "experts_task", "expert_overlap",
+          "correlation", "correlation_points", "accuracy")
+
+ANALYSES: tuple[tuple[str, Callable], ...] = (
+    ("divergence", _divergence), ("split_half_baseline", _baseline), ("middle_band", _band),
+    ("entropy", _entropy), ("consistency", _consistency), ("similarity", _similarity),
+    ("language_experts", _language_experts), ("shared_exclusive", _shared_exclusive),
+    ("task_experts", _task_experts), ("correlation", _correlation))
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+    """Runs every analysis on ``workdir/routing``; writes ``workdir/analysis/*``; returns the summary."""
+    cfg = section(config, "analysis", default_config())
+    if not cfg.metrics:
+        raise ValueError("analysis.metrics is empty")
+    store = os.path.join(workdir, STORE_SUBDIR)
+    out_dir = os.path.join(workdir, SUBDIR)
+    inp = load_inputs(store, cfg.pivot)
+    summary: dict[str, Any] = {
+        "store": store, "pivot": cfg.pivot, "languages": inp.languages, "n_layers": inp.n_layers,
+        "n_experts": inp.n_experts, "top_k": inp.top_k, "moe_layer_ids": inp.layer_ids,
+        "primary_metric": cfg.metrics[0], "config": cfg.to_dict(), "skipped": {}, "tables": []}
+    state: dict[str, Any] = {}
+    os.makedirs(out_dir, exist_ok=True)
+    for name, fn in tqdm(ANALYSES, desc="analyze", leave=False):
+        try:
+            tabs, piece = fn(inp, cfg, state)
+        except Skip as e:
+            log.warning("analyze: skipping %s", e)
+            summary["skipped"][name] = str(e)
+            continue
+        for tname, records in tabs.items():
+            tables.write_table(out_dir, tname, records)
+            summary["tables"].append(tname)
+        summary.update(piece)
+    for name in set(TABLES) - set(summary["tables"]):  # a skipped analysis leaves no stale table behind
+        for ext in ("csv", "json"):
+            stale = os.path.join(out_dir, f"{name}.{ext}")
+            if os.path.exists(stale):
+                os.remove(stale)
+    if "curves" in state and "band" in state:
+        s, e = state["band"]
+        summary["band_divergence"] = {l: float(v[s: e + 1].mean()) for l, v in state["curves"].items()}
+    tables.write_json(os.path.join(out_dir, "summary.json"), summary)
+    log.info("analyze: wrote %d tables to %s (skipped: %s)", len(summary["tables"]), out_dir,
+             sorted(summary["skipped"]) or "none")
+    return tables.to_jsonable(summary)

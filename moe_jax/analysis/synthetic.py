@@ -1,0 +1,194 @@
+"""Synthetic routing-statistics stores with planted structure, for tests and demos.
+
+The router logits of token t of aligned sequence i in language x at MoE layer l are
+
+    z = c(l) * content[i, l] + s(l) * w_x * v_x[l] + bias_x[l] + noise,
+
+with ``content`` shared by all languages (translations say the same thing) and weighted by an
+inverted-U ``c(l)`` (meaning dominates the middle layers), a U-shaped language-specific strength
+``s(l)`` (high in the first and last layers, low in the middle), a
+per-language weight ``w_x`` (0 for the pivot; accuracy falls as it grows), language vectors
+``v_x`` that share a component within a language family, planted language-exclusive experts
+(``+bias`` for the language, ``-bias`` for all others) and, in a separate English task store,
+planted task experts. Statistics are reduced exactly as the store format documents. Demo::
+
+    python -m moe_jax.analysis.synthetic /tmp/demo   # writes /tmp/demo/{routing, task_math, accuracy.json}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import numpy as np
+
+from moe_jax.routing import store as store_lib
+
+# (code, weight w_x, family, planted accuracy): accuracy falls as the language-specific weight grows.
+DEFAULT_LANGUAGES = (
+    ("eng_Latn", 0.0, "latin", 0.90),
+    ("fra_Latn", 0.5, "latin", 0.82),
+    ("spa_Latn", 0.6, "latin", 0.79),
+    ("hin_Deva", 1.0, "indic", 0.66),
+    ("ben_Beng", 1.2, "indic", 0.61),
+    ("tha_Thai", 1.5, "thai", 0.52),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSpec:
+    """All planted parameters; tests read the ground truth from here."""
+
+    languages: tuple[tuple[str, float, str, float], ...] = DEFAULT_LANGUAGES
+    n_layers: int = 12
+    n_experts: int = 16
+    top_k: int = 4
+    n_sequences: int = 40
+    min_len: int = 8
+    max_len: int = 20
+    strength_min: float = 0.2
+    strength_max: float = 3.0
+    content_min: float = 0.5
+    content_max: float = 2.0
+    noise_scale: float = 1.0
+    exclusive: tuple[tuple[str, int, int], ...] = (("tha_Thai", 10, 3), ("hin_Deva", 1, 7))  # (lang, layer, expert)
+    exclusive_bias: float = 6.0
+    task_experts: tuple[tuple[int, int], ...] = ((4, 5), (5, 5), (5, 9), (6, 9), (7, 12))  # (layer, expert)
+    task_bias: float = 6.0
+    first_layer_collapse: bool = False  # Phi-3.5-like: layer 0 sends every token to the same experts
+    moe_layer_ids: tuple[int, ...] | None = None
+    pivot: str = "eng_Latn"
+    seed: int = 0
+    warning: str = "synthetic routing statistics with planted structure: numbers mean nothing"
+
+    @property
+    def codes(self) -> list[str]:
+        return [l[0] for l in self.languages]
+
+    def _u(self) -> np.ndarray:
+        """0 at the central layer, 1 at the first and last: ``[layers]``."""
+        c = (self.n_layers - 1) / 2
+        return ((np.arange(self.n_layers) - c) / max(c, 1)) ** 2
+
+    def strength(self) -> np.ndarray:
+        """U-shaped language-specific strength ``s(l)`` ``[layers]``."""
+        return self.strength_min + (self.strength_max - self.strength_min) * self._u()
+
+    def content_weight(self) -> np.ndarray:
+        """Inverted-U weight ``c(l)`` of the shared content ``[layers]``."""
+        return self.content_max - (self.content_max - self.content_min) * self._u()
+
+    def accuracy(self) -> dict[str, float]:
+        return {code: acc for code, _, _, acc in self.languages}
+
+    def task_mask(self) -> np.ndarray:
+        """Planted task experts ``[layers, experts]``."""
+        m = np.zeros((self.n_layers, self.n_experts), bool)
+        for l, e in self.task_experts:
+            m[l, e] = True
+        return m
+
+    def layer_ids(self) -> list[int]:
+        return list(self.moe_layer_ids) if self.moe_layer_ids is not None else list(range(self.n_layers))
+
+
+def _reduce(spec: SyntheticSpec, z: np.ndarray, lengths: np.ndarray, ids: list[str],
+            with_token_topk: bool) -> dict[str, np.ndarray]:
+    """Store arrays from token logits ``z [tokens, layers, experts]`` of sequences of ``lengths``."""
+    z = z - z.max(-1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(-1, keepdims=True)
+    h = -(p * np.log(np.maximum(p, 1e-30))).sum(-1)  # [T, L]
+    topk = np.argsort(-z, axis=-1, kind="stable")[..., : spec.top_k]  # [T, L, k]
+    onehot = np.zeros_like(p)
+    np.put_along_axis(onehot, topk, 1.0, axis=-1)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    per_seq = lambda x: np.add.reduceat(x, starts, axis=0) / lengths.reshape((-1,) + (1,) * (x.ndim - 1))
+    arrays = dict(
+        seq_ids=np.array(ids), seq_lengths=lengths.astype(np.int32),
+        seq_mean_probs=per_seq(p).astype(np.float32), seq_topk_freq=per_seq(onehot).astype(np.float32),
+        seq_token_entropy=per_seq(h).astype(np.float32), topk_counts=onehot.sum(0).astype(np.int64),
+        gate_weight_sums=(p * onehot).sum(0).astype(np.float64),
+        token_totals=np.full(spec.n_layers, lengths.sum(), np.int64))
+    if with_token_topk:
+        arrays["token_topk"] = topk.astype(np.int16)
+    return arrays
+
+
+def _content(spec: SyntheticSpec, stream: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sequence content logits ``[N, L, E]`` and base lengths ``[N]``, shared by all languages."""
+    rng = np.random.default_rng((spec.seed, stream))
+    content = spec.content_weight()[:, None] * rng.standard_normal((spec.n_sequences, spec.n_layers, spec.n_experts))
+    return content, rng.integers(spec.min_len, spec.max_len + 1, spec.n_sequences)
+
+
+def language_arrays(spec: SyntheticSpec, lang: str, with_token_topk: bool = True, content_stream: int = 0,
+                    extra_bias: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Store arrays of one language (``extra_bias [layers, experts]`` is added to every token)."""
+    codes = spec.codes
+    xi = codes.index(lang)
+    _, weight, family, _ = spec.languages[xi]
+    families = sorted({l[2] for l in spec.languages})
+    L, E = spec.n_layers, spec.n_experts
+    fam = np.random.default_rng((spec.seed, 2, families.index(family))).standard_normal((L, E))
+    rng = np.random.default_rng((spec.seed, 3, xi, content_stream))
+    v = 0.8 * fam + 0.6 * rng.standard_normal((L, E))
+    bias = spec.strength()[:, None] * weight * v
+    for x, l, e in spec.exclusive:
+        bias[l, e] += spec.exclusive_bias if x == lang else -spec.exclusive_bias
+    if extra_bias is not None:
+        bias = bias + extra_bias
+    content, base = _content(spec, content_stream)
+    lengths = np.maximum(np.round(base * (1 + 0.15 * weight)).astype(np.int64), 2)
+    seq_of_token = np.repeat(np.arange(spec.n_sequences), lengths)
+    z = content[seq_of_token] + bias + spec.noise_scale * rng.standard_normal((lengths.sum(), L, E))
+    if spec.first_layer_collapse:
+        z[:, 0] = 0.1 * rng.standard_normal((lengths.sum(), E))
+        z[:, 0, : spec.top_k] += 8.0
+    ids = [f"s{i:04d}" for i in range(spec.n_sequences)]
+    return _reduce(spec, z, lengths, ids, with_token_topk)
+
+
+def _meta(spec: SyntheticSpec, dataset: str) -> dict:
+    return {"model": "synthetic", "dataset": dataset, "fingerprint": f"synthetic-{dataset}-{spec.seed}",
+            "moe_layer_ids": spec.layer_ids(), "num_experts": spec.n_experts, "top_k": spec.top_k,
+            "warning": spec.warning}
+
+
+def write_synthetic_store(path: str, spec: SyntheticSpec = SyntheticSpec(), with_token_topk: bool = True) -> dict:
+    """Writes the multilingual store of ``spec`` at ``path``; returns its meta."""
+    meta = store_lib.open_store(path, _meta(spec, "synthetic-parallel"), overwrite=True)
+    for lang in spec.codes:
+        a = language_arrays(spec, lang, with_token_topk)
+        store_lib.write_language(path, lang, a, {"n_sequences": spec.n_sequences,
+                                                 "n_tokens": int(a["seq_lengths"].sum())})
+    return store_lib.read_meta(path) or meta
+
+
+def write_synthetic_task_store(path: str, spec: SyntheticSpec = SyntheticSpec(), name: str = "math") -> dict:
+    """Writes an English (pivot) task store with the planted task experts of ``spec`` at ``path``."""
+    meta = store_lib.open_store(path, _meta(spec, f"synthetic-task-{name}"), overwrite=True)
+    a = language_arrays(spec, spec.pivot, with_token_topk=False, content_stream=1,
+                        extra_bias=spec.task_bias * spec.task_mask())
+    store_lib.write_language(path, spec.pivot, a, {"n_sequences": spec.n_sequences,
+                                                   "n_tokens": int(a["seq_lengths"].sum())})
+    return store_lib.read_meta(path) or meta
+
+
+def write_demo(workdir: str, spec: SyntheticSpec = SyntheticSpec()) -> dict[str, str]:
+    """``workdir/routing`` (main store), ``workdir/task_math`` (task store), ``workdir/accuracy.json``."""
+    from moe_jax.analysis.tables import write_json
+    paths = {"routing": os.path.join(workdir, "routing"), "task_math": os.path.join(workdir, "task_math"),
+             "accuracy": os.path.join(workdir, "accuracy.json")}
+    write_synthetic_store(paths["routing"], spec)
+    write_synthetic_task_store(paths["task_math"], spec)
+    write_json(paths["accuracy"], spec.accuracy())
+    return paths
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m moe_jax.analysis.synthetic WORKDIR")
+    for k, v in write_demo(sys.argv[1]).items():
+        print(f"{k}: {v}")

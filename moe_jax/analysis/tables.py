@@ -1,0 +1,79 @@
+"""Analysis tables as CSV (for people and pandas) and JSON (for the report), written atomically.
+
+A table is a list of records (dicts with the same keys). ``write_table(dir, name, records)``
+writes ``name.csv`` and ``name.json``; ``read_table`` reads the JSON back.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+# One atomic-write implementation for the package (temp file + fsync + os.replace).
+from moe_jax.routing.store import _atomic_write
+
+
+def to_jsonable(obj: Any) -> Any:
+    """NumPy scalars/arrays, tuples and dataclasses as plain JSON values; NaN/inf become None."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (list, tuple, set)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Indented JSON; a list of records is written one record per line."""
+    obj = to_jsonable(obj)
+    if isinstance(obj, list) and all(isinstance(r, dict) for r in obj):
+        text = "[\n" + ",\n".join(json.dumps(r, allow_nan=False) for r in obj) + "\n]\n"
+    else:
+        text = json.dumps(obj, indent=1, allow_nan=False)
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_csv(path: str, records: Iterable[Mapping[str, Any]], columns: list[str] | None = None) -> None:
+    records = [to_jsonable(r) for r in records]
+    if columns is None:
+        columns = list(records[0]) if records else []
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    for r in records:
+        w.writerow({k: ("" if r.get(k) is None else
+                        " ".join(map(str, r[k])) if isinstance(r.get(k), list) else r[k]) for k in columns})
+    _atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+
+
+def write_table(directory: str, name: str, records: list[Mapping[str, Any]]) -> list[str]:
+    """Writes ``name.csv`` and ``name.json`` (a list of records) under ``directory``; returns their paths."""
+    paths = [os.path.join(directory, f"{name}.{ext}") for ext in ("csv", "json")]
+    write_csv(paths[0], records)
+    write_json(paths[1], list(records))
+    return paths
+
+
+def read_table(directory: str, name: str) -> list[dict] | None:
+    """Records of table ``name`` (from its JSON), or None when the table was not written."""
+    path = os.path.join(directory, f"{name}.json")
+    return read_json(path) if os.path.exists(path) else None

@@ -1,0 +1,219 @@
+"""Report figures from plain arrays (matplotlib, Agg backend). Every function returns a Figure;
+``png_bytes`` renders and closes it."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib import colors as mcolors  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from scipy.cluster import hierarchy  # noqa: E402
+
+BAND_COLOR = "#cfe3f7"
+# viridis without its palest yellow, which vanishes on white
+ACCURACY_CMAP = mcolors.LinearSegmentedColormap.from_list("viridis_dark", plt.get_cmap("viridis")(np.linspace(0, 0.85, 256)))
+BASELINE_COLOR = "#9a9a9a"
+
+
+def png_bytes(fig, path: str | None = None, dpi: int = 110, stamp: str | None = None) -> bytes:
+    """Renders ``fig`` as PNG (also to ``path`` when given) and closes it; ``stamp`` (e.g. the run's
+    "random weights" warning) is written in red under the plot so a copied PNG keeps it."""
+    if stamp:
+        fig.text(0.01, -0.01, textwrap.fill(f"WARNING: {stamp}", 110), color="#c0392b", fontsize=9,
+                 fontweight="bold", va="top")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    plt.close(fig)
+    data = buf.getvalue()
+    if path is not None:
+        from moe_jax.routing.store import _atomic_write
+        _atomic_write(path, lambda f: f.write(data))
+    return data
+
+
+def _band_span(ax, x: np.ndarray, band: tuple[int, int] | None, label: str = "middle band") -> None:
+    """Shades MoE-layer positions ``band`` (inclusive) on an axis whose x values are ``x [layers]``."""
+    if band is None:
+        return
+    s, e = band
+    ax.axvspan(x[s] - 0.5, x[e] + 0.5, color=BAND_COLOR, zorder=0, label=f"{label} ({x[s]}-{x[e]})")
+
+
+def layer_curves(x, curves: Mapping[str, np.ndarray], *, title: str, ylabel: str,
+                 xlabel: str = "decoder layer", color_values: Mapping[str, float] | None = None,
+                 color_label: str = "accuracy", baseline: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                 baseline_label: str = "split-half baseline", band: tuple[int, int] | None = None,
+                 errors: Mapping[str, np.ndarray] | None = None, highlight: str | None = None):
+    """One line per language over layers ``x [layers]``.
+
+    ``color_values`` colours lines on a viridis scale (e.g. accuracy; languages without a value are
+    grey and dashed); ``baseline = (low, mid, high)`` ``[layers]`` is drawn as a grey band; ``band``
+    (MoE-layer positions) is shaded; ``errors`` ``{language: [layers]}`` as a thin ribbon;
+    ``highlight`` draws one language in black.
+    """
+    x = np.asarray(x)
+    fig, ax = plt.subplots(figsize=(10, 5.2))
+    _band_span(ax, x, band)
+    if baseline is not None:
+        lo, mid, hi = baseline
+        ax.fill_between(x, lo, hi, color=BASELINE_COLOR, alpha=0.2, lw=0, label=f"{baseline_label} (range)")
+        ax.plot(x, mid, color=BASELINE_COLOR, ls="--", lw=1.5, label=f"{baseline_label} (median)")
+    cmap, norm = ACCURACY_CMAP, None
+    vals = {l: v for l, v in (color_values or {}).items() if l in curves}
+    if vals:
+        lo_v, hi_v = min(vals.values()), max(vals.values())
+        norm = mcolors.Normalize(lo_v, hi_v if hi_v > lo_v else lo_v + 1e-9)
+    order = sorted(curves, key=lambda l: (l not in vals, -vals.get(l, 0.0), l))
+    palette = plt.get_cmap("tab20")
+    for i, lang in enumerate(order):
+        y = np.asarray(curves[lang], float)
+        if lang == highlight:
+            style = dict(color="black", lw=2.6, zorder=5)
+        elif norm is not None and lang in vals:
+            style = dict(color=cmap(norm(vals[lang])), lw=2.0)
+        elif norm is not None:
+            style = dict(color="0.55", lw=1.3, ls=":")
+        else:
+            style = dict(color=palette(i % 20), lw=1.8)
+        label = f"{lang} ({vals[lang]:.3g})" if lang in vals else lang
+        ax.plot(x, y, marker="o", ms=3, label=label, **style)
+        if errors is not None and lang in errors:
+            e = np.asarray(errors[lang], float)
+            ax.fill_between(x, y - e, y + e, color=style["color"], alpha=0.15, lw=0)
+    if norm is not None:
+        sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+        fig.colorbar(sm, ax=ax, pad=0.01, fraction=0.04).set_label(color_label)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.set_xlim(x.min() - 0.6, x.max() + 0.6)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.12 if norm is not None else 1.01, 1.0), fontsize=8,
+              frameon=False, ncol=1 if len(curves) <= 18 else 2)
+    return fig
+
+
+def heatmap(matrix, row_labels: Sequence, col_labels: Sequence, *, title: str, cbar_label: str,
+            xlabel: str = "decoder layer", ylabel: str = "", cmap: str = "magma_r", center: float | None = None,
+            annotate: bool = False, marks: np.ndarray | None = None, mark_label: str = ""):
+    """A ``[rows, cols]`` heatmap; ``center`` makes a diverging scale symmetric around it;
+    ``marks`` ``[rows, cols]`` bool draws a dot on marked cells (e.g. experts above a threshold)."""
+    m = np.asarray(matrix, float)
+    h = min(10.0, max(2.6, 0.32 * m.shape[0] + 1.6))  # 128 experts get thin rows, not a 40-inch figure
+    w = min(16.0, max(6.0, 0.32 * m.shape[1] + 3.0))
+    fig, ax = plt.subplots(figsize=(w, h))
+    kw = {}
+    if center is not None:
+        lim = np.nanmax(np.abs(m - center)) or 1.0
+        kw = dict(vmin=center - lim, vmax=center + lim)
+    im = ax.imshow(m, aspect="auto", cmap=cmap, interpolation="nearest", **kw)
+    fig.colorbar(im, ax=ax, pad=0.01, fraction=0.04).set_label(cbar_label)
+    step_c = max(1, int(np.ceil(len(col_labels) / 40)))
+    step_r = max(1, int(np.ceil(len(row_labels) / 60)))
+    ax.set_xticks(np.arange(0, len(col_labels), step_c), [str(c) for c in col_labels][::step_c], fontsize=8)
+    ax.set_yticks(np.arange(0, len(row_labels), step_r), [str(r) for r in row_labels][::step_r], fontsize=8)
+    if annotate and m.size <= 600:
+        for (i, j), v in np.ndenumerate(m):
+            if np.isfinite(v) and v != 0:
+                r, g, b, _ = im.cmap(im.norm(v))
+                dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5  # luminance of the cell
+                ax.text(j, i, f"{v:.0f}" if float(v).is_integer() else f"{v:.2f}", ha="center", va="center",
+                        fontsize=7, color="white" if dark else "black")
+    if marks is not None and np.any(marks):
+        r, c = np.nonzero(marks)
+        ax.scatter(c, r, s=14, facecolors="none", edgecolors="black", linewidths=1.0, label=mark_label)
+        ax.legend(loc="upper right", bbox_to_anchor=(1.0, 1.0 + 0.35 / h), fontsize=8, frameon=False)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return fig
+
+
+def similarity_dendrogram(sim, labels: Sequence[str], linkage, *, title: str, metric: str = "cosine"):
+    """Dendrogram (left) and the similarity matrix ``[X, X]`` in dendrogram order (right)."""
+    sim = np.asarray(sim, float)
+    n = len(labels)
+    fig, (ax_d, ax_h) = plt.subplots(1, 2, figsize=(12, max(3.5, 0.38 * n + 1.5)),
+                                     gridspec_kw={"width_ratios": [1, 1.35]})
+    dn = hierarchy.dendrogram(np.asarray(linkage), labels=list(labels), orientation="left", ax=ax_d,
+                              color_threshold=0.7 * np.max(np.asarray(linkage)[:, 2]) if n > 2 else None)
+    ax_d.set(title="hierarchical clustering", xlabel=f"1 - {metric} similarity")
+    order = dn["leaves"][::-1]  # top-to-bottom order of the left dendrogram
+    im = ax_h.imshow(sim[np.ix_(order, order)], cmap="viridis", interpolation="nearest")
+    ax_h.set_xticks(range(n), [labels[i] for i in order], rotation=90, fontsize=8)
+    ax_h.set_yticks(range(n), [labels[i] for i in order], fontsize=8)
+    fig.colorbar(im, ax=ax_h, fraction=0.046, pad=0.02).set_label(f"{metric} similarity")
+    ax_h.set_title("similarity (dendrogram order)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def correlation_scatter(x, y, labels: Sequence[str], stats: Mapping[str, Mapping], *, title: str,
+                        xlabel: str, ylabel: str):
+    """Scatter of ``x [n]`` against ``y [n]`` with language labels, a least-squares line and the
+    statistics ``{name: {r, p, ci_low, ci_high, n}}`` printed on the plot."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    ax.scatter(x, y, s=40, color="#1f77b4", zorder=3)
+    for xi, yi, lab in zip(x, y, labels):
+        ax.annotate(lab, (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=8)
+    if np.ptp(x) > 0:
+        a, b = np.polyfit(x, y, 1)
+        xs = np.linspace(x.min(), x.max(), 50)
+        ax.plot(xs, a * xs + b, color="#d62728", lw=1.5, label="least-squares fit")
+    lines = []
+    for name, s in stats.items():
+        r, p, lo, hi = (s.get(k) for k in ("r", "p", "ci_low", "ci_high"))
+        fmt = lambda v, f: "n/a" if v is None or not np.isfinite(v) else format(v, f)
+        lines.append(f"{name}: r = {fmt(r, '.3f')}, p = {fmt(p, '.2g')}, CI [{fmt(lo, '.2f')}, {fmt(hi, '.2f')}]")
+    n = next(iter(stats.values())).get("n", len(x)) if stats else len(x)
+    ax.text(0.02, 0.02, "\n".join(lines + [f"n = {n} languages"]), transform=ax.transAxes, fontsize=9,
+            va="bottom", bbox=dict(boxstyle="round", fc="white", ec="0.7"))
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def correlation_by_layer(x, per_stat: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], *, title: str,
+                         band: tuple[int, int] | None = None, xlabel: str = "decoder layer"):
+    """Correlation coefficient per layer with its bootstrap interval: ``{stat: (r, low, high)}`` ``[layers]``."""
+    x = np.asarray(x)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    _band_span(ax, x, band)
+    for (name, (r, lo, hi)), color in zip(per_stat.items(), ("#1f77b4", "#ff7f0e", "#2ca02c")):
+        ax.plot(x, r, marker="o", ms=3, color=color, label=name)
+        ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(title=title, xlabel=xlabel, ylabel="correlation with accuracy", ylim=(-1.05, 1.05))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def counts_with_bars(counts, row_labels: Sequence, x_labels: Sequence, bars, *, title: str, cbar_label: str,
+                     bar_label: str, xlabel: str = "decoder layer"):
+    """A counts heatmap ``[rows, layers]`` above a bar chart ``[layers]`` sharing the layer axis."""
+    m = np.asarray(counts, float)
+    fig, (ax, axb) = plt.subplots(2, 1, figsize=(min(16.0, max(7.0, 0.32 * m.shape[1] + 3.5)),
+                                                  min(12.0, max(4.0, 0.32 * m.shape[0] + 3.0))),
+                                  sharex=True, gridspec_kw={"height_ratios": [max(m.shape[0], 2), 2.2]})
+    im = ax.imshow(m, aspect="auto", cmap="Blues", interpolation="nearest", vmin=0)
+    fig.colorbar(im, ax=[ax, axb], pad=0.01, fraction=0.04).set_label(cbar_label)
+    ax.set_yticks(range(len(row_labels)), row_labels, fontsize=8)
+    for (i, j), v in np.ndenumerate(m):
+        if v and m.size <= 800:
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if v > 0.6 * m.max() else "black")
+    axb.bar(np.arange(len(x_labels)), bars, color="#7f7f7f")
+    step = max(1, int(np.ceil(len(x_labels) / 40)))
+    axb.set_xticks(np.arange(0, len(x_labels), step), [str(v) for v in x_labels][::step], fontsize=8)
+    axb.set(xlabel=xlabel, ylabel=bar_label)
+    axb.grid(alpha=0.3, axis="y")
+    ax.set_title(title)
+    return fig

@@ -1,0 +1,324 @@
+"""The ``report`` stage: ``workdir/analysis`` tables -> ``workdir/report/index.html`` + PNGs.
+
+Called by ``moe_jax.launch`` as ``run(config, workdir)`` after ``analyze``; ``config`` is the full run
+config (its ``report`` section is used) or the section itself. The page is static and
+self-contained (figures embedded as base64 PNG); the same figures are saved next to it as PNG.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable
+
+import ml_collections
+import numpy as np
+
+from moe_jax.analysis import tables
+from moe_jax.analysis.stage import SUBDIR as ANALYSIS_SUBDIR, section as config_section
+from moe_jax.report import html, plots
+from moe_jax.routing.store import _atomic_write, read_meta
+
+log = logging.getLogger(__name__)
+
+SUBDIR = "report"
+METRIC_LABELS = {"entropy_normalized_js": "entropy-normalised JS divergence", "js_divergence": "JS divergence (nats)",
+                 "kl_divergence": "KL divergence (nats)", "cosine_distance": "cosine distance"}
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The ``config.report`` section."""
+    c = ml_collections.ConfigDict()
+    c.title = "MoE multilingual routing report"
+    c.dpi = 110  # PNG resolution
+    return c
+
+
+class _Report:
+    """Reads the analysis output once; each ``_section_*`` method returns page blocks."""
+
+    def __init__(self, workdir: str, cfg):
+        self.adir = os.path.join(workdir, ANALYSIS_SUBDIR)
+        self.rdir = os.path.join(workdir, SUBDIR)
+        path = os.path.join(self.adir, "summary.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} does not exist: run the analyze stage first")
+        self.s = tables.read_json(path)
+        self.meta = read_meta(self.s["store"]) or read_meta(os.path.join(workdir, "routing")) or {}
+        self.cfg = cfg
+        self.x = np.asarray(self.s["moe_layer_ids"])
+        self.band = (self.s["middle_band"]["start"], self.s["middle_band"]["end"]) if "middle_band" in self.s else None
+        self.primary = self.s["primary_metric"]
+        acc = self.table("accuracy") or []
+        self.accuracy = {r["language"]: r["accuracy"] for r in acc}
+        self.pngs: list[str] = []
+
+    def table(self, name: str):
+        """Records of a table the last analyze run wrote (None for skipped analyses)."""
+        return tables.read_table(self.adir, name) if name in self.s.get("tables", []) else None
+
+    def curves(self, records, value: str, key: str = "language", **where) -> dict[str, np.ndarray]:
+        """``{key value: [layers]}`` of ``value`` from layer records matching ``where``."""
+        out: dict[str, np.ndarray] = {}
+        for r in records:
+            if all(r.get(k) == v for k, v in where.items()):
+                out.setdefault(r[key], np.full(len(self.x), np.nan))[r["layer"]] = np.nan if r[value] is None else r[value]
+        return out
+
+    def fig(self, fig, name: str, caption: str) -> str:
+        png = plots.png_bytes(fig, os.path.join(self.rdir, f"{name}.png"), self.cfg.dpi,
+                              stamp=self.meta.get("warning") or None)
+        self.pngs.append(f"{name}.png")
+        return html.figure(png, f"{name}.png", caption)
+
+    def band_text(self) -> str:
+        if self.band is None:
+            return "no middle band"
+        b = self.s["middle_band"]
+        return (f"middle band: decoder layers {b['decoder_layers'][0]}-{b['decoder_layers'][1]} "
+                f"(MoE-layer positions {b['start']}-{b['end']}, {b['source']})")
+
+    # -- sections ---------------------------------------------------------------------------------
+
+    def divergence(self) -> list[str]:
+        rows = self.table("divergence")
+        if rows is None:
+            return []
+        pivot, label = self.s["pivot"], METRIC_LABELS.get(self.primary, self.primary)
+        mean = self.curves(rows, "mean", metric=self.primary)
+        sem = self.curves(rows, "sem", metric=self.primary)
+        base = self.curves(self.table("baseline") or [], "mean", metric=self.primary, mode="pairs")
+        bl = None
+        if base:
+            b = np.stack(list(base.values()))
+            bl = (b.min(0), np.median(b, 0), b.max(0))
+        acc = {l: a for l, a in self.accuracy.items() if l in mean}
+        blocks = [self.fig(
+            plots.layer_curves(self.x, mean, title=f"Routing divergence from {pivot} by layer", ylabel=label,
+                               color_values=acc or None, baseline=bl, band=self.band, errors=sem,
+                               baseline_label="split-half same-language"),
+            "divergence_curves",
+            f"Mean {label} between aligned sequence pairs (language vs {pivot}), per layer, with +-1 SEM ribbons"
+            + (", coloured by accuracy" if acc else "") + ". Grey: split-half baseline, the same per-pair estimator "
+            "between two different sequences of one language (range and median over languages): a curve above it "
+            "means language identity separates routing more than content does; below it, translations route more "
+            f"alike than two sentences of one language. Shaded: the {self.band_text()}.")]
+        order = sorted(mean, key=lambda l: np.nanmean(mean[l]))
+        blocks.append(self.fig(
+            plots.heatmap(np.stack([mean[l] for l in order]), order, self.x, title=f"{label} from {pivot}",
+                          cbar_label=label, ylabel="language"),
+            "divergence_heatmap", "Language x layer divergence from the pivot (languages sorted by mean divergence)."))
+        for metric in self.s.get("metrics", [])[1:]:
+            m = self.curves(rows, "mean", metric=metric)
+            blocks.append(self.fig(
+                plots.layer_curves(self.x, m, title=f"{METRIC_LABELS.get(metric, metric)} from {pivot}",
+                                   ylabel=METRIC_LABELS.get(metric, metric), color_values=acc or None, band=self.band),
+                f"divergence_{metric}",
+                f"Unnormalised comparison ({metric}); raw divergences also track the fall of routing entropy with depth."))
+        agg = self.table("divergence_aggregate")
+        if agg:
+            a = self.curves(agg, "value", metric=self.primary)
+            mb = self.curves(self.table("baseline") or [], "mean", metric=self.primary, mode="means")
+            blm = (lambda b: (b.min(0), np.median(b, 0), b.max(0)))(np.stack(list(mb.values()))) if mb else None
+            blocks.append(self.fig(
+                plots.layer_curves(self.x, a, title=f"Aggregate routing divergence from {pivot}", ylabel=label,
+                                   color_values=acc or None, baseline=blm, band=self.band,
+                                   baseline_label="split-half (half means)"),
+                "divergence_aggregate",
+                "Divergence between language-level top-k utilisation (aggregate counts) of each language and the "
+                "pivot. Grey: divergence between the utilisation of two random halves of one language (sampling noise)."))
+        return blocks
+
+    def entropy(self) -> list[str]:
+        rows = self.table("entropy")
+        if rows is None:
+            return []
+        pivot = self.s["pivot"]
+        hl = pivot if pivot in self.s["languages"] else None
+        return [self.fig(plots.layer_curves(self.x, self.curves(rows, "token_entropy_norm"),
+                                            title="Router entropy per token", ylabel="H(softmax(z)) / log E",
+                                            band=self.band, highlight=hl),
+                         "entropy_curves", f"Mean token-level router entropy, normalised by log E (pivot {pivot} in "
+                         "black). In trained models it falls with depth, faster for non-English (METHODS)."),
+                self.fig(plots.layer_curves(self.x, self.curves(rows, "utilization_entropy_norm"),
+                                            title="Expert utilisation entropy", ylabel="H(c / sum c) / log E",
+                                            band=self.band, highlight=hl),
+                         "utilization_entropy", "Entropy of each language's aggregate top-k utilisation; low values "
+                         "mean a language concentrates on few experts.")]
+
+    def consistency(self) -> list[str]:
+        rows = self.table("consistency")
+        if rows is None:
+            return []
+        c = self.s.get("consistency", {})
+        return [self.fig(plots.layer_curves(self.x, self.curves(rows, "jaccard"), title="Token-to-token consistency",
+                                            ylabel="mean Jaccard of top-k sets", band=self.band),
+                         "consistency_curves", f"Jaccard overlap of the top-k expert sets of {c.get('pairs')} sampled "
+                         f"token pairs per language (scope: {c.get('scope')}, seed {c.get('seed')}).")]
+
+    def similarity(self) -> list[str]:
+        rows, clus = self.table("similarity_bands"), self.table("clustering")
+        if rows is None or clus is None:
+            return []
+        info = self.s["similarity"]
+        langs = info["languages"]
+        idx = {l: i for i, l in enumerate(langs)}
+        blocks = []
+        for band, (s, e) in info["bands"].items():
+            sim = np.zeros((len(langs), len(langs)))
+            for r in rows:
+                if r["band"] == band:
+                    sim[idx[r["language_a"]], idx[r["language_b"]]] = r["similarity"]
+            z = np.array([[r["left"], r["right"], r["distance"], r["size"]] for r in clus if r["band"] == band], float)
+            blocks.append(self.fig(
+                plots.similarity_dendrogram(sim, langs, z, metric=info["metric"],
+                                            title=f"Language similarity, {band} layers ({self.x[s]}-{self.x[e]})"),
+                f"similarity_{band}",
+                f"{info['metric']} similarity of top-k utilisation vectors averaged over decoder layers "
+                f"{self.x[s]}-{self.x[e]}, and {info['cluster_method']}-linkage clustering of languages."))
+        return blocks
+
+    def experts(self) -> list[str]:
+        blocks = []
+        pool, info = self.table("experts_pool"), self.s.get("shared_exclusive")
+        if pool and info:
+            langs = info["pool"]
+            cnt = np.zeros((len(langs), len(self.x)))
+            shared = np.zeros(len(self.x))
+            seen_shared = set()
+            for r in pool:
+                if r["label"] == "exclusive":
+                    cnt[langs.index(r["language"]), r["layer"]] += 1
+                elif r["label"] == "shared" and (r["layer"], r["expert"]) not in seen_shared:
+                    seen_shared.add((r["layer"], r["expert"]))
+                    shared[r["layer"]] += 1
+            blocks.append(self.fig(
+                plots.counts_with_bars(cnt, langs, self.x, shared, title="Language-exclusive experts per layer",
+                                       cbar_label="exclusive experts", bar_label="shared experts"),
+                "experts_exclusive",
+                f"Top: experts exclusive to a language (its share of the pool's top-{info['top_k']} mass > "
+                f"{info['thr']}); bottom: experts shared by the pool. Labels depend on the pool: {', '.join(langs)}."))
+        lang = self.table("experts_language")
+        if lang:
+            li = self.s["language_experts"]
+            langs = list(li["count"])
+            cnt = np.zeros((len(langs), len(self.x)))
+            for r in lang:
+                cnt[langs.index(r["language"]), r["layer"]] += bool(r["is_expert"])
+            blocks.append(self.fig(
+                plots.heatmap(cnt, langs, self.x, title=f"Language experts (Delta > {li['tau']}) per layer",
+                              cbar_label="experts", cmap="Blues", annotate=True, ylabel="language"),
+                "experts_language",
+                f"Experts whose activation frequency in a language exceeds the pivot's by more than {li['tau']} "
+                "(METHODS Eq. 3 with language data)."))
+        task = self.table("experts_task")
+        if task:
+            ti = self.s["task_experts"]
+            overlap = self.table("expert_overlap") or []
+            n_e = self.s["n_experts"]
+            for name in ti["tasks"]:
+                delta = np.zeros((n_e, len(self.x)))
+                mark = np.zeros((n_e, len(self.x)), bool)
+                for r in task:
+                    if r["task"] == name:
+                        delta[r["expert"], r["layer"]] = r["delta"]
+                        mark[r["expert"], r["layer"]] = r["is_expert"]
+                both = sum(r["n_both"] for r in overlap if r["task"] == name and r["language"] == "any")
+                blocks.append(self.fig(
+                    plots.heatmap(delta, np.arange(n_e), self.x, title=f"Task experts: {name}",
+                                  cbar_label="Delta (task - generic frequency)", cmap="RdBu_r", center=0.0,
+                                  ylabel="expert", marks=mark, mark_label=f"task expert (Delta > {ti['tau']})"),
+                    f"experts_task_{name}",
+                    f"Delta of every expert between {name} data and the generic corpus ({self.s['pivot']} data of the "
+                    f"main store); circled: task experts. {both} task expert(s) are also language experts."))
+        return blocks
+
+    def correlation(self) -> list[str]:
+        rows, pts, info = self.table("correlation"), self.table("correlation_points"), self.s.get("correlation")
+        if not rows or not info:
+            return []
+        blocks = []
+        label = METRIC_LABELS.get(info["metric"], info["metric"])
+        if info.get("band") and pts and "band_divergence" in pts[0]:
+            blocks.append(self.fig(
+                plots.correlation_scatter([p["band_divergence"] for p in pts], [p["accuracy"] for p in pts],
+                                          [p["language"] for p in pts], info["band"],
+                                          title=f"Middle-band divergence vs accuracy (decoder layers "
+                                                f"{self.x[self.band[0]]}-{self.x[self.band[1]]})",
+                                          xlabel=f"mean {label} over the middle band", ylabel="accuracy"),
+                "correlation_scatter",
+                f"Each point a language; Pearson and Spearman correlation with two-sided p-values and "
+                f"{info['bootstrap']['n']}-resample bootstrap {100 * info['bootstrap']['ci']:.0f}% intervals."))
+        per = {}
+        for stat in ("pearson", "spearman"):
+            rr = [r for r in rows if r["scope"] == "layer" and r["statistic"] == stat]
+            if rr:
+                per[stat] = tuple(self.curves(rr, k, key="statistic")[stat] for k in ("r", "ci_low", "ci_high"))
+        if per:
+            blocks.append(self.fig(
+                plots.correlation_by_layer(self.x, per, band=self.band,
+                                           title="Correlation of divergence with accuracy, per layer"),
+                "correlation_by_layer", "Per-layer correlation coefficients with bootstrap intervals (shaded)."))
+        return blocks
+
+    def metadata(self) -> list[str]:
+        meta = {k: v for k, v in self.meta.items() if k != "languages"}
+        langs = self.meta.get("languages", {})
+        keys = sorted({k for v in langs.values() if isinstance(v, dict) for k in v})
+        blocks = [html.paragraph("Routing store metadata"), html.mapping_table(meta)]
+        if langs:
+            blocks += [html.paragraph("Per-language summary"),
+                       html.table(([l] + [langs[l].get(k, "") if isinstance(langs[l], dict) else "" for k in keys]
+                                   for l in langs), ["language"] + keys)]
+        blocks += [html.paragraph("Analysis configuration"), html.mapping_table(self.s.get("config", {})),
+                   html.paragraph("Tables (CSV and JSON in " + self.adir + "): " + ", ".join(self.s.get("tables", [])))]
+        return blocks
+
+    def intro(self) -> list[str]:
+        s = self.s
+        facts = {"model": self.meta.get("model", "unknown"), "dataset": self.meta.get("dataset", "unknown"),
+                 "store": s["store"], "pivot": s["pivot"], "languages": ", ".join(s["languages"]),
+                 "MoE layers x experts (top-k)": f"{s['n_layers']} x {s['n_experts']} (top-{s['top_k']})",
+                 "primary metric": self.primary, "middle band": self.band_text().removeprefix("middle band: ")}
+        if s.get("correlation", {}).get("band"):
+            c = s["correlation"]["band"]
+            facts["middle-band correlation with accuracy"] = (
+                f"Pearson r = {c['pearson']['r']:.3f} (p = {c['pearson']['p']:.2g}), "
+                f"Spearman rho = {c['spearman']['r']:.3f} (p = {c['spearman']['p']:.2g}), n = {c['pearson']['n']}")
+        out = [html.mapping_table(facts)]
+        if s.get("skipped"):
+            out.append(html.paragraph("Skipped analyses: " + "; ".join(f"{k}: {v}" for k, v in s["skipped"].items()),
+                                      cls="note"))
+        return out
+
+
+SECTIONS: tuple[tuple[str, str, Callable[[_Report], list[str]]], ...] = (
+    ("Divergence from the pivot", "divergence", _Report.divergence),
+    ("Routing entropy", "entropy", _Report.entropy),
+    ("Token consistency", "consistency", _Report.consistency),
+    ("Language similarity", "similarity", _Report.similarity),
+    ("Expert specialisation", "experts", _Report.experts),
+    ("Correlation with accuracy", "correlation", _Report.correlation),
+    ("Run metadata", "metadata", _Report.metadata),
+)
+
+
+def run(config, workdir: str) -> str:
+    """Renders ``workdir/report/index.html`` (and the PNGs beside it); returns the HTML path."""
+    cfg = config_section(config, "report", default_config())
+    rep = _Report(workdir, cfg)
+    os.makedirs(rep.rdir, exist_ok=True)
+    sections = []
+    for title, anchor, fn in SECTIONS:
+        blocks = fn(rep)
+        if blocks:
+            sections.append((title, anchor, blocks))
+    warning = rep.meta.get("warning")
+    doc = html.page(cfg.title, sections, warning=str(warning) if warning else None, intro=rep.intro())
+    path = os.path.join(rep.rdir, "index.html")
+    _atomic_write(path, lambda f: f.write(doc.encode("utf-8")))
+    for name in os.listdir(rep.rdir):  # figures of an earlier run that this one did not draw
+        if name.endswith(".png") and name not in rep.pngs:
+            os.remove(os.path.join(rep.rdir, name))
+    log.info("report: wrote %s with %d figures", path, len(rep.pngs))
+    return path
