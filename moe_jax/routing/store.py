@@ -21,7 +21,9 @@ Arrays of ``<lang>.npz`` (N sequences, L MoE layers, E experts, k top-k):
                                            concatenated over sequences (T = sum seq_lengths)
 
 Writes are atomic (temp file + ``os.replace``): a language file either exists complete or not at
-all, so an interrupted run resumes at the first missing language.
+all, and it counts as done only once ``meta.json`` lists it (written after the file), so an
+interrupted run resumes at the first missing language. Temp files left by a killed process are
+removed when the store is opened again.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def open_store(store: str, meta: Mapping[str, Any], *, fingerprint_keys: tuple[s
             raise StoreMismatchError(
                 f"{store} holds routing statistics of another model or configuration "
                 f"(fingerprint {old.get('fingerprint')!r} != {meta.get('fingerprint')!r}); "
-                "use another workdir or set overwrite")
+                "use another directory, or overwrite=True (--config.collect.overwrite=True) to replace it")
         if same:
             meta["languages"] = old.get("languages", {})
         else:
@@ -100,6 +102,9 @@ def open_store(store: str, meta: Mapping[str, Any], *, fingerprint_keys: tuple[s
                 if os.path.exists(lang_path(store, lang)):
                     os.remove(lang_path(store, lang))
     os.makedirs(store, exist_ok=True)
+    for name in os.listdir(store):  # leftovers of a process killed mid-write
+        if name.startswith(".") and name.endswith(".tmp"):
+            os.remove(os.path.join(store, name))
     atomic_write_json(os.path.join(store, META), meta)
     return meta
 
@@ -110,11 +115,40 @@ def done_languages(store: str) -> set[str]:
     return {l for l in meta.get("languages", {}) if os.path.exists(lang_path(store, l))}
 
 
-def write_language(store: str, lang: str, arrays: Mapping[str, np.ndarray], summary: Mapping[str, Any]) -> None:
-    """Writes one language atomically, then records it in meta.json (also atomically)."""
+# key -> (dims, kind): dims name the axes (N sequences, L layers, E experts, T tokens, k top-k)
+SHAPES = {"seq_ids": ("N", "U"), "seq_lengths": ("N", "i"), "seq_mean_probs": ("NLE", "f"),
+          "seq_topk_freq": ("NLE", "f"), "seq_token_entropy": ("NL", "f"), "topk_counts": ("LE", "i"),
+          "gate_weight_sums": ("LE", "f"), "token_totals": ("L", "i"), "token_topk": ("TLk", "i")}
+
+
+def check_arrays(lang: str, arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Checks keys, dtype kinds and that shared axes agree; returns the axis sizes."""
     missing = [k for k in REQUIRED_KEYS if k not in arrays]
     if missing:
         raise ValueError(f"language {lang}: missing arrays {missing}")
+    unknown = sorted(set(arrays) - set(SHAPES))
+    if unknown:
+        raise ValueError(f"language {lang}: unknown arrays {unknown}; known: {sorted(SHAPES)}")
+    sizes: dict[str, tuple[int, str]] = {}
+    for key, x in arrays.items():
+        x = np.asarray(x)
+        dims, kind = SHAPES[key]
+        if x.ndim != len(dims) or x.dtype.kind not in (kind + ("u" if kind == "i" else "")):
+            raise ValueError(f"language {lang}: {key} has shape {x.shape} dtype {x.dtype}, "
+                             f"expected [{', '.join(dims)}] of kind {kind!r}")
+        for d, n in zip(dims, x.shape):
+            if d in sizes and sizes[d][0] != n:
+                raise ValueError(f"language {lang}: {key} has {d}={n} but {sizes[d][1]} has {d}={sizes[d][0]}")
+            sizes.setdefault(d, (n, key))
+    if "token_topk" in arrays and sizes["T"][0] != int(np.sum(arrays["seq_lengths"])):
+        raise ValueError(f"language {lang}: token_topk has {sizes['T'][0]} tokens, seq_lengths sum to "
+                         f"{int(np.sum(arrays['seq_lengths']))}")
+    return {d: n for d, (n, _) in sizes.items()}
+
+
+def write_language(store: str, lang: str, arrays: Mapping[str, np.ndarray], summary: Mapping[str, Any]) -> None:
+    """Writes one language atomically, then records it in meta.json (also atomically)."""
+    check_arrays(lang, arrays)
     _atomic_write(lang_path(store, lang), lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
     meta = read_meta(store)
     if meta is None:
@@ -132,11 +166,11 @@ def read_language(store: str, lang: str) -> dict[str, np.ndarray]:
 
 
 def read_store(store: str) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
-    """Returns ``(meta, {lang: arrays})`` for every complete language, in meta order."""
+    """Returns ``(meta, {lang: arrays})`` for every complete language, sorted by code."""
     meta = read_meta(store)
     if meta is None:
         raise FileNotFoundError(f"no routing store at {store} (missing {META})")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{store}: unknown store format {meta.get('format')!r}, expected {FORMAT}")
-    langs = [l for l in meta.get("languages", {}) if os.path.exists(lang_path(store, l))]
+    langs = [l for l in sorted(meta.get("languages", {})) if os.path.exists(lang_path(store, l))]
     return meta, {l: read_language(store, l) for l in langs}

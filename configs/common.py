@@ -1,0 +1,42 @@
+"""Shared parts of the pipeline configs in this directory.
+
+Each config file loads this module by its path (a few lines of importlib), so configs work from
+any current directory and need no package of their own. Everything else is a default of the
+package (``moe_jax.stages.default_config``) plus a handful of overrides per file.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from moe_jax.stages import default_config
+
+# METHODS.md, study R: the 15 languages of the multilingual-routing analysis (FLORES codes).
+R_LANGUAGES = ("eng_Latn", "bam_Latn", "fra_Latn", "tha_Thai", "pes_Arab", "arb_Arab", "arb_Latn", "ary_Arab",
+               "hin_Deva", "zho_Hans", "srp_Cyrl", "lit_Latn", "ory_Orya", "ben_Beng", "asm_Beng")
+
+
+def hub_model_config(hub_id: str, *, batch_size: int = 16, model_axis: int = 1, dataset: str = "belebele",
+                     **data_overrides) -> ml_collections.ConfigDict:
+    """A released checkpoint from the hub, bf16, on the 15 languages of study R.
+
+    ``model_axis``: devices per model replica (experts / heads / MLP split over them); -1 puts the
+    whole mesh on the model axis (one replica, for checkpoints that fill several GPUs).
+    ``dataset``: "belebele" (FLORES passages as in Belebele, test split; what R used) or
+    "flores_plus" (gated on the hub; dev split).
+    """
+    c = default_config()
+    c.model.source = "hub"
+    c.model.hub_id = hub_id
+    c.model.name = hub_id
+    c.model.dtype = "bfloat16"
+    c.data.source = dataset
+    c.data.languages = R_LANGUAGES
+    c.data.split = {"belebele": "test", "flores_plus": "dev"}[dataset]
+    c.data.max_length = 512  # Belebele passages in a chat template stay well below this
+    for k, v in data_overrides.items():
+        c.data[k] = v
+    c.collect.batch_size = batch_size
+    c.collect.pad_to_multiple = 64
+    c.mesh.shape = {"data": 1, "model": -1} if model_axis == -1 else {"data": -1, "model": model_axis}
+    return c

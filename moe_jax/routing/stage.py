@@ -1,0 +1,221 @@
+"""The ``collect`` stage: converted checkpoint + parallel corpus -> routing store at ``workdir/routing``.
+
+Per language: tokenise (chat template, count mask), run the jitted collection step over fixed-shape
+batches, write ``<lang>.npz`` atomically and record its summary in ``meta.json``. A rerun resumes
+at the first language not in the store; a store of another model / data / options is refused
+unless ``collect.overwrite``. With several processes, every process computes, process 0 writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from moe_jax import sharding as shd
+from moe_jax.data.tokenize import EncodedTexts
+from moe_jax.models.config import ModelConfig
+from moe_jax.routing import collect, provenance, store as store_lib
+
+log = logging.getLogger(__name__)
+
+SUBDIR = "routing"
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The ``config.collect`` section.
+
+    Tokenisation (template, max_length, padding_side) is configured in ``config.data``.
+    """
+    c = ml_collections.ConfigDict()
+    c.batch_size = 8  # sequences per step (global); must divide by the mesh's data axis and the processes
+    c.pad_to_multiple = 64  # sequence length is rounded up to this: one compile per length bucket
+    c.sort_by_length = True  # batch similar lengths together (less padding); results stay in corpus order
+    c.token_topk = False  # also store per-token top-k experts of counted tokens ([T, L, k] int16)
+    c.backend = "dense"  # expert dispatch backend of the forward ("dense" | "ragged" | ...)
+    c.overwrite = False  # replace a store written for another model / data / options
+    c.progress = True  # tqdm bars over languages and batches
+    return c
+
+
+@dataclasses.dataclass
+class LanguageInput:
+    """One language, tokenised, with its sentence ids and report fields (truncated, skipped_empty, ...)."""
+
+    seq_ids: list[str]
+    encoded: EncodedTexts
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def run(config: Any, workdir: str) -> dict[str, dict]:
+    """The ``collect`` stage; returns the summaries of the languages collected by this call.
+
+    Reads ``workdir/checkpoint`` (written by the ``convert`` stage), the tokenizer saved with it,
+    ``config.data`` (corpus, template), ``config.collect`` (batching, options), ``config.mesh``.
+    Every check (mesh, batch, tokenizer vocabulary, store compatibility) runs before the weights
+    are loaded or anything is compiled.
+    """
+    from transformers import AutoTokenizer
+
+    from moe_jax.convert import orbax_io
+    from moe_jax.convert.loader import load_params
+    from moe_jax.data import corpora
+    from moe_jax.data import tokenize as tok_lib
+    from moe_jax.stages import CHECKPOINT_DIR, converted_identity
+
+    opts = default_config()
+    opts.update(config.get("collect") or {})
+    data = config.data
+    ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.exists(os.path.join(ckpt_dir, orbax_io.META_FILE)):
+        raise FileNotFoundError(f"no converted checkpoint at {ckpt_dir}; run the 'convert' stage first")
+    ckpt_meta = orbax_io.read_meta(ckpt_dir)
+    converted_identity(config, workdir)  # the checkpoint is the one config.model describes
+    cfg = ModelConfig.from_dict(ckpt_meta["config"])
+
+    mesh = shd.make_mesh(config.mesh.shape)
+    shd.check_batch_size(int(opts.batch_size), mesh)
+    rules = shd.rules_from_config(config.mesh)
+    tokenizer = AutoTokenizer.from_pretrained(ckpt_dir)
+    tok_lib.check_tokenizer(tokenizer, cfg.vocab_size)
+    corpus = corpora.load_corpus(data)
+    encoding = tok_lib.encoding_options(data)
+    meta = build_meta(config, cfg, ckpt_meta, tokenizer, corpus, encoding, opts)
+    store_dir = os.path.join(workdir, SUBDIR)
+    hashes = {lang: _text_hash(corpus.texts[lang]) for lang in corpus.languages}
+    todo = [l for l in corpus.languages if l not in _open(store_dir, meta, corpus.languages, opts.overwrite, hashes)]
+    if not todo:
+        log.info("routing store %s already holds every language", store_dir)
+        return {}
+
+    _, params = load_params(ckpt_dir, config.model.dtype, shardings=shd.param_shardings(cfg, mesh, rules))
+    step = collect.make_collect_step(cfg, mesh, token_topk=bool(opts.token_topk), backend=opts.backend)
+
+    def encode(lang: str) -> LanguageInput:
+        enc = tok_lib.encode_texts(tokenizer, corpus.texts[lang], **encoding)
+        return LanguageInput(list(corpus.ids), enc, {"skipped_empty": int(corpus.skipped_empty.get(lang, 0)),
+                                                     "text_sha256": hashes[lang]})
+
+    batching = dict(batch_size=int(opts.batch_size), pad_id=tok_lib.pad_token_id(tokenizer),
+                    padding_side=data.padding_side, pad_to_multiple=int(opts.pad_to_multiple),
+                    sort_by_length=bool(opts.sort_by_length))
+    summaries = collect_to_store(store_dir, meta, corpus.languages, encode, step=step, params=params, cfg=cfg,
+                                 mesh=mesh, options=opts, batching=batching, input_hashes=hashes)
+    if shd.is_writer():
+        print(f"routing statistics of {meta['model']} written to {store_dir}\n{format_summary(summaries)}",
+              flush=True)
+        if meta.get("warning"):
+            print(f"WARNING: {meta['warning']}", flush=True)
+    return summaries
+
+
+def build_meta(config: Any, cfg: ModelConfig, ckpt_meta: Mapping[str, Any], tokenizer: Any, corpus: Any,
+               encoding: Mapping[str, Any], opts: Mapping[str, Any]) -> dict[str, Any]:
+    """Store metadata; ``fingerprint`` covers everything that determines the numbers (model, weights,
+    dtype, tokenizer, template options, corpus source and sentence ids, stored arrays) but not the
+    language list (a rerun with more languages extends the store) nor batching (no effect beyond
+    float rounding)."""
+    from moe_jax.stages import model_name, model_warning, source_identity
+
+    data = config.data
+    source = {k: data.get(k) for k in ("source", "split", "path", "data_files", "max_sentences")}
+    source = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in source.items()}
+    identity = {
+        "model_config": cfg.to_dict(), "checkpoint_sha256": ckpt_meta.get("checkpoint_sha256"),
+        "model_source": source_identity(config), "dtype": config.model.dtype,
+        "tokenizer_sha256": provenance.tokenizer_hash(tokenizer), "template": dict(encoding),
+        "data_source": source, "sentence_ids": provenance.fingerprint(list(corpus.ids)),
+        "token_topk": bool(opts.get("token_topk", False)),
+    }
+    meta = {
+        "model": model_name(config), "model_type": cfg.model_type, "model_source": identity["model_source"],
+        "checkpoint_sha256": identity["checkpoint_sha256"], "dtype": config.model.dtype,
+        "dataset": corpus.name, "split": corpus.split, "data_source": source,
+        "requested_languages": list(corpus.languages), "num_sentences": len(corpus.ids),
+        "dropped_ids": list(corpus.dropped_ids),
+        "tokenizer": f"saved with {model_name(config)}", "tokenizer_sha256": identity["tokenizer_sha256"],
+        "template": dict(encoding), "moe_layer_ids": list(cfg.moe_layer_ids), "num_layers": cfg.num_layers,
+        "num_experts": cfg.num_experts, "top_k": cfg.top_k, "token_topk": identity["token_topk"],
+        "code_version": provenance.code_version(), "fingerprint": provenance.fingerprint(identity),
+    }
+    warning = model_warning(config)
+    if warning:
+        meta["warning"] = warning
+    return meta
+
+
+def _text_hash(texts: Sequence[str]) -> str:
+    return provenance.fingerprint(list(texts))
+
+
+def collect_to_store(store_dir: str, meta: Mapping[str, Any], languages: Sequence[str],
+                     encode: Callable[[str], LanguageInput], *, step: collect.Step, params: Any,
+                     cfg: ModelConfig, mesh: Any, options: Mapping[str, Any], batching: Mapping[str, Any],
+                     input_hashes: Mapping[str, str] | None = None) -> dict[str, dict]:
+    """Collects every language of ``languages`` not yet in the store; returns their summaries.
+
+    ``options``: the ``collect`` config section; ``batching``: keyword arguments of
+    ``collect.collect_language`` (batch_size, pad_id, padding_side, pad_to_multiple, sort_by_length).
+    ``encode(lang)`` is called only for languages that still need collecting. ``input_hashes``
+    (language -> hash of its texts, stored in its summary as ``text_sha256``): a finished language
+    whose texts changed since is collected again.
+    """
+    done = _open(store_dir, meta, languages, bool(options.get("overwrite", False)), input_hashes)
+    show = bool(options.get("progress", True)) and shd.is_writer()
+    summaries: dict[str, dict] = {}
+    bar = tqdm(languages, desc="languages", unit="lang", disable=not show)
+    for lang in bar:
+        bar.set_postfix_str(lang)
+        if lang in done:
+            log.info("%s: already in %s, skipped", lang, store_dir)
+            continue
+        inp = encode(lang)
+        with tqdm(total=len(inp.encoded), desc=f"  {lang}", unit="seq", leave=False, disable=not show) as seq_bar:
+            res = collect.collect_language(step, params, inp.encoded, cfg=cfg, mesh=mesh, **batching,
+                                           keep_token_topk=bool(options["token_topk"]), progress=seq_bar.update)
+        summary = {"sequences": res.sequences, "counted_tokens": res.counted_tokens, "tokens": res.tokens,
+                   "padded_tokens": res.padded_tokens, "batches": res.batches,
+                   "truncated": inp.encoded.num_truncated, "seconds": round(res.seconds, 3),
+                   "compile_seconds": round(res.compile_seconds, 3),
+                   "tokens_per_s": round(res.tokens_per_s, 1), **inp.info}
+        if shd.is_writer():
+            arrays = dict(res.arrays, seq_ids=np.asarray(inp.seq_ids, dtype=str))
+            store_lib.write_language(store_dir, lang, arrays, summary)
+        shd.sync(f"collect/{lang}")
+        summaries[lang] = summary
+        log.info("%s: %s", lang, summary)
+    return summaries
+
+
+def _open(store_dir: str, meta: Mapping[str, Any], languages: Sequence[str], overwrite: bool,
+          input_hashes: Mapping[str, str] | None = None) -> set[str]:
+    """Process 0 opens (or refuses) the store; every process learns the outcome and the done languages."""
+    status = np.zeros(len(languages) + 1, np.int32)  # [refused, done per language]
+    error: Exception | None = None
+    if shd.is_writer():
+        try:
+            summaries = store_lib.open_store(store_dir, meta, overwrite=overwrite)["languages"]
+            done = store_lib.done_languages(store_dir)
+            status[1:] = [lang in done and (input_hashes is None or
+                                            summaries[lang].get("text_sha256") == input_hashes.get(lang))
+                          for lang in languages]
+        except store_lib.StoreMismatchError as e:
+            error, status[0] = e, 1
+    status = shd.broadcast_from_writer(status)
+    if status[0]:
+        raise error or store_lib.StoreMismatchError(f"process 0 refused the store at {store_dir}")
+    return {lang for lang, d in zip(languages, status[1:]) if d}
+
+
+def format_summary(summaries: Mapping[str, Mapping[str, Any]]) -> str:
+    """Plain-text table of the per-language summaries."""
+    cols = ("sequences", "counted_tokens", "truncated", "skipped_empty", "tokens_per_s")
+    rows = [("language",) + cols] + [(lang,) + tuple(str(s.get(c, "-")) for c in cols)
+                                      for lang, s in summaries.items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols) + 1)]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows)

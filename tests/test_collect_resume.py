@@ -1,0 +1,122 @@
+"""Resume after a crash mid-language, refusal of a foreign store, overwrite."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moe_jax import sharding as shd
+from moe_jax.data.tokenize import EncodedTexts
+from moe_jax.models.config import ModelConfig
+from moe_jax.models.params import init_params
+from moe_jax.routing import collect, store
+from moe_jax.routing.stage import LanguageInput, collect_to_store
+from moe_jax.tiny import tiny_hf_config
+
+LANGS = ["aaa_Latn", "bbb_Latn", "ccc_Latn"]
+OPTIONS = dict(token_topk=True, overwrite=False, progress=False)
+BATCHING = dict(batch_size=4, pad_to_multiple=16)
+BATCHES_PER_LANG = 3  # 10 sequences / 4
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CountingStep:
+    """Wraps the jitted step: counts forward calls, raises on call number ``crash_at`` (1-based)."""
+
+    def __init__(self, step, crash_at=None):
+        self.step, self.crash_at, self.calls = step, crash_at, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise Crash(f"injected crash on forward call {self.calls}")
+        return self.step(*args)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = ModelConfig.from_hf(tiny_hf_config("olmoe"))
+    params = jax.tree.map(jnp.asarray, init_params(cfg, seed=0))
+    mesh = shd.make_mesh({"data": -1})
+    return cfg, params, mesh, collect.make_collect_step(cfg, mesh, token_topk=True)
+
+
+def encoder(calls):
+    def encode(lang):
+        calls.append(lang)
+        rng = np.random.default_rng(LANGS.index(lang))
+        ids = [rng.integers(1, 128, n).astype(np.int32) for n in rng.integers(3, 25, 10)]
+        masks = [np.arange(len(x)) > 0 for x in ids]
+        return LanguageInput([f"s{i}" for i in range(10)], EncodedTexts(ids, masks, np.arange(10) == 3),
+                             {"skipped_empty": 0})
+    return encode
+
+
+def run(setup, path, step, meta=None, encoded=None, **options):
+    cfg, params, mesh, _ = setup
+    meta = meta or {"fingerprint": "f1", "model": "tiny olmoe"}
+    return collect_to_store(str(path), meta, LANGS, encoder([] if encoded is None else encoded), step=step,
+                            params=params, cfg=cfg, mesh=mesh, options={**OPTIONS, **options}, batching=BATCHING)
+
+
+def test_crash_mid_language_then_resume(setup, tmp_path):
+    ref_dir, dir_ = tmp_path / "ref", tmp_path / "run"
+    full = CountingStep(setup[3])
+    run(setup, ref_dir, full)
+    assert full.calls == 3 * BATCHES_PER_LANG
+
+    crashing = CountingStep(setup[3], crash_at=BATCHES_PER_LANG + 2)  # 2nd batch of the 2nd language
+    with pytest.raises(Crash):
+        run(setup, dir_, crashing)
+    assert store.done_languages(str(dir_)) == {"aaa_Latn"}
+    assert sorted(os.listdir(dir_)) == ["aaa_Latn.npz", "meta.json"]  # no partial file, no temp file
+    first = dir_ / "aaa_Latn.npz"
+    stat, data = first.stat().st_mtime_ns, first.read_bytes()
+
+    resumed, encoded = CountingStep(setup[3]), []
+    summaries = run(setup, dir_, resumed, encoded=encoded)
+    assert resumed.calls == 2 * BATCHES_PER_LANG  # nothing finished was recomputed
+    assert encoded == ["bbb_Latn", "ccc_Latn"] and list(summaries) == encoded
+    assert first.stat().st_mtime_ns == stat and first.read_bytes() == data
+
+    ref_meta, ref = store.read_store(str(ref_dir))
+    meta, got = store.read_store(str(dir_))
+    assert list(got) == LANGS and list(ref) == LANGS
+    for lang in LANGS:
+        assert set(got[lang]) == set(ref[lang])
+        for key, v in ref[lang].items():
+            np.testing.assert_array_equal(got[lang][key], v, err_msg=f"{lang}/{key}")
+    strip = lambda s: {k: v for k, v in s.items() if k not in ("seconds", "compile_seconds", "tokens_per_s")}
+    assert {l: strip(s) for l, s in meta["languages"].items()} == {l: strip(s) for l, s in ref_meta["languages"].items()}
+
+    again = CountingStep(setup[3])
+    assert run(setup, dir_, again) == {} and again.calls == 0  # a complete store: nothing to do
+
+
+def test_summary_counts(setup, tmp_path):
+    summaries = run(setup, tmp_path, CountingStep(setup[3]))
+    enc = encoder([])("aaa_Latn")
+    s = summaries["aaa_Latn"]
+    ids = enc.encoded.input_ids
+    assert s["sequences"] == 10 and s["tokens"] == sum(len(x) for x in ids)
+    assert s["counted_tokens"] == sum(len(x) - 1 for x in ids) and s["tokens_per_s"] > 0
+    assert s["truncated"] == 1 and s["skipped_empty"] == 0
+    _, data = store.read_store(str(tmp_path))
+    assert data["aaa_Latn"]["seq_ids"].tolist() == [f"s{i}" for i in range(10)]
+    assert data["aaa_Latn"]["token_topk"].shape == (s["counted_tokens"], 2, 2)
+
+
+def test_foreign_store_is_refused_unless_overwrite(setup, tmp_path):
+    run(setup, tmp_path, CountingStep(setup[3]))
+    other = {"fingerprint": "f2", "model": "another model"}
+    step = CountingStep(setup[3])
+    with pytest.raises(store.StoreMismatchError, match="another model or configuration"):
+        run(setup, tmp_path, step, meta=other)
+    assert step.calls == 0 and store.read_meta(str(tmp_path))["fingerprint"] == "f1"
+    run(setup, tmp_path, step, meta=other, overwrite=True)
+    assert step.calls == 3 * BATCHES_PER_LANG and store.read_meta(str(tmp_path))["fingerprint"] == "f2"

@@ -1,0 +1,57 @@
+"""The offline demo end to end through the real command line, plus a rerun and a foreign-model refusal."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from moe_jax.routing import store
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def launch(workdir, *extra, timeout=300):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    env.pop("XLA_FLAGS", None)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "moe_jax.launch", "--config=configs/demo.py", f"--workdir={workdir}",
+                           *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return proc, time.perf_counter() - t0
+
+
+def test_demo_end_to_end(tmp_path):
+    proc, seconds = launch(tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert seconds < 120, f"the demo took {seconds:.0f} s"
+    assert "WARNING: RANDOM WEIGHTS" in proc.stdout and "meaningless" in proc.stdout
+
+    meta, data = store.read_store(str(tmp_path / "routing"))
+    langs = ["arb_Arab", "ben_Beng", "deu_Latn", "eng_Latn", "fra_Latn", "hin_Deva", "jpn_Jpan", "rus_Cyrl",
+             "spa_Latn", "swh_Latn", "tha_Thai", "zho_Hans"]
+    assert list(data) == langs
+    assert meta["warning"].startswith("RANDOM WEIGHTS") and meta["model_type"] == "qwen2_moe"
+    assert meta["moe_layer_ids"] == [0, 2] and meta["num_experts"] == 8 and meta["top_k"] == 3
+    for key in ("checkpoint_sha256", "tokenizer_sha256", "template", "code_version", "fingerprint", "dataset"):
+        assert meta[key], key
+    for lang in langs:
+        a, s = data[lang], meta["languages"][lang]
+        assert a["seq_mean_probs"].shape == (42, 2, 8) and s["sequences"] == 42
+        assert a["token_totals"][0] == s["counted_tokens"] == a["seq_lengths"].sum() < s["tokens"]  # template excluded
+        np.testing.assert_allclose(a["seq_topk_freq"].sum(-1), 3, atol=1e-5)
+        assert a["seq_ids"].tolist() == data["eng_Latn"]["seq_ids"].tolist()
+    assert os.path.exists(tmp_path / "report" / "index.html")
+    assert os.path.exists(tmp_path / "analysis" / "summary.json")
+
+    # A rerun finds everything done; a different random model is refused and leaves the store as it was.
+    before = (tmp_path / "routing" / "meta.json").read_bytes()
+    proc, _ = launch(tmp_path, "--stages=convert,collect")
+    assert proc.returncode == 0 and "already holds every language" in proc.stderr
+    proc, _ = launch(tmp_path, "--stages=convert,collect", "--config.model.tiny.seed=1")
+    assert proc.returncode != 0 and "StoreMismatchError" in proc.stderr
+    assert "--config.collect.overwrite=True" in proc.stderr
+    assert (tmp_path / "routing" / "meta.json").read_bytes() == before
+    assert json.loads(before)["model_source"]["tiny"]["seed"] == 0

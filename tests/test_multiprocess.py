@@ -1,0 +1,64 @@
+"""Two local processes (jax.distributed over 127.0.0.1, gloo CPU collectives) produce the same store
+as one process, through the real entry point ``python -m moe_jax.launch``."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+from moe_jax.routing import store
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARGS = ["--config=configs/demo.py", "--stages=convert,collect", "--config.data.languages=eng_Latn,fra_Latn,hin_Deva",
+        "--config.data.max_sentences=20", "--config.collect.progress=False"]
+TIMING = ("seconds", "compile_seconds", "tokens_per_s")
+
+
+def launch(workdir, *extra):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    env.pop("XLA_FLAGS", None)
+    return subprocess.Popen([sys.executable, "-m", "moe_jax.launch", *ARGS, f"--workdir={workdir}", *extra],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def finish(proc, timeout=240):
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def test_two_processes_write_the_same_store_as_one(tmp_path):
+    single = launch(tmp_path / "one")
+    dist = [f"--config.distributed.{k}" for k in (
+        "enabled=True", f"coordinator_address=127.0.0.1:{free_port()}", "num_processes=2")]
+    procs = [launch(tmp_path / "two", *dist, f"--config.distributed.process_id={i}") for i in (1, 0)]
+    try:
+        outs = [finish(p) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    finish(single)
+    assert "written to" in outs[1] and "written to" not in outs[0]  # process 0 reports, process 1 only computes
+
+    meta1, one = store.read_store(str(tmp_path / "one" / "routing"))
+    meta2, two = store.read_store(str(tmp_path / "two" / "routing"))
+    assert list(one) == list(two) == ["eng_Latn", "fra_Latn", "hin_Deva"]
+    assert meta1["fingerprint"] == meta2["fingerprint"]
+    for lang in one:
+        assert set(one[lang]) == set(two[lang])
+        for key, ref in one[lang].items():
+            if ref.dtype.kind == "f":
+                np.testing.assert_allclose(two[lang][key], ref, atol=1e-5, rtol=1e-5, err_msg=f"{lang}/{key}")
+            else:
+                np.testing.assert_array_equal(two[lang][key], ref, err_msg=f"{lang}/{key}")
+        strip = lambda s: {k: v for k, v in s.items() if k not in TIMING}
+        assert strip(meta1["languages"][lang]) == strip(meta2["languages"][lang])

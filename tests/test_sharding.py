@@ -1,0 +1,77 @@
+"""Mesh construction, logical-axis rules and batch checks (single device; 8 devices in a subprocess
+in test_sharding_multidevice.py)."""
+
+import jax
+import pytest
+from jax.sharding import AbstractMesh, PartitionSpec as P
+
+from moe_jax import sharding as shd
+from moe_jax.models.config import ModelConfig
+from moe_jax.models.params import logical_axes
+
+
+def test_axis_sizes_resolve_minus_one():
+    assert shd.mesh_axis_sizes({"data": -1, "model": 2}, 8) == {"data": 4, "model": 2}
+    assert shd.mesh_axis_sizes({"model": -1}, 8) == {"data": 1, "model": 8}
+    assert shd.mesh_axis_sizes({"data": 8}, 8) == {"data": 8, "model": 1}
+
+
+@pytest.mark.parametrize("shape, n, match", [
+    ({"data": -1, "tensor": 2}, 8, "unknown axis names \\['tensor'\\]"),
+    ({"data": 2, "model": 2}, 8, "has 4 devices in all, but 8"),
+    ({"data": -1, "model": -1}, 8, "at most one -1"),
+    ({"data": -1, "model": 3}, 8, "not divisible by the fixed axes' product 3"),
+    ({"data": 0}, 1, "sizes must be positive"),
+])
+def test_impossible_mesh(shape, n, match):
+    with pytest.raises(shd.MeshError, match=match):
+        shd.mesh_axis_sizes(shape, n)
+
+
+def test_make_mesh_on_available_devices():
+    mesh = shd.make_mesh({"data": -1, "model": 1})
+    assert mesh.axis_names == ("data", "model") and mesh.devices.size == jax.device_count()
+    with pytest.raises(shd.MeshError, match="devices are available"):
+        shd.make_mesh({"data": jax.device_count() + 1})
+
+
+def test_rules_apply_only_when_divisible():
+    mesh = AbstractMesh((4, 2), ("data", "model"))
+    assert shd.logical_to_spec((8, 32, 16), ("expert", "embed", "expert_mlp"), mesh) == P("model", None, None)
+    # 3 experts do not split over 2: the expert width takes the model axis instead
+    assert shd.logical_to_spec((3, 32, 16), ("expert", "embed", "expert_mlp"), mesh) == P(None, None, "model")
+    assert shd.logical_to_spec((3, 32, 15), ("expert", "embed", "expert_mlp"), mesh) == P(None, None, None)
+    assert shd.logical_to_spec((100, 32), ("vocab", "embed"), mesh) == P(None, None)
+    assert shd.logical_to_spec((32,), (None,), mesh) == P(None)
+    assert shd.logical_to_spec((32, 8), ("embed", "heads"), mesh, {"heads": "data"}) == P(None, "data")
+
+
+def test_rules_to_unknown_mesh_axis_are_refused():
+    cfg = ModelConfig.from_hf(dict(model_type="olmoe", vocab_size=64, hidden_size=16, num_hidden_layers=1,
+                                   num_attention_heads=2, intermediate_size=8, num_experts=4,
+                                   num_experts_per_tok=2))
+    mesh = shd.make_mesh({"data": -1})
+    with pytest.raises(shd.MeshError, match="unknown mesh axes {'expert': 'experts'}"):
+        shd.param_shardings(cfg, mesh, {"expert": "experts"})
+    tree = shd.param_shardings(cfg, mesh)
+    assert jax.tree.structure(tree) == jax.tree.structure(logical_axes(cfg), is_leaf=lambda x: isinstance(x, tuple))
+    assert tree["layers"][0]["moe"]["gate"].mesh is mesh
+
+
+def test_batch_checks():
+    mesh = AbstractMesh((4, 1), ("data", "model"))
+    shd.check_batch_size(8, mesh)
+    with pytest.raises(shd.MeshError, match="batch size 6 is not divisible by the mesh's data axis \\(4"):
+        shd.check_batch_size(6, mesh)
+
+
+def test_process_rows_single_process():
+    mesh = shd.make_mesh({"data": -1})
+    assert shd.process_rows(mesh, 4) == slice(0, 4)
+
+
+def test_distributed_disabled_is_noop_and_bad_process_id_refused():
+    shd.initialize_distributed({"enabled": False})
+    with pytest.raises(shd.MeshError, match="process_id=2"):
+        shd.initialize_distributed({"enabled": True, "num_processes": 2, "process_id": 2,
+                                    "coordinator_address": "127.0.0.1:1"})

@@ -1,0 +1,93 @@
+"""The routing store: round trip, atomicity under a failing write, fingerprint refusal, validation."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from moe_jax.routing import store
+
+
+def arrays(n=3, L=2, E=4, k=2, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 6, n).astype(np.int32)
+    return {"seq_ids": np.array([f"s{i}" for i in range(n)]), "seq_lengths": lengths,
+            "seq_mean_probs": rng.random((n, L, E), dtype=np.float32),
+            "seq_topk_freq": rng.random((n, L, E), dtype=np.float32),
+            "seq_token_entropy": rng.random((n, L), dtype=np.float32),
+            "topk_counts": rng.integers(0, 9, (L, E)), "gate_weight_sums": rng.random((L, E)),
+            "token_totals": np.full(L, lengths.sum(), np.int64),
+            "token_topk": rng.integers(0, E, (lengths.sum(), L, k)).astype(np.int16)}
+
+
+def test_round_trip(tmp_path):
+    meta = store.open_store(str(tmp_path), {"fingerprint": "x", "model": "m"})
+    assert meta["format"] == store.FORMAT and meta["languages"] == {}
+    a, b = arrays(seed=1), arrays(seed=2)
+    store.write_language(str(tmp_path), "fra_Latn", a, {"sequences": 3})
+    store.write_language(str(tmp_path), "eng_Latn", b, {"sequences": 3})
+    meta, data = store.read_store(str(tmp_path))
+    assert list(data) == ["eng_Latn", "fra_Latn"] and meta["languages"]["fra_Latn"] == {"sequences": 3}
+    for k, v in a.items():
+        np.testing.assert_array_equal(data["fra_Latn"][k], v)
+        assert data["fra_Latn"][k].dtype == v.dtype
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    store.open_store(str(tmp_path), {"fingerprint": "x"})
+    real = np.savez
+
+    def broken(f, **kw):
+        real(f, **kw)  # the bytes are written into the temp file ...
+        raise OSError("disk full")  # ... then the process fails before the rename
+
+    monkeypatch.setattr(np, "savez", broken)
+    with pytest.raises(OSError, match="disk full"):
+        store.write_language(str(tmp_path), "fra_Latn", arrays(), {})
+    assert sorted(os.listdir(tmp_path)) == ["meta.json"] and store.done_languages(str(tmp_path)) == set()
+
+
+def test_file_without_meta_entry_is_not_done_and_killed_temp_files_are_cleaned(tmp_path):
+    store.open_store(str(tmp_path), {"fingerprint": "x"})
+    np.savez(tmp_path / "fra_Latn.npz", **arrays())  # a crash between the file and the meta update
+    (tmp_path / ".fra_Latn.npz.abc.tmp").write_bytes(b"partial")  # a process killed mid-write
+    assert store.done_languages(str(tmp_path)) == set()
+    store.open_store(str(tmp_path), {"fingerprint": "x"})
+    assert not (tmp_path / ".fra_Latn.npz.abc.tmp").exists()
+
+
+def test_other_fingerprint_refused_or_replaced(tmp_path):
+    store.open_store(str(tmp_path), {"fingerprint": "a"})
+    store.write_language(str(tmp_path), "fra_Latn", arrays(), {})
+    with pytest.raises(store.StoreMismatchError, match="'a' != 'b'"):
+        store.open_store(str(tmp_path), {"fingerprint": "b"})
+    meta = store.open_store(str(tmp_path), {"fingerprint": "a", "note": "resumed"})
+    assert list(meta["languages"]) == ["fra_Latn"]  # same fingerprint keeps finished languages
+    store.open_store(str(tmp_path), {"fingerprint": "b"}, overwrite=True)
+    assert store.done_languages(str(tmp_path)) == set() and not (tmp_path / "fra_Latn.npz").exists()
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda a: a.pop("seq_mean_probs"), "missing arrays \\['seq_mean_probs'\\]"),
+    (lambda a: a.update(seq_topk_freq=a["seq_topk_freq"][:2]), "seq_topk_freq has N=2 but seq_ids has N=3"),
+    (lambda a: a.update(topk_counts=a["topk_counts"].astype(np.float32)), "topk_counts .* kind 'i'"),
+    (lambda a: a.update(token_topk=a["token_topk"][:-1]), "token_topk has .* tokens, seq_lengths sum to"),
+    (lambda a: a.update(extra=np.zeros(3)), "unknown arrays \\['extra'\\]"),
+])
+def test_bad_arrays_name_the_culprit(tmp_path, change, match):
+    store.open_store(str(tmp_path), {"fingerprint": "x"})
+    a = arrays()
+    change(a)
+    with pytest.raises(ValueError, match=f"language fra_Latn: {match}"):
+        store.write_language(str(tmp_path), "fra_Latn", a, {})
+
+
+def test_read_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no routing store"):
+        store.read_store(str(tmp_path))
+    (tmp_path / "meta.json").write_text(json.dumps({"format": "other/9"}))
+    with pytest.raises(ValueError, match="unknown store format 'other/9'"):
+        store.read_store(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no statistics for language 'xxx'"):
+        store.read_language(str(tmp_path), "xxx")
