@@ -49,7 +49,9 @@ class MoeModel(nnx.Module):
         out = forward(self.param_tree, self.cfg, ids, mask, positions, intervention,
                       return_router=return_router_logits, compute_logits=compute_logits,
                       backend=self.backend)
-        if return_router_logits:
+        # Sow only under nnx.capture (which sets __captures__): sow outside it is deprecated and
+        # would keep per-call arrays alive on the module.
+        if return_router_logits and hasattr(self, "__captures__"):
             self.sow(nnx.Intermediate, "router_logits", out.router_logits)
             self.sow(nnx.Intermediate, "topk_idx", out.topk_idx)
             self.sow(nnx.Intermediate, "topk_weights", out.topk_weights)
