@@ -16,8 +16,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-# One atomic-write implementation for the package (temp file + fsync + os.replace).
-from moe_jax.routing.store import _atomic_write
+from moe_jax.atomic import atomic_write
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -44,7 +43,7 @@ def write_json(path: str, obj: Any) -> None:
         text = "[\n" + ",\n".join(json.dumps(r, allow_nan=False) for r in obj) + "\n]\n"
     else:
         text = json.dumps(obj, indent=1, allow_nan=False)
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def read_json(path: str) -> Any:
@@ -62,7 +61,7 @@ def write_csv(path: str, records: Iterable[Mapping[str, Any]], columns: list[str
     for r in records:
         w.writerow({k: ("" if r.get(k) is None else
                         " ".join(map(str, r[k])) if isinstance(r.get(k), list) else r[k]) for k in columns})
-    _atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
 
 
 def write_table(directory: str, name: str, records: list[Mapping[str, Any]]) -> list[str]:

@@ -5,12 +5,12 @@ Used by round-trip tests (HF -> params -> HF -> params) and to write random tiny
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping
 
 import numpy as np
 
+from moe_jax.atomic import atomic_write_json
 from moe_jax.convert import name_map
 from moe_jax.convert.safetensors_io import INDEX_FILE, SINGLE_FILE, write_safetensors
 from moe_jax.models.config import ModelConfig
@@ -57,7 +57,7 @@ def write_hf_checkpoint(out_dir: str | os.PathLike, hf_config: Mapping[str, Any]
     if not 1 <= num_shards <= len(names):
         raise ValueError(f"num_shards={num_shards} must be in [1, {len(names)}] (number of tensors)")
     os.makedirs(out_dir, exist_ok=True)
-    _write_json(os.path.join(out_dir, "config.json"), dict(hf_config))
+    atomic_write_json(os.path.join(out_dir, "config.json"), dict(hf_config))
     if num_shards == 1:
         write_safetensors(os.path.join(out_dir, SINGLE_FILE), tensors)
         return out_dir
@@ -67,13 +67,7 @@ def write_hf_checkpoint(out_dir: str | os.PathLike, hf_config: Mapping[str, Any]
         file = f"model-{i + 1:05d}-of-{num_shards:05d}.safetensors"
         total += write_safetensors(os.path.join(out_dir, file), {n: tensors[n] for n in group})
         weight_map.update({n: file for n in group})
-    _write_json(os.path.join(out_dir, INDEX_FILE), {"metadata": {"total_size": total}, "weight_map": weight_map})
+    atomic_write_json(os.path.join(out_dir, INDEX_FILE), {"metadata": {"total_size": total}, "weight_map": weight_map})
     return out_dir
 
 
-def _write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)

@@ -19,11 +19,12 @@ import json
 import math
 import os
 import struct
-import tempfile
 from typing import Any, Mapping
 
 import ml_dtypes
 import numpy as np
+
+from moe_jax.atomic import atomic_write
 
 DTYPES: dict[str, np.dtype] = {
     "F32": np.dtype(np.float32),
@@ -177,16 +178,9 @@ def write_safetensors(path: str, tensors: Mapping[str, np.ndarray], metadata: Ma
         arrays.append(x)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # data aligned to 8 bytes, as the reference writer does
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".safetensors")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)) + raw)
-            for x in arrays:
-                f.write(memoryview(x.reshape(-1).view(np.uint8)))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    def write(f):
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for x in arrays:
+            f.write(memoryview(x.reshape(-1).view(np.uint8)))
+    atomic_write(path, write)
     return offset

@@ -33,8 +33,8 @@ def png_bytes(fig, path: str | None = None, dpi: int = 110, stamp: str | None = 
     plt.close(fig)
     data = buf.getvalue()
     if path is not None:
-        from moe_jax.routing.store import _atomic_write
-        _atomic_write(path, lambda f: f.write(data))
+        from moe_jax.atomic import atomic_write
+        atomic_write(path, lambda f: f.write(data))
     return data
 
 

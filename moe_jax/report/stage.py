@@ -17,7 +17,8 @@ import numpy as np
 from moe_jax.analysis import tables
 from moe_jax.analysis.stage import SUBDIR as ANALYSIS_SUBDIR, section as config_section
 from moe_jax.report import html, plots
-from moe_jax.routing.store import _atomic_write, read_meta
+from moe_jax.atomic import atomic_write
+from moe_jax.routing.store import read_meta
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +317,7 @@ def run(config, workdir: str) -> str:
     warning = rep.meta.get("warning")
     doc = html.page(cfg.title, sections, warning=str(warning) if warning else None, intro=rep.intro())
     path = os.path.join(rep.rdir, "index.html")
-    _atomic_write(path, lambda f: f.write(doc.encode("utf-8")))
+    atomic_write(path, lambda f: f.write(doc.encode("utf-8")))
     for name in os.listdir(rep.rdir):  # figures of an earlier run that this one did not draw
         if name.endswith(".png") and name not in rep.pngs:
             os.remove(os.path.join(rep.rdir, name))

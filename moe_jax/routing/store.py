@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Mapping
 
 import numpy as np
+
+from moe_jax.atomic import atomic_write, atomic_write_json
 
 FORMAT = "moe_jax.routing_store/1"
 META = "meta.json"
@@ -43,26 +44,6 @@ REQUIRED_KEYS = ("seq_ids", "seq_lengths", "seq_mean_probs", "seq_topk_freq", "s
 
 class StoreMismatchError(ValueError):
     """The directory holds a store written for another model or configuration."""
-
-
-def _atomic_write(path: str, write_fn) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True, default=str).encode()))
 
 
 def lang_path(store: str, lang: str) -> str:
@@ -149,7 +130,7 @@ def check_arrays(lang: str, arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
 def write_language(store: str, lang: str, arrays: Mapping[str, np.ndarray], summary: Mapping[str, Any]) -> None:
     """Writes one language atomically, then records it in meta.json (also atomically)."""
     check_arrays(lang, arrays)
-    _atomic_write(lang_path(store, lang), lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
+    atomic_write(lang_path(store, lang), lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
     meta = read_meta(store)
     if meta is None:
         raise FileNotFoundError(f"{store} has no {META}; call open_store first")
