@@ -99,6 +99,14 @@ def test_checkpoint_hash_identifies_headers(hf_dir, tmp_path):
     assert a["checkpoint_sha256"] == b["checkpoint_sha256"] != c["checkpoint_sha256"]
 
 
+def test_checkpoint_hash_identifies_weights_with_equal_headers(tmp_path):
+    """Same architecture and layout, other weights (a fine-tune, another seed): another hash."""
+    from moe_jax.convert.safetensors_io import scan_checkpoint
+    x = scan_checkpoint(write_random_hf_checkpoint(tmp_path / "x", HF, seed=5))
+    y = scan_checkpoint(write_random_hf_checkpoint(tmp_path / "y", HF, seed=6))
+    assert x.shapes() == y.shapes() and x.sha256 != y.sha256
+
+
 # ----------------------------------------------------------------------------------------------
 # Atomicity
 

@@ -62,7 +62,7 @@ class HFCheckpoint:
     path: str
     files: tuple[str, ...]  # safetensors files (absolute), sorted
     tensors: dict[str, TensorInfo]
-    sha256: str  # over the index file and every header (identifies the checkpoint cheaply)
+    sha256: str  # over the index, every header and sampled data bytes (identifies the weights cheaply)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {n: t.shape for n, t in self.tensors.items()}
@@ -142,7 +142,7 @@ def scan_checkpoint(path: str | os.PathLike) -> HFCheckpoint:
     for file in files:
         full = os.path.join(path, file)
         infos, raw_header = read_header(full)
-        digest.update(file.encode() + b"\0" + raw_header)
+        digest.update(file.encode() + b"\0" + raw_header + _sample_data(full, 8 + len(raw_header)))
         if by_file is None:
             tensors.update(infos)
             continue
@@ -151,6 +151,20 @@ def scan_checkpoint(path: str | os.PathLike) -> HFCheckpoint:
                 raise CheckpointError(f"{index_path} maps tensor {name!r} to {full}, whose header lacks it")
             tensors[name] = infos[name]
     return HFCheckpoint(path, tuple(os.path.join(path, f) for f in files), tensors, digest.hexdigest())
+
+
+def _sample_data(path: str, data_start: int, samples: int = 16, width: int = 256) -> bytes:
+    """``samples`` evenly spaced slices of the data section: two checkpoints with the same headers
+    but other weights (fine-tunes, seeds) hash differently, at the cost of a few reads per file."""
+    size = os.path.getsize(path) - data_start
+    if size <= 0:
+        return b""
+    with open(path, "rb") as f:
+        out = []
+        for i in range(samples):
+            f.seek(data_start + (size - min(width, size)) * i // max(samples - 1, 1))
+            out.append(f.read(width))
+    return b"".join(out)
 
 
 def read_tensor(info: TensorInfo) -> np.ndarray:
