@@ -7,23 +7,36 @@ package (``moe_jax.stages.default_config``) plus a handful of overrides per file
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import ml_collections
 
-from moe_jax.stages import default_config
+from moe_jax.data.corpora import BUILTIN_TASKS
+from moe_jax.stages import RANDOM_WEIGHTS_WARNING, default_config  # noqa: F401 (used by configs)
 
 # METHODS.md, study R: the 15 languages of the multilingual-routing analysis (FLORES codes).
 R_LANGUAGES = ("eng_Latn", "bam_Latn", "fra_Latn", "tha_Thai", "pes_Arab", "arb_Arab", "arb_Latn", "ary_Arab",
                "hin_Deva", "zho_Hans", "srp_Cyrl", "lit_Latn", "ory_Orya", "ben_Beng", "asm_Beng")
 
 
+def builtin_tasks(names: Sequence[str] = BUILTIN_TASKS) -> ml_collections.ConfigDict:
+    """``config.tasks`` entries for the shipped English task corpora (moe_jax/data/corpus/tasks)."""
+    return ml_collections.ConfigDict({n: {"source": "builtin_task", "task": n} for n in names})
+
+
 def hub_model_config(hub_id: str, *, batch_size: int = 16, model_axis: int = 1, dataset: str = "belebele",
-                     **data_overrides) -> ml_collections.ConfigDict:
+                     tasks: Sequence[str] = BUILTIN_TASKS, **data_overrides) -> ml_collections.ConfigDict:
     """A released checkpoint from the hub, bf16, on the 15 languages of study R.
 
     ``model_axis``: devices per model replica (experts / heads / MLP split over them); -1 puts the
     whole mesh on the model axis (one replica, for checkpoints that fill several GPUs).
     ``dataset``: "belebele" (FLORES passages as in Belebele, test split; what R used) or
     "flores_plus" (gated on the hub; dev split).
+    ``tasks``: shipped English task corpora collected for the task experts (METHODS Eq. 3): "math"
+    (grade-school word problems, GSM8K style) and "medicine" (medical questions and instructions),
+    48 prompts each, written for moe_jax. The studies used GSM8K-style math and medical
+    instructions; these small sets give a first look. For full-size task data replace an entry,
+    e.g. ``c.tasks.math = {"source": "jsonl", "path": "/data/gsm8k_eng.jsonl"}``; () = none.
     """
     c = default_config()
     c.model.source = "hub"
@@ -36,6 +49,7 @@ def hub_model_config(hub_id: str, *, batch_size: int = 16, model_axis: int = 1, 
     c.data.max_length = 512  # Belebele passages in a chat template stay well below this
     for k, v in data_overrides.items():
         c.data[k] = v
+    c.tasks = builtin_tasks(tasks)
     c.collect.batch_size = batch_size
     c.collect.pad_to_multiple = 64
     c.mesh.shape = {"data": 1, "model": -1} if model_axis == -1 else {"data": -1, "model": model_axis}

@@ -6,6 +6,7 @@ Workdir layout (each stage reads what the previous one wrote)::
     <workdir>/hf_tiny/      random HF checkpoint + tiny tokenizer (model.source = "tiny_random")
     <workdir>/checkpoint/   converted parameters (convert)
     <workdir>/routing/      routing-statistics store (collect)
+    <workdir>/tasks/<name>/ routing store of each task corpus of ``config.tasks`` (collect)
     <workdir>/analysis/ , <workdir>/report/   (analyze, report)
 """
 
@@ -99,6 +100,10 @@ def default_config():
     c = ml_collections.ConfigDict()
     c.model = default_model_config()
     c.data = data_defaults()
+    # {task name: data fields of a task corpus}, e.g. {"math": {"source": "builtin_task", "task": "math"}}:
+    # collected like config.data (same model, template options) into workdir/tasks/<name>, used by the
+    # analyze stage's task experts (METHODS Eq. 3; moe_jax.data.defaults.task_data_config). {} = none.
+    c.tasks = ml_collections.ConfigDict()
     c.collect = collect_defaults()
     c.mesh = shd.default_mesh_config()
     c.distributed = shd.default_distributed_config()
@@ -110,12 +115,13 @@ def default_config():
 
 def check_config(config: Any, num_devices: int | None = None) -> None:
     """Cheap checks of a pipeline config before any stage runs (no download, no device work):
-    sections, stages, model source and dtype, data source and language codes, mesh axes and batch.
+    sections, stages, model source and dtype, data and task sources and language codes, mesh axes and batch.
 
     ``num_devices``: check the mesh against this many devices (default: skip the mesh size check).
     """
     from moe_jax.convert.loader import resolve_dtype
     from moe_jax.data.corpora import SOURCES as DATA_SOURCES, parse_languages
+    from moe_jax.data.defaults import task_data_configs
 
     missing = [k for k in ("model", "data", "collect", "mesh", "distributed", "stages") if k not in config]
     if missing:
@@ -129,9 +135,10 @@ def check_config(config: Any, num_devices: int | None = None) -> None:
     if m.source == "hf_dir" and not m.hf_dir:
         raise StageError("model.source is 'hf_dir' but model.hf_dir is empty")
     resolve_dtype(m.dtype)
-    if config.data.source not in DATA_SOURCES:
-        raise StageError(f"data.source {config.data.source!r} is not one of {DATA_SOURCES}")
-    parse_languages(config.data.get("languages"))  # raises on unknown codes, with close matches
+    for where, data in [("data", config.data)] + [(f"tasks.{n}", d) for n, d in task_data_configs(config).items()]:
+        if data.source not in DATA_SOURCES:
+            raise StageError(f"{where}.source {data.source!r} is not one of {DATA_SOURCES}")
+        parse_languages(data.get("languages"))  # raises on unknown codes, with close matches
     if num_devices is not None:
         mesh = shd.mesh_axis_sizes(config.mesh.shape, num_devices)
         if config.collect.batch_size % mesh[shd.BATCH_AXIS]:

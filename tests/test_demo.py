@@ -43,8 +43,23 @@ def test_demo_end_to_end(tmp_path):
         assert a["token_totals"][0] == s["counted_tokens"] == a["seq_lengths"].sum() < s["tokens"]  # template excluded
         np.testing.assert_allclose(a["seq_topk_freq"].sum(-1), 3, atol=1e-5)
         assert a["seq_ids"].tolist() == data["eng_Latn"]["seq_ids"].tolist()
-    assert os.path.exists(tmp_path / "report" / "index.html")
-    assert os.path.exists(tmp_path / "analysis" / "summary.json")
+    assert "ILLUSTRATIVE PLACEHOLDERS" in meta["warning"]  # the demo's accuracies are invented
+    for task in ("math", "medicine"):  # the shipped English task corpora, collected like the main corpus
+        tmeta, tdata = store.read_store(str(tmp_path / "tasks" / task))
+        assert list(tdata) == ["eng_Latn"] and tmeta["task"] == task and tmeta["template"] == meta["template"]
+        assert tdata["eng_Latn"]["seq_mean_probs"].shape[1:] == (2, 8)
+        assert tmeta["languages"]["eng_Latn"]["sequences"] >= 40
+
+    summary = json.loads((tmp_path / "analysis" / "summary.json").read_text())
+    assert summary["skipped"] == {}  # every analysis ran, so every report section is there
+    assert list(summary["task_experts"]["tasks"]) == ["math", "medicine"]
+    assert len(summary["correlation"]["languages"]) == 11  # the non-pivot languages with a (placeholder) accuracy
+    page = (tmp_path / "report" / "index.html").read_text()
+    for section in ("Divergence from the pivot", "Routing entropy", "Token consistency", "Language similarity",
+                    "Expert specialisation", "Correlation with accuracy", "Run metadata"):
+        assert f">{section}<" in page, section
+    for png in ("correlation_scatter", "correlation_by_layer", "experts_task_math", "experts_task_medicine"):
+        assert os.path.getsize(tmp_path / "report" / f"{png}.png") > 0 and f"{png}.png" in page, png
 
     # A rerun finds everything done; a different random model is refused and leaves the store as it was.
     before = (tmp_path / "routing" / "meta.json").read_bytes()

@@ -1,7 +1,9 @@
 """The ``analyze`` stage: routing store -> tables (CSV + JSON) and ``summary.json`` under ``workdir/analysis``.
 
 Called by ``moe_jax.launch`` as ``run(config, workdir)``; ``config`` is the full run config (its
-``analysis`` section is used) or the section itself. Reads the store at ``workdir/routing``.
+``analysis`` section is used) or the section itself. Reads the store at ``workdir/routing`` and,
+for task experts, the stores of ``analysis.task_stores`` or else those the collect stage wrote under
+``workdir/tasks/<name>`` for ``config.tasks`` (see ``resolve_task_stores``).
 Analyses whose inputs are missing (no pivot, fewer than 3 languages, no ``token_topk``, no
 accuracies, no task stores) are skipped with a logged message and listed in the summary's
 ``skipped``; bad inputs (mismatched shapes, negative distributions) raise a clear error.
@@ -25,12 +27,13 @@ from tqdm import tqdm
 from moe_jax.analysis import (accuracy as accuracy_lib, consistency, correlation, divergence, layer_entropy,
                               experts, similarity, tables)
 from moe_jax.analysis.validate import check_consistent, normalize_band
-from moe_jax.routing.store import read_store
+from moe_jax.routing.store import read_meta, read_store
 
 log = logging.getLogger(__name__)
 
 SUBDIR = "analysis"
 STORE_SUBDIR = "routing"
+TASKS_SUBDIR = "tasks"  # the collect stage's task stores (moe_jax.routing.stage.TASKS_SUBDIR)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -61,7 +64,8 @@ def default_config() -> ml_collections.ConfigDict:
     # {language: accuracy} or a path to a CSV/JSON file (moe_jax.analysis.accuracy); {} = none
     c.accuracy = config_dict.FieldReference({}, field_type=object)
     # {task name: path of a routing store of (English) task data}; the main store's pivot data is
-    # the generic corpus. A string "math=/path,med=/path" works too (command line).
+    # the generic corpus. A string "math=/path,med=/path" works too (command line). {} = the stores
+    # the collect stage wrote for config.tasks under workdir/tasks/<name>.
     c.task_stores = config_dict.FieldReference({}, field_type=object)
     return c
 
@@ -297,17 +301,44 @@ def parse_task_stores(spec) -> dict[str, str]:
     return {str(k): str(v) for k, v in (spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)).items()}
 
 
+def resolve_task_stores(config, cfg, workdir: str) -> tuple[dict[str, str], str]:
+    """``({task: store path}, where they came from)``: ``analysis.task_stores`` when given, else the
+    collect stage's ``workdir/tasks/<name>`` stores (of the names in ``config.tasks`` when the config
+    has that section, else of every store found there)."""
+    explicit = parse_task_stores(cfg.task_stores)
+    if explicit:
+        return explicit, "analysis.task_stores"
+    root = os.path.join(workdir, TASKS_SUBDIR)
+    found = sorted(n for n in (os.listdir(root) if os.path.isdir(root) else [])
+                   if read_meta(os.path.join(root, n)) is not None)
+    tasks = config.get("tasks") if hasattr(config, "get") else None
+    if tasks is not None:
+        names = list(tasks.to_dict() if hasattr(tasks, "to_dict") else tasks)
+        missing = [n for n in names if n not in found]
+        if missing:
+            log.warning("analyze: no task store under %s for %s (run the collect stage)", root, missing)
+        found = [n for n in names if n in found]
+    return {n: os.path.join(root, n) for n in found}, root
+
+
 def _task_experts(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
-    stores = parse_task_stores(cfg.task_stores)
+    stores, origin = state["task_stores"]
     if not stores:
-        raise Skip("task experts: no analysis.task_stores configured")
+        raise Skip(f"task experts: no analysis.task_stores given and no task store in {origin} "
+                   "(set config.tasks and run the collect stage)")
     if not inp.has_pivot:
         raise Skip(f"task experts: the generic corpus is the pivot's data and {inp.pivot!r} is not in the store")
     generic = inp.data[inp.pivot]["seq_topk_freq"]
     rows, overlap_rows, summary = [], [], {}
     lang_sets = state.get("language_experts", {})
     for task, path in stores.items():
-        _, tdata = read_store(path)
+        tmeta, tdata = read_store(path)
+        if not tdata:
+            raise ValueError(f"task store {task!r} ({path}) holds no complete language; run the collect stage")
+        ours, theirs = inp.meta.get("checkpoint_sha256"), tmeta.get("checkpoint_sha256")
+        if ours and theirs and ours != theirs:
+            raise ValueError(f"task store {task!r} ({path}) was collected from another checkpoint "
+                             f"({theirs}) than the main store {inp.store} ({ours})")
         lang = inp.pivot if inp.pivot in tdata else next(iter(tdata)) if len(tdata) == 1 else None
         if lang is None:
             raise ValueError(f"task store {task!r} ({path}) has languages {sorted(tdata)} but no {inp.pivot!r}")
@@ -325,12 +356,12 @@ def _task_experts(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
                                   n_language=ov["n_b"][l], n_both=ov["n_both"][l], both=ov["both"][l].tolist())
                              for l in range(inp.n_layers)]
             n_both = int(ov["n_both"].sum()) if other == "any" else n_both
-        summary[task] = {"store": path, "language": lang, "n_task_experts": int(res.mask.sum()),
-                         "n_also_language_experts": n_both}
+        summary[task] = {"store": path, "dataset": tmeta.get("dataset"), "language": lang,
+                         "n_task_experts": int(res.mask.sum()), "n_also_language_experts": n_both}
     tabs = {"experts_task": rows}
     if overlap_rows:
         tabs["expert_overlap"] = overlap_rows
-    return tabs, {"task_experts": {"tau": cfg.experts.task_tau, "tasks": summary}}
+    return tabs, {"task_experts": {"tau": cfg.experts.task_tau, "stores_from": origin, "tasks": summary}}
 
 
 def _correlation(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
@@ -392,7 +423,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         "store": store, "pivot": cfg.pivot, "languages": inp.languages, "n_layers": inp.n_layers,
         "n_experts": inp.n_experts, "top_k": inp.top_k, "moe_layer_ids": inp.layer_ids,
         "primary_metric": cfg.metrics[0], "config": cfg.to_dict(), "skipped": {}, "tables": []}
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"task_stores": resolve_task_stores(config, cfg, workdir)}
     os.makedirs(out_dir, exist_ok=True)
     for name, fn in tqdm(ANALYSES, desc="analyze", leave=False):
         try:

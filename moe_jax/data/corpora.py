@@ -2,6 +2,8 @@
 
 Sources (``cfg.source``):
   builtin      the small corpus shipped in ``moe_jax/data/corpus/builtin.jsonl`` (12 languages)
+  builtin_task a shipped English task corpus, ``moe_jax/data/corpus/tasks/<task>_eng.jsonl``, named by
+               ``cfg.task`` ("math": grade-school word problems, "medicine": medical questions)
   flores_plus  FLORES+ from the hub (gated: log in and accept the terms) or ``cfg.data_files``
   belebele     Belebele passages (deduplicated by link) from the hub or ``cfg.data_files``
   flores_dir   a local directory in FLORES layout (``cfg.path``; see ``local_files``)
@@ -21,9 +23,11 @@ from moe_jax.data.languages import validate_languages
 from moe_jax.data.parallel import (AlignmentError, CorpusError, MissingLanguageError, ParallelCorpus,  # noqa: F401
                                    align)
 
-SOURCES = ("builtin", "flores_plus", "belebele", "flores_dir", "jsonl")
+SOURCES = ("builtin", "builtin_task", "flores_plus", "belebele", "flores_dir", "jsonl")
 DEFAULT_SPLITS = {"flores_plus": "dev", "belebele": "test"}
 BUILTIN_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "builtin.jsonl")
+BUILTIN_TASKS_DIR = os.path.join(os.path.dirname(BUILTIN_PATH), "tasks")
+BUILTIN_TASKS = ("math", "medicine")
 
 
 def parse_languages(languages) -> list[str] | None:
@@ -40,6 +44,20 @@ def parse_languages(languages) -> list[str] | None:
 def load_builtin(languages: Sequence[str] | None = None, max_sentences: int | None = None) -> ParallelCorpus:
     """The shipped corpus (42 sentences x 12 languages, 8 scripts)."""
     return load_jsonl(BUILTIN_PATH, languages, max_sentences=max_sentences, name="builtin")
+
+
+def builtin_task_path(task: str) -> str:
+    """Path of the shipped task corpus ``task`` (one of ``BUILTIN_TASKS``)."""
+    if task not in BUILTIN_TASKS:
+        raise ValueError(f"no built-in task corpus {task!r}; built-in tasks: {', '.join(BUILTIN_TASKS)} "
+                         "(use source 'jsonl' with a path for other task data)")
+    return os.path.join(BUILTIN_TASKS_DIR, f"{task}_eng.jsonl")
+
+
+def load_builtin_task(task: str, languages: Sequence[str] | None = None,
+                      max_sentences: int | None = None) -> ParallelCorpus:
+    """A shipped English task corpus (48 prompts each, written for moe_jax; see corpus/tasks/README.md)."""
+    return load_jsonl(builtin_task_path(task), languages, max_sentences=max_sentences, name=f"builtin_task:{task}")
 
 
 def load_jsonl(path: str, languages: Sequence[str] | None = None, split: str | None = None,
@@ -101,7 +119,7 @@ def _get(cfg: Any, key: str, default=None):
 def load_corpus(cfg) -> ParallelCorpus:
     """Loads the corpus described by ``config.data`` (a ConfigDict, dict or attribute object).
 
-    Fields read: source, languages, split, path, max_sentences, hf_token, data_files, cache_dir.
+    Fields read: source, task, languages, split, path, max_sentences, hf_token, data_files, cache_dir.
     """
     source = _get(cfg, "source", "builtin")
     if source not in SOURCES:
@@ -111,11 +129,17 @@ def load_corpus(cfg) -> ParallelCorpus:
     path = _get(cfg, "path")
     if source in ("flores_dir", "jsonl") and not path:
         raise ValueError(f"config.data.path must name the {source} corpus")
-    if source == "builtin":
+    if source in ("builtin", "builtin_task"):
         if split is not None:
-            raise ValueError(f"the built-in corpus has a single split; leave config.data.split unset "
+            raise ValueError(f"the built-in corpora have a single split; leave config.data.split unset "
                              f"(got {split!r})")
-        return load_builtin(languages, max_sentences)
+        if source == "builtin":
+            return load_builtin(languages, max_sentences)
+        task = _get(cfg, "task")
+        if not task:
+            raise ValueError(f"config.data.task must name the built-in task corpus ({', '.join(BUILTIN_TASKS)}) "
+                             "for source 'builtin_task'")
+        return load_builtin_task(task, languages, max_sentences)
     if source == "jsonl":
         return load_jsonl(path, languages, split, max_sentences)
     if source == "flores_dir":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import ml_collections
 from ml_collections.config_dict import placeholder
 
@@ -9,7 +12,8 @@ from ml_collections.config_dict import placeholder
 def default_config() -> ml_collections.ConfigDict:
     """``config.data``: which parallel corpus, and how its texts become token batches.
 
-    source: "builtin" | "flores_plus" | "belebele" | "flores_dir" | "jsonl" (see data/corpora.py).
+    source: "builtin" | "builtin_task" | "flores_plus" | "belebele" | "flores_dir" | "jsonl" (see data/corpora.py).
+    task: source "builtin_task": which shipped English task corpus ("math" | "medicine").
     languages: FLORES codes ("eng_Latn,fra_Latn", tuple or list); None = every language of the source,
         English first. The first language fixes the sentence order.
     split: None = the source's default (flores_plus "dev", belebele "test"; the builtin corpus
@@ -25,9 +29,11 @@ def default_config() -> ml_collections.ConfigDict:
     max_length: longer sequences are cut to their first max_length tokens (and counted).
     padding_side: "right" or "left".
     (Batch size, length bucketing and sorting live in config.collect, next to the forward pass.)
+    Task corpora (config.tasks) reuse these fields: see ``task_data_config``.
     """
     c = ml_collections.ConfigDict()
     c.source = "builtin"
+    c.task = placeholder(str)
     c.languages = placeholder(object)  # "a,b" (also from the command line), tuple or list
     c.split = placeholder(str)
     c.path = placeholder(str)
@@ -41,3 +47,45 @@ def default_config() -> ml_collections.ConfigDict:
     c.max_length = 256
     c.padding_side = "right"
     return c
+
+
+# Fields that choose a task corpus (config.tasks.<name>); every other data field (chat template,
+# template-token counting, thinking, max_length, padding side) comes from config.data, so that task
+# and generic data are encoded alike and their expert frequencies compare (METHODS Eq. 3).
+TASK_CORPUS_FIELDS = ("source", "task", "languages", "split", "path", "data_files", "max_sentences")
+TASK_ACCESS_FIELDS = ("hf_token", "cache_dir")  # default to config.data's
+TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a directory name: workdir/tasks/<name>
+
+
+def _as_dict(x: Any) -> dict:
+    return x.to_dict() if hasattr(x, "to_dict") else dict(x)
+
+
+def task_data_config(data: Any, name: str, task: Any) -> ml_collections.ConfigDict:
+    """The data config of task corpus ``name``: ``config.data`` with its corpus fields replaced by
+    the task's (``task``: a mapping of ``TASK_CORPUS_FIELDS`` / ``TASK_ACCESS_FIELDS``)."""
+    if not isinstance(name, str) or not TASK_NAME.match(name):
+        raise ValueError(f"config.tasks: task name {name!r} must be letters, digits, '_', '.' or '-' "
+                         "(it names the directory workdir/tasks/<name>)")
+    try:
+        task = _as_dict(task)
+    except (TypeError, ValueError):
+        raise ValueError(f"config.tasks.{name} must be a mapping of data fields "
+                         f"(e.g. {{'source': 'builtin_task', 'task': 'math'}}), got {task!r}") from None
+    allowed = TASK_CORPUS_FIELDS + TASK_ACCESS_FIELDS
+    unknown = sorted(set(task) - set(allowed))
+    if unknown:
+        raise ValueError(f"config.tasks.{name}: field(s) {unknown} cannot be set per task; allowed: "
+                         f"{', '.join(allowed)} (tokenisation and template options come from config.data)")
+    c = default_config()
+    c.update({k: v for k, v in _as_dict(data).items() if k not in TASK_CORPUS_FIELDS})
+    c.update(task)
+    return c
+
+
+def task_data_configs(config: Any) -> dict[str, ml_collections.ConfigDict]:
+    """``{task name: data config}`` of ``config.tasks`` (empty when the config has none)."""
+    tasks = config.get("tasks") if hasattr(config, "get") else None
+    if not tasks:
+        return {}
+    return {name: task_data_config(config.data, name, task) for name, task in _as_dict(tasks).items()}

@@ -1,4 +1,5 @@
-"""The ``collect`` stage: converted checkpoint + parallel corpus -> routing store at ``workdir/routing``.
+"""The ``collect`` stage: converted checkpoint + parallel corpus -> routing store at ``workdir/routing``,
+and each task corpus of ``config.tasks`` -> a store at ``workdir/tasks/<name>`` (same format and rules).
 
 Per language: tokenise (chat template, count mask), run the jitted collection step over fixed-shape
 batches, write ``<lang>.npz`` atomically and record its summary in ``meta.json``. A rerun resumes
@@ -18,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from moe_jax import sharding as shd
+from moe_jax.data import tokenize as tok_lib
 from moe_jax.data.tokenize import EncodedTexts
 from moe_jax.models.config import ModelConfig
 from moe_jax.routing import collect, provenance, store as store_lib
@@ -25,6 +27,7 @@ from moe_jax.routing import collect, provenance, store as store_lib
 log = logging.getLogger(__name__)
 
 SUBDIR = "routing"
+TASKS_SUBDIR = "tasks"  # workdir/tasks/<name>: one store per task corpus of config.tasks
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -52,25 +55,25 @@ class LanguageInput:
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def run(config: Any, workdir: str) -> dict[str, dict]:
-    """The ``collect`` stage; returns the summaries of the languages collected by this call.
+def run(config: Any, workdir: str) -> dict[str, dict[str, dict]]:
+    """The ``collect`` stage; returns ``{store: {language: summary}}`` of the languages collected by
+    this call (store ``"routing"`` or ``"tasks/<name>"``; stores with nothing to do are left out).
 
     Reads ``workdir/checkpoint`` (written by the ``convert`` stage), the tokenizer saved with it,
-    ``config.data`` (corpus, template), ``config.collect`` (batching, options), ``config.mesh``.
-    Every check (mesh, batch, tokenizer vocabulary, store compatibility) runs before the weights
-    are loaded or anything is compiled.
+    ``config.data`` (corpus, template), ``config.tasks`` (task corpora, each collected like
+    ``config.data`` into ``workdir/tasks/<name>``), ``config.collect`` (batching, options), ``config.mesh``.
+    Every check (mesh, batch, tokenizer vocabulary, compatibility of every store) runs before the
+    weights are loaded or anything is compiled; the model is loaded and compiled once for all stores.
     """
     from transformers import AutoTokenizer
 
     from moe_jax.convert import orbax_io
     from moe_jax.convert.loader import load_params
-    from moe_jax.data import corpora
-    from moe_jax.data import tokenize as tok_lib
+    from moe_jax.data.defaults import task_data_configs
     from moe_jax.stages import CHECKPOINT_DIR, converted_identity
 
     opts = default_config()
     opts.update(config.get("collect") or {})
-    data = config.data
     ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
     if not os.path.exists(os.path.join(ckpt_dir, orbax_io.META_FILE)):
         raise FileNotFoundError(f"no converted checkpoint at {ckpt_dir}; run the 'convert' stage first")
@@ -83,47 +86,90 @@ def run(config: Any, workdir: str) -> dict[str, dict]:
     rules = shd.rules_from_config(config.mesh)
     tokenizer = AutoTokenizer.from_pretrained(ckpt_dir)
     tok_lib.check_tokenizer(tokenizer, cfg.vocab_size)
-    corpus = corpora.load_corpus(data)
-    encoding = tok_lib.encoding_options(data)
-    meta = build_meta(config, cfg, ckpt_meta, tokenizer, corpus, encoding, opts)
-    store_dir = os.path.join(workdir, SUBDIR)
-    hashes = {lang: _text_hash(corpus.texts[lang]) for lang in corpus.languages}
-    todo = [l for l in corpus.languages if l not in _open(store_dir, meta, corpus.languages, opts.overwrite, hashes)]
-    if not todo:
-        log.info("routing store %s already holds every language", store_dir)
+    plan = [_plan_store(SUBDIR, None, config.data, workdir, config, cfg, ckpt_meta, tokenizer, opts)]
+    plan += [_plan_store(os.path.join(TASKS_SUBDIR, name), name, data, workdir, config, cfg, ckpt_meta, tokenizer,
+                         opts) for name, data in task_data_configs(config).items()]
+    for job in plan:
+        if not job.todo:
+            log.info("routing store %s already holds every language", job.store_dir)
+    plan = [job for job in plan if job.todo]
+    if not plan:
         return {}
 
     _, params = load_params(ckpt_dir, config.model.dtype, shardings=shd.param_shardings(cfg, mesh, rules))
     step = collect.make_collect_step(cfg, mesh, token_topk=bool(opts.token_topk), backend=opts.backend)
+    out: dict[str, dict[str, dict]] = {}
+    for job in plan:
+        out[job.key] = collect_to_store(job.store_dir, job.meta, job.corpus.languages, job.encoder(tokenizer),
+                                        step=step, params=params, cfg=cfg, mesh=mesh, options=opts,
+                                        batching=job.batching(tokenizer, opts), input_hashes=job.hashes)
+        if shd.is_writer():
+            print(f"routing statistics of {job.meta['model']} written to {job.store_dir}\n"
+                  f"{format_summary(out[job.key])}", flush=True)
+    warning = plan[0].meta.get("warning")
+    if warning and shd.is_writer():
+        print(f"WARNING: {warning}", flush=True)
+    return out
 
-    def encode(lang: str) -> LanguageInput:
-        enc = tok_lib.encode_texts(tokenizer, corpus.texts[lang], **encoding)
-        return LanguageInput(list(corpus.ids), enc, {"skipped_empty": int(corpus.skipped_empty.get(lang, 0)),
-                                                     "text_sha256": hashes[lang]})
 
-    batching = dict(batch_size=int(opts.batch_size), pad_id=tok_lib.pad_token_id(tokenizer),
-                    padding_side=data.padding_side, pad_to_multiple=int(opts.pad_to_multiple),
-                    sort_by_length=bool(opts.sort_by_length))
-    summaries = collect_to_store(store_dir, meta, corpus.languages, encode, step=step, params=params, cfg=cfg,
-                                 mesh=mesh, options=opts, batching=batching, input_hashes=hashes)
-    if shd.is_writer():
-        print(f"routing statistics of {meta['model']} written to {store_dir}\n{format_summary(summaries)}",
-              flush=True)
-        if meta.get("warning"):
-            print(f"WARNING: {meta['warning']}", flush=True)
-    return summaries
+@dataclasses.dataclass
+class _StorePlan:
+    """One store to fill (the main corpus or a task corpus), opened and checked."""
+
+    key: str  # "routing" or "tasks/<name>": the store's path under the workdir
+    store_dir: str
+    data: Any  # its data config
+    corpus: Any  # moe_jax.data.parallel.ParallelCorpus
+    encoding: dict[str, Any]
+    meta: dict[str, Any]
+    hashes: dict[str, str]  # language -> hash of its texts
+    todo: list[str]  # languages still to collect
+
+    def encoder(self, tokenizer: Any) -> Callable[[str], LanguageInput]:
+        def encode(lang: str) -> LanguageInput:
+            enc = tok_lib.encode_texts(tokenizer, self.corpus.texts[lang], **self.encoding)
+            return LanguageInput(list(self.corpus.ids), enc, {
+                "skipped_empty": int(self.corpus.skipped_empty.get(lang, 0)), "text_sha256": self.hashes[lang]})
+        return encode
+
+    def batching(self, tokenizer: Any, opts: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(batch_size=int(opts["batch_size"]), pad_id=tok_lib.pad_token_id(tokenizer),
+                    padding_side=self.data.padding_side, pad_to_multiple=int(opts["pad_to_multiple"]),
+                    sort_by_length=bool(opts["sort_by_length"]))
+
+
+def _plan_store(key: str, task: str | None, data: Any, workdir: str, config: Any, cfg: ModelConfig,
+                ckpt_meta: Mapping[str, Any], tokenizer: Any, opts: Mapping[str, Any]) -> _StorePlan:
+    """Loads a corpus, builds its store's meta and opens (or refuses) the store."""
+    from moe_jax.data import corpora
+
+    corpus = corpora.load_corpus(data)
+    encoding = tok_lib.encoding_options(data)
+    meta = build_meta(config, cfg, ckpt_meta, tokenizer, corpus, encoding, opts, data=data, task=task)
+    store_dir = os.path.join(workdir, key)
+    hashes = {lang: _text_hash(corpus.texts[lang]) for lang in corpus.languages}
+    done = _open(store_dir, meta, corpus.languages, bool(opts["overwrite"]), hashes)
+    return _StorePlan(key, store_dir, data, corpus, dict(encoding), meta, hashes,
+                      [l for l in corpus.languages if l not in done])
 
 
 def build_meta(config: Any, cfg: ModelConfig, ckpt_meta: Mapping[str, Any], tokenizer: Any, corpus: Any,
-               encoding: Mapping[str, Any], opts: Mapping[str, Any]) -> dict[str, Any]:
+               encoding: Mapping[str, Any], opts: Mapping[str, Any], *, data: Any = None,
+               task: str | None = None) -> dict[str, Any]:
     """Store metadata; ``fingerprint`` covers everything that determines the numbers (model, weights,
     dtype, tokenizer, template options, corpus source and sentence ids, stored arrays) but not the
     language list (a rerun with more languages extends the store) nor batching (no effect beyond
-    float rounding)."""
+    float rounding).
+
+    ``data``: the corpus's data config (default ``config.data``); ``task``: the task name of a task
+    corpus's store (recorded as ``meta["task"]``).
+    """
     from moe_jax.stages import model_name, model_warning, source_identity
 
-    data = config.data
+    data = config.data if data is None else data
     source = {k: data.get(k) for k in ("source", "split", "path", "data_files", "max_sentences")}
+    if data.get("task"):  # only when set: stores of the other sources keep their fingerprint
+        source["task"] = data.get("task")
     source = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in source.items()}
     identity = {
         "model_config": cfg.to_dict(), "checkpoint_sha256": ckpt_meta.get("checkpoint_sha256"),
@@ -143,6 +189,8 @@ def build_meta(config: Any, cfg: ModelConfig, ckpt_meta: Mapping[str, Any], toke
         "num_experts": cfg.num_experts, "top_k": cfg.top_k, "token_topk": identity["token_topk"],
         "code_version": provenance.code_version(), "fingerprint": provenance.fingerprint(identity),
     }
+    if task is not None:
+        meta["task"] = task
     warning = model_warning(config)
     if warning:
         meta["warning"] = warning
