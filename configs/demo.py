@@ -29,7 +29,9 @@ def get_config():
     c = common.default_config()
     c.model.source = "tiny_random"
     c.model.dtype = "float32"
-    c.model.tiny.model_type = "qwen2_moe"  # GQA, shared expert, one dense layer (3 layers, 8 experts, top-3)
+    # GQA, shared expert, 8 experts top-3; 8 layers of which layer 1 is dense, so the curves have 7 MoE layers.
+    c.model.tiny.model_type = "qwen2_moe"
+    c.model.tiny.overrides = {"num_hidden_layers": 8, "mlp_only_layers": [1]}
     c.model.warning = (common.RANDOM_WEIGHTS_WARNING + " The per-language accuracies of the correlation "
                        "analysis are ILLUSTRATIVE PLACEHOLDERS (configs/demo.py), not measurements.")
     c.data.source = "builtin"
