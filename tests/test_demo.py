@@ -34,7 +34,8 @@ def test_demo_end_to_end(tmp_path):
              "spa_Latn", "swh_Latn", "tha_Thai", "zho_Hans"]
     assert list(data) == langs
     assert meta["warning"].startswith("RANDOM WEIGHTS") and meta["model_type"] == "qwen2_moe"
-    assert meta["moe_layer_ids"] == [0, 2] and meta["num_experts"] == 8 and meta["top_k"] == 3
+    # configs/demo.py: 8 layers, layer 1 dense (mlp_only_layers), 8 experts top-3.
+    assert meta["moe_layer_ids"] == [0, 2, 3, 4, 5, 6, 7] and meta["num_experts"] == 8 and meta["top_k"] == 3
     for key in ("checkpoint_sha256", "tokenizer_sha256", "template", "code_version", "fingerprint", "dataset"):
         assert meta[key], key
     for lang in langs:
