@@ -1,0 +1,76 @@
+"""The released checkpoints' config.json values give the published model sizes.
+
+The dicts below carry the architecture keys of the released ``config.json`` files (values as in
+ARCHITECTURES.md, key variants as the files spell them). Total and active parameter counts of our
+parameter layout must match the published sizes, which checks every width, the dense/MoE layer
+rule, GQA and head_dim handling at real scale without downloading anything.
+"""
+
+import math
+
+import jax
+import pytest
+
+from moe_jax.models.config import ModelConfig
+from moe_jax.models.params import param_shapes
+
+LONGROPE = {"type": "longrope", "short_factor": [1.0] * 64, "long_factor": [1.5] * 64,
+            "short_mscale": 1.243163121016122, "long_mscale": 1.243163121016122,
+            "original_max_position_embeddings": 4096}
+
+RELEASED = {
+    # name: (config.json subset, published total params, published active params, relative tolerance)
+    "OLMoE-1B-7B-0125-Instruct": (dict(
+        model_type="olmoe", vocab_size=50304, hidden_size=2048, num_hidden_layers=16, num_attention_heads=16,
+        num_key_value_heads=16, intermediate_size=1024, num_experts=64, num_experts_per_tok=8, rope_theta=10000.0,
+        rms_norm_eps=1e-5, clip_qkv=None, norm_topk_prob=False, tie_word_embeddings=False,
+        torch_dtype="bfloat16"), 6.92e9, 1.28e9, 0.01),
+    "Qwen1.5-MoE-A2.7B": (dict(
+        model_type="qwen2_moe", vocab_size=151936, hidden_size=2048, num_hidden_layers=24, num_attention_heads=16,
+        num_key_value_heads=16, intermediate_size=5632, moe_intermediate_size=1408,
+        shared_expert_intermediate_size=5632, num_experts=60, num_experts_per_tok=4, decoder_sparse_step=1,
+        mlp_only_layers=[], norm_topk_prob=False, rope_theta=1e6, rms_norm_eps=1e-6, use_sliding_window=False,
+        tie_word_embeddings=False, torch_dtype="bfloat16"), 14.3e9, 2.7e9, 0.01),
+    "Qwen3-30B-A3B": (dict(
+        model_type="qwen3_moe", vocab_size=151936, hidden_size=2048, num_hidden_layers=48, num_attention_heads=32,
+        num_key_value_heads=4, head_dim=128, intermediate_size=6144, moe_intermediate_size=768, num_experts=128,
+        num_experts_per_tok=8, decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True,
+        attention_bias=False, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        torch_dtype="bfloat16"), 30.5e9, 3.3e9, 0.01),
+    "Phi-3.5-MoE-instruct": (dict(
+        model_type="phimoe", vocab_size=32064, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, intermediate_size=6400, num_local_experts=16, num_experts_per_tok=2,
+        attention_bias=True, lm_head_bias=True, rms_norm_eps=1e-5, rope_theta=10000.0, router_jitter_noise=0.01,
+        max_position_embeddings=131072, rope_scaling=LONGROPE, torch_dtype="bfloat16"), 41.9e9, 6.6e9, 0.01),
+}
+
+
+def counts(cfg):
+    """(total, active) parameters: active counts top_k of num_experts routed experts per MoE layer."""
+    shapes = param_shapes(cfg)
+    total = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+    routed = sum(math.prod(layer["moe"][n].shape) for layer in shapes["layers"] if "moe" in layer
+                 for n in ("gate", "up", "down"))
+    return total, total - routed + routed * cfg.top_k / cfg.num_experts
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_parameter_counts_match_published_sizes(name):
+    hf, total, active, tol = RELEASED[name]
+    cfg = ModelConfig.from_hf(hf)
+    got_total, got_active = counts(cfg)
+    assert abs(got_total / total - 1) < tol, f"{name}: {got_total / 1e9:.2f}B total"
+    assert abs(got_active / active - 1) < 2 * tol, f"{name}: {got_active / 1e9:.2f}B active"
+
+
+def test_released_config_details():
+    qwen3 = ModelConfig.from_hf(RELEASED["Qwen3-30B-A3B"][0])
+    assert qwen3.head_dim == 128 and qwen3.num_heads * qwen3.head_dim == 4096 != qwen3.hidden_size
+    assert qwen3.num_moe_layers == 48 and qwen3.norm_topk_prob and qwen3.family.qk_norm == "head"
+    phi = ModelConfig.from_hf(RELEASED["Phi-3.5-MoE-instruct"][0])
+    assert phi.longrope.original_max_position_embeddings == 4096 and len(phi.longrope.long_factor) == 64
+    assert phi.qkv_bias and phi.o_bias and phi.lm_head_bias and phi.family.router == "sparsemixer"
+    olmoe = ModelConfig.from_hf(RELEASED["OLMoE-1B-7B-0125-Instruct"][0])
+    assert olmoe.clip_qkv is None and olmoe.family.qk_norm == "full" and olmoe.dtype == "bfloat16"
+    qwen15 = ModelConfig.from_hf(dict(RELEASED["Qwen1.5-MoE-A2.7B"][0], mlp_only_layers=[0, 5]))
+    assert qwen15.moe_layer_ids == tuple(i for i in range(24) if i not in (0, 5)) and qwen15.dense_width == 5632
