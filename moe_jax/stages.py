@@ -16,14 +16,10 @@ import importlib
 import logging
 import math
 import os
-import subprocess
-import sys
 from typing import Any, Callable, Sequence
 
-import jax
-
 from moe_jax import sharding as shd
-from moe_jax.routing.store import atomic_write_json
+from moe_jax.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -191,16 +187,7 @@ def _convert(config: Any, workdir: str, out: str) -> None:
     if os.path.exists(os.path.join(out, "moe_jax.json")) and _read_json(stamp) == identity:
         log.info("checkpoint %s is up to date (converted from %s)", out, hf_dir)
         return
-    if jax.process_count() == 1:
-        convert_checkpoint(hf_dir, out, dtype=m.dtype, overwrite=True)
-    else:
-        # orbax's save synchronises every process of a jax.distributed run, but only process 0
-        # converts: run it as a separate single-process program (host CPU only).
-        cmd = [sys.executable, "-m", "moe_jax.convert", f"--hf_dir={hf_dir}", f"--out={out}",
-               f"--dtype={m.dtype}", "--overwrite"]
-        proc = subprocess.run(cmd, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True)
-        if proc.returncode:
-            raise RuntimeError(f"conversion of {hf_dir} failed:\n{proc.stderr[-4000:]}")
+    convert_checkpoint(hf_dir, out, dtype=m.dtype, overwrite=True)
     atomic_write_json(stamp, identity)
 
 

@@ -71,7 +71,11 @@ def save_tree(path: str, tree: Any, max_bytes_in_flight: int = WRITE_BUFFER_BYTE
         (jax.Array, ocp.type_handlers.ArrayHandler()),
     )
     handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_ocdbt=False)
-    with ocp.Checkpointer(handler) as ckptr:
+    # Only the calling process takes part: under jax.distributed, process 0 converts alone while the
+    # others wait at the stage barrier (orbax would otherwise wait for every process to save).
+    me = jax.process_index()
+    solo = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    with ocp.Checkpointer(handler, multiprocessing_options=solo) as ckptr:
         ckptr.save(os.path.abspath(path), args=ocp.args.PyTreeSave(tree))
 
 
