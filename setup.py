@@ -23,6 +23,7 @@ setup(
         "ml-collections>=1.0",
         "matplotlib>=3.8",
         "tqdm>=4.66",
+        "jinja2>=3.1",  # chat templates (transformers needs it, does not require it)
     ],
     extras_require={
         # torch 2.13.0 exactly: the CPU wheel of that version is local on dev/CI machines;
