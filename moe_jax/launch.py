@@ -12,12 +12,23 @@ from __future__ import annotations
 import logging
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Pipeline config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every stage's inputs and outputs.")
 _STAGES = flags.DEFINE_list("stages", None, "Comma-separated stages (default: config.stages).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries(logging.Filter):
+    """Drops orbax's and XLA backend probing's chatter below ERROR (dozens of lines per save, and a
+    warning about OCDBT merges we do not use); errors still show, and failures raise anyway."""
+
+    NOISY = ("/orbax/", "/jax/_src/xla_bridge.py")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not any(n in record.pathname for n in self.NOISY)
 
 
 def main(argv):
@@ -32,6 +43,7 @@ def main(argv):
         raise app.UsageError(str(e)) from None
     sharding.initialize_distributed(config.get("distributed"))
     logging.getLogger("moe_jax").setLevel(logging.INFO)
+    absl_logging.get_absl_handler().addFilter(_QuietLibraries())
     warning = stages.model_warning(config) if sharding.is_writer() else None
     if warning:
         print(f"WARNING: {warning}", flush=True)
