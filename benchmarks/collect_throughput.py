@@ -27,7 +27,7 @@ from moe_jax.routing import collect
 from moe_jax.tiny import tiny_hf_config
 
 MODELS = {
-    "demo": lambda: tiny_hf_config("qwen2_moe", vocab_size=512),
+    "demo": lambda: tiny_hf_config("qwen2_moe", vocab_size=512, num_hidden_layers=8, mlp_only_layers=[1]),
     "medium": lambda: tiny_hf_config("olmoe", vocab_size=32000, hidden_size=512, num_hidden_layers=8,
                                      num_attention_heads=8, num_key_value_heads=8, intermediate_size=256,
                                      num_experts=16, num_experts_per_tok=2, max_position_embeddings=4096),
