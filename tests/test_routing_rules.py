@@ -96,3 +96,29 @@ def test_route_dispatches_on_family():
     w2, i2 = routing.sparsemixer_top2(z, phi.router_jitter_noise)
     np.testing.assert_array_equal(np.asarray(i), np.asarray(i2))
     np.testing.assert_array_equal(np.asarray(w), np.asarray(w2))
+
+
+def test_sparsemixer_bfloat16_matches_the_reference_function():
+    """In bf16 the reference runs the relative-distance test in bf16: compare with transformers' own
+    sparsemixer (eval mode) on bf16 logits with many near-ties."""
+    import jax.numpy as jnp
+    import torch
+    from transformers.models.phimoe.modeling_phimoe import sparsemixer
+
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(4000, 16)).astype(np.float32) * 2
+    z[:, 5] = z.max(-1) - np.abs(rng.normal(size=4000)) * 0.05  # second best within ~2*eps of the max
+    zb = torch.tensor(z).to(torch.bfloat16)
+    ref_w, ref_i = sparsemixer(zb, jitter_eps=0.01, training=False)
+    ref = ref_w.float().numpy()
+
+    def run(dtype):
+        w, idx = routing.sparsemixer_top2(jnp.asarray(zb.float().numpy()), 0.01, dtype)
+        return np.asarray(jnp.asarray(w).astype(jnp.bfloat16).astype(jnp.float32)), np.asarray(idx)
+
+    w, idx = run(jnp.bfloat16)
+    np.testing.assert_array_equal(idx, ref_i.numpy())
+    np.testing.assert_array_equal(w, ref)  # bit-exact once rounded to bf16, like the reference's output
+    # fp32 arithmetic on the same logits keeps or drops other experts for a few tokens.
+    w32, _ = run(jnp.float32)
+    assert np.abs(w32 - ref).max() > 0.1

@@ -30,6 +30,7 @@ class FamilySpec:
     has_dense_layers: bool  # honours mlp_only_layers / decoder_sparse_step
     default_rope_theta: float
     default_norm_topk_prob: bool
+    default_norm_eps: float
     # Name of the MoE block in HF checkpoints ("mlp" or "block_sparse_moe").
     hf_moe_prefix: str
     # Attention biases: "qkv" (q, k, v only, key ``qkv_bias``) or "attention_bias" (all four, key ``attention_bias``).
@@ -41,19 +42,19 @@ FAMILIES: dict[str, FamilySpec] = {
     "qwen2_moe": FamilySpec(
         norm="rms", qk_norm="none", router="softmax_topk", expert_width_key="moe_intermediate_size",
         has_shared_expert=True, has_dense_layers=True, default_rope_theta=1e4,
-        default_norm_topk_prob=False, hf_moe_prefix="mlp", bias_rule="qkv", default_qkv_bias=True),
+        default_norm_topk_prob=False, default_norm_eps=1e-6, hf_moe_prefix="mlp", bias_rule="qkv", default_qkv_bias=True),
     "qwen3_moe": FamilySpec(
         norm="rms", qk_norm="head", router="softmax_topk", expert_width_key="moe_intermediate_size",
         has_shared_expert=False, has_dense_layers=True, default_rope_theta=1e4,
-        default_norm_topk_prob=False, hf_moe_prefix="mlp", bias_rule="attention_bias"),
+        default_norm_topk_prob=False, default_norm_eps=1e-6, hf_moe_prefix="mlp", bias_rule="attention_bias"),
     "olmoe": FamilySpec(
         norm="rms", qk_norm="full", router="softmax_topk", expert_width_key="intermediate_size",
         has_shared_expert=False, has_dense_layers=False, default_rope_theta=1e4,
-        default_norm_topk_prob=False, hf_moe_prefix="mlp", bias_rule="attention_bias"),
+        default_norm_topk_prob=False, default_norm_eps=1e-5, hf_moe_prefix="mlp", bias_rule="attention_bias"),
     "phimoe": FamilySpec(
         norm="layer", qk_norm="none", router="sparsemixer", expert_width_key="intermediate_size",
         has_shared_expert=False, has_dense_layers=False, default_rope_theta=1e6,
-        default_norm_topk_prob=False, hf_moe_prefix="block_sparse_moe", bias_rule="attention_bias"),
+        default_norm_topk_prob=False, default_norm_eps=1e-5, hf_moe_prefix="block_sparse_moe", bias_rule="attention_bias"),
 }
 
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
@@ -190,7 +191,7 @@ class ModelConfig:
             shared_expert_width=int(hf.get("shared_expert_intermediate_size", 0)) if fam.has_shared_expert else 0,
             moe_layers=moe_layers,
             norm_topk_prob=bool(hf.get("norm_topk_prob", fam.default_norm_topk_prob)),
-            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            norm_eps=float(hf.get("rms_norm_eps", fam.default_norm_eps)),
             qkv_bias=qkv_bias,
             o_bias=o_bias,
             lm_head_bias=bool(hf.get("lm_head_bias", False)) if model_type == "phimoe" else False,

@@ -36,7 +36,7 @@ def moe_block(p: dict, x: jax.Array, cfg: ModelConfig, iv: iv_lib.Intervention |
               backend: str) -> tuple[jax.Array, RouterOutput]:
     """Routed experts (+ Qwen2's gated shared expert) on ``x [T, H]``."""
     z = (x @ p["router"]["kernel"]).astype(jnp.float32)  # gate runs in the model dtype, as the reference
-    weights, idx = route(z if iv is None else iv_lib.apply(z, iv), cfg)
+    weights, idx = route(z if iv is None else iv_lib.apply(z, iv), cfg, x.dtype)
     y = experts_lib.dispatch(x, idx, weights, p, backend)
     if "shared" in p:
         y = y + jax.nn.sigmoid(x @ p["shared_gate"]["kernel"]) * layers.mlp(p["shared"], x)

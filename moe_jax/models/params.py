@@ -138,12 +138,8 @@ def init_params(cfg: ModelConfig, seed: int = 0, dtype: Any = jnp.float32) -> di
     def leaf(path, s):
         shape, _ = s
         name = path[-1]
-        if name == "scale":
-            x = 1.0 + 0.1 * rng.standard_normal(shape)
-        elif name == "bias":
-            x = 0.02 * rng.standard_normal(shape)
-        else:
-            x = 0.02 * rng.standard_normal(shape)
+        base = 1.0 if name == "scale" else 0.0
+        x = base + (0.1 if name == "scale" else 0.02) * rng.standard_normal(shape)
         return np.asarray(x, dtype=jnp.dtype(dtype))
     return map_spec(leaf, cfg)
 

@@ -30,20 +30,23 @@ def softmax_topk(z: jax.Array, k: int, renormalize: bool) -> tuple[jax.Array, ja
 
 def _masked_softmax_at(scores: jax.Array, threshold: jax.Array, ref: jax.Array, eps: float,
                        at: jax.Array) -> jax.Array:
-    """softmax(scores with experts far below ``threshold`` dropped)[at]; distance is measured on ``ref``."""
+    """softmax(scores with experts far below ``threshold`` dropped)[at]; distance is measured on ``ref``.
+    The drop test runs in the scores' dtype, the softmax in fp32."""
     factor = jnp.maximum(jnp.abs(ref), threshold)
     drop = (threshold - ref) / factor > 2 * eps
-    probs = jax.nn.softmax(jnp.where(drop, -jnp.inf, scores), axis=-1)
+    probs = jax.nn.softmax(jnp.where(drop, -jnp.inf, scores.astype(jnp.float32)), axis=-1)
     return jnp.take_along_axis(probs, at, axis=-1)
 
 
-def sparsemixer_top2(z: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
+def sparsemixer_top2(z: jax.Array, eps: float, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
     """PhiMoE sparsemixer in eval mode (deterministic), top-2.
 
     ``w_j = softmax(s masked to experts within 2*eps relative distance of the j-th max)[i_j]``;
     the second pass removes the first choice. Weights are NOT renormalised (their sum may reach 2).
+    ``dtype``: the reference runs this rule in the model dtype (no fp32 upcast); with bfloat16 the
+    relative-distance test then rounds as it does there.
     """
-    s = z.astype(jnp.float32)
+    s = z.astype(dtype)
     m1 = jnp.max(s, axis=-1, keepdims=True)
     i1 = jnp.argmax(s, axis=-1)[:, None]
     w1 = _masked_softmax_at(s, m1, s, eps, i1)
@@ -54,12 +57,13 @@ def sparsemixer_top2(z: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
     return jnp.concatenate([w1, w2], -1), jnp.concatenate([i1, i2], -1).astype(jnp.int32)
 
 
-def route(z: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
-    """Applies the family's routing rule to ``z [T, E]``."""
-    return ROUTING_RULES[cfg.family.router](z, cfg)
+def route(z: jax.Array, cfg: ModelConfig, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
+    """Applies the family's routing rule to ``z [T, E]``; ``dtype`` is the model's activation dtype."""
+    return ROUTING_RULES[cfg.family.router](z, cfg, dtype)
 
 
-ROUTING_RULES: dict[str, Callable[[jax.Array, ModelConfig], tuple[jax.Array, jax.Array]]] = {
-    "softmax_topk": lambda z, cfg: softmax_topk(z, cfg.top_k, cfg.norm_topk_prob),
-    "sparsemixer": lambda z, cfg: sparsemixer_top2(z, cfg.router_jitter_noise),
+ROUTING_RULES: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {
+    # softmax over all experts always runs in fp32, as in the reference
+    "softmax_topk": lambda z, cfg, dtype: softmax_topk(z, cfg.top_k, cfg.norm_topk_prob),
+    "sparsemixer": lambda z, cfg, dtype: sparsemixer_top2(z, cfg.router_jitter_noise, dtype),
 }
