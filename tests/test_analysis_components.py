@@ -11,9 +11,11 @@ from scipy import stats
 
 from moe_jax.analysis import (band_similarity, cluster_languages, correlate, divergence_accuracy_correlation,
                               expert_overlap, jaccard, language_experts, layer_similarity, leaf_order,
-                              load_accuracy, routing_entropy, sample_token_pairs, shared_exclusive_experts,
-                              specialization, task_experts, token_consistency, utilization_entropy)
+                              load_accuracy, pair_mean_sem, routing_entropy, sample_token_pairs,
+                              shared_exclusive_experts, specialization, task_experts, to_flores, token_consistency,
+                              utilization_entropy)
 from moe_jax.analysis import tables
+from moe_jax.data.languages import UnknownLanguageError
 
 
 # -- consistency -----------------------------------------------------------------------------------
@@ -135,6 +137,19 @@ def test_shared_exclusive_by_hand():
         shared_exclusive_experts(dict(f, b=np.ones((1, 3))))
 
 
+def test_shared_exclusive_tie_at_threshold_is_neither():
+    # METHODS: exclusive if p_x > thr, shared if every p_x < thr. e0: a and b 0.5 each (tie at thr);
+    # e1: a 0.3 / b 0.1 -> a .75 exclusive; e2: a .2 / b .6 -> b .75; e3 in no top-3
+    f = {"a": np.array([[0.4, 0.3, 0.2, 0.0]]), "b": np.array([[0.4, 0.1, 0.6, 0.05]])}
+    r = shared_exclusive_experts(f, top_k=3, thr=0.5)
+    np.testing.assert_allclose(r.share[:, 0, 0], [0.5, 0.5])
+    assert not r.exclusive_mask[:, 0, 0].any() and not r.shared_mask[0, 0]  # the tie: neither
+    r2 = shared_exclusive_experts(f, top_k=3, thr=0.6)  # strictly below thr: shared
+    assert r2.shared()[0].tolist() == [0]
+    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\]"):
+        shared_exclusive_experts(f, thr=0.0)
+
+
 def test_expert_overlap():
     a = np.array([[1, 1, 0], [0, 0, 0]], bool)
     b = np.array([[0, 1, 1], [0, 0, 0]], bool)
@@ -207,6 +222,40 @@ def test_load_accuracy(tmp_path):
         load_accuracy({"b": "high"})
     with pytest.raises(FileNotFoundError, match="missing.json"):
         load_accuracy(str(tmp_path / "missing.json"))
+
+
+def test_accuracy_duplicates_are_errors(tmp_path):
+    (tmp_path / "dup.csv").write_text("language,accuracy\neng_Latn,0.9\nfra_Latn,0.8\neng_Latn,0.7\n")
+    with pytest.raises(ValueError, match=r"dup.csv: language 'eng_Latn' has two rows \(the second on line 4\)"):
+        load_accuracy(str(tmp_path / "dup.csv"))
+    (tmp_path / "dup.json").write_text('{"bn": 0.5, "fr": 0.7, "bn": 0.6}')
+    with pytest.raises(ValueError, match="dup.json: key 'bn' appears twice"):
+        load_accuracy(str(tmp_path / "dup.json"))
+
+
+def test_accuracy_codes_to_flores():
+    acc, renamed = to_flores({"eng_Latn": 0.9, "bn": 0.6, "zh": 0.7, "tha": 0.5, "sw": 0.4})
+    assert acc == {"eng_Latn": 0.9, "ben_Beng": 0.6, "zho_Hans": 0.7, "tha_Thai": 0.5, "swh_Latn": 0.4}
+    assert renamed == {"bn": "ben_Beng", "zh": "zho_Hans", "tha": "tha_Thai", "sw": "swh_Latn"}
+    with pytest.raises(UnknownLanguageError,
+                       match="accuracy: unknown language code 'tha_thai'; did you mean: tha_Thai"):
+        to_flores({"eng_Latn": 0.9, "tha_thai": 0.5})
+    with pytest.raises(UnknownLanguageError, match="unknown ISO 639-1 code 'qq'"):
+        to_flores({"qq": 0.5})
+    with pytest.raises(UnknownLanguageError, match="ambiguous language code 'zho': one of zho_Hans, zho_Hant"):
+        to_flores({"zho": 0.5})
+    with pytest.raises(ValueError, match="keys 'bn' and 'ben_Beng' both name language 'ben_Beng'"):
+        to_flores({"bn": 0.6, "ben_Beng": 0.5})
+    # a store's own (unregistered) code is accepted as it is
+    assert to_flores({"xyz_Latn": 0.5}, known=["xyz_Latn"]) == ({"xyz_Latn": 0.5}, {})
+
+
+def test_pair_mean_sem_by_hand():
+    v = np.array([[1.0, 0.0], [3.0, 0.0], [5.0, 3.0]])  # [pairs=3, layers=2]
+    mean, sem = pair_mean_sem(v)
+    np.testing.assert_allclose(mean, [3.0, 1.0])
+    np.testing.assert_allclose(sem, [2.0 / np.sqrt(3), np.sqrt(3.0) / np.sqrt(3)])
+    np.testing.assert_allclose(pair_mean_sem(v[:1])[1], [0.0, 0.0])
 
 
 def test_tables_roundtrip(tmp_path):

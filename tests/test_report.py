@@ -2,6 +2,7 @@
 
 import base64
 import io
+import json
 import os
 from html.parser import HTMLParser
 
@@ -121,3 +122,26 @@ def test_report_with_missing_pieces(tmp_path):
 def test_report_needs_analysis_first(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the analyze stage first"):
         report_stage.run(None, str(tmp_path))
+
+
+def test_report_shows_the_language_pool(tmp_path):
+    write_demo(str(tmp_path), SyntheticSpec(n_sequences=8))
+    meta_path = tmp_path / "routing" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["requested_languages"] = ["eng_Latn", "fra_Latn", "hin_Deva"]  # spa, ben, tha: left from an earlier run
+    meta_path.write_text(json.dumps(meta))
+    analysis_stage.run(_config(), str(tmp_path))
+    text, _ = _parse(report_stage.run(_config(), str(tmp_path)))
+    section = text[text.index("Language pool"):text.index("Routing store metadata")]
+    assert "<td>analysed languages</td><td>eng_Latn, fra_Latn, hin_Deva</td>" in section
+    assert "<td>store languages left out</td><td>ben_Beng, spa_Latn, tha_Thai</td>" in section
+    assert "<td>meta.requested_languages</td>" in section
+    assert "<tr><td>tha_Thai</td><td>no</td>" in text and "<tr><td>fra_Latn</td><td>yes</td>" in text
+
+
+def test_report_config_typo_is_an_error(full):
+    wd, _ = full
+    c = _config()
+    c.report.titel = "x"
+    with pytest.raises(ValueError, match=r"config.report: unknown key 'titel'; did you mean 'title'\?"):
+        report_stage.run(c, wd)

@@ -5,11 +5,11 @@ aggregates ``[layers, experts]``; layers are positions on the MoE-layer axis. Th
 (``moe_jax.analysis.stage``) applies everything to a routing store.
 """
 
-from moe_jax.analysis.accuracy import load_accuracy
+from moe_jax.analysis.accuracy import load_accuracy, to_flores
 from moe_jax.analysis.consistency import jaccard, sample_token_pairs, token_consistency
 from moe_jax.analysis.correlation import Correlation, correlate, divergence_accuracy_correlation
 from moe_jax.analysis.divergence import (aggregate_distribution, aggregate_divergence, detect_middle_band,
-                                         pairwise_divergence, pivot_divergence, pivot_divergence_pairs,
+                                         pair_mean_sem, pairwise_divergence, pivot_divergence, pivot_divergence_pairs,
                                          split_half_baseline)
 from moe_jax.analysis.layer_entropy import routing_entropy, utilization_entropy
 from moe_jax.analysis.experts import (ExpertSets, SharedExclusive, expert_overlap, language_experts,
@@ -20,9 +20,9 @@ from moe_jax.analysis.similarity import band_similarity, cluster_languages, laye
 from moe_jax.analysis.validate import DistributionWarning, as_distribution
 
 __all__ = [
-    "load_accuracy", "jaccard", "sample_token_pairs", "token_consistency", "Correlation", "correlate",
+    "load_accuracy", "to_flores", "jaccard", "sample_token_pairs", "token_consistency", "Correlation", "correlate",
     "divergence_accuracy_correlation", "aggregate_distribution", "aggregate_divergence", "detect_middle_band",
-    "pairwise_divergence", "pivot_divergence", "pivot_divergence_pairs", "split_half_baseline",
+    "pair_mean_sem", "pairwise_divergence", "pivot_divergence", "pivot_divergence_pairs", "split_half_baseline",
     "routing_entropy", "utilization_entropy", "ExpertSets", "SharedExclusive", "expert_overlap",
     "language_experts", "shared_exclusive_experts", "specialization", "task_experts", "DIVERGENCES",
     "cosine_distance", "cosine_similarity", "entropy", "entropy_normalized_js", "get_divergence",

@@ -5,7 +5,9 @@
 * CSV file with a header: a language column (``language``, ``lang`` or ``code``) and an accuracy
   column (``accuracy``, ``acc`` or ``score``).
 
-Any scale works (fractions or percent) as long as it is one scale for all languages.
+Any scale works (fractions or percent) as long as it is one scale for all languages. A language
+listed twice (two CSV rows, two JSON keys) is an error. ``to_flores`` maps the keys to FLORES codes
+(MGSM / Global-MMLU report ISO 639-1 codes: ``bn`` -> ``ben_Beng``), so that they match the store.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import csv
 import json
 import math
 import os
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
+
+from moe_jax.data import languages as lang_lib
 
 LANG_COLUMNS = ("language", "lang", "code")
 ACC_COLUMNS = ("accuracy", "acc", "score")
@@ -43,7 +47,24 @@ def _read_csv(path: str) -> dict[str, float]:
     if lc is None or ac is None:
         raise ValueError(f"{path}: expected a header with a language column {LANG_COLUMNS} and an "
                          f"accuracy column {ACC_COLUMNS}, got {list(rows[0])}")
-    return _check({r[lc].strip(): r[ac] for r in rows}, path)
+    values: dict[str, Any] = {}
+    for i, r in enumerate(rows, start=2):  # line 1 is the header
+        lang = (r[lc] or "").strip()
+        if lang in values:
+            raise ValueError(f"{path}: language {lang!r} has two rows (the second on line {i})")
+        values[lang] = r[ac]
+    return _check(values, path)
+
+
+def _no_duplicate_keys(path: str):
+    def hook(pairs):
+        seen = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise ValueError(f"{path}: key {k!r} appears twice")
+            seen.add(k)
+        return dict(pairs)
+    return hook
 
 
 def load_accuracy(spec) -> dict[str, float]:
@@ -59,7 +80,7 @@ def load_accuracy(spec) -> dict[str, float]:
         raise FileNotFoundError(f"accuracy file {path} does not exist")
     if path.lower().endswith(".json"):
         with open(path) as f:
-            data = json.load(f)
+            data = json.load(f, object_pairs_hook=_no_duplicate_keys(path))
         if isinstance(data, Mapping) and isinstance(data.get("accuracy"), Mapping):
             data = data["accuracy"]
         if not isinstance(data, Mapping):
@@ -68,3 +89,41 @@ def load_accuracy(spec) -> dict[str, float]:
     if path.lower().endswith(".csv"):
         return _read_csv(path)
     raise ValueError(f"accuracy file {path}: expected a .csv or .json file")
+
+
+def _code(key: str, known: set[str]) -> str:
+    """FLORES code of one accuracy key: a store / registry code as is, an ISO 639-1 code (``bn``)
+    through the registry's mapping, an ISO 639-3 code (``ben``) when one registry code has it."""
+    if key in known or key in lang_lib.LANGUAGES:
+        return key
+    if key.isalpha() and len(key) == 2:
+        return lang_lib.from_iso639_1(key)
+    if key.isalpha() and len(key) == 3:
+        codes = sorted(c for c in set(lang_lib.LANGUAGES) | known if c.split("_")[0] == key.lower())
+        if len(codes) == 1:
+            return codes[0]
+        if codes:
+            raise lang_lib.UnknownLanguageError(f"ambiguous language code {key!r}: one of {', '.join(codes)}?")
+    return lang_lib.validate_language(key)
+
+
+def to_flores(accuracy: Mapping[str, float], known: Iterable[str] = (),
+              source: str = "accuracy") -> tuple[dict[str, float], dict[str, str]]:
+    """``({FLORES code: accuracy}, {original key: code} of the keys that were renamed)``.
+
+    ``known``: codes accepted as they are (the store's languages, even if not in the registry).
+    An unknown code raises ``UnknownLanguageError`` with the close matches; two keys naming one
+    language (``bn`` and ``ben_Beng``) raise ``ValueError``.
+    """
+    known = set(known)
+    out: dict[str, float] = {}
+    origin: dict[str, str] = {}
+    for key, value in accuracy.items():
+        try:
+            code = _code(str(key).strip(), known)
+        except lang_lib.UnknownLanguageError as e:
+            raise lang_lib.UnknownLanguageError(f"{source}: {e}") from None
+        if code in out:
+            raise ValueError(f"{source}: keys {origin[code]!r} and {key!r} both name language {code!r}")
+        out[code], origin[code] = value, str(key)
+    return out, {k: c for c, k in origin.items() if k != c}

@@ -81,7 +81,16 @@ def pivot_divergence(seq_dists: Mapping[str, np.ndarray], pivot: str = "eng_Latn
 
     See ``pivot_divergence_pairs`` for the arguments; the pivot itself is left out.
     """
-    return {l: v.mean(0) for l, v in pivot_divergence_pairs(seq_dists, pivot, metric, seq_ids).items()}
+    return {l: pair_mean_sem(v)[0] for l, v in pivot_divergence_pairs(seq_dists, pivot, metric, seq_ids).items()}
+
+
+def pair_mean_sem(pairs) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``[layers]`` over pairs of per-pair divergences ``[pairs, layers]`` and its standard error
+    (sample std / sqrt(pairs); 0 for a single pair)."""
+    v = as_finite(pairs, "per-pair divergences", ndim=2)
+    n = v.shape[0]
+    sem = v.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(v.shape[1])
+    return v.mean(0), sem
 
 
 def aggregate_distribution(topk_counts, token_totals, name: str = "topk_counts") -> np.ndarray:

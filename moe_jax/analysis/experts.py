@@ -8,7 +8,8 @@ Frequencies are per-sequence relative activation frequencies ``a_i[e] / L_i`` (t
   against generic data (English); language experts: a language against the pivot.
 * ``shared_exclusive_experts`` (U): keep each language's top-k experts per layer, share each
   expert's mass across the language pool; exclusive to x when x's share > thr, shared when used
-  by some language's top-k and no share exceeds thr. The labels depend on the pool.
+  by some language's top-k and every share < thr (strict, as METHODS states: an expert whose largest
+  share equals thr exactly is neither). The labels depend on the pool.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ class SharedExclusive:
 
     ``share [languages, layers, experts]``: each language's top-k frequency over the pool's sum;
     ``in_topk`` marks the kept (non-zero) experts; ``exclusive = share > thr``; ``shared [layers,
-    experts]``: in some language's top-k and exclusive to none.
+    experts]``: in some language's top-k and every share ``< thr``. A tie (largest share ``== thr``)
+    is neither exclusive nor shared.
     """
 
     languages: tuple[str, ...]
@@ -112,6 +114,8 @@ def shared_exclusive_experts(freqs: Mapping[str, np.ndarray], top_k: int = 16,
     With ``thr < 0.5`` an expert may be exclusive to two languages (as the definition says).
     """
     check_consistent(freqs, "activation frequencies", "[layers, experts]", 2)
+    if not 0 < thr <= 1:
+        raise ValueError(f"shared/exclusive threshold must be in (0, 1], got {thr}")
     langs = tuple(freqs)
     f = np.stack([as_finite(freqs[l], f"{l} frequencies", ndim=2) for l in langs])  # [X, L, E]
     if np.any(f < 0):
@@ -125,7 +129,7 @@ def shared_exclusive_experts(freqs: Mapping[str, np.ndarray], top_k: int = 16,
     total = kept.sum(0, keepdims=True)
     share = np.divide(kept, total, out=np.zeros_like(kept), where=total > 0)
     exclusive = share > thr
-    shared = keep.any(0) & ~exclusive.any(0)
+    shared = keep.any(0) & (share < thr).all(0)  # strict on both sides: a share == thr is neither
     return SharedExclusive(langs, share, keep, exclusive, shared, k, float(thr))
 
 

@@ -4,6 +4,13 @@ Called by ``moe_jax.launch`` as ``run(config, workdir)``; ``config`` is the full
 ``analysis`` section is used) or the section itself. Reads the store at ``workdir/routing`` and,
 for task experts, the stores of ``analysis.task_stores`` or else those the collect stage wrote under
 ``workdir/tasks/<name>`` for ``config.tasks`` (see ``resolve_task_stores``).
+
+The pool of languages is the requested one, not every language a store has accumulated over
+reruns: ``config.data.languages`` when set, else the store's ``meta["requested_languages"]``
+(what the last collect asked for), else the whole store (``select_languages``). The pool is
+recorded in the summary (``language_pool``): shared/exclusive labels, the band and similarities
+depend on it.
+
 Analyses whose inputs are missing (no pivot, fewer than 3 languages, no ``token_topk``, no
 accuracies, no task stores) are skipped with a logged message and listed in the summary's
 ``skipped``; bad inputs (mismatched shapes, negative distributions) raise a clear error.
@@ -15,6 +22,7 @@ Layer positions (``layer``) are 0-indexed positions on the store's MoE-layer axi
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import os
 from typing import Any, Callable
@@ -32,8 +40,18 @@ from moe_jax.routing.store import read_meta, read_store
 log = logging.getLogger(__name__)
 
 SUBDIR = "analysis"
-STORE_SUBDIR = "routing"
-TASKS_SUBDIR = "tasks"  # the collect stage's task stores (moe_jax.routing.stage.TASKS_SUBDIR)
+FREE_FORM = ("accuracy", "task_stores")  # mapping fields whose inner keys are the user's (languages, tasks)
+# meta fields a task store must share with the main store (when both record them): anything else
+# that differs would enter Delta (METHODS Eq. 3) as if it were a task effect
+TASK_STORE_MATCH = ("checkpoint_sha256", "dtype", "template", "tokenizer_sha256", "model_type", "num_layers",
+                    "moe_layer_ids", "num_experts", "top_k")
+
+
+def store_subdirs() -> tuple[str, str]:
+    """``(main store, task stores)`` directories under the workdir, as the collect stage writes them
+    (imported here, not at module import: moe_jax.routing.stage pulls in JAX)."""
+    from moe_jax.routing.stage import SUBDIR as store_subdir, TASKS_SUBDIR
+    return store_subdir, TASKS_SUBDIR
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -70,12 +88,35 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
-def section(config, name: str, defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """``config.<name>`` (or ``config`` itself when it is the section) over ``defaults``."""
+def _as_dict(x) -> dict:
+    return x.to_dict() if hasattr(x, "to_dict") else dict(x)
+
+
+def check_keys(values, defaults: ml_collections.ConfigDict, where: str, free_form: tuple[str, ...] = ()) -> None:
+    """Rejects keys of ``values`` (nested mappings included) that ``defaults`` lacks, naming the key
+    and its closest match: ``ConfigDict.update`` would add a typo (``middle_bandd``) silently.
+    ``free_form``: fields whose own keys are arbitrary (``{language: accuracy}``)."""
+    known = list(defaults.keys())
+    for key, value in values.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(known))}"
+            raise ValueError(f"config.{where}: unknown key {key!r}{hint}")
+        if key not in free_form and isinstance(defaults[key], ml_collections.ConfigDict) \
+                and (hasattr(value, "to_dict") or isinstance(value, dict)):
+            check_keys(_as_dict(value), defaults[key], f"{where}.{key}")
+
+
+def section(config, name: str, defaults: ml_collections.ConfigDict,
+            free_form: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+    """``config.<name>`` (or ``config`` itself when it is the section) over ``defaults``; a key the
+    defaults lack is an error (``check_keys``)."""
     sub = config.get(name) if config is not None and hasattr(config, "get") and name in config else config
     out = defaults  # a fresh default_config(): keeps the placeholder field types
     if sub is not None:
-        out.update(sub.to_dict() if hasattr(sub, "to_dict") else dict(sub))
+        values = _as_dict(sub)
+        check_keys(values, defaults, name, free_form)
+        out.update(values)
     return out
 
 
@@ -89,13 +130,14 @@ class Inputs:
 
     store: str
     meta: dict
-    data: dict[str, dict[str, np.ndarray]]
-    languages: list[str]  # pivot first when present, then store order
+    data: dict[str, dict[str, np.ndarray]]  # the pool's languages only
+    languages: list[str]  # the pool: pivot first when present, then store order
     n_layers: int
     n_experts: int
     top_k: int
     layer_ids: list[int]
     pivot: str
+    pool: dict = dataclasses.field(default_factory=dict)  # how the pool was chosen (summary's language_pool)
 
     @property
     def has_pivot(self) -> bool:
@@ -114,11 +156,52 @@ class Inputs:
             raise Skip(f"{what}: the store holds only the pivot language")
 
 
-def load_inputs(store: str, pivot: str) -> Inputs:
+def _config_languages(config) -> list[str] | None:
+    data = config.get("data") if hasattr(config, "get") and "data" in config else None
+    langs = data.get("languages") if data is not None and hasattr(data, "get") else None
+    if not langs:
+        return None
+    from moe_jax.data.corpora import parse_languages
+    return parse_languages(langs)
+
+
+def select_languages(store: str, meta: dict, stored: list[str],
+                     requested: list[str] | None) -> tuple[list[str], dict]:
+    """The pool of languages to analyse and a record of how it was chosen.
+
+    ``requested`` (``config.data.languages``) when given, else ``meta["requested_languages"]``
+    (None or empty: every language), restricted to the languages the store holds; store languages
+    outside the pool are logged and recorded as ``ignored``, requested ones the store lacks as ``missing``.
+    """
+    source = "config.data.languages"
+    if requested is None:
+        requested = list(meta.get("requested_languages") or []) or None
+        source = "meta.requested_languages"
+    if requested is None:
+        return list(stored), {"languages": list(stored), "source": "store (every language)", "ignored": [],
+                              "missing": []}
+    pool = [l for l in stored if l in requested]
+    ignored = [l for l in stored if l not in requested]
+    missing = [l for l in requested if l not in stored]
+    if ignored:
+        log.warning("analyze: %s also holds %s (not in %s); left out of the analysis", store, ignored, source)
+    if missing:
+        log.warning("analyze: %s lacks requested language(s) %s (run the collect stage)", store, missing)
+    if not pool:
+        raise ValueError(f"routing store {store} holds none of the requested languages {requested} ({source}); "
+                         f"it has {stored}")
+    return pool, {"languages": pool, "source": source, "ignored": ignored, "missing": missing}
+
+
+def load_inputs(store: str, pivot: str, requested: list[str] | None = None) -> Inputs:
+    """The store's arrays restricted to the pool of languages (``select_languages``)."""
     meta, data = read_store(store)
     if not data:
         raise ValueError(f"routing store {store} holds no complete language")
+    pool, pool_info = select_languages(store, meta, list(data), requested)
+    data = {l: data[l] for l in pool}
     langs = ([pivot] if pivot in data else []) + [l for l in data if l != pivot]
+    pool_info["languages"] = langs
     L, E = check_consistent({l: data[l]["topk_counts"] for l in langs}, f"{store}: topk_counts",
                             "[layers, experts]", 2)
     for key, axes in (("seq_mean_probs", 2), ("seq_topk_freq", 2)):
@@ -129,7 +212,7 @@ def load_inputs(store: str, pivot: str) -> Inputs:
     k = int(meta.get("top_k") or k)
     ids = meta.get("moe_layer_ids")
     ids = [int(i) for i in ids] if ids is not None and len(ids) == L else list(range(L))
-    return Inputs(store, meta, data, langs, L, E, max(k, 1), ids, pivot)
+    return Inputs(store, meta, data, langs, L, E, max(k, 1), ids, pivot, pool_info)
 
 
 # -- analyses: each returns {table name: records} and a summary piece, or raises Skip ------------
@@ -141,10 +224,11 @@ def _divergence(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
     for metric in cfg.metrics:
         pairs = divergence.pivot_divergence_pairs(inp.get("seq_mean_probs"), inp.pivot, metric, seq_ids=ids)
         agg = divergence.aggregate_divergence(inp.get("topk_counts"), inp.get("token_totals"), inp.pivot, metric)
-        curves[metric] = {l: v.mean(0) for l, v in pairs.items()}
+        curves[metric] = {}
         for lang, v in pairs.items():
-            sem = v.std(0, ddof=1) / np.sqrt(v.shape[0]) if v.shape[0] > 1 else np.zeros(v.shape[1])
-            rows += [dict(language=lang, **inp.layer_cols(l), metric=metric, mean=v[:, l].mean(), sem=sem[l],
+            mean, sem = divergence.pair_mean_sem(v)
+            curves[metric][lang] = mean
+            rows += [dict(language=lang, **inp.layer_cols(l), metric=metric, mean=mean[l], sem=sem[l],
                           n_pairs=v.shape[0]) for l in range(inp.n_layers)]
             agg_rows += [dict(language=lang, **inp.layer_cols(l), metric=metric, value=agg[lang][l])
                          for l in range(inp.n_layers)]
@@ -251,7 +335,7 @@ def _similarity(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
     band_rows, cluster_rows = [], []
     bands = parse_bands(cfg.similarity_bands, inp.n_layers, state.get("band"))
     for name, (s, e) in bands.items():
-        sim = per_layer[s: e + 1].mean(0)
+        sim = similarity.band_similarity(util, (s, e), cfg.similarity_metric)
         band_rows += [dict(band=name, start=s, end=e, language_a=inp.languages[i], language_b=inp.languages[j],
                            similarity=sim[i, j]) for i in range(X) for j in range(X)]
         z = similarity.cluster_languages(sim, cfg.cluster_method)
@@ -308,7 +392,7 @@ def resolve_task_stores(config, cfg, workdir: str) -> tuple[dict[str, str], str]
     explicit = parse_task_stores(cfg.task_stores)
     if explicit:
         return explicit, "analysis.task_stores"
-    root = os.path.join(workdir, TASKS_SUBDIR)
+    root = os.path.join(workdir, store_subdirs()[1])
     found = sorted(n for n in (os.listdir(root) if os.path.isdir(root) else [])
                    if read_meta(os.path.join(root, n)) is not None)
     tasks = config.get("tasks") if hasattr(config, "get") else None
@@ -321,6 +405,47 @@ def resolve_task_stores(config, cfg, workdir: str) -> tuple[dict[str, str], str]
     return {n: os.path.join(root, n) for n in found}, root
 
 
+def check_task_store(task: str, path: str, tmeta: dict, inp: Inputs) -> None:
+    """The task store was collected like the main store (``TASK_STORE_MATCH``, where both record the
+    field); else Delta would mix e.g. template or dtype effects into the task effect."""
+    for key in TASK_STORE_MATCH:
+        ours, theirs = inp.meta.get(key), tmeta.get(key)
+        if ours is None or theirs is None or ours == theirs:
+            continue
+        if key == "checkpoint_sha256":
+            raise ValueError(f"task store {task!r} ({path}) was collected from another checkpoint "
+                             f"({theirs}) than the main store {inp.store} ({ours})")
+        if isinstance(ours, dict) and isinstance(theirs, dict):
+            diff = {k: (theirs.get(k), ours.get(k)) for k in sorted(set(ours) | set(theirs))
+                    if theirs.get(k) != ours.get(k)}
+            what = "; ".join(f"{key}.{k}: {t!r} in the task store, {o!r} in the main store"
+                             for k, (t, o) in diff.items())
+        else:
+            what = f"{key}: {theirs!r} in the task store, {ours!r} in the main store"
+        raise ValueError(f"task store {task!r} ({path}) and the main store {inp.store} were collected with "
+                         f"different options ({what}); Delta (METHODS Eq. 3) would mix that difference into the "
+                         "task effect: collect both with the same model, dtype and config.data template options")
+
+
+def _task_language(task: str, path: str, tdata: dict, inp: Inputs) -> str:
+    """The language of the task data, whose generic data it is compared with: the pivot (METHODS:
+    English task data against English FLORES) or, for a single-language task store in another
+    language, the main store's data of that same language (recorded as ``generic_language``)."""
+    if inp.pivot in tdata:
+        return inp.pivot
+    if len(tdata) != 1:
+        raise ValueError(f"task store {task!r} ({path}) has languages {sorted(tdata)} but no {inp.pivot!r}")
+    lang = next(iter(tdata))
+    if lang not in inp.data:
+        where = ("is not in the pool of analysed languages " + str(inp.languages)
+                 if lang in (inp.meta.get("languages") or {}) else "is not in the main store")
+        raise ValueError(f"task store {task!r} ({path}) holds {lang!r} data, not the pivot {inp.pivot!r}; its "
+                         f"generic data would be the main store's {lang!r} data, which {where}")
+    log.info("task experts: %s holds %s data; compared with the main store's %s data (not the pivot's)",
+             task, lang, lang)
+    return lang
+
+
 def _task_experts(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
     stores, origin = state["task_stores"]
     if not stores:
@@ -328,20 +453,15 @@ def _task_experts(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
                    "(set config.tasks and run the collect stage)")
     if not inp.has_pivot:
         raise Skip(f"task experts: the generic corpus is the pivot's data and {inp.pivot!r} is not in the store")
-    generic = inp.data[inp.pivot]["seq_topk_freq"]
     rows, overlap_rows, summary = [], [], {}
     lang_sets = state.get("language_experts", {})
     for task, path in stores.items():
         tmeta, tdata = read_store(path)
         if not tdata:
             raise ValueError(f"task store {task!r} ({path}) holds no complete language; run the collect stage")
-        ours, theirs = inp.meta.get("checkpoint_sha256"), tmeta.get("checkpoint_sha256")
-        if ours and theirs and ours != theirs:
-            raise ValueError(f"task store {task!r} ({path}) was collected from another checkpoint "
-                             f"({theirs}) than the main store {inp.store} ({ours})")
-        lang = inp.pivot if inp.pivot in tdata else next(iter(tdata)) if len(tdata) == 1 else None
-        if lang is None:
-            raise ValueError(f"task store {task!r} ({path}) has languages {sorted(tdata)} but no {inp.pivot!r}")
+        check_task_store(task, path, tmeta, inp)
+        lang = _task_language(task, path, tdata, inp)
+        generic = inp.data[lang]["seq_topk_freq"]
         res = experts.task_experts(tdata[lang]["seq_topk_freq"], generic, cfg.experts.task_tau)
         rows += [dict(task=task, **inp.layer_cols(l), expert=e, delta=res.scores[l, e], is_expert=bool(res.mask[l, e]))
                  for l in range(inp.n_layers) for e in range(inp.n_experts)]
@@ -357,23 +477,45 @@ def _task_experts(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
                              for l in range(inp.n_layers)]
             n_both = int(ov["n_both"].sum()) if other == "any" else n_both
         summary[task] = {"store": path, "dataset": tmeta.get("dataset"), "language": lang,
-                         "n_task_experts": int(res.mask.sum()), "n_also_language_experts": n_both}
+                         "generic_language": lang, "n_task_experts": int(res.mask.sum()),
+                         "n_also_language_experts": n_both}
     tabs = {"experts_task": rows}
     if overlap_rows:
         tabs["expert_overlap"] = overlap_rows
     return tabs, {"task_experts": {"tau": cfg.experts.task_tau, "stores_from": origin, "tasks": summary}}
 
 
+def _accuracy(inp: Inputs, cfg, state: dict) -> dict[str, float]:
+    """``{FLORES code: accuracy}`` of ``analysis.accuracy``; which accuracy languages are outside the
+    pool and which pool languages lack an accuracy is logged and kept in ``state["accuracy_coverage"]``."""
+    acc, renamed = accuracy_lib.to_flores(accuracy_lib.load_accuracy(cfg.accuracy),
+                                          known=(inp.meta.get("languages") or {}).keys() | set(inp.languages),
+                                          source="analysis.accuracy")
+    if not acc:
+        return acc
+    outside = [l for l in acc if l not in inp.languages]
+    without = [l for l in inp.languages if l != inp.pivot and l not in acc]
+    if outside:
+        log.warning("correlation: accuracies of %s are not used: not among the analysed languages %s",
+                    outside, inp.languages)
+    if without:
+        log.warning("correlation: no accuracy for analysed language(s) %s", without)
+    state["accuracy_coverage"] = {"renamed": renamed, "not_analysed": outside, "without_accuracy": without}
+    return acc
+
+
 def _correlation(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
-    acc = accuracy_lib.load_accuracy(cfg.accuracy)
+    acc = _accuracy(inp, cfg, state)
     if not acc:
         raise Skip("correlation: no analysis.accuracy given")
     if "curves" not in state:
         raise Skip("correlation: no divergence curves")
     langs = [l for l in state["curves"] if l in acc]
     if len(langs) < correlation.MIN_LANGUAGES:
+        cov = state["accuracy_coverage"]
         raise Skip(f"correlation: needs at least {correlation.MIN_LANGUAGES} non-pivot languages with an accuracy, "
-                   f"have {langs}")
+                   f"have {langs} (accuracies outside the pool: {cov['not_analysed']}; analysed languages "
+                   f"without accuracy: {cov['without_accuracy']})")
     b = cfg.bootstrap
     res = correlation.divergence_accuracy_correlation(state["curves"], acc, state.get("band"), b.n, b.seed, b.ci)
     rows = []
@@ -387,8 +529,8 @@ def _correlation(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
                                                 if res["band_divergence"] is not None else {}))
               for i, (l, a) in enumerate(zip(res["languages"], res["accuracy"]))]
     band = {s: c.to_dict() for s, c in res["band"].items()} if res["band"] is not None else None
-    return ({"correlation": rows, "correlation_points": points, "accuracy": [dict(language=l, accuracy=a)
-                                                                             for l, a in acc.items()]},
+    return ({"correlation": rows, "correlation_points": points,
+             "accuracy": [dict(language=l, accuracy=a, analysed=l in inp.languages) for l, a in acc.items()]},
             {"correlation": {"metric": cfg.metrics[0], "languages": res["languages"], "band": band,
                              "bootstrap": b.to_dict()}})
 
@@ -413,15 +555,15 @@ ANALYSES: tuple[tuple[str, Callable], ...] = (
 
 def run(config, workdir: str) -> dict[str, Any]:
     """Runs every analysis on ``workdir/routing``; writes ``workdir/analysis/*``; returns the summary."""
-    cfg = section(config, "analysis", default_config())
+    cfg = section(config, "analysis", default_config(), FREE_FORM)
     if not cfg.metrics:
         raise ValueError("analysis.metrics is empty")
-    store = os.path.join(workdir, STORE_SUBDIR)
+    store = os.path.join(workdir, store_subdirs()[0])
     out_dir = os.path.join(workdir, SUBDIR)
-    inp = load_inputs(store, cfg.pivot)
+    inp = load_inputs(store, cfg.pivot, _config_languages(config))
     summary: dict[str, Any] = {
-        "store": store, "pivot": cfg.pivot, "languages": inp.languages, "n_layers": inp.n_layers,
-        "n_experts": inp.n_experts, "top_k": inp.top_k, "moe_layer_ids": inp.layer_ids,
+        "store": store, "pivot": cfg.pivot, "languages": inp.languages, "language_pool": inp.pool,
+        "n_layers": inp.n_layers, "n_experts": inp.n_experts, "top_k": inp.top_k, "moe_layer_ids": inp.layer_ids,
         "primary_metric": cfg.metrics[0], "config": cfg.to_dict(), "skipped": {}, "tables": []}
     state: dict[str, Any] = {"task_stores": resolve_task_stores(config, cfg, workdir)}
     os.makedirs(out_dir, exist_ok=True)
@@ -444,6 +586,8 @@ def run(config, workdir: str) -> dict[str, Any]:
     if "curves" in state and "band" in state:
         s, e = state["band"]
         summary["band_divergence"] = {l: float(v[s: e + 1].mean()) for l, v in state["curves"].items()}
+    if "accuracy_coverage" in state:
+        summary["accuracy_coverage"] = state["accuracy_coverage"]
     tables.write_json(os.path.join(out_dir, "summary.json"), summary)
     log.info("analyze: wrote %d tables to %s (skipped: %s)", len(summary["tables"]), out_dir,
              sorted(summary["skipped"]) or "none")

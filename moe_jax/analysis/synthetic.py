@@ -12,7 +12,11 @@ per-language weight ``w_x`` (0 for the pivot; accuracy falls as it grows), langu
 (``+bias`` for the language, ``-bias`` for all others) and, in a separate English task store,
 planted task experts. Statistics are reduced exactly as the store format documents. Demo::
 
-    python -m moe_jax.analysis.synthetic /tmp/demo   # writes /tmp/demo/{routing, task_math, accuracy.json}
+    python -m moe_jax.analysis.synthetic /tmp/demo   # writes /tmp/demo/{routing, tasks/math, accuracy.json}
+    python -m moe_jax.launch --config=configs/demo.py --stages=analyze,report --workdir=/tmp/demo
+
+The task store lies where the collect stage puts task stores (``workdir/tasks/<name>``), so the
+analyze stage finds it without ``analysis.task_stores``.
 """
 
 from __future__ import annotations
@@ -177,9 +181,12 @@ def write_synthetic_task_store(path: str, spec: SyntheticSpec = SyntheticSpec(),
 
 
 def write_demo(workdir: str, spec: SyntheticSpec = SyntheticSpec()) -> dict[str, str]:
-    """``workdir/routing`` (main store), ``workdir/task_math`` (task store), ``workdir/accuracy.json``."""
+    """``workdir/routing`` (main store), ``workdir/tasks/math`` (task store), ``workdir/accuracy.json``:
+    the layout the collect stage writes (``paths["task_math"]`` is the task store)."""
+    from moe_jax.analysis.stage import store_subdirs
     from moe_jax.analysis.tables import write_json
-    paths = {"routing": os.path.join(workdir, "routing"), "task_math": os.path.join(workdir, "task_math"),
+    store_dir, tasks_dir = store_subdirs()
+    paths = {"routing": os.path.join(workdir, store_dir), "task_math": os.path.join(workdir, tasks_dir, "math"),
              "accuracy": os.path.join(workdir, "accuracy.json")}
     write_synthetic_store(paths["routing"], spec)
     write_synthetic_task_store(paths["task_math"], spec)

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from moe_jax.analysis import tables
-from moe_jax.analysis.stage import SUBDIR as ANALYSIS_SUBDIR, section as config_section
+from moe_jax.analysis.stage import SUBDIR as ANALYSIS_SUBDIR, section as config_section, store_subdirs
 from moe_jax.report import html, plots
 from moe_jax.atomic import atomic_write
 from moe_jax.routing.store import read_meta
@@ -45,7 +45,7 @@ class _Report:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} does not exist: run the analyze stage first")
         self.s = tables.read_json(path)
-        self.meta = read_meta(self.s["store"]) or read_meta(os.path.join(workdir, "routing")) or {}
+        self.meta = read_meta(self.s["store"]) or read_meta(os.path.join(workdir, store_subdirs()[0])) or {}
         self.cfg = cfg
         self.x = np.asarray(self.s["moe_layer_ids"])
         self.band = (self.s["middle_band"]["start"], self.s["middle_band"]["end"]) if "middle_band" in self.s else None
@@ -230,8 +230,9 @@ class _Report:
                                   cbar_label="Delta (task - generic frequency)", cmap="RdBu_r", center=0.0,
                                   ylabel="expert", marks=mark, mark_label=f"task expert (Delta > {ti['tau']})"),
                     f"experts_task_{name}",
-                    f"Delta of every expert between {name} data and the generic corpus ({self.s['pivot']} data of the "
-                    f"main store); circled: task experts. {both} task expert(s) are also language experts."))
+                    f"Delta of every expert between {name} data and the generic corpus "
+                    f"({ti['tasks'][name].get('generic_language', self.s['pivot'])} data of the main store); "
+                    f"circled: task experts. {both} task expert(s) are also language experts."))
         return blocks
 
     def correlation(self) -> list[str]:
@@ -266,11 +267,19 @@ class _Report:
         meta = {k: v for k, v in self.meta.items() if k != "languages"}
         langs = self.meta.get("languages", {})
         keys = sorted({k for v in langs.values() if isinstance(v, dict) for k in v})
-        blocks = [html.paragraph("Routing store metadata"), html.mapping_table(meta)]
+        pool = self.s.get("language_pool") or {"languages": self.s["languages"]}
+        analysed = set(pool["languages"])
+        blocks = [html.paragraph("Language pool (shared/exclusive labels, band and similarities depend on it)"),
+                  html.mapping_table({"analysed languages": ", ".join(pool["languages"]),
+                                      "chosen from": pool.get("source", "store"),
+                                      "store languages left out": ", ".join(pool.get("ignored", [])) or "none",
+                                      "requested but not in the store": ", ".join(pool.get("missing", [])) or "none"}),
+                  html.paragraph("Routing store metadata"), html.mapping_table(meta)]
         if langs:
             blocks += [html.paragraph("Per-language summary"),
-                       html.table(([l] + [langs[l].get(k, "") if isinstance(langs[l], dict) else "" for k in keys]
-                                   for l in langs), ["language"] + keys)]
+                       html.table(([l, "yes" if l in analysed else "no"]
+                                   + [langs[l].get(k, "") if isinstance(langs[l], dict) else "" for k in keys]
+                                   for l in langs), ["language", "analysed"] + keys)]
         blocks += [html.paragraph("Analysis configuration"), html.mapping_table(self.s.get("config", {})),
                    html.paragraph("Tables (CSV and JSON in " + self.adir + "): " + ", ".join(self.s.get("tables", [])))]
         return blocks
