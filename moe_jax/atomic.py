@@ -37,3 +37,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike, *, invalid_ok: bool = False) -> Any:
+    """The JSON value in ``path``; None when the file does not exist (or, with ``invalid_ok``, is not
+    valid JSON: a stamp that is simply rewritten). Invalid JSON otherwise raises ValueError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        if invalid_ok:
+            return None
+        raise ValueError(f"{os.fspath(path)} is not valid JSON ({e})") from e

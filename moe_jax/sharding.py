@@ -21,7 +21,7 @@ split over the data axis) raise ``MeshError`` before anything is compiled.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import jax
 import numpy as np
@@ -47,6 +47,13 @@ DEFAULT_RULES: dict[str, str | None] = {
 
 class MeshError(ValueError):
     """The requested mesh, rules or batch cannot be laid out on the available devices."""
+
+
+class WriterFailedError(RuntimeError):
+    """Raised on processes 1.. when process 0 failed in work that only it does (see its log)."""
+
+
+T = TypeVar("T")
 
 
 def mesh_axis_sizes(shape: Mapping[str, int], num_devices: int) -> dict[str, int]:
@@ -123,14 +130,20 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-    """The batch must split evenly over the data axis and over the processes."""
-    n_data = mesh.shape[BATCH_AXIS]
+def check_batch_size(batch_size: int, mesh: Any, num_processes: int | None = None) -> None:
+    """The batch must split evenly over the data axis and over the processes.
+
+    ``mesh``: a ``Mesh`` (or ``AbstractMesh``) or its axis sizes (``mesh_axis_sizes``); ``num_processes``: default
+    ``jax.process_count()`` (pass it to check a config before ``jax.distributed`` is initialised).
+    """
+    sizes = dict(mesh) if isinstance(mesh, Mapping) else dict(mesh.shape)
+    n_data = sizes[BATCH_AXIS]
     if batch_size <= 0 or batch_size % n_data:
         raise MeshError(f"batch size {batch_size} is not divisible by the mesh's data axis ({n_data} "
                         "devices); change collect.batch_size or mesh.shape")
-    if batch_size % jax.process_count():
-        raise MeshError(f"batch size {batch_size} is not divisible by the {jax.process_count()} processes")
+    processes = jax.process_count() if num_processes is None else num_processes
+    if batch_size % processes:
+        raise MeshError(f"batch size {batch_size} is not divisible by the {processes} processes")
 
 
 def process_rows(mesh: Mesh, batch_size: int) -> slice:
@@ -196,6 +209,28 @@ def broadcast_from_writer(x: np.ndarray) -> np.ndarray:
         return np.asarray(x)
     from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(x)))
+
+
+def run_on_writer(fn: Callable[[], T], what: str) -> T | None:
+    """Runs ``fn()`` on process 0 only (writing shared outputs) and tells every process how it went.
+
+    Returns ``fn``'s result on process 0 and None on the others, once process 0 is done (the status
+    broadcast doubles as a barrier). If ``fn`` raises, process 0 re-raises its exception and every
+    other process raises ``WriterFailedError``, instead of waiting forever at the next collective.
+    ``what``: the work, for that message ("writing language fra_Latn to DIR").
+    """
+    result, error = None, None
+    if is_writer():
+        try:
+            result = fn()
+        except Exception as e:  # reported to the others first, then re-raised
+            error = e
+    failed = bool(broadcast_from_writer(np.asarray([error is not None], np.int32))[0])
+    if error is not None:
+        raise error
+    if failed:
+        raise WriterFailedError(f"process 0 failed while {what}; its log (stderr) shows the error")
+    return result
 
 
 # -------------------------------------------------------------------------------------------- config

@@ -16,10 +16,11 @@ import importlib
 import logging
 import math
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
+from moe_jax import config_fields
 from moe_jax import sharding as shd
-from moe_jax.atomic import atomic_write_json
+from moe_jax.atomic import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,11 @@ CHECKPOINT_DIR = "checkpoint"
 TINY_DIR = "hf_tiny"
 CONVERT_STAMP = ".convert_source.json"  # sidecar: what workdir/checkpoint was converted from
 SOURCES = ("tiny_random", "hf_dir", "hub")
+# Config fields whose keys are user data (task names, languages, HF config keys, mesh axes, logical
+# axes), not fields of moe_jax: check_config does not check their keys. Fields whose default is a
+# plain value (None placeholders, FieldReference({}) mappings) are not descended into either.
+FREE_FORM_FIELDS = ("config.tasks", "config.analysis.accuracy", "config.analysis.task_stores",
+                    "config.mesh.shape", "config.mesh.rules", "config.model.tiny.overrides")
 RANDOM_WEIGHTS_WARNING = ("RANDOM WEIGHTS: this model is a tiny randomly initialised network; every routing "
                           "statistic, divergence and plot computed from it is meaningless (demo/test only).")
 
@@ -122,6 +128,7 @@ def check_config(config: Any, num_devices: int | None = None) -> None:
     missing = [k for k in ("model", "data", "collect", "mesh", "distributed", "stages") if k not in config]
     if missing:
         raise StageError(f"config lacks section(s) {missing}")
+    check_known_fields(config, default_config(), "config")
     parse_stages(config.stages)
     m = config.model
     if m.source not in SOURCES:
@@ -135,13 +142,21 @@ def check_config(config: Any, num_devices: int | None = None) -> None:
         if data.source not in DATA_SOURCES:
             raise StageError(f"{where}.source {data.source!r} is not one of {DATA_SOURCES}")
         parse_languages(data.get("languages"))  # raises on unknown codes, with close matches
-    if num_devices is not None:
-        mesh = shd.mesh_axis_sizes(config.mesh.shape, num_devices)
-        if config.collect.batch_size % mesh[shd.BATCH_AXIS]:
-            raise shd.MeshError(f"collect.batch_size {config.collect.batch_size} is not divisible by the data "
-                                f"axis ({mesh[shd.BATCH_AXIS]}) of mesh {mesh} on {num_devices} devices")
-    else:
-        shd.mesh_axis_sizes(config.mesh.shape, math.prod(v for v in config.mesh.shape.values() if v > 0))
+    if num_devices is None:  # the smallest device count the shape allows (-1 axis = 1): checks the fixed axes
+        num_devices = math.prod(v for v in config.mesh.shape.values() if v > 0)
+    dist = config.distributed
+    processes = int(dist.num_processes) if dist.enabled and int(dist.num_processes) > 0 else 1
+    shd.check_batch_size(int(config.collect.batch_size), shd.mesh_axis_sizes(config.mesh.shape, num_devices),
+                         num_processes=processes)
+
+
+def check_known_fields(values: Any, defaults: Any, where: str = "config",
+                       free_form: Collection[str] = FREE_FORM_FIELDS) -> None:
+    """``config_fields.check_known_fields`` with the pipeline's free-form fields; raises StageError."""
+    try:
+        config_fields.check_known_fields(values, defaults, where, free_form)
+    except config_fields.UnknownFieldError as e:
+        raise StageError(str(e)) from None
 
 
 def model_name(config: Any) -> str:
@@ -169,9 +184,7 @@ def convert(config: Any, workdir: str) -> str:
     """Puts a converted checkpoint at ``workdir/checkpoint`` (skipped when it is already there and
     was converted from the same source, weights and dtype). Process 0 converts; others wait."""
     out = os.path.join(workdir, CHECKPOINT_DIR)
-    if shd.is_writer():
-        _convert(config, workdir, out)
-    shd.sync("convert")
+    shd.run_on_writer(lambda: _convert(config, workdir, out), f"converting the checkpoint into {out}")
     return out
 
 
@@ -184,7 +197,7 @@ def _convert(config: Any, workdir: str, out: str) -> None:
     identity = {"source": source_identity(config), "hf_dir": os.path.abspath(hf_dir), "dtype": m.dtype,
                 "checkpoint_sha256": scan_checkpoint(hf_dir).sha256}
     stamp = os.path.join(workdir, CONVERT_STAMP)
-    if os.path.exists(os.path.join(out, "moe_jax.json")) and _read_json(stamp) == identity:
+    if os.path.exists(os.path.join(out, "moe_jax.json")) and read_json(stamp, invalid_ok=True) == identity:
         log.info("checkpoint %s is up to date (converted from %s)", out, hf_dir)
         return
     convert_checkpoint(hf_dir, out, dtype=m.dtype, overwrite=True)
@@ -193,15 +206,25 @@ def _convert(config: Any, workdir: str, out: str) -> None:
 
 def converted_identity(config: Any, workdir: str) -> dict[str, Any]:
     """What ``workdir/checkpoint`` was converted from; refuses a checkpoint of another source than
-    ``config.model`` describes (the convert stage was not rerun after the config changed)."""
-    stamp = _read_json(os.path.join(workdir, CONVERT_STAMP))
+    ``config.model`` describes (the convert stage was not rerun after the config changed), and for
+    source "hf_dir" one whose weights were replaced since (rescan: headers and sampled bytes). For
+    "hub" (revision) and "tiny_random" (seed, spec) the source identity already pins the weights."""
+    from moe_jax.convert.safetensors_io import scan_checkpoint
+
+    stamp = read_json(os.path.join(workdir, CONVERT_STAMP))
     if stamp is None:
         raise StageError(f"{workdir}/{CHECKPOINT_DIR} has no record of its source ({CONVERT_STAMP}); "
                          "run the 'convert' stage")
-    if stamp["source"] != source_identity(config) or stamp["dtype"] != config.model.dtype:
-        raise StageError(f"{workdir}/{CHECKPOINT_DIR} was converted from {stamp['source']} ({stamp['dtype']}), "
-                         f"but config.model describes {source_identity(config)} ({config.model.dtype}); "
-                         "run the 'convert' stage again")
+    if stamp.get("source") != source_identity(config) or stamp.get("dtype") != config.model.dtype:
+        raise StageError(f"{workdir}/{CHECKPOINT_DIR} was converted from {stamp.get('source')} "
+                         f"({stamp.get('dtype')}), but config.model describes {source_identity(config)} "
+                         f"({config.model.dtype}); run the 'convert' stage again")
+    if config.model.source == "hf_dir":
+        now = scan_checkpoint(config.model.hf_dir).sha256
+        if now != stamp.get("checkpoint_sha256"):
+            raise StageError(f"the weights in {config.model.hf_dir} changed since {workdir}/{CHECKPOINT_DIR} was "
+                             f"converted from them (checkpoint sha256 {stamp.get('checkpoint_sha256')} -> {now}); "
+                             "run the 'convert' stage again")
     return stamp
 
 
@@ -255,7 +278,7 @@ def write_tiny(config: Any, out_dir: str) -> str:
 
     spec = config.model.tiny.to_dict()
     stamp = os.path.join(out_dir, "moe_jax_tiny.json")
-    if _read_json(stamp) == spec:
+    if read_json(stamp, invalid_ok=True) == spec:
         return out_dir
     tokenizer = build_tiny_tokenizer(out_dir, vocab_size=int(spec["vocab_size"]))
     # the model's vocabulary is exactly the tokenizer's
@@ -264,13 +287,3 @@ def write_tiny(config: Any, out_dir: str) -> str:
                                     router_scale=float(spec["router_scale"]))
     atomic_write_json(stamp, spec)
     return out_dir
-
-
-def _read_json(path: str) -> Any:
-    import json
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-

@@ -51,21 +51,26 @@ def test_stage_registry():
     assert callable(stages.get_stage("analyze")) and callable(stages.get_stage("report"))
 
 
+CALLS = []
+
+
 def record_stage(config, workdir):
-    config.calls.append(workdir)
+    CALLS.append(workdir)
 
 
 def test_run_stages_in_order_with_defaults(tmp_path, monkeypatch):
     monkeypatch.setitem(stages.STAGES, "record", f"{__name__}:record_stage")
+    CALLS.clear()
     config = demo_config()
-    config.unlock()
-    config.calls = []
     config.stages = "record,record"
     stages.run_stages(config, str(tmp_path))
-    assert config.calls == [str(tmp_path)] * 2
+    assert CALLS == [str(tmp_path)] * 2
     with pytest.raises(stages.StageError, match="unknown stage"):
         stages.run_stages(config, str(tmp_path), "record,nope")
-    assert len(config.calls) == 2  # nothing ran: every name is checked first
+    config.collect.batchsize = 4
+    with pytest.raises(stages.StageError, match="config.collect.batchsize is not a known field"):
+        stages.run_stages(config, str(tmp_path))
+    assert len(CALLS) == 2  # nothing ran: every name and field is checked first
 
 
 def test_cli_unknown_stage_lists_known_ones(tmp_path):
@@ -104,7 +109,10 @@ def test_config_files_validate(path):
     (lambda c: setattr(c.model, "dtype", "int8"), ValueError, "unsupported dtype 'int8'"),
     (lambda c: setattr(c.data, "languages", "eng_Latn,eng_latn"), ValueError, "eng_latn"),
     (lambda c: setattr(c.mesh, "shape", {"data": -1, "tensor": 2}), shd.MeshError, "unknown axis names \\['tensor'\\]"),
-    (lambda c: setattr(c.collect, "batch_size", 6), shd.MeshError, "batch_size 6 is not divisible by the data axis"),
+    (lambda c: setattr(c.collect, "batch_size", 6), shd.MeshError, "batch size 6 is not divisible by the mesh's "
+                                                                   "data axis \\(8 devices"),
+    (lambda c: c.distributed.update(enabled=True, num_processes=3), shd.MeshError,
+     "batch size 8 is not divisible by the 3 processes"),
 ])
 def test_bad_config_is_refused(change, error, match):
     config = demo_config()
@@ -143,6 +151,14 @@ def test_convert_hf_dir_and_reconvert_on_change(tmp_path):
         stages.converted_identity(config, work)  # collect refuses a checkpoint of another dtype
     stages.convert(config, work)
     assert os.stat(meta).st_mtime_ns != first and stages.converted_identity(config, work)["dtype"] == "bfloat16"
+
+    # new weights in the same hf_dir: collect (converted_identity) refuses the stale conversion
+    second = os.stat(meta).st_mtime_ns
+    tiny.write_random_hf_checkpoint(hf, tiny.tiny_hf_config("olmoe"), seed=2)
+    with pytest.raises(stages.StageError, match=f"(?s)the weights in {hf} changed since .*run the 'convert' stage again"):
+        stages.converted_identity(config, work)
+    stages.convert(config, work)
+    assert os.stat(meta).st_mtime_ns != second and stages.converted_identity(config, work)["dtype"] == "bfloat16"
 
 
 def test_hub_source_offline_gives_clear_message(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """Two local processes (jax.distributed over 127.0.0.1, gloo CPU collectives) produce the same store
-as one process, through the real entry point ``python -m moe_jax.launch``."""
+as one process, through the real entry point ``python -m moe_jax.launch``; when process 0 fails in
+work only it does, both processes stop with an error instead of waiting for each other forever."""
 
 import os
 import socket
@@ -13,14 +14,21 @@ from moe_jax.routing import store
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config=configs/demo.py", "--stages=convert,collect", "--config.data.languages=eng_Latn,fra_Latn,hin_Deva",
         "--config.data.max_sentences=20", "--config.collect.progress=False"]
-TIMING = ("seconds", "compile_seconds", "tokens_per_s")
+TIMING = ("seconds", "compile_seconds", "tokens_per_s", "file_sha256")  # differ between runs
 
 
-def launch(workdir, *extra):
+def launch(workdir, *extra, args=ARGS):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
     env.pop("XLA_FLAGS", None)
-    return subprocess.Popen([sys.executable, "-m", "moe_jax.launch", *ARGS, f"--workdir={workdir}", *extra],
+    return subprocess.Popen([sys.executable, "-m", "moe_jax.launch", *args, f"--workdir={workdir}", *extra],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def launch_two(workdir, *extra, args=ARGS):
+    """Processes 1 and 0 of a two-process run (in that order)."""
+    dist = [f"--config.distributed.{k}" for k in (
+        "enabled=True", f"coordinator_address=127.0.0.1:{free_port()}", "num_processes=2")]
+    return [launch(workdir, *dist, f"--config.distributed.process_id={i}", *extra, args=args) for i in (1, 0)]
 
 
 def free_port():
@@ -37,9 +45,7 @@ def finish(proc, timeout=240):
 
 def test_two_processes_write_the_same_store_as_one(tmp_path):
     single = launch(tmp_path / "one")
-    dist = [f"--config.distributed.{k}" for k in (
-        "enabled=True", f"coordinator_address=127.0.0.1:{free_port()}", "num_processes=2")]
-    procs = [launch(tmp_path / "two", *dist, f"--config.distributed.process_id={i}") for i in (1, 0)]
+    procs = launch_two(tmp_path / "two")
     try:
         outs = [finish(p) for p in procs]
     finally:
@@ -62,3 +68,39 @@ def test_two_processes_write_the_same_store_as_one(tmp_path):
                 np.testing.assert_array_equal(two[lang][key], ref, err_msg=f"{lang}/{key}")
         strip = lambda s: {k: v for k, v in s.items() if k not in TIMING}
         assert strip(meta1["languages"][lang]) == strip(meta2["languages"][lang])
+
+
+def fail_together(procs, timeout=150):
+    """Both processes exit non-zero within ``timeout`` (a hang fails the test); returns their output."""
+    try:
+        outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode != 0, out[-4000:]
+        # not a collective that timed out waiting for the other process (gloo on CPU; NCCL would hang)
+        assert "DEADLINE_EXCEEDED" not in out, out[-4000:]
+    return outs
+
+
+def test_writer_failure_in_convert_stops_both_processes(tmp_path):
+    empty = tmp_path / "hf"  # no weights: converting fails on process 0, the only one that converts
+    empty.mkdir()
+    outs = fail_together(launch_two(tmp_path / "work", "--config.model.source=hf_dir", f"--config.model.hf_dir={empty}"))
+    assert "has neither model.safetensors nor" in outs[1]
+    assert "WriterFailedError: process 0 failed while converting the checkpoint" in outs[0]
+
+
+def test_writer_failure_in_collect_stops_both_processes(tmp_path):
+    from moe_jax import stages
+    from test_launch import demo_config
+
+    work = tmp_path / "work"
+    stages.convert(demo_config(), str(work))
+    (work / "routing").mkdir()
+    (work / "routing" / "meta.json").write_text("{not json")  # process 0 cannot open the store
+    outs = fail_together(launch_two(work, "--stages=collect", args=[a for a in ARGS if not a.startswith("--stages")]))
+    assert f"{work / 'routing' / 'meta.json'} is not valid JSON" in outs[1]
+    assert "WriterFailedError: process 0 failed while opening the routing store" in outs[0]

@@ -143,5 +143,5 @@ def test_report_config_typo_is_an_error(full):
     wd, _ = full
     c = _config()
     c.report.titel = "x"
-    with pytest.raises(ValueError, match=r"config.report: unknown key 'titel'; did you mean 'title'\?"):
+    with pytest.raises(ValueError, match=r"config.report.titel is not a known field \(did you mean config.report.title\?\)"):
         report_stage.run(c, wd)

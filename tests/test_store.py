@@ -1,7 +1,10 @@
-"""The routing store: round trip, atomicity under a failing write, fingerprint refusal, validation."""
+"""The routing store: round trip, atomicity under a failing write, fingerprint refusal, validation,
+integrity records (size + sha256) and clear errors on damaged files."""
 
+import hashlib
 import json
 import os
+import zipfile
 
 import numpy as np
 import pytest
@@ -28,7 +31,10 @@ def test_round_trip(tmp_path):
     store.write_language(str(tmp_path), "fra_Latn", a, {"sequences": 3})
     store.write_language(str(tmp_path), "eng_Latn", b, {"sequences": 3})
     meta, data = store.read_store(str(tmp_path))
-    assert list(data) == ["eng_Latn", "fra_Latn"] and meta["languages"]["fra_Latn"] == {"sequences": 3}
+    raw = (tmp_path / "fra_Latn.npz").read_bytes()
+    assert list(data) == ["eng_Latn", "fra_Latn"]
+    assert meta["languages"]["fra_Latn"] == {"sequences": 3, "file_size": len(raw),
+                                             "file_sha256": hashlib.sha256(raw).hexdigest()}
     for k, v in a.items():
         np.testing.assert_array_equal(data["fra_Latn"][k], v)
         assert data["fra_Latn"][k].dtype == v.dtype
@@ -91,3 +97,56 @@ def test_read_errors(tmp_path):
         store.read_store(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no statistics for language 'xxx'"):
         store.read_language(str(tmp_path), "xxx")
+
+
+def two_languages(path):
+    store.open_store(str(path), {"fingerprint": "x"})
+    store.write_language(str(path), "fra_Latn", arrays(seed=1), {})
+    store.write_language(str(path), "eng_Latn", arrays(seed=2), {})
+    return path / "fra_Latn.npz"
+
+
+def test_truncated_file_is_not_done_and_read_names_file_and_language(tmp_path, caplog):
+    p = two_languages(tmp_path)
+    p.write_bytes(p.read_bytes()[:-100])  # e.g. a copy cut short, a full disk outside our writes
+    with caplog.at_level("WARNING"):
+        assert store.done_languages(str(tmp_path)) == {"eng_Latn"}
+    assert str(p) in caplog.text and "fra_Latn will be collected again" in caplog.text
+    with pytest.raises(store.CorruptStoreError, match=f"{p}: language 'fra_Latn' has .* bytes but .* were written"):
+        store.read_store(str(tmp_path))
+    with pytest.raises(store.CorruptStoreError, match=f"{p}: .* of language 'fra_Latn' cannot be read \\(BadZipFile"):
+        store.read_language(str(tmp_path), "fra_Latn")
+
+
+def test_corrupt_file_of_the_recorded_size_names_file_and_language(tmp_path):
+    p = two_languages(tmp_path)
+    raw = bytearray(p.read_bytes())
+    raw[-30:] = b"\0" * 30  # same size, damaged central directory
+    p.write_bytes(bytes(raw))
+    assert store.done_languages(str(tmp_path)) == {"eng_Latn", "fra_Latn"}  # the cheap check sees the size only
+    with pytest.raises(store.CorruptStoreError, match=f"{p}: the routing statistics of language 'fra_Latn' "
+                                                      "cannot be read .*run the collect stage again"):
+        store.read_store(str(tmp_path))
+
+
+def test_file_missing_an_array_names_file_and_language(tmp_path):
+    p = two_languages(tmp_path)
+    a = arrays(seed=1)
+    del a["seq_ids"]
+    with zipfile.ZipFile(p, "w") as z:  # an npz written by something else, without seq_ids
+        for k, v in a.items():
+            with z.open(f"{k}.npy", "w") as f:
+                np.lib.format.write_array(f, v)
+    with pytest.raises(store.CorruptStoreError, match=f"{p}: .*'fra_Latn'.*missing arrays \\['seq_ids'\\]"):
+        store.read_language(str(tmp_path), "fra_Latn")
+
+
+def test_corrupt_meta_names_the_file(tmp_path):
+    two_languages(tmp_path)
+    (tmp_path / "meta.json").write_text('{"format": ')
+    for call in (lambda: store.read_store(str(tmp_path)), lambda: store.done_languages(str(tmp_path)),
+                 lambda: store.open_store(str(tmp_path), {"fingerprint": "x"})):
+        with pytest.raises(store.CorruptStoreError, match=f"{tmp_path / 'meta.json'} is not valid JSON"):
+            call()
+    store.open_store(str(tmp_path), {"fingerprint": "x"}, overwrite=True)  # overwrite replaces it
+    assert store.read_meta(str(tmp_path))["languages"] == {}

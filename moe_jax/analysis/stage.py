@@ -22,7 +22,6 @@ Layer positions (``layer``) are 0-indexed positions on the store's MoE-layer axi
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import os
 from typing import Any, Callable
@@ -35,6 +34,7 @@ from tqdm import tqdm
 from moe_jax.analysis import (accuracy as accuracy_lib, consistency, correlation, divergence, layer_entropy,
                               experts, similarity, tables)
 from moe_jax.analysis.validate import check_consistent, normalize_band
+from moe_jax.config_fields import check_known_fields
 from moe_jax.routing.store import read_meta, read_store
 
 log = logging.getLogger(__name__)
@@ -92,30 +92,15 @@ def _as_dict(x) -> dict:
     return x.to_dict() if hasattr(x, "to_dict") else dict(x)
 
 
-def check_keys(values, defaults: ml_collections.ConfigDict, where: str, free_form: tuple[str, ...] = ()) -> None:
-    """Rejects keys of ``values`` (nested mappings included) that ``defaults`` lacks, naming the key
-    and its closest match: ``ConfigDict.update`` would add a typo (``middle_bandd``) silently.
-    ``free_form``: fields whose own keys are arbitrary (``{language: accuracy}``)."""
-    known = list(defaults.keys())
-    for key, value in values.items():
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(known))}"
-            raise ValueError(f"config.{where}: unknown key {key!r}{hint}")
-        if key not in free_form and isinstance(defaults[key], ml_collections.ConfigDict) \
-                and (hasattr(value, "to_dict") or isinstance(value, dict)):
-            check_keys(_as_dict(value), defaults[key], f"{where}.{key}")
-
-
 def section(config, name: str, defaults: ml_collections.ConfigDict,
             free_form: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
     """``config.<name>`` (or ``config`` itself when it is the section) over ``defaults``; a key the
-    defaults lack is an error (``check_keys``)."""
+    defaults lack is an error (``config_fields.check_known_fields``)."""
     sub = config.get(name) if config is not None and hasattr(config, "get") and name in config else config
     out = defaults  # a fresh default_config(): keeps the placeholder field types
     if sub is not None:
         values = _as_dict(sub)
-        check_keys(values, defaults, name, free_form)
+        check_known_fields(values, defaults, f"config.{name}", [f"config.{name}.{f}" for f in free_form])
         out.update(values)
     return out
 

@@ -3,8 +3,9 @@ and each task corpus of ``config.tasks`` -> a store at ``workdir/tasks/<name>`` 
 
 Per language: tokenise (chat template, count mask), run the jitted collection step over fixed-shape
 batches, write ``<lang>.npz`` atomically and record its summary in ``meta.json``. A rerun resumes
-at the first language not in the store; a store of another model / data / options is refused
-unless ``collect.overwrite``. With several processes, every process computes, process 0 writes.
+at the first language not in the store (or whose file was damaged since); a store of another
+model / data / options is refused unless ``collect.overwrite``. With several processes, every
+process computes, process 0 writes (``sharding.run_on_writer``: a failure there stops them all).
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+def options(config: Any) -> ml_collections.ConfigDict:
+    """``config.collect`` over ``default_config()``; unknown fields (typos) are refused."""
+    from moe_jax.stages import check_known_fields
+
+    opts, section = default_config(), config.get("collect") or {}
+    check_known_fields(section, opts, "config.collect")
+    opts.update(section)
+    return opts
+
+
 @dataclasses.dataclass
 class LanguageInput:
     """One language, tokenised, with its sentence ids and report fields (truncated, skipped_empty, ...)."""
@@ -72,13 +83,13 @@ def run(config: Any, workdir: str) -> dict[str, dict[str, dict]]:
     from moe_jax.data.defaults import task_data_configs
     from moe_jax.stages import CHECKPOINT_DIR, converted_identity
 
-    opts = default_config()
-    opts.update(config.get("collect") or {})
+    opts = options(config)
     ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
     if not os.path.exists(os.path.join(ckpt_dir, orbax_io.META_FILE)):
         raise FileNotFoundError(f"no converted checkpoint at {ckpt_dir}; run the 'convert' stage first")
     ckpt_meta = orbax_io.read_meta(ckpt_dir)
-    converted_identity(config, workdir)  # the checkpoint is the one config.model describes
+    # the checkpoint is the one config.model describes (process 0 alone: hf_dir may be on its host only)
+    shd.run_on_writer(lambda: converted_identity(config, workdir), f"checking the checkpoint in {ckpt_dir}")
     cfg = ModelConfig.from_dict(ckpt_meta["config"])
 
     mesh = shd.make_mesh(config.mesh.shape)
@@ -102,7 +113,7 @@ def run(config: Any, workdir: str) -> dict[str, dict[str, dict]]:
     for job in plan:
         out[job.key] = collect_to_store(job.store_dir, job.meta, job.corpus.languages, job.encoder(tokenizer),
                                         step=step, params=params, cfg=cfg, mesh=mesh, options=opts,
-                                        batching=job.batching(tokenizer, opts), input_hashes=job.hashes)
+                                        batching=job.batching(tokenizer, opts), done=job.done)
         if shd.is_writer():
             print(f"routing statistics of {job.meta['model']} written to {job.store_dir}\n"
                   f"{format_summary(out[job.key])}", flush=True)
@@ -123,7 +134,12 @@ class _StorePlan:
     encoding: dict[str, Any]
     meta: dict[str, Any]
     hashes: dict[str, str]  # language -> hash of its texts
-    todo: list[str]  # languages still to collect
+    done: set[str]  # languages already in the store (with the same texts)
+
+    @property
+    def todo(self) -> list[str]:
+        """Languages still to collect."""
+        return [lang for lang in self.corpus.languages if lang not in self.done]
 
     def encoder(self, tokenizer: Any) -> Callable[[str], LanguageInput]:
         def encode(lang: str) -> LanguageInput:
@@ -149,8 +165,7 @@ def _plan_store(key: str, task: str | None, data: Any, workdir: str, config: Any
     store_dir = os.path.join(workdir, key)
     hashes = {lang: _text_hash(corpus.texts[lang]) for lang in corpus.languages}
     done = _open(store_dir, meta, corpus.languages, bool(opts["overwrite"]), hashes)
-    return _StorePlan(key, store_dir, data, corpus, dict(encoding), meta, hashes,
-                      [l for l in corpus.languages if l not in done])
+    return _StorePlan(key, store_dir, data, corpus, dict(encoding), meta, hashes, done)
 
 
 def build_meta(config: Any, cfg: ModelConfig, ckpt_meta: Mapping[str, Any], tokenizer: Any, corpus: Any,
@@ -204,16 +219,18 @@ def _text_hash(texts: Sequence[str]) -> str:
 def collect_to_store(store_dir: str, meta: Mapping[str, Any], languages: Sequence[str],
                      encode: Callable[[str], LanguageInput], *, step: collect.Step, params: Any,
                      cfg: ModelConfig, mesh: Any, options: Mapping[str, Any], batching: Mapping[str, Any],
-                     input_hashes: Mapping[str, str] | None = None) -> dict[str, dict]:
+                     input_hashes: Mapping[str, str] | None = None, done: set[str] | None = None) -> dict[str, dict]:
     """Collects every language of ``languages`` not yet in the store; returns their summaries.
 
     ``options``: the ``collect`` config section; ``batching``: keyword arguments of
     ``collect.collect_language`` (batch_size, pad_id, padding_side, pad_to_multiple, sort_by_length).
     ``encode(lang)`` is called only for languages that still need collecting. ``input_hashes``
     (language -> hash of its texts, stored in its summary as ``text_sha256``): a finished language
-    whose texts changed since is collected again.
+    whose texts changed since is collected again. ``done``: the languages already in the store, when
+    the caller has opened it (``_open``); None opens it here.
     """
-    done = _open(store_dir, meta, languages, bool(options.get("overwrite", False)), input_hashes)
+    if done is None:
+        done = _open(store_dir, meta, languages, bool(options.get("overwrite", False)), input_hashes)
     show = bool(options.get("progress", True)) and shd.is_writer()
     summaries: dict[str, dict] = {}
     bar = tqdm(languages, desc="languages", unit="lang", disable=not show)
@@ -231,10 +248,9 @@ def collect_to_store(store_dir: str, meta: Mapping[str, Any], languages: Sequenc
                    "truncated": inp.encoded.num_truncated, "seconds": round(res.seconds, 3),
                    "compile_seconds": round(res.compile_seconds, 3),
                    "tokens_per_s": round(res.tokens_per_s, 1), **inp.info}
-        if shd.is_writer():
-            arrays = dict(res.arrays, seq_ids=np.asarray(inp.seq_ids, dtype=str))
-            store_lib.write_language(store_dir, lang, arrays, summary)
-        shd.sync(f"collect/{lang}")
+        arrays = dict(res.arrays, seq_ids=np.asarray(inp.seq_ids, dtype=str))
+        shd.run_on_writer(lambda: store_lib.write_language(store_dir, lang, arrays, summary),
+                          f"writing language {lang} to {store_dir}")
         summaries[lang] = summary
         log.info("%s: %s", lang, summary)
     return summaries
@@ -243,21 +259,16 @@ def collect_to_store(store_dir: str, meta: Mapping[str, Any], languages: Sequenc
 def _open(store_dir: str, meta: Mapping[str, Any], languages: Sequence[str], overwrite: bool,
           input_hashes: Mapping[str, str] | None = None) -> set[str]:
     """Process 0 opens (or refuses) the store; every process learns the outcome and the done languages."""
-    status = np.zeros(len(languages) + 1, np.int32)  # [refused, done per language]
-    error: Exception | None = None
-    if shd.is_writer():
-        try:
-            summaries = store_lib.open_store(store_dir, meta, overwrite=overwrite)["languages"]
-            done = store_lib.done_languages(store_dir)
-            status[1:] = [lang in done and (input_hashes is None or
-                                            summaries[lang].get("text_sha256") == input_hashes.get(lang))
-                          for lang in languages]
-        except store_lib.StoreMismatchError as e:
-            error, status[0] = e, 1
-    status = shd.broadcast_from_writer(status)
-    if status[0]:
-        raise error or store_lib.StoreMismatchError(f"process 0 refused the store at {store_dir}")
-    return {lang for lang, d in zip(languages, status[1:]) if d}
+    def open_store() -> np.ndarray:  # [languages] 1 = done
+        summaries = store_lib.open_store(store_dir, meta, overwrite=overwrite)["languages"]
+        done = store_lib.done_languages(store_dir)
+        return np.asarray([lang in done and (input_hashes is None or
+                                             summaries[lang].get("text_sha256") == input_hashes.get(lang))
+                           for lang in languages], np.int32)
+
+    status = shd.run_on_writer(open_store, f"opening the routing store {store_dir}")
+    status = shd.broadcast_from_writer(np.zeros(len(languages), np.int32) if status is None else status)
+    return {lang for lang, d in zip(languages, status) if d}
 
 
 def format_summary(summaries: Mapping[str, Mapping[str, Any]]) -> str:

@@ -23,18 +23,25 @@ Arrays of ``<lang>.npz`` (N sequences, L MoE layers, E experts, k top-k):
 Writes are atomic (temp file + ``os.replace``): a language file either exists complete or not at
 all, and it counts as done only once ``meta.json`` lists it (written after the file), so an
 interrupted run resumes at the first missing language. Temp files left by a killed process are
-removed when the store is opened again.
+removed when the store is opened again. Each language's summary records its file's ``file_size``
+and ``file_sha256``: a file damaged later (truncated, replaced) no longer counts as done, so the
+next run recomputes it, and reading it fails with an error naming the file and the language.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
+import io
+import logging
 import os
-from typing import Any, Mapping
+import zipfile
+from typing import Any, BinaryIO, Mapping
 
 import numpy as np
 
-from moe_jax.atomic import atomic_write, atomic_write_json
+from moe_jax.atomic import atomic_write, atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
 
 FORMAT = "moe_jax.routing_store/1"
 META = "meta.json"
@@ -46,16 +53,24 @@ class StoreMismatchError(ValueError):
     """The directory holds a store written for another model or configuration."""
 
 
+class CorruptStoreError(ValueError):
+    """A store file cannot be read or does not hold what the format requires."""
+
+
 def lang_path(store: str, lang: str) -> str:
     return os.path.join(store, f"{lang}.npz")
 
 
 def read_meta(store: str) -> dict[str, Any] | None:
+    """The store's metadata; None when it has no ``meta.json``."""
     p = os.path.join(store, META)
-    if not os.path.exists(p):
-        return None
-    with open(p) as f:
-        return json.load(f)
+    try:
+        meta = read_json(p)
+    except ValueError as e:
+        raise CorruptStoreError(f"{e}; delete {p} (or the whole store) to collect it afresh") from e
+    if meta is not None and not isinstance(meta, dict):
+        raise CorruptStoreError(f"{p} holds a {type(meta).__name__}, not a JSON object")
+    return meta
 
 
 def open_store(store: str, meta: Mapping[str, Any], *, fingerprint_keys: tuple[str, ...] = ("fingerprint",),
@@ -66,7 +81,13 @@ def open_store(store: str, meta: Mapping[str, Any], *, fingerprint_keys: tuple[s
     refused (``StoreMismatchError``) unless ``overwrite``, which deletes its language files first.
     Returns the metadata now on disk.
     """
-    old = read_meta(store)
+    try:
+        old = read_meta(store)
+    except CorruptStoreError:
+        if not overwrite:
+            raise
+        log.warning("%s: replacing an unreadable %s (overwrite=True)", store, META)
+        old = None
     meta = dict(meta, format=FORMAT)
     meta.setdefault("languages", {})
     if old is not None:
@@ -91,9 +112,25 @@ def open_store(store: str, meta: Mapping[str, Any], *, fingerprint_keys: tuple[s
 
 
 def done_languages(store: str) -> set[str]:
-    """Languages whose file is complete (listed in meta and present on disk)."""
+    """Languages whose file is complete: listed in meta, present on disk, and of the recorded size
+    (a cheap check; a file of another size is logged and left out, so that it is collected again)."""
     meta = read_meta(store) or {}
-    return {l for l in meta.get("languages", {}) if os.path.exists(lang_path(store, l))}
+    done = set()
+    for lang, summary in meta.get("languages", {}).items():
+        p = lang_path(store, lang)
+        if not os.path.exists(p):
+            continue
+        if _size_mismatch(p, summary):
+            log.warning("%s has %d bytes but %d were written; language %s will be collected again",
+                        p, os.path.getsize(p), summary["file_size"], lang)
+            continue
+        done.add(lang)
+    return done
+
+
+def _size_mismatch(path: str, summary: Mapping[str, Any]) -> bool:
+    """The file's size differs from the one recorded at write time (stores without the record: False)."""
+    return "file_size" in summary and os.path.getsize(path) != summary["file_size"]
 
 
 # key -> (dims, kind): dims name the axes (N sequences, L layers, E experts, T tokens, k top-k)
@@ -127,23 +164,58 @@ def check_arrays(lang: str, arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
     return {d: n for d, (n, _) in sizes.items()}
 
 
+class _HashingWriter:
+    """Write-only stream that hashes and counts what passes through. It has no ``seek``/``tell``, so
+    ``zipfile`` writes strictly sequentially and the bytes hashed are exactly the file's."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.sha256, self.size = f, hashlib.sha256(), 0
+
+    def write(self, b: bytes) -> int:
+        self.f.write(b)
+        self.sha256.update(b)
+        self.size += len(b)
+        return len(b)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def read(self, *_: Any) -> bytes:  # np.savez takes only objects with ``read`` for files
+        raise io.UnsupportedOperation("write-only stream")
+
+
 def write_language(store: str, lang: str, arrays: Mapping[str, np.ndarray], summary: Mapping[str, Any]) -> None:
-    """Writes one language atomically, then records it in meta.json (also atomically)."""
+    """Writes one language atomically, then records it in meta.json (also atomically), with the
+    file's ``file_size`` and ``file_sha256`` added to its summary."""
     check_arrays(lang, arrays)
-    atomic_write(lang_path(store, lang), lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
+    written: list[_HashingWriter] = []
+
+    def save(f: BinaryIO) -> None:
+        written.append(_HashingWriter(f))
+        np.savez(written[0], **{k: np.asarray(v) for k, v in arrays.items()})
+
+    atomic_write(lang_path(store, lang), save)
     meta = read_meta(store)
     if meta is None:
         raise FileNotFoundError(f"{store} has no {META}; call open_store first")
-    meta["languages"][lang] = dict(summary)
+    meta["languages"][lang] = dict(summary, file_size=written[0].size, file_sha256=written[0].sha256.hexdigest())
     atomic_write_json(os.path.join(store, META), meta)
 
 
 def read_language(store: str, lang: str) -> dict[str, np.ndarray]:
+    """The checked arrays of one language (``CorruptStoreError`` naming the file and language if
+    it cannot be read or lacks arrays)."""
     p = lang_path(store, lang)
     if not os.path.exists(p):
         raise FileNotFoundError(f"store {store} has no statistics for language {lang!r}")
-    with np.load(p, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        check_arrays(lang, arrays)
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as e:
+        raise CorruptStoreError(f"{p}: the routing statistics of language {lang!r} cannot be read "
+                                f"({type(e).__name__}: {e}); run the collect stage again to recompute it") from e
+    return arrays
 
 
 def read_store(store: str) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
@@ -154,4 +226,10 @@ def read_store(store: str) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarr
     if meta.get("format") != FORMAT:
         raise ValueError(f"{store}: unknown store format {meta.get('format')!r}, expected {FORMAT}")
     langs = [l for l in sorted(meta.get("languages", {})) if os.path.exists(lang_path(store, l))]
+    for lang in langs:
+        p = lang_path(store, lang)
+        if _size_mismatch(p, meta["languages"][lang]):
+            raise CorruptStoreError(f"{p}: language {lang!r} has {os.path.getsize(p)} bytes but "
+                                    f"{meta['languages'][lang]['file_size']} were written; run the collect "
+                                    "stage again to recompute it")
     return meta, {l: read_language(store, l) for l in langs}
