@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from moe_jax.atomic import atomic_write
+from moe_jax.atomic import atomic_write, read_json
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -46,11 +46,6 @@ def write_json(path: str, obj: Any) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
-
-
 def write_csv(path: str, records: Iterable[Mapping[str, Any]], columns: list[str] | None = None) -> None:
     records = [to_jsonable(r) for r in records]
     if columns is None:
@@ -75,4 +70,4 @@ def write_table(directory: str, name: str, records: list[Mapping[str, Any]]) -> 
 def read_table(directory: str, name: str) -> list[dict] | None:
     """Records of table ``name`` (from its JSON), or None when the table was not written."""
     path = os.path.join(directory, f"{name}.json")
-    return read_json(path) if os.path.exists(path) else None
+    return read_json(path)

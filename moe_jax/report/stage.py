@@ -17,7 +17,7 @@ import numpy as np
 from moe_jax.analysis import tables
 from moe_jax.analysis.stage import SUBDIR as ANALYSIS_SUBDIR, section as config_section, store_subdirs
 from moe_jax.report import html, plots
-from moe_jax.atomic import atomic_write
+from moe_jax.atomic import atomic_write, read_json
 from moe_jax.routing.store import read_meta
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class _Report:
         path = os.path.join(self.adir, "summary.json")
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} does not exist: run the analyze stage first")
-        self.s = tables.read_json(path)
+        self.s = read_json(path)
         self.meta = read_meta(self.s["store"]) or read_meta(os.path.join(workdir, store_subdirs()[0])) or {}
         self.cfg = cfg
         self.x = np.asarray(self.s["moe_layer_ids"])
