@@ -35,7 +35,7 @@ import io
 import logging
 import os
 import zipfile
-from typing import Any, BinaryIO, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -164,41 +164,18 @@ def check_arrays(lang: str, arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
     return {d: n for d, (n, _) in sizes.items()}
 
 
-class _HashingWriter:
-    """Write-only stream that hashes and counts what passes through. It has no ``seek``/``tell``, so
-    ``zipfile`` writes strictly sequentially and the bytes hashed are exactly the file's."""
-
-    def __init__(self, f: BinaryIO):
-        self.f, self.sha256, self.size = f, hashlib.sha256(), 0
-
-    def write(self, b: bytes) -> int:
-        self.f.write(b)
-        self.sha256.update(b)
-        self.size += len(b)
-        return len(b)
-
-    def flush(self) -> None:
-        self.f.flush()
-
-    def read(self, *_: Any) -> bytes:  # np.savez takes only objects with ``read`` for files
-        raise io.UnsupportedOperation("write-only stream")
-
-
 def write_language(store: str, lang: str, arrays: Mapping[str, np.ndarray], summary: Mapping[str, Any]) -> None:
     """Writes one language atomically, then records it in meta.json (also atomically), with the
     file's ``file_size`` and ``file_sha256`` added to its summary."""
     check_arrays(lang, arrays)
-    written: list[_HashingWriter] = []
-
-    def save(f: BinaryIO) -> None:
-        written.append(_HashingWriter(f))
-        np.savez(written[0], **{k: np.asarray(v) for k, v in arrays.items()})
-
-    atomic_write(lang_path(store, lang), save)
+    buf = io.BytesIO()  # in memory first: the summary records the exact bytes' size and hash
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    data = buf.getvalue()
+    atomic_write(lang_path(store, lang), lambda f: f.write(data))
     meta = read_meta(store)
     if meta is None:
         raise FileNotFoundError(f"{store} has no {META}; call open_store first")
-    meta["languages"][lang] = dict(summary, file_size=written[0].size, file_sha256=written[0].sha256.hexdigest())
+    meta["languages"][lang] = dict(summary, file_size=len(data), file_sha256=hashlib.sha256(data).hexdigest())
     atomic_write_json(os.path.join(store, META), meta)
 
 
