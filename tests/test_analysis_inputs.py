@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from moe_jax.analysis import stage, tables
+from moe_jax.analysis import inputs, stage, tables
 from moe_jax.analysis.synthetic import SyntheticSpec, language_arrays, write_demo
 from moe_jax.data.languages import UnknownLanguageError
 from moe_jax.routing import store as store_lib
@@ -208,7 +208,7 @@ def test_unknown_config_keys_are_errors(demo):
     # mappings of the user's own keys stay free
     cfg = stage.section({"accuracy": {"fr": 0.5}, "task_stores": {"any_name": "/x"}}, "analysis",
                         stage.default_config(), stage.FREE_FORM)
-    assert cfg.accuracy["fr"] == 0.5 and stage.parse_task_stores(cfg.task_stores) == {"any_name": "/x"}
+    assert cfg.accuracy["fr"] == 0.5 and inputs.parse_task_stores(cfg.task_stores) == {"any_name": "/x"}
 
 
 # -- the README's synthetic demo, through the launcher -----------------------------------------------------

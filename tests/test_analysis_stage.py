@@ -8,7 +8,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from moe_jax.analysis import pivot_divergence, stage, tables
+from moe_jax.analysis import inputs, pivot_divergence, stage, tables
 from moe_jax.analysis.synthetic import (DEFAULT_LANGUAGES, SyntheticSpec, language_arrays, write_demo,
                                         write_synthetic_store)
 from moe_jax.routing import store as store_lib
@@ -142,7 +142,7 @@ def test_command_line_overrides_of_placeholder_fields(monkeypatch):
     fv(argv)
     a = fv.config.analysis
     assert tuple(a.middle_band) == (3, 7) and a.accuracy == "/tmp/acc.csv" and a.bootstrap.n == 50
-    assert stage.parse_task_stores(a.task_stores) == {"math": "/a", "med": "/b"}
+    assert inputs.parse_task_stores(a.task_stores) == {"math": "/a", "med": "/b"}
     # the section alone, or a partial dict, works too
     cfg = stage.section({"pivot": "fra_Latn", "bootstrap": {"n": 7}}, "analysis", stage.default_config())
     assert cfg.pivot == "fra_Latn" and cfg.bootstrap.n == 7 and cfg.bootstrap.seed == 0

@@ -21,7 +21,6 @@ Layer positions (``layer``) are 0-indexed positions on the store's MoE-layer axi
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from typing import Any, Callable
@@ -33,27 +32,16 @@ from tqdm import tqdm
 
 from moe_jax.analysis import (accuracy as accuracy_lib, consistency, correlation, divergence, layer_entropy,
                               experts, similarity, tables)
-from moe_jax.analysis.validate import check_consistent, normalize_band
+from moe_jax.analysis.inputs import (Inputs, Skip, check_task_store, config_languages, load_inputs,
+                                     resolve_task_stores, store_subdirs, task_language)
+from moe_jax.analysis.validate import normalize_band
 from moe_jax.config_fields import check_known_fields
-from moe_jax.routing.store import read_meta, read_store
+from moe_jax.routing.store import read_store
 
 log = logging.getLogger(__name__)
 
 SUBDIR = "analysis"
 FREE_FORM = ("accuracy", "task_stores")  # mapping fields whose inner keys are the user's (languages, tasks)
-# meta fields a task store must share with the main store (when both record them): anything else
-# that differs would enter Delta (METHODS Eq. 3) as if it were a task effect
-TASK_STORE_MATCH = ("checkpoint_sha256", "dtype", "template", "tokenizer_sha256", "model_type", "num_layers",
-                    "moe_layer_ids", "num_experts", "top_k")
-
-
-def store_subdirs() -> tuple[str, str]:
-    """``(main store, task stores)`` directories under the workdir, as the collect stage writes them
-    (imported here, not at module import: moe_jax.routing.stage pulls in JAX)."""
-    from moe_jax.routing.stage import SUBDIR as store_subdir, TASKS_SUBDIR
-    return store_subdir, TASKS_SUBDIR
-
-
 def default_config() -> ml_collections.ConfigDict:
     """The ``config.analysis`` section (every field documented inline)."""
     c = ml_collections.ConfigDict()
@@ -103,101 +91,6 @@ def section(config, name: str, defaults: ml_collections.ConfigDict,
         check_known_fields(values, defaults, f"config.{name}", [f"config.{name}.{f}" for f in free_form])
         out.update(values)
     return out
-
-
-class Skip(Exception):
-    """An analysis whose inputs are missing; the message says why."""
-
-
-@dataclasses.dataclass
-class Inputs:
-    """The store's arrays with the facts every analysis needs."""
-
-    store: str
-    meta: dict
-    data: dict[str, dict[str, np.ndarray]]  # the pool's languages only
-    languages: list[str]  # the pool: pivot first when present, then store order
-    n_layers: int
-    n_experts: int
-    top_k: int
-    layer_ids: list[int]
-    pivot: str
-    pool: dict = dataclasses.field(default_factory=dict)  # how the pool was chosen (summary's language_pool)
-
-    @property
-    def has_pivot(self) -> bool:
-        return self.pivot in self.data
-
-    def get(self, key: str) -> dict[str, np.ndarray]:
-        return {l: self.data[l][key] for l in self.languages}
-
-    def layer_cols(self, l: int) -> dict[str, int]:
-        return {"layer": l, "decoder_layer": self.layer_ids[l]}
-
-    def require_pivot(self, what: str) -> None:
-        if not self.has_pivot:
-            raise Skip(f"{what}: pivot {self.pivot!r} is not in the store (languages: {self.languages})")
-        if len(self.languages) < 2:
-            raise Skip(f"{what}: the store holds only the pivot language")
-
-
-def _config_languages(config) -> list[str] | None:
-    data = config.get("data") if hasattr(config, "get") and "data" in config else None
-    langs = data.get("languages") if data is not None and hasattr(data, "get") else None
-    if not langs:
-        return None
-    from moe_jax.data.corpora import parse_languages
-    return parse_languages(langs)
-
-
-def select_languages(store: str, meta: dict, stored: list[str],
-                     requested: list[str] | None) -> tuple[list[str], dict]:
-    """The pool of languages to analyse and a record of how it was chosen.
-
-    ``requested`` (``config.data.languages``) when given, else ``meta["requested_languages"]``
-    (None or empty: every language), restricted to the languages the store holds; store languages
-    outside the pool are logged and recorded as ``ignored``, requested ones the store lacks as ``missing``.
-    """
-    source = "config.data.languages"
-    if requested is None:
-        requested = list(meta.get("requested_languages") or []) or None
-        source = "meta.requested_languages"
-    if requested is None:
-        return list(stored), {"languages": list(stored), "source": "store (every language)", "ignored": [],
-                              "missing": []}
-    pool = [l for l in stored if l in requested]
-    ignored = [l for l in stored if l not in requested]
-    missing = [l for l in requested if l not in stored]
-    if ignored:
-        log.warning("analyze: %s also holds %s (not in %s); left out of the analysis", store, ignored, source)
-    if missing:
-        log.warning("analyze: %s lacks requested language(s) %s (run the collect stage)", store, missing)
-    if not pool:
-        raise ValueError(f"routing store {store} holds none of the requested languages {requested} ({source}); "
-                         f"it has {stored}")
-    return pool, {"languages": pool, "source": source, "ignored": ignored, "missing": missing}
-
-
-def load_inputs(store: str, pivot: str, requested: list[str] | None = None) -> Inputs:
-    """The store's arrays restricted to the pool of languages (``select_languages``)."""
-    meta, data = read_store(store)
-    if not data:
-        raise ValueError(f"routing store {store} holds no complete language")
-    pool, pool_info = select_languages(store, meta, list(data), requested)
-    data = {l: data[l] for l in pool}
-    langs = ([pivot] if pivot in data else []) + [l for l in data if l != pivot]
-    pool_info["languages"] = langs
-    L, E = check_consistent({l: data[l]["topk_counts"] for l in langs}, f"{store}: topk_counts",
-                            "[layers, experts]", 2)
-    for key, axes in (("seq_mean_probs", 2), ("seq_topk_freq", 2)):
-        check_consistent({l: data[l][key] for l in langs}, f"{store}: {key}", "[sequences, layers, experts]", axes)
-    first = data[langs[0]]
-    total = float(first["token_totals"][0])
-    k = int(round(float(first["topk_counts"].sum(-1)[0]) / total)) if total > 0 else 1
-    k = int(meta.get("top_k") or k)
-    ids = meta.get("moe_layer_ids")
-    ids = [int(i) for i in ids] if ids is not None and len(ids) == L else list(range(L))
-    return Inputs(store, meta, data, langs, L, E, max(k, 1), ids, pivot, pool_info)
 
 
 # -- analyses: each returns {table name: records} and a summary piece, or raises Skip ------------
@@ -359,78 +252,6 @@ def _shared_exclusive(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
         "n_exclusive": {l: int(r.exclusive_mask[x].sum()) for x, l in enumerate(r.languages)}}}
 
 
-def parse_task_stores(spec) -> dict[str, str]:
-    if not spec:
-        return {}
-    if isinstance(spec, str):
-        try:
-            return dict(item.split("=", 1) for item in spec.split(","))
-        except ValueError:
-            raise ValueError(f"analysis.task_stores: expected 'name=path,...', got {spec!r}") from None
-    return {str(k): str(v) for k, v in (spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)).items()}
-
-
-def resolve_task_stores(config, cfg, workdir: str) -> tuple[dict[str, str], str]:
-    """``({task: store path}, where they came from)``: ``analysis.task_stores`` when given, else the
-    collect stage's ``workdir/tasks/<name>`` stores (of the names in ``config.tasks`` when the config
-    has that section, else of every store found there)."""
-    explicit = parse_task_stores(cfg.task_stores)
-    if explicit:
-        return explicit, "analysis.task_stores"
-    root = os.path.join(workdir, store_subdirs()[1])
-    found = sorted(n for n in (os.listdir(root) if os.path.isdir(root) else [])
-                   if read_meta(os.path.join(root, n)) is not None)
-    tasks = config.get("tasks") if hasattr(config, "get") else None
-    if tasks is not None:
-        names = list(tasks.to_dict() if hasattr(tasks, "to_dict") else tasks)
-        missing = [n for n in names if n not in found]
-        if missing:
-            log.warning("analyze: no task store under %s for %s (run the collect stage)", root, missing)
-        found = [n for n in names if n in found]
-    return {n: os.path.join(root, n) for n in found}, root
-
-
-def check_task_store(task: str, path: str, tmeta: dict, inp: Inputs) -> None:
-    """The task store was collected like the main store (``TASK_STORE_MATCH``, where both record the
-    field); else Delta would mix e.g. template or dtype effects into the task effect."""
-    for key in TASK_STORE_MATCH:
-        ours, theirs = inp.meta.get(key), tmeta.get(key)
-        if ours is None or theirs is None or ours == theirs:
-            continue
-        if key == "checkpoint_sha256":
-            raise ValueError(f"task store {task!r} ({path}) was collected from another checkpoint "
-                             f"({theirs}) than the main store {inp.store} ({ours})")
-        if isinstance(ours, dict) and isinstance(theirs, dict):
-            diff = {k: (theirs.get(k), ours.get(k)) for k in sorted(set(ours) | set(theirs))
-                    if theirs.get(k) != ours.get(k)}
-            what = "; ".join(f"{key}.{k}: {t!r} in the task store, {o!r} in the main store"
-                             for k, (t, o) in diff.items())
-        else:
-            what = f"{key}: {theirs!r} in the task store, {ours!r} in the main store"
-        raise ValueError(f"task store {task!r} ({path}) and the main store {inp.store} were collected with "
-                         f"different options ({what}); Delta (METHODS Eq. 3) would mix that difference into the "
-                         "task effect: collect both with the same model, dtype and config.data template options")
-
-
-def _task_language(task: str, path: str, tdata: dict, inp: Inputs) -> str:
-    """The language of the task data, whose generic data it is compared with: the pivot (METHODS:
-    English task data against English FLORES) or, for a single-language task store in another
-    language, the main store's data of that same language (recorded as ``generic_language``)."""
-    if inp.pivot in tdata:
-        return inp.pivot
-    if len(tdata) != 1:
-        raise ValueError(f"task store {task!r} ({path}) has languages {sorted(tdata)} but no {inp.pivot!r}")
-    lang = next(iter(tdata))
-    if lang not in inp.data:
-        where = ("is not in the pool of analysed languages " + str(inp.languages)
-                 if lang in (inp.meta.get("languages") or {}) else "is not in the main store")
-        raise ValueError(f"task store {task!r} ({path}) holds {lang!r} data, not the pivot {inp.pivot!r}; its "
-                         f"generic data would be the main store's {lang!r} data, which {where}")
-    log.info("task experts: %s holds %s data; compared with the main store's %s data (not the pivot's)",
-             task, lang, lang)
-    return lang
-
-
 def _task_experts(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
     stores, origin = state["task_stores"]
     if not stores:
@@ -445,7 +266,7 @@ def _task_experts(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
         if not tdata:
             raise ValueError(f"task store {task!r} ({path}) holds no complete language; run the collect stage")
         check_task_store(task, path, tmeta, inp)
-        lang = _task_language(task, path, tdata, inp)
+        lang = task_language(task, path, tdata, inp)
         generic = inp.data[lang]["seq_topk_freq"]
         res = experts.task_experts(tdata[lang]["seq_topk_freq"], generic, cfg.experts.task_tau)
         rows += [dict(task=task, **inp.layer_cols(l), expert=e, delta=res.scores[l, e], is_expert=bool(res.mask[l, e]))
@@ -545,7 +366,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         raise ValueError("analysis.metrics is empty")
     store = os.path.join(workdir, store_subdirs()[0])
     out_dir = os.path.join(workdir, SUBDIR)
-    inp = load_inputs(store, cfg.pivot, _config_languages(config))
+    inp = load_inputs(store, cfg.pivot, config_languages(config))
     summary: dict[str, Any] = {
         "store": store, "pivot": cfg.pivot, "languages": inp.languages, "language_pool": inp.pool,
         "n_layers": inp.n_layers, "n_experts": inp.n_experts, "top_k": inp.top_k, "moe_layer_ids": inp.layer_ids,

@@ -15,7 +15,8 @@ import ml_collections
 import numpy as np
 
 from moe_jax.analysis import tables
-from moe_jax.analysis.stage import SUBDIR as ANALYSIS_SUBDIR, section as config_section, store_subdirs
+from moe_jax.analysis.inputs import store_subdirs
+from moe_jax.analysis.stage import SUBDIR as ANALYSIS_SUBDIR, section as config_section
 from moe_jax.report import html, plots
 from moe_jax.atomic import atomic_write, read_json
 from moe_jax.routing.store import read_meta
