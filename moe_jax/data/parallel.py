@@ -4,13 +4,12 @@ Loaders produce, per language, a list of ``(sentence_id, text)`` records in file
 checks that all languages hold the same ids (else it names the two languages and the first
 differing id), orders every language like the first one, and removes the ids where ANY language
 has an empty text, so that sentence ``i`` is the same sentence in every language. The counts of
-empty texts per language and the dropped ids stay in the corpus as a report.
+empty texts per language and the dropped ids stay in the corpus (the routing store records them).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from typing import Mapping, Sequence
 
@@ -76,22 +75,6 @@ class ParallelCorpus:
         return dataclasses.replace(
             self, languages=langs, ids=self.ids[:n], texts={lang: self.texts[lang][:n] for lang in langs},
             skipped_empty={lang: self.skipped_empty.get(lang, 0) for lang in langs})
-
-    def report(self) -> dict:
-        """JSON-able summary (for run metadata and logs)."""
-        return {"name": self.name, "split": self.split, "languages": list(self.languages),
-                "num_sentences": len(self.ids), "skipped_empty": dict(self.skipped_empty),
-                "num_dropped_ids": len(self.dropped_ids), "dropped_ids": list(self.dropped_ids),
-                "fingerprint": self.fingerprint()}
-
-    def fingerprint(self) -> str:
-        """sha256 over languages, ids and texts: equal fingerprints mean identical inputs."""
-        h = hashlib.sha256()
-        for lang in self.languages:
-            h.update(lang.encode() + b"\0")
-            for sid, text in zip(self.ids, self.texts[lang]):
-                h.update(sid.encode() + b"\0" + text.encode() + b"\0")
-        return h.hexdigest()
 
 
 def _check_cap(max_sentences) -> int:
