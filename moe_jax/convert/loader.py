@@ -152,11 +152,7 @@ def stream_hf(cfg: ModelConfig, pairs: list, dtype: Any, place: Place | None = N
 
 
 def _sharding_place(shardings: Any) -> Place:
-    if shardings is None:
-        return lambda _, x: jax.device_put(x)
-    if isinstance(shardings, jax.sharding.Sharding):
-        return lambda _, x: jax.device_put(x, shardings)
-    return lambda path, x: jax.device_put(x, name_map.get_path(shardings, path))
+    return lambda path, x: jax.device_put(x, name_map.sharding_at(shardings, path))
 
 
 def checkpoint_kind(path: str | os.PathLike) -> str:

@@ -242,6 +242,14 @@ def get_path(tree: Any, path: Path) -> Any:
     return tree
 
 
+def sharding_at(shardings: Any, path: Path) -> Any:
+    """The sharding of the leaf at ``path``: ``shardings`` is a tree like the params, one sharding
+    for every leaf, or None (the default device)."""
+    if shardings is None or not isinstance(shardings, (dict, list, tuple)):
+        return shardings
+    return get_path(shardings, path)
+
+
 def set_path(tree: Any, path: Path, value: Any) -> None:
     for k in path[:-1]:
         tree = tree[int(k)] if isinstance(tree, list) else tree[k]

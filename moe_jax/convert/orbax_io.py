@@ -100,13 +100,8 @@ def restore(path: str, dtype: np.dtype, shardings: Any = None) -> tuple[ModelCon
     default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
     def target(p, spec):
-        if shardings is None:
-            s = default
-        elif isinstance(shardings, jax.sharding.Sharding):
-            s = shardings
-        else:
-            s = name_map.get_path(shardings, tuple(int(k) if k.isdigit() else k for k in p))
-        return jax.ShapeDtypeStruct(spec[0], dtype, sharding=s)
+        s = name_map.sharding_at(shardings, tuple(int(k) if k.isdigit() else k for k in p))
+        return jax.ShapeDtypeStruct(spec[0], dtype, sharding=s or default)
 
     params_dir = os.path.abspath(os.path.join(path, PARAMS_DIR))
     try:
