@@ -1,0 +1,147 @@
+"""Steering specs as data: a small JSON-serialisable description of one router intervention.
+
+A ``SteeringSpec`` names a method, its strength ``lam`` and the targets as ``(decoder layer, expert,
+weight)`` triples, plus provenance (which stores, tau, band, ...). ``to_intervention`` validates it
+against a model config and builds the ``Intervention`` arrays ``[moe_layers, experts]``; per token
+with router logits ``z`` and target weight ``w_e``:
+
+========================  =====================================================================
+method                    edit of target expert e (all other experts unchanged)
+========================  =====================================================================
+``soft``                  ``z_e += lam * w_e * std(z)`` (population std over all experts)
+``hard``                  ``z_e = max(z) + margin`` (lam >= 0: forced on; deterministic margin
+                          ``1e-4 * max(1, |max z|)``) or ``z_e = min(z)`` (lam < 0: forced down)
+``mask``                  ``z_e = -1e9``: the token re-routes to the next best experts
+``proportional``          ``z_e += lam * w_e * |z_e|``
+``bias``                  ``z_e += lam * w_e``
+========================  =====================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from moe_jax.models.config import ModelConfig
+from moe_jax.models.intervention import DEMOTE, FORBID, FORCE, Intervention
+
+METHODS = ("soft", "hard", "mask", "proportional", "bias")
+# method -> the Intervention field that carries lam * weight (None: a mode instead)
+_SCALED_FIELD = {"soft": "std_scale", "proportional": "abs_scale", "bias": "bias", "hard": None, "mask": None}
+
+
+class SteeringSpecError(ValueError):
+    """A steering spec is malformed or does not fit the model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SteeringSpec:
+    """One steering setting. ``targets``: ``(decoder layer, expert, weight)`` triples."""
+
+    method: str
+    targets: tuple[tuple[int, int, float], ...]
+    lam: float = 0.0
+    name: str = ""
+    allow_over_k: bool = False  # hard: allow forcing more than top-k experts in one layer
+    provenance: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise SteeringSpecError(f"steering method {self.method!r} is not one of {METHODS}")
+        try:
+            targets = tuple((int(l), int(e), float(w)) for l, e, w in self.targets)
+        except (TypeError, ValueError) as err:
+            raise SteeringSpecError(f"steering targets must be (layer, expert, weight) triples: {err}") from None
+        if not targets:
+            raise SteeringSpecError(f"steering spec {self.name or self.method!r} has no targets")
+        pairs = [(l, e) for l, e, _ in targets]
+        dup = sorted({p for p in pairs if pairs.count(p) > 1})
+        if dup:
+            raise SteeringSpecError(f"steering targets repeat (layer, expert) pairs {dup}")
+        if not np.isfinite(self.lam) or not all(np.isfinite(w) for _, _, w in targets):
+            raise SteeringSpecError("steering lam and weights must be finite")
+        object.__setattr__(self, "targets", targets)
+        object.__setattr__(self, "lam", float(self.lam))
+        object.__setattr__(self, "provenance", dict(self.provenance))
+
+    @classmethod
+    def from_targets(cls, method: str, targets, lam: float = 0.0, name: str = "", **kwargs) -> "SteeringSpec":
+        """A spec from a ``moe_jax.steering.targets.Targets`` selection (its rule and params as provenance)."""
+        provenance = {"rule": targets.rule, **_jsonable(targets.params), **kwargs.pop("provenance", {})}
+        return cls(method, tuple(targets.pairs()), lam, name, provenance=provenance, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["targets"] = [list(t) for t in self.targets]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SteeringSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SteeringSpecError(f"unknown steering spec field(s) {unknown}; known: {sorted(known)}")
+        if "method" not in d or "targets" not in d:
+            raise SteeringSpecError("a steering spec needs 'method' and 'targets'")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SteeringSpec":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SteeringSpec":
+        try:
+            with open(path) as f:
+                return cls.from_json(f.read())
+        except json.JSONDecodeError as err:
+            raise SteeringSpecError(f"{os.fspath(path)} is not valid JSON: {err}") from None
+        except SteeringSpecError as err:
+            raise SteeringSpecError(f"{os.fspath(path)}: {err}") from None
+
+    def to_intervention(self, cfg: ModelConfig) -> Intervention:
+        """The ``Intervention`` of this spec for ``cfg``; refuses targets the model does not have."""
+        moe_ids = cfg.moe_layer_ids
+        L, E = cfg.num_moe_layers, cfg.num_experts
+        arrays = {f: np.zeros((L, E), np.float32) for f in ("bias", "std_scale", "abs_scale")}
+        mode = np.zeros((L, E), np.int32)
+        for layer, expert, weight in self.targets:
+            if layer not in moe_ids:
+                where = "a dense layer" if 0 <= layer < cfg.num_layers else f"outside 0..{cfg.num_layers - 1}"
+                raise SteeringSpecError(f"steering target layer {layer} is {where}; MoE layers: {list(moe_ids)}")
+            if not 0 <= expert < E:
+                raise SteeringSpecError(f"steering target expert {expert} at layer {layer} is outside 0..{E - 1}")
+            row = moe_ids.index(layer)
+            field = _SCALED_FIELD[self.method]
+            if field is not None:
+                arrays[field][row, expert] = self.lam * weight
+            else:
+                mode[row, expert] = FORBID if self.method == "mask" else (FORCE if self.lam >= 0 else DEMOTE)
+        forced = (mode == FORCE).sum(-1)
+        if forced.max(initial=0) > cfg.top_k and not self.allow_over_k:
+            layer = moe_ids[int(forced.argmax())]
+            raise SteeringSpecError(f"hard steering forces {int(forced.max())} experts at layer {layer}, more than "
+                                    f"top-k={cfg.top_k}; set allow_over_k=True to do it anyway")
+        left = E - (mode == FORBID).sum(-1)
+        if left.min(initial=E) < cfg.top_k:
+            layer = moe_ids[int(left.argmin())]
+            raise SteeringSpecError(f"masking leaves {int(left.min())} experts at layer {layer}, fewer than "
+                                    f"top-k={cfg.top_k}")
+        return Intervention(arrays["bias"], arrays["std_scale"], arrays["abs_scale"], mode)
+
+
+def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(params), default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def specs_to_interventions(specs: Sequence[SteeringSpec], cfg: ModelConfig) -> Intervention:
+    """Stacks the interventions of several specs along a new leading axis (a sweep's input)."""
+    ivs = [s.to_intervention(cfg) for s in specs]
+    return Intervention(*(np.stack(f) for f in zip(*ivs)))
