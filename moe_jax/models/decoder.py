@@ -14,8 +14,9 @@ import jax.numpy as jnp
 
 from moe_jax.models import experts as experts_lib
 from moe_jax.models import intervention as iv_lib
-from moe_jax.models import layers
+from moe_jax.models import kv_cache, layers
 from moe_jax.models.config import ModelConfig
+from moe_jax.models.kv_cache import KVCache
 from moe_jax.models.routing import route
 
 
@@ -48,6 +49,48 @@ def default_positions(attention_mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0).astype(jnp.int32)
 
 
+def decoder_layers(params: dict, cfg: ModelConfig, input_ids: jax.Array, positions: jax.Array,
+                   valid: jax.Array, *, cache: KVCache | None = None, index: jax.Array | int = 0,
+                   intervention: iv_lib.Intervention | None = None,
+                   backend: str = "dense") -> tuple[jax.Array, list[RouterOutput], KVCache | None]:
+    """The layer stack, shared by ``forward`` and KV-cache prefill/decode (``generate.py``).
+
+    Args:
+      input_ids, positions, valid: ``[B, S]``; ``valid`` marks real tokens.
+      cache: None, or a KVCache the S tokens are written to at slots ``[index, index + S)``
+        (they attend to every valid slot up to their own).
+    Returns:
+      hidden states ``[B, S, H]`` before the final norm, one RouterOutput per MoE layer
+      (``[B*S, ...]``), the updated cache (None without one).
+    """
+    B, S = input_ids.shape
+    x = params["embed"][input_ids]
+    cos, sin = layers.rope_cos_sin(cfg, positions, x.dtype)
+    if cache is not None:
+        cache = kv_cache.write_tokens(cache, positions, valid, index)
+    routers = []
+    for i, lp in enumerate(params["layers"]):
+        a, cache = layers.attention(lp["attn"], layers.norm(lp["attn_norm"], x, cfg), cos, sin, cfg,
+                                    positions, valid, cache=cache, layer=i, index=index)
+        x = x + a
+        h = layers.norm(lp["mlp_norm"], x, cfg)
+        if cfg.moe_layers[i]:
+            iv = None if intervention is None else intervention.layer(len(routers))
+            y, r = moe_block(lp["moe"], h.reshape(B * S, -1), cfg, iv, backend)
+            routers.append(r)
+            y = y.reshape(B, S, -1)
+        else:
+            y = layers.mlp(lp["mlp"], h)
+        x = x + y
+    return x, routers, cache
+
+
+def lm_head(params: dict, cfg: ModelConfig, x: jax.Array) -> jax.Array:
+    """Final norm and output projection: hidden ``[..., H]`` to logits ``[..., V]``."""
+    x = layers.norm(params["final_norm"], x, cfg)
+    return x @ params["embed"].T if cfg.tie_word_embeddings else layers.linear(params["lm_head"], x)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "return_router", "compute_logits", "backend"))
 def forward(params: dict, cfg: ModelConfig, input_ids: jax.Array, attention_mask: jax.Array | None = None,
             positions: jax.Array | None = None, intervention: iv_lib.Intervention | None = None,
@@ -67,25 +110,9 @@ def forward(params: dict, cfg: ModelConfig, input_ids: jax.Array, attention_mask
         attention_mask = jnp.ones((B, S), jnp.int32)
     if positions is None:
         positions = default_positions(attention_mask)
-    x = params["embed"][input_ids]
-    cos, sin = layers.rope_cos_sin(cfg, positions, x.dtype)
-    bias = layers.attention_bias(attention_mask)
-    routers = []
-    for i, lp in enumerate(params["layers"]):
-        x = x + layers.attention(lp["attn"], layers.norm(lp["attn_norm"], x, cfg), cos, sin, bias, cfg)
-        h = layers.norm(lp["mlp_norm"], x, cfg)
-        if cfg.moe_layers[i]:
-            iv = None if intervention is None else intervention.layer(len(routers))
-            y, r = moe_block(lp["moe"], h.reshape(B * S, -1), cfg, iv, backend)
-            routers.append(r)
-            y = y.reshape(B, S, -1)
-        else:
-            y = layers.mlp(lp["mlp"], h)
-        x = x + y
-    logits = None
-    if compute_logits:
-        x = layers.norm(params["final_norm"], x, cfg)
-        logits = x @ params["embed"].T if cfg.tie_word_embeddings else layers.linear(params["lm_head"], x)
+    x, routers, _ = decoder_layers(params, cfg, input_ids, positions, attention_mask.astype(bool),
+                                   intervention=intervention, backend=backend)
+    logits = lm_head(params, cfg, x) if compute_logits else None
     if not return_router:
         return ModelOutput(logits)
 

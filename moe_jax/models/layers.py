@@ -9,7 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from moe_jax.models import kv_cache
 from moe_jax.models.config import ModelConfig
+from moe_jax.models.kv_cache import KVCache
 
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
@@ -74,17 +76,33 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
-def attention_bias(attention_mask: jax.Array) -> jax.Array:
-    """Additive causal + key-padding bias ``[B, 1, 1, S, S]`` (fp32, finite so padded rows stay finite)."""
-    S = attention_mask.shape[1]
-    causal = jnp.tril(jnp.ones((S, S), dtype=bool))
-    allowed = causal[None] & attention_mask.astype(bool)[:, None, :]
-    return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, None, None]
+def attention_mask(q_slots: jax.Array, q_pos: jax.Array, k_pos: jax.Array, k_valid: jax.Array,
+                   window: int | None = None) -> jax.Array:
+    """Which keys each query may attend to: ``[B, S, T]`` bool.
+
+    ``allowed = key valid & key slot <= query slot & (q_pos - k_pos < window)``. Causality compares
+    slots (time order in the sequence or cache, ``q_slots [S]`` against ``arange(T)``), so explicit
+    positions never reorder tokens; the optional sliding window compares positions ``[B, S]`` and
+    ``[B, T]``.
+    """
+    causal = jnp.arange(k_pos.shape[1])[None, :] <= q_slots[:, None]  # [S, T]
+    allowed = causal[None] & k_valid.astype(bool)[:, None, :]
+    if window is not None:
+        allowed &= (q_pos[:, :, None] - k_pos[:, None, :]) < window
+    return allowed
 
 
-def attention(p: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, bias: jax.Array,
-              cfg: ModelConfig) -> jax.Array:
-    """Causal GQA self-attention over ``x [B, S, H]``; returns ``[B, S, H]``."""
+def attention(p: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, cfg: ModelConfig,
+              positions: jax.Array, valid: jax.Array, *, cache: KVCache | None = None, layer: int = 0,
+              index: jax.Array | int = 0, window: int | None = None) -> tuple[jax.Array, KVCache | None]:
+    """Causal GQA self-attention of ``x [B, S, H]`` at ``positions [B, S]``; returns ``([B, S, H], cache)``.
+
+    Without ``cache`` the S tokens attend to each other (``valid [B, S]``: real tokens). With a
+    ``KVCache`` whose positions/validity already hold these tokens at slots ``[index, index + S)``
+    (``kv_cache.write_tokens``), this layer's keys and values are written there and the queries
+    attend to every valid cached slot; the updated cache is returned. Prefill and decode are the
+    same call. ``window``: sliding window in positions (None: full causal).
+    """
     B, S, _ = x.shape
     N, K, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     q, k, v = linear(p["q"], x), linear(p["k"], x), linear(p["v"], x)
@@ -98,12 +116,19 @@ def attention(p: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, bias: jax.A
         q = rms_norm(q, p["q_norm"]["scale"], cfg.norm_eps)
         k = rms_norm(k, p["k_norm"]["scale"], cfg.norm_eps)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    k_pos, k_valid = positions, valid
+    if cache is not None:  # keys keep the rotation they were computed with
+        cache = kv_cache.write_layer(cache, layer, k, v, index)
+        k, v, k_pos, k_valid = cache.k[layer], cache.v[layer], cache.positions, cache.valid
+    allowed = attention_mask(index + jnp.arange(S), positions, k_pos, k_valid, window)
+    # fp32 additive bias, finite so that rows without any allowed key (padding) stay finite
+    bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, None, None]  # [B, 1, 1, S, T]
     # Query head h uses kv head h // (N/K): group the query heads as [K, N/K].
     q = q.reshape(B, S, K, N // K, D)
     scores = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32) * (D ** -0.5)
     probs = jax.nn.softmax(scores + bias, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgst,btkd->bskgd", probs, v).reshape(B, S, N * D)
-    return linear(p["o"], out)
+    return linear(p["o"], out), cache
 
 
 def mlp(p: dict, x: jax.Array) -> jax.Array:
