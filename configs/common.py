@@ -12,7 +12,8 @@ from typing import Sequence
 import ml_collections
 
 from moe_jax.data.corpora import BUILTIN_TASKS
-from moe_jax.stages import RANDOM_WEIGHTS_WARNING, default_config  # noqa: F401 (used by configs)
+from moe_jax.pipeline import RANDOM_WEIGHTS_WARNING  # noqa: F401 (used by configs)
+from moe_jax.stages import default_config
 
 # METHODS.md, study R: the 15 languages of the multilingual-routing analysis (FLORES codes).
 R_LANGUAGES = ("eng_Latn", "bam_Latn", "fra_Latn", "tha_Thai", "pes_Arab", "arb_Arab", "arb_Latn", "ary_Arab",

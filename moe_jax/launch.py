@@ -34,17 +34,17 @@ class _QuietLibraries(logging.Filter):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from moe_jax import sharding, stages  # after flag parsing: nothing touches jax devices before init
+    from moe_jax import pipeline, sharding, stages  # after flag parsing: nothing touches jax devices before init
 
     config = _CONFIG.value
     try:
         names = stages.parse_stages(_STAGES.value if _STAGES.value else config.stages)
-    except stages.StageError as e:
+    except pipeline.StageError as e:
         raise app.UsageError(str(e)) from None
     sharding.initialize_distributed(config.get("distributed"))
     logging.getLogger("moe_jax").setLevel(logging.INFO)
     absl_logging.get_absl_handler().addFilter(_QuietLibraries())
-    warning = stages.model_warning(config) if sharding.is_writer() else None
+    warning = pipeline.model_warning(config) if sharding.is_writer() else None
     if warning:
         print(f"WARNING: {warning}", flush=True)
     stages.run_stages(config, _WORKDIR.value, names)

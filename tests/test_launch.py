@@ -9,7 +9,9 @@ import sys
 import pytest
 
 from moe_jax import sharding as shd
-from moe_jax import stages, tiny
+from moe_jax import pipeline, stages, tiny
+from moe_jax import workdir as wd
+from moe_jax.convert import stage as convert_stage
 from moe_jax.data.languages import validate_languages
 from moe_jax.data.tokenize import TokenizerError
 from moe_jax.routing import stage as collect_stage
@@ -95,12 +97,12 @@ def test_config_files_validate(path):
     assert stages.parse_stages(config.stages)[:2] == ["convert", "collect"]
     if name == "demo":
         assert config.model.source == "tiny_random" and config.data.source == "builtin"
-        assert stages.model_warning(config).startswith("RANDOM WEIGHTS")
+        assert pipeline.model_warning(config).startswith("RANDOM WEIGHTS")
     else:
         assert config.model.source == "hub" and config.model.hub_id == HUB_IDS[name]
         assert config.model.dtype == "bfloat16" and config.data.source in ("belebele", "flores_plus")
         assert validate_languages(list(config.data.languages)) == R_LANGS
-        assert stages.model_warning(config) is None
+        assert pipeline.model_warning(config) is None
     assert set(HUB_IDS) | {"demo"} == {os.path.basename(p)[:-3] for p in CONFIGS}
 
 
@@ -127,14 +129,14 @@ def test_bad_config_is_refused(change, error, match):
 def converted(tmp_path_factory):
     """A demo workdir after the convert stage (tiny random model + tiny tokenizer)."""
     workdir = str(tmp_path_factory.mktemp("work"))
-    stages.convert(demo_config(), workdir)
+    convert_stage.run(demo_config(), workdir)
     return workdir
 
 
 def test_convert_is_skipped_when_up_to_date(converted):
-    meta = os.path.join(converted, stages.CHECKPOINT_DIR, "moe_jax.json")
+    meta = os.path.join(wd.checkpoint_dir(converted), "moe_jax.json")
     before = os.stat(meta).st_mtime_ns
-    stages.convert(demo_config(), converted)
+    convert_stage.run(demo_config(), converted)
     assert os.stat(meta).st_mtime_ns == before
 
 
@@ -142,23 +144,23 @@ def test_convert_hf_dir_and_reconvert_on_change(tmp_path):
     hf = tiny.write_random_hf_checkpoint(str(tmp_path / "hf"), tiny.tiny_hf_config("olmoe"), seed=1)
     config = demo_config(source="hf_dir", hf_dir=hf)
     work = str(tmp_path / "work")
-    out = stages.convert(config, work)
+    out = convert_stage.run(config, work)
     meta = os.path.join(out, "moe_jax.json")
     first = os.stat(meta).st_mtime_ns
-    assert stages.converted_identity(config, work)["dtype"] == "float32"
+    assert convert_stage.converted_identity(config, work)["dtype"] == "float32"
     config.model.dtype = "bfloat16"
     with pytest.raises(stages.StageError, match="run the 'convert' stage again"):
-        stages.converted_identity(config, work)  # collect refuses a checkpoint of another dtype
-    stages.convert(config, work)
-    assert os.stat(meta).st_mtime_ns != first and stages.converted_identity(config, work)["dtype"] == "bfloat16"
+        convert_stage.converted_identity(config, work)  # collect refuses a checkpoint of another dtype
+    convert_stage.run(config, work)
+    assert os.stat(meta).st_mtime_ns != first and convert_stage.converted_identity(config, work)["dtype"] == "bfloat16"
 
     # new weights in the same hf_dir: collect (converted_identity) refuses the stale conversion
     second = os.stat(meta).st_mtime_ns
     tiny.write_random_hf_checkpoint(hf, tiny.tiny_hf_config("olmoe"), seed=2)
     with pytest.raises(stages.StageError, match=f"(?s)the weights in {hf} changed since .*run the 'convert' stage again"):
-        stages.converted_identity(config, work)
-    stages.convert(config, work)
-    assert os.stat(meta).st_mtime_ns != second and stages.converted_identity(config, work)["dtype"] == "bfloat16"
+        convert_stage.converted_identity(config, work)
+    convert_stage.run(config, work)
+    assert os.stat(meta).st_mtime_ns != second and convert_stage.converted_identity(config, work)["dtype"] == "bfloat16"
 
 
 def test_hub_source_offline_gives_clear_message(tmp_path, monkeypatch):
@@ -171,7 +173,7 @@ def test_hub_source_offline_gives_clear_message(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     config = demo_config(source="hub", hub_id="Qwen/Qwen3-30B-A3B")
     with pytest.raises(RuntimeError, match="(?s)could not download .Qwen/Qwen3-30B-A3B.*model.source=.hf_dir."):
-        stages.convert(config, str(tmp_path))
+        convert_stage.run(config, str(tmp_path))
 
 
 def test_collect_checks_run_before_loading(converted, tmp_path, monkeypatch):
@@ -188,7 +190,7 @@ def test_collect_checks_run_before_loading(converted, tmp_path, monkeypatch):
 
     # a tokenizer with more ids than the model's vocabulary
     from moe_jax.data.tiny_tokenizer import build_tiny_tokenizer
-    build_tiny_tokenizer(os.path.join(work, stages.CHECKPOINT_DIR), vocab_size=700)
+    build_tiny_tokenizer(wd.checkpoint_dir(work), vocab_size=700)
     with pytest.raises(TokenizerError, match="vocabulary \\(config vocab_size\\) has 512 rows"):
         collect_stage.run(demo_config(), work)
 

@@ -94,11 +94,11 @@ def test_writer_failure_in_convert_stops_both_processes(tmp_path):
 
 
 def test_writer_failure_in_collect_stops_both_processes(tmp_path):
-    from moe_jax import stages
+    from moe_jax.convert import stage as convert_stage
     from test_launch import demo_config
 
     work = tmp_path / "work"
-    stages.convert(demo_config(), str(work))
+    convert_stage.run(demo_config(), str(work))
     (work / "routing").mkdir()
     (work / "routing" / "meta.json").write_text("{not json")  # process 0 cannot open the store
     outs = fail_together(launch_two(work, "--stages=collect", args=[a for a in ARGS if not a.startswith("--stages")]))

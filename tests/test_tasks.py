@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from moe_jax import stages
+from moe_jax import workdir as wd
+from moe_jax.convert import stage as convert_stage
 from moe_jax.analysis import stage as analysis_stage, tables
 from moe_jax.data import corpora
 from moe_jax.data.defaults import task_data_config, task_data_configs
@@ -116,7 +118,7 @@ def task_config(tasks=TASK_SENTENCES, **analysis):
 def collected(tmp_path_factory):
     """A workdir after convert + collect with two task corpora; the collect stage's return value."""
     workdir = str(tmp_path_factory.mktemp("tasks"))
-    stages.convert(task_config(), workdir)
+    convert_stage.run(task_config(), workdir)
     return workdir, collect_stage.run(task_config(), workdir)
 
 
@@ -144,8 +146,8 @@ def test_task_store_equals_a_main_store_of_the_same_corpus(collected, tmp_path):
     """A task corpus is collected exactly as config.data would be (same model, template, batching)."""
     workdir, _ = collected
     work = str(tmp_path / "w")
-    shutil.copytree(os.path.join(workdir, stages.CHECKPOINT_DIR), os.path.join(work, stages.CHECKPOINT_DIR))
-    shutil.copy(os.path.join(workdir, stages.CONVERT_STAMP), work)
+    shutil.copytree(wd.checkpoint_dir(workdir), wd.checkpoint_dir(work))
+    shutil.copy(wd.convert_stamp(workdir), work)
     config = task_config({})
     config.data.source, config.data.task, config.data.max_sentences = "builtin_task", "math", 5
     config.data.languages = None

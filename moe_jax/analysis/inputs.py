@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from moe_jax import workdir as wd
 from moe_jax.analysis.validate import check_consistent
 from moe_jax.routing.store import read_meta, read_store
 
@@ -20,13 +21,6 @@ log = logging.getLogger(__name__)
 # that differs would enter Delta (METHODS Eq. 3) as if it were a task effect
 TASK_STORE_MATCH = ("checkpoint_sha256", "dtype", "template", "tokenizer_sha256", "model_type", "num_layers",
                     "moe_layer_ids", "num_experts", "top_k")
-
-
-def store_subdirs() -> tuple[str, str]:
-    """``(main store, task stores)`` directories under the workdir, as the collect stage writes them
-    (imported here, not at module import: moe_jax.routing.stage pulls in JAX)."""
-    from moe_jax.routing.stage import SUBDIR as store_subdir, TASKS_SUBDIR
-    return store_subdir, TASKS_SUBDIR
 
 
 class Skip(Exception):
@@ -142,7 +136,7 @@ def resolve_task_stores(config, cfg, workdir: str) -> tuple[dict[str, str], str]
     explicit = parse_task_stores(cfg.task_stores)
     if explicit:
         return explicit, "analysis.task_stores"
-    root = os.path.join(workdir, store_subdirs()[1])
+    root = wd.tasks_dir(workdir)
     found = sorted(n for n in (os.listdir(root) if os.path.isdir(root) else [])
                    if read_meta(os.path.join(root, n)) is not None)
     tasks = config.get("tasks") if hasattr(config, "get") else None

@@ -33,14 +33,14 @@ from tqdm import tqdm
 from moe_jax.analysis import (accuracy as accuracy_lib, consistency, correlation, divergence, layer_entropy,
                               experts, similarity, tables)
 from moe_jax.analysis.inputs import (Inputs, Skip, check_task_store, config_languages, load_inputs,
-                                     resolve_task_stores, store_subdirs, task_language)
+                                     resolve_task_stores, task_language)
 from moe_jax.analysis.validate import normalize_band
+from moe_jax import workdir as wd
 from moe_jax.config_fields import check_known_fields
 from moe_jax.routing.store import read_store
 
 log = logging.getLogger(__name__)
 
-SUBDIR = "analysis"
 FREE_FORM = ("accuracy", "task_stores")  # mapping fields whose inner keys are the user's (languages, tasks)
 def default_config() -> ml_collections.ConfigDict:
     """The ``config.analysis`` section (every field documented inline)."""
@@ -364,8 +364,8 @@ def run(config, workdir: str) -> dict[str, Any]:
     cfg = section(config, "analysis", default_config(), FREE_FORM)
     if not cfg.metrics:
         raise ValueError("analysis.metrics is empty")
-    store = os.path.join(workdir, store_subdirs()[0])
-    out_dir = os.path.join(workdir, SUBDIR)
+    store = wd.routing_dir(workdir)
+    out_dir = wd.analysis_dir(workdir)
     inp = load_inputs(store, cfg.pivot, config_languages(config))
     summary: dict[str, Any] = {
         "store": store, "pivot": cfg.pivot, "languages": inp.languages, "language_pool": inp.pool,

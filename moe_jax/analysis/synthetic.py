@@ -183,10 +183,9 @@ def write_synthetic_task_store(path: str, spec: SyntheticSpec = SyntheticSpec(),
 def write_demo(workdir: str, spec: SyntheticSpec = SyntheticSpec()) -> dict[str, str]:
     """``workdir/routing`` (main store), ``workdir/tasks/math`` (task store), ``workdir/accuracy.json``:
     the layout the collect stage writes (``paths["task_math"]`` is the task store)."""
-    from moe_jax.analysis.stage import store_subdirs
+    from moe_jax import workdir as wd
     from moe_jax.analysis.tables import write_json
-    store_dir, tasks_dir = store_subdirs()
-    paths = {"routing": os.path.join(workdir, store_dir), "task_math": os.path.join(workdir, tasks_dir, "math"),
+    paths = {"routing": wd.routing_dir(workdir), "task_math": wd.task_store_dir(workdir, "math"),
              "accuracy": os.path.join(workdir, "accuracy.json")}
     write_synthetic_store(paths["routing"], spec)
     write_synthetic_task_store(paths["task_math"], spec)

@@ -15,15 +15,14 @@ import ml_collections
 import numpy as np
 
 from moe_jax.analysis import tables
-from moe_jax.analysis.inputs import store_subdirs
-from moe_jax.analysis.stage import SUBDIR as ANALYSIS_SUBDIR, section as config_section
+from moe_jax import workdir as wd
+from moe_jax.analysis.stage import section as config_section
 from moe_jax.report import html, plots
 from moe_jax.atomic import atomic_write, read_json
 from moe_jax.routing.store import read_meta
 
 log = logging.getLogger(__name__)
 
-SUBDIR = "report"
 METRIC_LABELS = {"entropy_normalized_js": "entropy-normalised JS divergence", "js_divergence": "JS divergence (nats)",
                  "kl_divergence": "KL divergence (nats)", "cosine_distance": "cosine distance"}
 
@@ -40,13 +39,13 @@ class _Report:
     """Reads the analysis output once; each ``_section_*`` method returns page blocks."""
 
     def __init__(self, workdir: str, cfg):
-        self.adir = os.path.join(workdir, ANALYSIS_SUBDIR)
-        self.rdir = os.path.join(workdir, SUBDIR)
+        self.adir = wd.analysis_dir(workdir)
+        self.rdir = wd.report_dir(workdir)
         path = os.path.join(self.adir, "summary.json")
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} does not exist: run the analyze stage first")
         self.s = read_json(path)
-        self.meta = read_meta(self.s["store"]) or read_meta(os.path.join(workdir, store_subdirs()[0])) or {}
+        self.meta = read_meta(self.s["store"]) or read_meta(wd.routing_dir(workdir)) or {}
         self.cfg = cfg
         self.x = np.asarray(self.s["moe_layer_ids"])
         self.band = (self.s["middle_band"]["start"], self.s["middle_band"]["end"]) if "middle_band" in self.s else None

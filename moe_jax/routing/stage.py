@@ -20,15 +20,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from moe_jax import sharding as shd
+from moe_jax import workdir as wd
 from moe_jax.data import tokenize as tok_lib
 from moe_jax.data.tokenize import EncodedTexts
 from moe_jax.models.config import ModelConfig
+from moe_jax.pipeline import check_known_fields, model_name, model_warning, source_identity
 from moe_jax.routing import collect, provenance, store as store_lib
 
 log = logging.getLogger(__name__)
 
-SUBDIR = "routing"
-TASKS_SUBDIR = "tasks"  # workdir/tasks/<name>: one store per task corpus of config.tasks
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -49,8 +49,6 @@ def default_config() -> ml_collections.ConfigDict:
 
 def options(config: Any) -> ml_collections.ConfigDict:
     """``config.collect`` over ``default_config()``; unknown fields (typos) are refused."""
-    from moe_jax.stages import check_known_fields
-
     opts, section = default_config(), config.get("collect") or {}
     check_known_fields(section, opts, "config.collect")
     opts.update(section)
@@ -81,10 +79,10 @@ def run(config: Any, workdir: str) -> dict[str, dict[str, dict]]:
     from moe_jax.convert import orbax_io
     from moe_jax.convert.loader import load_params
     from moe_jax.data.defaults import task_data_configs
-    from moe_jax.stages import CHECKPOINT_DIR, converted_identity
+    from moe_jax.convert.stage import converted_identity
 
     opts = options(config)
-    ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+    ckpt_dir = wd.checkpoint_dir(workdir)
     if not os.path.exists(os.path.join(ckpt_dir, orbax_io.META_FILE)):
         raise FileNotFoundError(f"no converted checkpoint at {ckpt_dir}; run the 'convert' stage first")
     ckpt_meta = orbax_io.read_meta(ckpt_dir)
@@ -97,8 +95,8 @@ def run(config: Any, workdir: str) -> dict[str, dict[str, dict]]:
     rules = shd.rules_from_config(config.mesh)
     tokenizer = AutoTokenizer.from_pretrained(ckpt_dir)
     tok_lib.check_tokenizer(tokenizer, cfg.vocab_size)
-    plan = [_plan_store(SUBDIR, None, config.data, workdir, config, cfg, ckpt_meta, tokenizer, opts)]
-    plan += [_plan_store(os.path.join(TASKS_SUBDIR, name), name, data, workdir, config, cfg, ckpt_meta, tokenizer,
+    plan = [_plan_store(wd.ROUTING, None, config.data, workdir, config, cfg, ckpt_meta, tokenizer, opts)]
+    plan += [_plan_store(os.path.join(wd.TASKS, name), name, data, workdir, config, cfg, ckpt_meta, tokenizer,
                          opts) for name, data in task_data_configs(config).items()]
     for job in plan:
         if not job.todo:
@@ -179,8 +177,6 @@ def build_meta(config: Any, cfg: ModelConfig, ckpt_meta: Mapping[str, Any], toke
     ``data``: the corpus's data config (default ``config.data``); ``task``: the task name of a task
     corpus's store (recorded as ``meta["task"]``).
     """
-    from moe_jax.stages import model_name, model_warning, source_identity
-
     data = config.data if data is None else data
     source = {k: data.get(k) for k in ("source", "split", "path", "data_files", "max_sentences")}
     if data.get("task"):  # only when set: stores of the other sources keep their fingerprint

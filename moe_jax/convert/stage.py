@@ -1,0 +1,116 @@
+"""The ``convert`` stage: ``config.model`` (a tiny random model, a local HF dir or a hub id) ->
+a converted checkpoint at ``workdir/checkpoint`` (with its tokenizer), and the check every later
+stage makes that the checkpoint is the one ``config.model`` describes (``converted_identity``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from moe_jax import sharding as shd
+from moe_jax import workdir as wd
+from moe_jax.atomic import atomic_write_json, read_json
+from moe_jax.pipeline import SOURCES, StageError, source_identity
+
+log = logging.getLogger(__name__)
+
+
+def run(config: Any, workdir: str) -> str:
+    """Puts a converted checkpoint at ``workdir/checkpoint`` (skipped when it is already there and
+    was converted from the same source, weights and dtype). Process 0 converts; others wait."""
+    out = wd.checkpoint_dir(workdir)
+    shd.run_on_writer(lambda: _convert(config, workdir, out), f"converting the checkpoint into {out}")
+    return out
+
+
+def _convert(config: Any, workdir: str, out: str) -> None:
+    from moe_jax.convert.checkpoint import convert_checkpoint
+    from moe_jax.convert.safetensors_io import scan_checkpoint
+
+    m = config.model
+    hf_dir = resolve_source(config, workdir)
+    identity = {"source": source_identity(config), "hf_dir": os.path.abspath(hf_dir), "dtype": m.dtype,
+                "checkpoint_sha256": scan_checkpoint(hf_dir).sha256}
+    stamp = wd.convert_stamp(workdir)
+    if os.path.exists(os.path.join(out, "moe_jax.json")) and read_json(stamp, invalid_ok=True) == identity:
+        log.info("checkpoint %s is up to date (converted from %s)", out, hf_dir)
+        return
+    convert_checkpoint(hf_dir, out, dtype=m.dtype, overwrite=True)
+    atomic_write_json(stamp, identity)
+
+
+def converted_identity(config: Any, workdir: str) -> dict[str, Any]:
+    """What ``workdir/checkpoint`` was converted from; refuses a checkpoint of another source than
+    ``config.model`` describes (the convert stage was not rerun after the config changed), and for
+    source "hf_dir" one whose weights were replaced since (rescan: headers and sampled bytes). For
+    "hub" (revision) and "tiny_random" (seed, spec) the source identity already pins the weights."""
+    from moe_jax.convert.safetensors_io import scan_checkpoint
+
+    stamp = read_json(wd.convert_stamp(workdir))
+    if stamp is None:
+        raise StageError(f"{wd.checkpoint_dir(workdir)} has no record of its source ({wd.CONVERT_STAMP}); "
+                         "run the 'convert' stage")
+    if stamp.get("source") != source_identity(config) or stamp.get("dtype") != config.model.dtype:
+        raise StageError(f"{wd.checkpoint_dir(workdir)} was converted from {stamp.get('source')} "
+                         f"({stamp.get('dtype')}), but config.model describes {source_identity(config)} "
+                         f"({config.model.dtype}); run the 'convert' stage again")
+    if config.model.source == "hf_dir":
+        now = scan_checkpoint(config.model.hf_dir).sha256
+        if now != stamp.get("checkpoint_sha256"):
+            raise StageError(f"the weights in {config.model.hf_dir} changed since {wd.checkpoint_dir(workdir)} was "
+                             f"converted from them (checkpoint sha256 {stamp.get('checkpoint_sha256')} -> {now}); "
+                             "run the 'convert' stage again")
+    return stamp
+
+
+def resolve_source(config: Any, workdir: str) -> str:
+    """The HF checkpoint directory to convert: given, downloaded, or written (tiny random)."""
+    m = config.model
+    if m.source not in SOURCES:
+        raise StageError(f"model.source {m.source!r} is not one of {SOURCES}")
+    if m.source == "hf_dir":
+        if not m.hf_dir or not os.path.isdir(m.hf_dir):
+            raise FileNotFoundError(f"model.hf_dir {m.hf_dir!r} is not a directory")
+        return m.hf_dir
+    if m.source == "hub":
+        return download(m.hub_id, m.get("revision"), m.get("cache_dir"))
+    return write_tiny(config, wd.tiny_dir(workdir))
+
+
+def download(hub_id: str, revision: str | None = None, cache_dir: str | None = None) -> str:
+    """Snapshot of a hub repository's config, tokenizer and safetensors files (cached)."""
+    if not hub_id:
+        raise StageError("model.source is 'hub' but model.hub_id is empty")
+    try:
+        from huggingface_hub import snapshot_download
+        return snapshot_download(hub_id, revision=revision or None, cache_dir=cache_dir or None,
+                                 allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja",
+                                                 "*.tiktoken"])
+    except Exception as e:  # offline, gated, missing: one clear message
+        raise RuntimeError(
+            f"could not download {hub_id!r} (revision {revision or 'main'}) from the Hugging Face hub: "
+            f"{type(e).__name__}: {e}\n"
+            "If this machine is offline, download the checkpoint elsewhere and set model.source='hf_dir' "
+            "and model.hf_dir=<dir>; if the model is gated, accept its licence on the hub and run "
+            "`huggingface-cli login` (or set HF_TOKEN).") from e
+
+
+def write_tiny(config: Any, out_dir: str) -> str:
+    """A random tiny HF checkpoint + tiny tokenizer trained on the builtin corpus (rewritten only if
+    ``model.tiny`` changed)."""
+    from moe_jax import tiny
+    from moe_jax.data.tiny_tokenizer import build_tiny_tokenizer
+
+    spec = config.model.tiny.to_dict()
+    stamp = os.path.join(out_dir, "moe_jax_tiny.json")
+    if read_json(stamp, invalid_ok=True) == spec:
+        return out_dir
+    tokenizer = build_tiny_tokenizer(out_dir, vocab_size=int(spec["vocab_size"]))
+    # the model's vocabulary is exactly the tokenizer's
+    hf_config = tiny.tiny_hf_config(spec["model_type"], **dict(spec.get("overrides", {}), vocab_size=len(tokenizer)))
+    tiny.write_random_hf_checkpoint(out_dir, hf_config, seed=int(spec["seed"]),
+                                    router_scale=float(spec["router_scale"]))
+    atomic_write_json(stamp, spec)
+    return out_dir
