@@ -6,11 +6,12 @@ setup(
     description="Multilingual routing analysis of Mixture-of-Experts LLMs in JAX/Flax.",
     python_requires=">=3.11",
     packages=find_packages(include=["moe_jax", "moe_jax.*"]),
-    package_data={"moe_jax": ["data/corpus/*", "data/corpus/**/*"]},
+    package_data={"moe_jax": ["data/corpus/*", "data/corpus/**/*", "eval/data/*", "eval/data/**/*"]},
     include_package_data=True,
     install_requires=[
         "jax>=0.10.2",
         "ml_dtypes>=0.4",
+        "optax>=0.2",  # learned steering
         "flax>=0.12.8",
         "numpy>=1.26",
         "scipy>=1.11",
