@@ -96,3 +96,24 @@ def test_bad_distributions_refused(bad, match):
 def test_cosine_zero_vector_refused():
     with pytest.raises(ValueError, match="all-zero"):
         cosine_similarity([0.0, 0.0], [1.0, 0.0])
+
+
+def test_js_of_tiny_disjoint_masses_is_exact():
+    """Mass 2e-8 on different experts (near-one-hot rows): m = 1e-8 there. The mixture clamp must sit
+    below such masses (1e-10), or the divergence collapses to 0 (a clamp at 1e-6 makes KL(p||m) < 0)."""
+    a = 2e-8
+    p, q = [1 - a, a, 0.0], [1 - a, 0.0, a]
+    assert js_divergence(p, q) == pytest.approx(a * math.log(2), rel=1e-6)
+
+
+def test_entropy_normalised_js_of_near_uniform_rows():
+    """Near-uniform rows leave little room for divergence: log E - mean H = 8.0e-4 here, well above
+    the 1e-6 floor of the denominator, so the ratio is JSD / (log E - mean H) exactly."""
+    d = 0.02
+    p, q = np.array([0.5 + d, 0.5 - d]), np.array([0.5 - d, 0.5 + d])
+    h = -(p * np.log(p)).sum()  # both rows have the same entropy
+    m = np.array([0.5, 0.5])
+    js = (p * np.log(p / m)).sum()  # KL(p||m) = KL(q||m)
+    assert 1e-4 < math.log(2) - h < 1e-2
+    assert entropy_normalized_js(p, q) == pytest.approx(js / (math.log(2) - h), rel=1e-9)
+    assert 0.9 < entropy_normalized_js(p, q) <= 1.0  # close to the bound: the rows are as far apart as H allows

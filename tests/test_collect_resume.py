@@ -58,11 +58,20 @@ def encoder(calls):
     return encode
 
 
-def run(setup, path, step, meta=None, encoded=None, **options):
+def run(setup, path, step, meta=None, encoded=None, hashes=None, **options):
+    """``hashes``: language -> hash of its texts, passed as ``input_hashes`` and recorded by the encoder
+    as ``text_sha256`` (what the collect stage does)."""
     cfg, params, mesh, _ = setup
     meta = meta or {"fingerprint": "f1", "model": "tiny olmoe"}
-    return collect_to_store(str(path), meta, LANGS, encoder([] if encoded is None else encoded), step=step,
-                            params=params, cfg=cfg, mesh=mesh, options={**OPTIONS, **options}, batching=BATCHING)
+    encode = encoder([] if encoded is None else encoded)
+    if hashes is not None:
+        plain = encode
+
+        def encode(lang):
+            inp = plain(lang)
+            return LanguageInput(inp.seq_ids, inp.encoded, {**inp.info, "text_sha256": hashes[lang]})
+    return collect_to_store(str(path), meta, LANGS, encode, step=step, params=params, cfg=cfg, mesh=mesh,
+                            options={**OPTIONS, **options}, batching=BATCHING, input_hashes=hashes)
 
 
 def test_crash_mid_language_then_resume(setup, tmp_path):
@@ -72,7 +81,7 @@ def test_crash_mid_language_then_resume(setup, tmp_path):
     assert full.calls == 3 * BATCHES_PER_LANG
 
     crashing = CountingStep(setup[3], crash_at=BATCHES_PER_LANG + 2)  # 2nd batch of the 2nd language
-    with pytest.raises(Crash):
+    with pytest.raises(Crash, match="injected crash on forward call 5"):
         run(setup, dir_, crashing)
     assert store.done_languages(str(dir_)) == {"aaa_Latn"}
     assert sorted(os.listdir(dir_)) == ["aaa_Latn.npz", "meta.json"]  # no partial file, no temp file
@@ -140,3 +149,19 @@ def test_foreign_store_is_refused_unless_overwrite(setup, tmp_path):
     assert step.calls == 0 and store.read_meta(str(tmp_path))["fingerprint"] == "f1"
     run(setup, tmp_path, step, meta=other, overwrite=True)
     assert step.calls == 3 * BATCHES_PER_LANG and store.read_meta(str(tmp_path))["fingerprint"] == "f2"
+
+
+def test_language_whose_texts_changed_is_collected_again(setup, tmp_path):
+    hashes = {lang: f"h-{lang}" for lang in LANGS}
+    run(setup, tmp_path, CountingStep(setup[3]), hashes=hashes)
+    assert store.read_meta(str(tmp_path))["languages"]["bbb_Latn"]["text_sha256"] == "h-bbb_Latn"
+    unchanged = {l: (tmp_path / f"{l}.npz").stat().st_mtime_ns for l in ("aaa_Latn", "ccc_Latn")}
+
+    step, encoded = CountingStep(setup[3]), []
+    changed = dict(hashes, bbb_Latn="h-bbb_Latn-edited")
+    assert list(run(setup, tmp_path, step, encoded=encoded, hashes=changed)) == ["bbb_Latn"]
+    assert step.calls == BATCHES_PER_LANG and encoded == ["bbb_Latn"]
+    assert {l: (tmp_path / f"{l}.npz").stat().st_mtime_ns for l in unchanged} == unchanged
+    assert store.read_meta(str(tmp_path))["languages"]["bbb_Latn"]["text_sha256"] == "h-bbb_Latn-edited"
+    again = CountingStep(setup[3])
+    assert run(setup, tmp_path, again, hashes=changed) == {} and again.calls == 0

@@ -84,6 +84,21 @@ def test_cli_converts_multishard_checkpoint(hf_dir, reference, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out"]  # no temp or old dirs left
 
 
+def test_cli_converts_to_float16(hf_dir, reference, tmp_path):
+    """--dtype=float16: every stored leaf is the float32 weight rounded to float16 (NumPy's rounding)."""
+    out = tmp_path / "f16"
+    r = run_cli(f"--hf_dir={hf_dir}", f"--out={out}", "--dtype=float16")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "moe_jax.json").read_text())["dtype"] == "float16"
+    _, f16 = load_params(out, dtype="float16")
+    _, up = load_params(out, dtype="float32")
+    for g, u, w in zip(leaves(f16), leaves(up), leaves(reference), strict=True):
+        assert g.dtype == np.float16 and u.dtype == np.float32
+        np.testing.assert_array_equal(g.view(np.uint16), w.astype(np.float16).view(np.uint16))
+        np.testing.assert_array_equal(u, w.astype(np.float16).astype(np.float32))
+    assert any(not np.array_equal(u, w) for u, w in zip(leaves(up), leaves(reference)))  # it did round
+
+
 def test_cli_rejects_unsupported_dtype(hf_dir, tmp_path):
     r = run_cli(f"--hf_dir={hf_dir}", f"--out={tmp_path / 'out'}", "--dtype=int8")
     assert r.returncode != 0

@@ -75,3 +75,20 @@ def test_changing_values_does_not_retrace(setup):
         outs.append(np.asarray(run(setup, iv).topk_idx))
     assert forward._cache_size() == before
     assert not np.array_equal(outs[0], outs[1])  # the values did reach the router
+
+
+def test_router_logits_stay_raw_under_an_intervention(setup):
+    """Edit only the last MoE layer: nothing upstream changes, so every layer's router_logits must equal
+    the un-intervened run bit for bit, while the last layer's choices follow the edit."""
+    cfg = setup[0]
+    L, E = cfg.num_moe_layers, cfg.num_experts
+    base = run(setup, None)
+    top = np.asarray(base.topk_idx[-1, ..., 0])  # each token's first choice in the last layer
+    mode = np.zeros((L, E), np.int32)
+    mode[-1, np.bincount(top.ravel(), minlength=E).argmax()] = iv_lib.FORBID
+    bias = np.zeros((L, E), np.float32)
+    bias[-1] = np.linspace(-3, 3, E)
+    out = run(setup, Intervention.none(L, E)._replace(mode=mode, bias=bias))
+    np.testing.assert_array_equal(np.asarray(out.router_logits), np.asarray(base.router_logits))
+    assert not np.array_equal(np.asarray(out.topk_idx[-1]), np.asarray(base.topk_idx[-1]))
+    np.testing.assert_array_equal(np.asarray(out.topk_idx[:-1]), np.asarray(base.topk_idx[:-1]))

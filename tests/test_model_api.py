@@ -16,6 +16,23 @@ def dirs(tmp_path_factory):
     return hf, convert_checkpoint(hf, d / "jax", dtype="float32")
 
 
+def test_tokenizer_travels_with_the_checkpoint(tmp_path):
+    """``model.tokenizer``: the directory's tokenizer, loaded from an HF dir and from the converted
+    dir (the converter copies its files); None when the directory has none."""
+    from moe_jax.data.tiny_tokenizer import build_tiny_tokenizer
+
+    hf = write_random_hf_checkpoint(tmp_path / "hf", tiny_hf_config("olmoe"), seed=0)
+    bare = moe_jax.load(hf)
+    assert bare.tokenizer is None
+    tok = build_tiny_tokenizer(str(tmp_path / "hf"), texts=["routing in many languages"] * 4, vocab_size=300)
+    out = convert_checkpoint(hf, tmp_path / "jax", dtype="float32")
+    text = "routing in many languages"
+    for model in (moe_jax.load(hf), moe_jax.load(out)):
+        assert model.tokenizer.encode(text) == tok.encode(text) and len(tok.encode(text)) > 1
+        assert model.tokenizer.chat_template == tok.chat_template is not None
+    assert moe_jax.load(out, load_tokenizer=False).tokenizer is None
+
+
 def test_hf_dir_and_converted_dir_load_the_same_model(dirs):
     a, b = (moe_jax.load(p) for p in dirs)
     ids = np.random.default_rng(0).integers(0, a.cfg.vocab_size, (2, 12))

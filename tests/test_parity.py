@@ -118,6 +118,7 @@ def test_logits_router_logits_and_choices_match(converted):
         np.testing.assert_array_equal(got[clear], want[clear])
         mismatch += (got[real] != want[real]).any(-1).sum()
     print(f"{name}: top-k mismatch rate over all real tokens {mismatch / (real.sum() * cfg.num_moe_layers):.4f}")
+    assert mismatch == 0  # README: no mismatch at all, near-ties included, on these models
 
 
 def test_padding_does_not_change_real_tokens(converted):
@@ -143,7 +144,8 @@ def test_ragged_backend_matches_dense(converted):
 
 
 def test_bfloat16_conversion_close_to_float32(converted, tmp_path):
-    """bf16 weights and activations: logits within 3% of the largest logit, argmax mostly equal."""
+    """bf16 weights and activations: logits within 2% of the largest logit, >= 98% of argmax equal
+    (README's numbers: 0.8-1.5% and 98.4-99.6%)."""
     name, _, d = converted
     out = convert_cli(d / "hf", tmp_path / "bf16", dtype="bfloat16")
     m16, m32 = moe_jax.load(out, dtype="bfloat16"), moe_jax.load(d / "jax")
@@ -155,7 +157,7 @@ def test_bfloat16_conversion_close_to_float32(converted, tmp_path):
     rel = np.abs(a - b).max() / np.abs(b).max()
     agree = (a.argmax(-1) == b.argmax(-1)).mean()
     print(f"{name}: bf16 vs f32 logits max rel err {rel:.3e}, argmax agreement {agree:.3f}")
-    assert rel < 3e-2 and agree > 0.9
+    assert rel < 2e-2 and agree >= 0.98
 
 
 def test_phimoe_long_rope_beyond_original_max(tmp_path):
@@ -182,3 +184,21 @@ def test_phimoe_long_rope_beyond_original_max(tmp_path):
     err = np.abs(np.asarray(out.logits) - ref_logits)[real].max() / np.abs(ref_logits[real]).max()
     print(f"phimoe long-rope logits max rel err {err:.2e}")
     assert err <= TOL
+
+
+def test_qwen2_moe_decoder_sparse_step_and_mlp_only_layers(tmp_path):
+    """decoder_sparse_step=2 with mlp_only_layers: MoE layers are those transformers builds with a
+    router ((i+1) % 2 == 0 and i not in [5] -> 1, 3), logits and router logits match."""
+    hf_model = build_hf_model(tiny_hf_config("qwen2_moe", num_hidden_layers=6, decoder_sparse_step=2,
+                                             mlp_only_layers=[5]), seed=3)
+    save_hf_model(hf_model, str(tmp_path))
+    model = moe_jax.load(tmp_path)
+    hf_moe = tuple(i for i, layer in enumerate(hf_model.model.layers) if hasattr(layer.mlp, "gate"))
+    assert model.cfg.moe_layer_ids == hf_moe == (1, 3)
+    ids, mask = batch(model.cfg.vocab_size)
+    ref_logits, ref_router = reference_forward(hf_model, ids, mask, position_ids=positions(mask))
+    out = model(ids, attention_mask=mask, return_router_logits=True)
+    real = mask.astype(bool)
+    err = np.abs(np.asarray(out.logits) - ref_logits)[real].max() / np.abs(ref_logits[real]).max()
+    rerr = np.abs(np.asarray(out.router_logits) - ref_router)[:, real].max() / np.abs(ref_router[:, real]).max()
+    assert err <= TOL and rerr <= TOL, (err, rerr)

@@ -6,6 +6,7 @@ parameter layout must match the published sizes, which checks every width, the d
 rule, GQA and head_dim handling at real scale without downloading anything.
 """
 
+import dataclasses
 import math
 
 import jax
@@ -25,6 +26,17 @@ RELEASED = {
         num_key_value_heads=16, intermediate_size=1024, num_experts=64, num_experts_per_tok=8, rope_theta=10000.0,
         rms_norm_eps=1e-5, clip_qkv=None, norm_topk_prob=False, tie_word_embeddings=False,
         torch_dtype="bfloat16"), 6.92e9, 1.28e9, 0.01),
+    "OLMoE-1B-7B-0924": (dict(
+        model_type="olmoe", vocab_size=50304, hidden_size=2048, num_hidden_layers=16, num_attention_heads=16,
+        num_key_value_heads=16, intermediate_size=1024, num_experts=64, num_experts_per_tok=8, rope_theta=10000.0,
+        rope_scaling=None, rms_norm_eps=1e-5, clip_qkv=None, norm_topk_prob=False, attention_bias=False,
+        max_position_embeddings=4096, tie_word_embeddings=False), 6.92e9, 1.28e9, 0.01),
+    "Qwen2-57B-A14B": (dict(
+        model_type="qwen2_moe", vocab_size=151936, hidden_size=3584, num_hidden_layers=28, num_attention_heads=28,
+        num_key_value_heads=4, intermediate_size=18944, moe_intermediate_size=2560,
+        shared_expert_intermediate_size=20480, num_experts=64, num_experts_per_tok=8, decoder_sparse_step=1,
+        norm_topk_prob=False, rope_theta=1e6, rms_norm_eps=1e-6, use_sliding_window=False, max_window_layers=28,
+        tie_word_embeddings=False, torch_dtype="bfloat16"), 57.4e9, 14e9, 0.01),
     "Qwen1.5-MoE-A2.7B": (dict(
         model_type="qwen2_moe", vocab_size=151936, hidden_size=2048, num_hidden_layers=24, num_attention_heads=16,
         num_key_value_heads=16, intermediate_size=5632, moe_intermediate_size=1408,
@@ -74,3 +86,16 @@ def test_released_config_details():
     assert olmoe.clip_qkv is None and olmoe.family.qk_norm == "full" and olmoe.dtype == "bfloat16"
     qwen15 = ModelConfig.from_hf(dict(RELEASED["Qwen1.5-MoE-A2.7B"][0], mlp_only_layers=[0, 5]))
     assert qwen15.moe_layer_ids == tuple(i for i in range(24) if i not in (0, 5)) and qwen15.dense_width == 5632
+
+
+def test_qwen2_57b_and_olmoe_0924_details():
+    q = ModelConfig.from_hf(RELEASED["Qwen2-57B-A14B"][0])
+    assert (q.num_heads, q.num_kv_heads, q.head_dim) == (28, 4, 128)  # GQA 7:1, head_dim from hidden / heads
+    assert q.moe_layer_ids == tuple(range(28)) and q.dense_width == 0  # no mlp_only_layers key: every layer MoE
+    assert (q.expert_width, q.shared_expert_width, q.num_experts, q.top_k) == (2560, 20480, 64, 8)
+    assert q.qkv_bias and not q.o_bias and not q.norm_topk_prob and q.rope_theta == 1e6 and q.norm_eps == 1e-6
+    o24, o25 = (ModelConfig.from_hf(RELEASED[n][0]) for n in ("OLMoE-1B-7B-0924", "OLMoE-1B-7B-0125-Instruct"))
+    assert o24.longrope is None and o24.rope_theta == 1e4 and o24.clip_qkv is None and o24.norm_eps == 1e-5
+    assert o24.max_position_embeddings == 4096 and not o24.qkv_bias and not o24.o_bias
+    # the two releases share one architecture: only the recorded dtype differs
+    assert dataclasses.replace(o24, dtype=o25.dtype) == o25
