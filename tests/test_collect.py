@@ -44,8 +44,8 @@ def reference(model, corpus):
     """NumPy statistics from unpadded single-sequence forwards (float64)."""
     cfg, params = model
     ids, masks = corpus
-    ref = {"seq_mean_probs": [], "seq_topk_freq": [], "seq_token_entropy": [], "seq_lengths": [],
-           "token_topk": []}
+    ref = {"seq_mean_probs": [], "seq_topk_freq": [], "seq_topk_weight": [], "seq_token_entropy": [],
+           "seq_lengths": [], "token_topk": []}
     L, E = cfg.num_moe_layers, cfg.num_experts
     counts, gates = np.zeros((L, E), np.int64), np.zeros((L, E))
     for x, m in zip(ids, masks):
@@ -63,6 +63,8 @@ def reference(model, corpus):
         counts += onehot.sum(1).astype(np.int64)
         ref["seq_mean_probs"].append(p.mean(1))
         ref["seq_topk_freq"].append(onehot.mean(1))
+        kept = p * (onehot > 0)  # the full softmax kept on the token's top-k, renormalised over it
+        ref["seq_topk_weight"].append((kept / kept.sum(-1, keepdims=True)).mean(1))
         ref["seq_token_entropy"].append(-(p * np.log(p)).sum(-1).mean(1))
         ref["seq_lengths"].append(m.sum())
         ref["token_topk"].append(idx.transpose(1, 0, 2))
@@ -95,7 +97,7 @@ def encoded(ids, masks):
 def test_statistics_match_numpy(model, corpus, mesh, step, reference):
     res = run(model, corpus, mesh, step)
     a = res.arrays
-    for key in ("seq_mean_probs", "seq_topk_freq", "seq_token_entropy", "gate_weight_sums"):
+    for key in ("seq_mean_probs", "seq_topk_freq", "seq_topk_weight", "seq_token_entropy", "gate_weight_sums"):
         np.testing.assert_allclose(a[key], reference[key], atol=1e-5, rtol=1e-5, err_msg=key)
     for key in ("seq_lengths", "topk_counts", "token_totals", "token_topk"):
         np.testing.assert_array_equal(a[key], reference[key], err_msg=key)

@@ -27,6 +27,8 @@ def routing_statistics(router_logits: jax.Array, topk_idx: jax.Array, topk_weigh
       seq_lengths        ``[B]``        int32    counted tokens per sequence
       seq_mean_probs     ``[B, L, E]``  float32  mean over counted tokens of softmax(z) over ALL experts
       seq_topk_freq      ``[B, L, E]``  float32  fraction of counted tokens whose top-k holds e
+      seq_topk_weight    ``[B, L, E]``  float32  mean over counted tokens of softmax(z) kept on the token's
+                                                 top-k experts and renormalised over them (0 elsewhere)
       seq_token_entropy  ``[B, L]``     float32  mean over counted tokens of H(softmax(z)) in nats
       topk_counts        ``[L, E]``     int32    batch total of top-k activations
       gate_weight_sums   ``[L, E]``     float32  batch total of routing weights per expert
@@ -51,6 +53,10 @@ def routing_statistics(router_logits: jax.Array, topk_idx: jax.Array, topk_weigh
     # hit[l,b,s,j,e]: the j-th choice of token (b,s) at layer l is e; fused into the reductions.
     hit = (topk_idx[..., None] == jnp.arange(num_experts, dtype=topk_idx.dtype)) & c4[..., None]
     seq_counts = jnp.sum(hit, axis=(2, 3), dtype=jnp.int32)  # [L, B, E]
+    chosen = jnp.any(hit, axis=3)  # [L, B, S, E]: e is among the token's top-k (counted tokens only)
+    kept = jnp.where(chosen, p, 0.0)
+    kept = kept / jnp.maximum(jnp.sum(kept, axis=-1, keepdims=True), jnp.finfo(jnp.float32).tiny)
+    topk_weight = jnp.sum(kept, axis=2) / denom[None, :, None]  # [L, B, E]
     w = topk_weights.astype(jnp.float32)[..., None]
     gate_sums = jnp.sum(jnp.where(hit, w, 0.0), axis=(1, 2, 3))  # [L, E]
 
@@ -58,6 +64,7 @@ def routing_statistics(router_logits: jax.Array, topk_idx: jax.Array, topk_weigh
         "seq_lengths": n,
         "seq_mean_probs": jnp.transpose(mean_probs, (1, 0, 2)),
         "seq_topk_freq": jnp.transpose(seq_counts.astype(jnp.float32) / denom[None, :, None], (1, 0, 2)),
+        "seq_topk_weight": jnp.transpose(topk_weight, (1, 0, 2)),
         "seq_token_entropy": jnp.transpose(entropy, (1, 0)),
         "topk_counts": jnp.sum(seq_counts, axis=1, dtype=jnp.int32),
         "gate_weight_sums": gate_sums,
