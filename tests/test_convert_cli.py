@@ -148,7 +148,7 @@ def snapshot(path):
 
 def test_crash_mid_conversion_leaves_nothing(hf_dir, tmp_path, monkeypatch):
     crash_after(monkeypatch, 20)
-    with pytest.raises(Crash):
+    with pytest.raises(Crash, match="simulated crash"):
         convert_checkpoint(hf_dir, tmp_path / "out")
     assert os.listdir(tmp_path) == []
 
@@ -167,8 +167,8 @@ def test_crash_keeps_existing_out(hf_dir, reference, tmp_path, monkeypatch, stag
             raise Crash("simulated crash")
         monkeypatch.setattr(orbax_io, "save_tree", save)
     else:
-        monkeypatch.setattr(checkpoint, "_install", lambda tmp, out: (_ for _ in ()).throw(Crash("crash")))
-    with pytest.raises(Crash):
+        monkeypatch.setattr(checkpoint, "_install", lambda tmp, out: (_ for _ in ()).throw(Crash("simulated crash")))
+    with pytest.raises(Crash, match="simulated crash"):
         convert_checkpoint(hf_dir, out, dtype="bfloat16", overwrite=True)
     assert sorted(os.listdir(tmp_path)) == ["out"]
     assert snapshot(out) == before

@@ -121,7 +121,7 @@ def test_corpus_select():
         c.select(["deu_Latn"])
     with pytest.raises(ValueError, match="positive integer"):
         c.select(max_sentences=0)
-    with pytest.raises(AlignmentError):
+    with pytest.raises(AlignmentError, match="bad: eng_Latn has 1 texts for 2 ids"):
         ParallelCorpus("bad", None, ["eng_Latn"], ["1", "2"], {"eng_Latn": ["only one"]})
 
 

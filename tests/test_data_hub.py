@@ -176,7 +176,7 @@ def test_belebele_hub_path(monkeypatch):
 def test_hub_without_languages_asks_for_every_language_of_the_source(monkeypatch):
     fake = FakeHub({}, error=ConnectionError("Couldn't reach 'facebook/belebele' on the Hub (ConnectError)"))
     monkeypatch.setattr(datasets, "load_dataset", fake)
-    with pytest.raises(hub.HubAccessError):
+    with pytest.raises(hub.HubAccessError, match="the hub cannot be reached"):
         corpora.load_belebele(None)
     assert fake.calls[0][1] == "eng_Latn" and len(hub.default_languages(hub.BELEBELE_HUB)) == 122
 

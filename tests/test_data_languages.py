@@ -66,7 +66,7 @@ def test_scripts_and_names():
     assert L.script_code("zho_Hans") == "Hans" and L.script_name("rus_Cyrl") == "Cyrillic"
     assert L.script_name("arb_Latn") == "Latin" and L.script_name("ory_Orya") == "Oriya"
     assert L.language_name("swh_Latn") == "Swahili"
-    with pytest.raises(L.UnknownLanguageError):
+    with pytest.raises(L.UnknownLanguageError, match="'rus_cyrl'; did you mean: rus_Cyrl"):
         L.script_name("rus_cyrl")
 
 

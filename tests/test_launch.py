@@ -50,7 +50,11 @@ def test_stage_registry():
                                                 "analyze, report"):
         stages.parse_stages("convert,colect")
     assert stages.get_stage("collect") is collect_stage.run
-    assert callable(stages.get_stage("analyze")) and callable(stages.get_stage("report"))
+    from moe_jax.analysis import stage as analysis_stage
+    from moe_jax.convert import stage as convert_stage
+    from moe_jax.report import stage as report_stage
+    assert stages.get_stage("analyze") is analysis_stage.run and stages.get_stage("report") is report_stage.run
+    assert stages.get_stage("convert") is convert_stage.run
 
 
 CALLS = []
