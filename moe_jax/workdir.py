@@ -7,6 +7,7 @@
     <workdir>/tasks/<name>/         routing store of each task corpus of ``config.tasks`` (collect)
     <workdir>/analysis/             tables and summary.json (analyze)
     <workdir>/eval/                 per-item records <task>/<language>.jsonl, manifest.json, summary.csv (eval)
+    <workdir>/steer/                settings.json, <setting>/ records like eval/, summary.csv (steer)
     <workdir>/report/               index.html and PNGs (report)
 
 Imports nothing heavy: stages and library code use it without pulling in JAX.
@@ -23,6 +24,7 @@ ROUTING = "routing"
 TASKS = "tasks"
 ANALYSIS = "analysis"
 EVAL = "eval"
+STEER = "steer"
 REPORT = "report"
 
 
@@ -57,6 +59,10 @@ def analysis_dir(workdir: str) -> str:
 
 def eval_dir(workdir: str) -> str:
     return os.path.join(workdir, EVAL)
+
+
+def steer_dir(workdir: str) -> str:
+    return os.path.join(workdir, STEER)
 
 
 def report_dir(workdir: str) -> str:
