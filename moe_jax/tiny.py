@@ -5,7 +5,9 @@
 features of each family: Qwen2-MoE (GQA, shared expert, a dense layer via ``mlp_only_layers``),
 Qwen3-MoE (explicit head_dim != hidden/heads, GQA, norm_topk_prob), OLMoE (full-width qk-norm,
 GQA, optional ``clip_qkv``), PhiMoE (biases, lm_head bias, LongRoPE with distinct short/long
-factors and mscales). Expert widths keep ``2 * I != H`` so fused-expert layouts are unambiguous.
+factors and mscales), GPT-OSS (router and expert biases, clamped SwiGLU, attention sinks, sliding
+window 8 on the layers ``layer_types`` names, YaRN; expert width 32 so MXFP4 groups of 32 fit).
+Expert widths keep ``2 * I != H`` so fused-expert layouts are unambiguous.
 ``write_random_hf_checkpoint`` writes such a model with random weights as HF safetensors.
 """
 
@@ -44,6 +46,14 @@ _TINY: dict[str, dict[str, Any]] = {
         num_experts_per_tok=2, attention_bias=True, lm_head_bias=True, rms_norm_eps=1e-5, rope_theta=1e4,
         max_position_embeddings=256, sliding_window=None, router_jitter_noise=0.01, input_jitter_noise=0.0,
         router_aux_loss_coef=0.001, output_router_logits=False),
+    "gpt_oss": dict(
+        architectures=["GptOssForCausalLM"], num_hidden_layers=3, head_dim=16, intermediate_size=32,
+        num_local_experts=8, num_experts_per_tok=4, attention_bias=True, rms_norm_eps=1e-5,
+        max_position_embeddings=256, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=4.0, beta_fast=32.0, beta_slow=1.0,
+                             truncate=False, original_max_position_embeddings=64),
+        swiglu_limit=7.0, swiglu_alpha=1.702, router_aux_loss_coef=0.001, output_router_logits=False),
 }
 
 
@@ -66,6 +76,8 @@ def tiny_hf_config(model_type: str, **overrides: Any) -> dict[str, Any]:
     if model_type not in _TINY:
         raise UnsupportedModelError(f"no tiny config for model_type {model_type!r}; known: {sorted(_TINY)}")
     d = {**_COMMON, **_TINY[model_type], "model_type": model_type, **overrides}
+    if model_type == "gpt_oss" and "num_hidden_layers" in overrides and "layer_types" not in overrides:
+        d.pop("layer_types")  # transformers' default pattern for the new depth
     if model_type == "phimoe" and "rope_scaling" not in overrides:
         d["rope_scaling"] = _longrope(d["hidden_size"] // d["num_attention_heads"], 64)
     if model_type == "qwen2_moe" and "max_window_layers" not in overrides:

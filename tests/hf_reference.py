@@ -17,8 +17,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 def build_hf_model(hf_config: dict[str, Any], seed: int = 0, router_scale: float = 10.0) -> torch.nn.Module:
     """A float32 eager transformers model of ``hf_config`` in eval mode, with random weights.
 
-    Norm weights are ``1 + 0.2 N(0,1)``, every bias (norms, attention, lm_head) ``0.1 N(0,1)``, so
-    none sits at its 1/0 init; router weights are scaled by ``router_scale`` so that routing is
+    Norm weights are ``1 + 0.2 N(0,1)``, every bias (norms, attention, lm_head, router, experts)
+    ``0.1 N(0,1)``, attention sinks ``N(0,1)``, so none sits at its 1/0 init; router weights are scaled by ``router_scale`` so that routing is
     far from uniform (and top-k choices are not near-ties).
     """
     torch.manual_seed(seed)
@@ -37,6 +37,8 @@ def build_hf_model(hf_config: dict[str, Any], seed: int = 0, router_scale: float
         for name, p in model.named_parameters():
             if name.endswith("bias"):
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+            elif name.endswith(".sinks"):  # GPT-OSS attention sinks, on the scale of attention logits
+                p.copy_(torch.randn(p.shape, generator=gen))
             elif "norm" in name.rsplit(".", 2)[-2] and p.ndim == 1:
                 p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
     return model.eval()

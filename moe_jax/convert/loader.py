@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from moe_jax.convert import name_map, orbax_io
+from moe_jax.convert import mxfp4, name_map, orbax_io
 from moe_jax.convert.safetensors_io import CheckpointError, HFCheckpoint, TensorInfo, read_tensor, scan_checkpoint
 from moe_jax.models.config import SUPPORTED_DTYPES, ModelConfig, load_hf_config
 from moe_jax.models.params import map_spec
@@ -54,16 +54,28 @@ def match_checkpoint(ckpt: HFCheckpoint, cfg: ModelConfig) -> list[tuple[name_ma
     mis-shaped and unexpected tensors (and their files). Reads no tensor data."""
     sources = name_map.plan(cfg, ckpt.shapes())
     pairs, missing, misshaped, used = [], [], [], set()
-    for src in sources:
-        name = next((n for n in src.names if n in ckpt.tensors), None)
+
+    def find(names, shape, packed: bool, companion: str = "") -> TensorInfo | None:
+        name = next((n for n in names if n in ckpt.tensors), None)
         if name is None:
-            missing.append(f"{src.name} (expected shape {list(src.shape)})")
-            continue
+            missing.append(f"{names[0]}{companion} (expected shape {list(shape)})")
+            return None
         info = ckpt.tensors[name]
         used.add(name)
-        if info.shape != src.shape:
-            misshaped.append(f"{name} in {info.file} has shape {list(info.shape)}, expected {list(src.shape)}")
-        pairs.append((src, info))
+        if info.shape != shape:
+            misshaped.append(f"{name} in {info.file} has shape {list(info.shape)}, expected {list(shape)}")
+        if (info.dtype == "U8") != packed:
+            misshaped.append(f"{name} in {info.file} has dtype {info.dtype}, expected "
+                             f"{'U8 (MXFP4)' if packed else 'a float dtype'}")
+        return info
+
+    for src in sources:
+        info = find(src.names, src.shape, bool(src.scales))
+        if src.scales:
+            scales = find(src.scales, src.scales_shape, True, f" (the scales of {src.name})")
+            info = None if info is None or scales is None else mxfp4.Packed(info, scales)
+        if info is not None:
+            pairs.append((src, info))
     if missing:
         raise CheckpointError(f"checkpoint {ckpt.path} ({cfg.model_type}) lacks {len(missing)} tensor(s) expected "
                               f"from its config.json (searched {', '.join(os.path.basename(f) for f in ckpt.files)}):"
@@ -130,10 +142,14 @@ def _none_paths(tree: Any, prefix: tuple = ()) -> Iterable[tuple]:
 def hf_tensors_to_params(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype: Any = "float32") -> dict[str, Any]:
     """In-memory conversion of a ``{HF name: array}`` dict (tests, small models)."""
     sources = name_map.plan(cfg, {n: tuple(x.shape) for n, x in tensors.items()})
-    missing = [s.name for s in sources if not any(n in tensors for n in s.names)]
+    missing = [n[0] for s in sources for n in (s.names, s.scales) if n and not any(x in tensors for x in n)]
     if missing:
         raise CheckpointError(f"{len(missing)} tensor(s) missing:\n  {_listing(missing)}")
-    arrays = ((s, np.asarray(tensors[next(n for n in s.names if n in tensors)])) for s in sources)
+
+    def get(names):
+        return np.asarray(tensors[next(n for n in names if n in tensors)])
+    arrays = ((s, mxfp4.dequantize(get(s.names), get(s.scales), s.name.removesuffix(mxfp4.BLOCKS)) if s.scales
+               else get(s.names)) for s in sources)
     return assemble(cfg, arrays, dtype)
 
 
@@ -144,10 +160,15 @@ def open_hf(path: str | os.PathLike) -> tuple[ModelConfig, HFCheckpoint, list]:
     return cfg, ckpt, match_checkpoint(ckpt, cfg)
 
 
+def read_source(info: TensorInfo | mxfp4.Packed) -> np.ndarray:
+    """One matched tensor as an array in the HF layout (MXFP4-packed weights dequantised)."""
+    return mxfp4.read_packed(info) if isinstance(info, mxfp4.Packed) else read_tensor(info)
+
+
 def stream_hf(cfg: ModelConfig, pairs: list, dtype: Any, place: Place | None = None,
               desc: str = "loading tensors") -> dict[str, Any]:
     """Reads the matched tensors one by one (tqdm bar) into a param tree."""
-    arrays = ((src, read_tensor(info)) for src, info in tqdm(pairs, desc=desc, unit="tensor"))
+    arrays = ((src, read_source(info)) for src, info in tqdm(pairs, desc=desc, unit="tensor"))
     return assemble(cfg, arrays, dtype, place)
 
 

@@ -15,6 +15,10 @@ Expert layouts on disk (both accepted, chosen per layer by what the checkpoint c
   ``mlp.experts.gate_up_proj [E, 2I, H]`` (gate rows first) and ``mlp.experts.down_proj
   [E, H, I]``; the transposed variant ``[E, H, 2I]`` / ``[E, I, H]`` is accepted too (the pair's
   orientation is read from whichever of the two shapes is unambiguous).
+- interleaved (``FamilySpec.gate_up_layout == "interleaved"``, GPT-OSS): ``mlp.experts.gate_up_proj
+  [E, H, 2I]`` with gate = even columns, up = odd columns, ``gate_up_proj_bias [E, 2I]`` likewise,
+  ``down_proj [E, I, H]``, ``down_proj_bias [E, H]``; each weight either plain or MXFP4-packed as
+  ``{name}_blocks`` + ``{name}_scales`` (``moe_jax.convert.mxfp4``), dequantised while it is read.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from moe_jax.convert import mxfp4
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.params import layer_spec, param_spec
 
@@ -37,6 +42,8 @@ FUSED_GATE_UP = "fused_gate_up"     # [E, 2I, H] -> gate, up [E, H, I]
 FUSED_GATE_UP_T = "fused_gate_up_t"  # [E, H, 2I] -> gate, up [E, H, I]
 FUSED_DOWN = "fused_down"           # [E, H, I] -> down [E, I, H]
 FUSED_DOWN_T = "fused_down_t"       # [E, I, H] -> down [E, I, H]
+FUSED_GATE_UP_INTERLEAVED = "fused_gate_up_interleaved"  # [E, H, 2I], gate even columns -> gate, up [E, H, I]
+BIAS_INTERLEAVED = "bias_interleaved"  # [E, 2I], gate even entries -> gate_bias, up_bias [E, I]
 
 # Per-expert projection names, by MoE block name.
 EXPERT_PROJ: dict[str, dict[str, str]] = {
@@ -56,13 +63,16 @@ LAYER_TABLE: dict[str, tuple[tuple[str, ...], str]] = {
     **{f"attn/{p}/bias": ((f"self_attn.{p}_proj.bias",), COPY) for p in "qkvo"},
     "attn/q_norm/scale": (("self_attn.q_norm.weight",), COPY),
     "attn/k_norm/scale": (("self_attn.k_norm.weight",), COPY),
-    "moe/router/kernel": (("{moe}.gate.weight", "mlp.router.weight"), LINEAR),
+    "moe/router/kernel": (("{moe}.{router}.weight", "mlp.router.weight"), LINEAR),
+    "moe/router/bias": (("{moe}.{router}.bias",), COPY),
+    "attn/sinks": (("self_attn.sinks",), COPY),
     **{f"moe/shared/{p}": ((f"{{moe}}.shared_expert.{p}_proj.weight",), LINEAR) for p in ("gate", "up", "down")},
     "moe/shared_gate/kernel": (("{moe}.shared_expert_gate.weight",), LINEAR),
     # A dense (non-MoE) layer: exact names, never a prefix of "mlp.gate".
     **{f"mlp/{p}": ((f"mlp.{p}_proj.weight",), LINEAR) for p in ("gate", "up", "down")},
 }
 EXPERT_LEAVES = ("moe/gate", "moe/up", "moe/down")
+EXPERT_BIAS_LEAVES = ("moe/gate_bias", "moe/up_bias", "moe/down_bias")
 FUSED_NAMES = {"gate_up": ("mlp.experts.gate_up_proj", "{moe}.experts.gate_up_proj"),
                "down": ("mlp.experts.down_proj", "{moe}.experts.down_proj")}
 
@@ -84,6 +94,10 @@ class Source:
     kind: str  # transform, one of the kinds above
     targets: tuple[Path, ...]  # param leaves written (two for FUSED_GATE_UP*)
     expert: int | None = None  # slice of the stacked target (EXPERT only)
+    # MXFP4-packed: ``names``/``shape`` are the blocks tensor's, these its scales'; the dequantised
+    # array has the plain tensor's layout, then ``kind`` applies.
+    scales: tuple[str, ...] = ()
+    scales_shape: tuple[int, ...] = ()
 
     @property
     def name(self) -> str:
@@ -102,9 +116,11 @@ def _hf_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         return shape[::-1]
     if kind == EXPERT:
         return (shape[2], shape[1])
+    if kind == BIAS_INTERLEAVED:
+        return (shape[0], 2 * shape[1])
     E, a, b = shape
     return {FUSED_GATE_UP: (E, 2 * b, a), FUSED_GATE_UP_T: (E, a, 2 * b),
-            FUSED_DOWN: (E, b, a), FUSED_DOWN_T: (E, a, b)}[kind]
+            FUSED_DOWN: (E, b, a), FUSED_DOWN_T: (E, a, b), FUSED_GATE_UP_INTERLEAVED: (E, a, 2 * b)}[kind]
 
 
 def _leaves(spec: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, tuple[int, ...]]]:
@@ -135,21 +151,23 @@ def _fused_transposed(cfg: ModelConfig, available: Mapping[str, tuple[int, ...]]
 
 def layer_plan(cfg: ModelConfig, i: int, available: Mapping[str, tuple[int, ...]] | None = None) -> list[Source]:
     """Sources of decoder layer ``i``. ``available`` (HF name -> shape) selects the expert layout."""
-    moe = cfg.family.hf_moe_prefix
+    moe, router = cfg.family.hf_moe_prefix, cfg.family.hf_router_name
     base = f"model.layers.{i}."
     prefix: Path = ("layers", i)
-    fmt = lambda t, **kw: base + t.format(moe=moe, **kw)  # noqa: E731
+    fmt = lambda t, **kw: base + t.format(moe=moe, router=router, **kw)  # noqa: E731
     spec = dict(_leaves(layer_spec(cfg, i)))
     out = []
     for key, shape in spec.items():
-        if key in EXPERT_LEAVES:
+        if key in EXPERT_LEAVES + EXPERT_BIAS_LEAVES:
             continue
         names, kind = LAYER_TABLE[key]
         out.append(Source(_dedupe([fmt(n) for n in names]), _hf_shape(kind, shape), kind, (_to_path(prefix, key),)))
     if not cfg.moe_layers[i]:
         return out
-    fused = {w: _dedupe([fmt(n) for n in FUSED_NAMES[w]]) for w in FUSED_NAMES}
     available = available or {}
+    if cfg.family.gate_up_layout == "interleaved":
+        return out + _interleaved_experts(prefix, fmt, spec, available)
+    fused = {w: _dedupe([fmt(n) for n in FUSED_NAMES[w]]) for w in FUSED_NAMES}
     present = {w: next((n for n in fused[w] if n in available), None) for w in fused}
     if present["gate_up"] or present["down"]:
         t = _fused_transposed(cfg, available, present["gate_up"], present["down"])
@@ -165,6 +183,28 @@ def layer_plan(cfg: ModelConfig, i: int, available: Mapping[str, tuple[int, ...]
             which = key.split("/")[1]
             out.append(Source((fmt("{moe}.experts.{e}.{p}.weight", e=e, p=proj[which]),),
                               _hf_shape(EXPERT, spec[key]), EXPERT, (_to_path(prefix, key),), e))
+    return out
+
+
+def _interleaved_experts(prefix: Path, fmt, spec: dict, available: Mapping[str, tuple[int, ...]]) -> list[Source]:
+    """GPT-OSS experts: interleaved fused gate/up, transposed down, their biases; a weight whose
+    ``_blocks`` tensor is available is read MXFP4-packed."""
+    out = []
+    for proj, kind, keys in (("gate_up_proj", FUSED_GATE_UP_INTERLEAVED, ("moe/gate", "moe/up")),
+                             ("down_proj", FUSED_DOWN_T, ("moe/down",))):
+        name = fmt("{moe}.experts." + proj)
+        shape = _hf_shape(kind, spec[keys[0]])
+        targets = tuple(_to_path(prefix, k) for k in keys)
+        if name + mxfp4.BLOCKS in available:
+            blocks, scales = mxfp4.packed_shapes(name, shape)
+            out.append(Source((name + mxfp4.BLOCKS,), blocks, kind, targets,
+                              scales=(name + mxfp4.SCALES,), scales_shape=scales))
+        else:
+            out.append(Source((name,), shape, kind, targets))
+    out.append(Source((fmt("{moe}.experts.gate_up_proj_bias"),), _hf_shape(BIAS_INTERLEAVED, spec["moe/gate_bias"]),
+                      BIAS_INTERLEAVED, (_to_path(prefix, "moe/gate_bias"), _to_path(prefix, "moe/up_bias"))))
+    out.append(Source((fmt("{moe}.experts.down_proj_bias"),), spec["moe/down_bias"], COPY,
+                      (_to_path(prefix, "moe/down_bias"),)))
     return out
 
 
@@ -203,6 +243,8 @@ def to_params(kind: str, x: np.ndarray) -> tuple[np.ndarray, ...]:
         return (x.transpose(0, 2, 1),)
     if kind == FUSED_DOWN_T:
         return (x,)
+    if kind in (FUSED_GATE_UP_INTERLEAVED, BIAS_INTERLEAVED):
+        return (x[..., 0::2], x[..., 1::2])
     raise ValueError(f"unknown transform {kind!r}")
 
 
@@ -222,6 +264,8 @@ def to_hf(kind: str, *xs: np.ndarray, expert: int | None = None) -> np.ndarray:
         return xs[0].transpose(0, 2, 1)
     if kind == FUSED_DOWN_T:
         return xs[0]
+    if kind in (FUSED_GATE_UP_INTERLEAVED, BIAS_INTERLEAVED):
+        return np.stack(xs, axis=-1).reshape(*xs[0].shape[:-1], 2 * xs[0].shape[-1])
     raise ValueError(f"unknown transform {kind!r}")
 
 

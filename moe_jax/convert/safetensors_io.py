@@ -30,6 +30,7 @@ DTYPES: dict[str, np.dtype] = {
     "F32": np.dtype(np.float32),
     "F16": np.dtype(np.float16),
     "BF16": np.dtype(ml_dtypes.bfloat16),
+    "U8": np.dtype(np.uint8),  # MXFP4 blocks and scales only (the loader refuses it elsewhere)
 }
 CODES = {v: k for k, v in DTYPES.items()}
 SINGLE_FILE = "model.safetensors"

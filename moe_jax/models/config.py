@@ -35,7 +35,19 @@ class FamilySpec:
     hf_moe_prefix: str
     # Attention biases: "qkv" (q, k, v only, key ``qkv_bias``) or "attention_bias" (all four, key ``attention_bias``).
     bias_rule: str
-    default_qkv_bias: bool = False
+    default_qkv_bias: bool = False  # default of the bias key (``qkv_bias`` or ``attention_bias``)
+    # Router ``z = x @ W + b``: whether ``b`` exists; the router's HF module name under the MoE block.
+    router_bias: bool = False
+    hf_router_name: str = "gate"
+    # Routed experts: biases on gate/up/down; activation (``experts.ACTIVATIONS``).
+    expert_bias: bool = False
+    expert_act: str = "swiglu"
+    # Fused ``gate_up_proj`` on disk: "halves" (gate rows/columns first) or "interleaved" ([E, H, 2I],
+    # gate = even columns; the only expert layout of such a family, plain or MXFP4-packed).
+    gate_up_layout: str = "halves"
+    # Learned per-head attention sink logits; per-layer sliding window from ``layer_types``.
+    attention_sinks: bool = False
+    layer_types: bool = False
 
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -55,7 +67,16 @@ FAMILIES: dict[str, FamilySpec] = {
         norm="layer", qk_norm="none", router="sparsemixer", expert_width_key="intermediate_size",
         has_shared_expert=False, has_dense_layers=False, default_rope_theta=1e6,
         default_norm_topk_prob=False, default_norm_eps=1e-5, hf_moe_prefix="block_sparse_moe", bias_rule="attention_bias"),
+    "gpt_oss": FamilySpec(
+        norm="rms", qk_norm="none", router="topk_softmax", expert_width_key="intermediate_size",
+        has_shared_expert=False, has_dense_layers=False, default_rope_theta=150000.0,
+        default_norm_topk_prob=False, default_norm_eps=1e-5, hf_moe_prefix="mlp", bias_rule="attention_bias",
+        default_qkv_bias=True, router_bias=True, hf_router_name="router", expert_bias=True,
+        expert_act="clamped_swiglu", gate_up_layout="interleaved", attention_sinks=True, layer_types=True),
 }
+
+# ``layer_types`` entries -> whether the layer attends through the sliding window.
+LAYER_TYPES = {"full_attention": False, "sliding_attention": True}
 
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -69,6 +90,20 @@ class LongRopeConfig:
     short_mscale: float
     long_mscale: float
     original_max_position_embeddings: int
+
+
+@dataclasses.dataclass(frozen=True)
+class YarnConfig:
+    """YaRN: frequencies blended between interpolation (``/ factor``) and extrapolation over a ramp
+    between the dimensions of ``beta_fast`` and ``beta_slow`` rotations at the original length;
+    cos/sin scaled by ``attention_factor`` (resolved from ``factor``/``mscale`` when absent)."""
+
+    factor: float
+    beta_fast: float
+    beta_slow: float
+    original_max_position_embeddings: int
+    truncate: bool
+    attention_factor: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +133,18 @@ class ModelConfig:
     router_jitter_noise: float  # sparsemixer eps
     max_position_embeddings: int
     dtype: str  # checkpoint dtype as stored in config.json (informational)
+    # Added with GPT-OSS; defaults keep older converted configs loadable.
+    yarn: YarnConfig | None = None
+    layer_types: tuple[str, ...] = ()  # per decoder layer, keys of LAYER_TYPES; () = all full attention
+    sliding_window: int | None = None
+    swiglu_limit: float | None = None  # clamped SwiGLU of the experts (expert_act "clamped_swiglu")
+    swiglu_alpha: float | None = None
+
+    def attention_window(self, layer: int) -> int | None:
+        """Sliding window of decoder layer ``layer`` (keys with ``q_pos - k_pos < window``), None = full."""
+        if self.layer_types and LAYER_TYPES[self.layer_types[layer]]:
+            return self.sliding_window
+        return None
 
     @property
     def family(self) -> FamilySpec:
@@ -123,6 +170,9 @@ class ModelConfig:
             lr["short_factor"] = tuple(lr["short_factor"])
             lr["long_factor"] = tuple(lr["long_factor"])
             d["longrope"] = LongRopeConfig(**lr)
+        if d.get("yarn") is not None:
+            d["yarn"] = YarnConfig(**d["yarn"])
+        d["layer_types"] = tuple(d.get("layer_types", ()))
         d["moe_layers"] = tuple(bool(x) for x in d["moe_layers"])
         return cls(**d)
 
@@ -171,9 +221,11 @@ class ModelConfig:
         if fam.bias_rule == "qkv":
             qkv_bias, o_bias = bool(hf.get("qkv_bias", fam.default_qkv_bias)), False
         else:
-            qkv_bias = o_bias = bool(hf.get("attention_bias", False))
+            qkv_bias = o_bias = bool(hf.get("attention_bias", fam.default_qkv_bias))
 
-        rope_theta, longrope = _rope(hf, fam, head_dim)
+        rope_theta, longrope, yarn = _rope(hf, fam, head_dim)
+        layer_types, window = _layer_types(hf, model_type, n_layers) if fam.layer_types else ((), None)
+        swiglu = fam.expert_act == "clamped_swiglu"
         dtype = str(hf.get("dtype") or hf.get("torch_dtype") or "float32").replace("torch.", "")
         clip = hf.get("clip_qkv") if model_type == "olmoe" else None
         return cls(
@@ -202,19 +254,46 @@ class ModelConfig:
             router_jitter_noise=float(hf.get("router_jitter_noise", 0.01) or 0.0),
             max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
             dtype=dtype,
+            yarn=yarn,
+            layer_types=layer_types,
+            sliding_window=window,
+            swiglu_limit=float(hf.get("swiglu_limit", 7.0)) if swiglu else None,
+            swiglu_alpha=float(hf.get("swiglu_alpha", 1.702)) if swiglu else None,
         )
 
 
-def _rope(hf: Mapping[str, Any], fam: FamilySpec, head_dim: int) -> tuple[float, LongRopeConfig | None]:
+def _layer_types(hf: Mapping[str, Any], model_type: str, n_layers: int) -> tuple[tuple[str, ...], int | None]:
+    """``layer_types`` (default as transformers: sliding on even layers, full on odd ones) and the window."""
+    types = hf.get("layer_types")
+    if types is None:
+        types = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)]
+    types = tuple(str(t) for t in types)
+    if len(types) != n_layers:
+        raise ValueError(f"{model_type}: layer_types has {len(types)} entries for {n_layers} layers")
+    unknown = sorted(set(types) - set(LAYER_TYPES))
+    if unknown:
+        raise UnsupportedModelError(f"{model_type}: layer_types {unknown} not supported; known: {sorted(LAYER_TYPES)}")
+    window = hf.get("sliding_window")
+    if any(LAYER_TYPES[t] for t in types):
+        if window is None or int(window) < 1:
+            raise ValueError(f"{model_type}: layer_types has sliding_attention layers but sliding_window={window!r}")
+        window = int(window)
+    return types, window
+
+
+def _rope(hf: Mapping[str, Any], fam: FamilySpec,
+          head_dim: int) -> tuple[float, LongRopeConfig | None, YarnConfig | None]:
     params = dict(hf.get("rope_parameters") or {})
     scaling = dict(hf.get("rope_scaling") or {})
     merged = {**scaling, **params}
     theta = hf.get("rope_theta", merged.get("rope_theta", fam.default_rope_theta))
     rope_type = merged.get("rope_type", merged.get("type", "default"))
     if rope_type in (None, "default"):
-        return float(theta), None
+        return float(theta), None, None
+    if rope_type == "yarn":
+        return float(theta), None, _yarn(hf, merged)
     if rope_type not in ("longrope", "su"):
-        raise UnsupportedModelError(f"rope type {rope_type!r} is not supported (default and longrope are)")
+        raise UnsupportedModelError(f"rope type {rope_type!r} is not supported (default, longrope and yarn are)")
     orig = merged.get("original_max_position_embeddings", hf.get("original_max_position_embeddings"))
     if orig is None:
         raise ValueError("longrope scaling needs original_max_position_embeddings")
@@ -231,7 +310,32 @@ def _rope(hf: Mapping[str, Any], fam: FamilySpec, head_dim: int) -> tuple[float,
         short_factor=short, long_factor=long_,
         short_mscale=float(merged.get("short_mscale") or default),
         long_mscale=float(merged.get("long_mscale") or default),
-        original_max_position_embeddings=orig)
+        original_max_position_embeddings=orig), None
+
+
+def _yarn(hf: Mapping[str, Any], rope: Mapping[str, Any]) -> YarnConfig:
+    """YaRN parameters with transformers' defaults (``_compute_yarn_parameters``)."""
+    if float(rope.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise UnsupportedModelError("yarn with partial_rotary_factor != 1 is not supported")
+    if rope.get("original_max_position_embeddings") is None:
+        raise ValueError("yarn scaling needs original_max_position_embeddings")
+    orig = int(rope["original_max_position_embeddings"])
+    factor = rope.get("factor")
+    factor = float(hf.get("max_position_embeddings", orig)) / orig if factor is None else float(factor)
+
+    def get_mscale(scale: float, mscale: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+    attention_factor = rope.get("attention_factor")
+    if attention_factor is None:
+        mscale, mscale_all_dim = rope.get("mscale"), rope.get("mscale_all_dim")
+        if mscale and mscale_all_dim:
+            attention_factor = get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim)
+        else:
+            attention_factor = get_mscale(factor)
+    return YarnConfig(factor=factor, beta_fast=float(rope.get("beta_fast") or 32),
+                      beta_slow=float(rope.get("beta_slow") or 1), original_max_position_embeddings=orig,
+                      truncate=bool(rope.get("truncate", True)), attention_factor=float(attention_factor))
 
 
 def load_hf_config(path: str | os.PathLike) -> ModelConfig:

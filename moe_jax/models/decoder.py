@@ -36,9 +36,9 @@ class ModelOutput(NamedTuple):
 def moe_block(p: dict, x: jax.Array, cfg: ModelConfig, iv: iv_lib.Intervention | None,
               backend: str) -> tuple[jax.Array, RouterOutput]:
     """Routed experts (+ Qwen2's gated shared expert) on ``x [T, H]``."""
-    z = (x @ p["router"]["kernel"]).astype(jnp.float32)  # gate runs in the model dtype, as the reference
+    z = layers.linear(p["router"], x).astype(jnp.float32)  # gate runs in the model dtype, as the reference
     weights, idx = route(z if iv is None else iv_lib.apply(z, iv), cfg, x.dtype)
-    y = experts_lib.dispatch(x, idx, weights, p, backend)
+    y = experts_lib.dispatch(x, idx, weights, p, backend, experts_lib.activation(cfg))
     if "shared" in p:
         y = y + jax.nn.sigmoid(x @ p["shared_gate"]["kernel"]) * layers.mlp(p["shared"], x)
     return y, RouterOutput(z, idx, weights)
@@ -71,7 +71,8 @@ def decoder_layers(params: dict, cfg: ModelConfig, input_ids: jax.Array, positio
     routers = []
     for i, lp in enumerate(params["layers"]):
         a, cache = layers.attention(lp["attn"], layers.norm(lp["attn_norm"], x, cfg), cos, sin, cfg,
-                                    positions, valid, cache=cache, layer=i, index=index)
+                                    positions, valid, cache=cache, layer=i, index=index,
+                                    window=cfg.attention_window(i))
         x = x + a
         h = layers.norm(lp["mlp_norm"], x, cfg)
         if cfg.moe_layers[i]:

@@ -12,6 +12,7 @@ import numpy as np
 from moe_jax.models import kv_cache
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.kv_cache import KVCache
+from moe_jax.models.yarn import yarn_inv_freq
 
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
@@ -48,14 +49,17 @@ def rope_wavelength_base(theta: float, head_dim: int) -> np.ndarray:
 
 
 def rope_cos_sin(cfg: ModelConfig, positions: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
-    """cos/sin tables ``[B, S, D]`` for ``positions [B, S]``.
+    """cos/sin tables ``[B, S, D]`` for ``positions [B, S]`` (default, YaRN or LongRoPE).
 
     LongRoPE picks the short or long factor set (and mscale) from the current total length,
     ``max(positions) + 1`` over the batch, against ``original_max_position_embeddings``.
     """
     base = jnp.asarray(rope_wavelength_base(cfg.rope_theta, cfg.head_dim))
     lr = cfg.longrope
-    if lr is None:
+    if cfg.yarn is not None:  # static frequencies, cos/sin scaled by the attention factor
+        inv_freq = jnp.asarray(yarn_inv_freq(cfg.yarn, cfg.rope_theta, cfg.head_dim))
+        mscale = jnp.float32(cfg.yarn.attention_factor)
+    elif lr is None:
         inv_freq = jnp.float32(1.0) / base
         mscale = jnp.float32(1.0)
     else:
@@ -126,7 +130,11 @@ def attention(p: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, cfg: ModelC
     # Query head h uses kv head h // (N/K): group the query heads as [K, N/K].
     q = q.reshape(B, S, K, N // K, D)
     scores = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32) * (D ** -0.5)
-    probs = jax.nn.softmax(scores + bias, axis=-1).astype(v.dtype)
+    logits = scores + bias
+    if "sinks" in p:  # GPT-OSS: one learned logit per head joins each softmax; its probability is dropped
+        sinks = p["sinks"].astype(jnp.float32).reshape(1, K, N // K, 1, 1)
+        logits = jnp.concatenate([logits, jnp.broadcast_to(sinks, logits.shape[:-1] + (1,))], axis=-1)
+    probs = jax.nn.softmax(logits, axis=-1)[..., :k.shape[1]].astype(v.dtype)
     out = jnp.einsum("bkgst,btkd->bskgd", probs, v).reshape(B, S, N * D)
     return linear(p["o"], out), cache
 

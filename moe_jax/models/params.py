@@ -10,12 +10,15 @@ Layout (kernels are ``[in, out]`` so that ``y = x @ kernel``)::
                   "v": {"kernel": [hidden, kv_heads*head_dim], "bias"?},
                   "o": {"kernel": [heads*head_dim, hidden], "bias"?},
                   "q_norm": {"scale": [head_dim] | [heads*head_dim]}?,   # qk_norm "head" | "full"
-                  "k_norm": {"scale": [head_dim] | [kv_heads*head_dim]}?},
+                  "k_norm": {"scale": [head_dim] | [kv_heads*head_dim]}?,
+                  "sinks": [heads]?},                                         # attention_sinks
          "mlp_norm": {...like attn_norm},
          # MoE layer:
-         "moe": {"router": {"kernel": [hidden, experts]},
+         "moe": {"router": {"kernel": [hidden, experts], "bias": [experts]?},
                  "gate": [experts, hidden, width], "up": [experts, hidden, width],
                  "down": [experts, width, hidden],
+                 "gate_bias": [experts, width]?, "up_bias": [experts, width]?,   # expert_bias
+                 "down_bias": [experts, hidden]?,
                  "shared": {"gate": [hidden, s], "up": [hidden, s], "down": [s, hidden]}?,
                  "shared_gate": {"kernel": [hidden, 1]}?},
          # or a dense layer:
@@ -76,15 +79,21 @@ def layer_spec(cfg: ModelConfig, layer: int) -> dict[str, Any]:
     elif cfg.family.qk_norm == "full":
         attn["q_norm"] = {"scale": ((q_out,), ("heads",))}
         attn["k_norm"] = {"scale": ((kv_out,), ("kv_heads",))}
+    if cfg.family.attention_sinks:
+        attn["sinks"] = ((cfg.num_heads,), (None,))
     spec: dict[str, Any] = {"attn_norm": _norm(cfg), "attn": attn, "mlp_norm": _norm(cfg)}
     if cfg.moe_layers[layer]:
         E, W = cfg.num_experts, cfg.expert_width
         moe: dict[str, Any] = {
-            "router": {"kernel": ((H, E), ("embed", None))},
+            "router": _linear(H, E, ("embed", None), cfg.family.router_bias),
             "gate": ((E, H, W), ("expert", "embed", "expert_mlp")),
             "up": ((E, H, W), ("expert", "embed", "expert_mlp")),
             "down": ((E, W, H), ("expert", "expert_mlp", "embed")),
         }
+        if cfg.family.expert_bias:
+            moe["gate_bias"] = ((E, W), ("expert", "expert_mlp"))
+            moe["up_bias"] = ((E, W), ("expert", "expert_mlp"))
+            moe["down_bias"] = ((E, H), ("expert", "embed"))
         if cfg.shared_expert_width:
             moe["shared"] = _mlp(H, cfg.shared_expert_width)
             moe["shared_gate"] = {"kernel": ((H, 1), ("embed", None))}

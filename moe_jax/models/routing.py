@@ -28,6 +28,16 @@ def softmax_topk(z: jax.Array, k: int, renormalize: bool) -> tuple[jax.Array, ja
     return weights, idx.astype(jnp.int32)
 
 
+def topk_softmax(z: jax.Array, k: int, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
+    """GPT-OSS: top-k of the raw (biased) logits, then softmax over the k selected logits only.
+
+    ``dtype``: the reference takes the softmax in the logits' dtype (the model dtype).
+    Returns ``(weights [T, k] float32, indices [T, k] int32)``; the weights always sum to 1.
+    """
+    vals, idx = jax.lax.top_k(z.astype(dtype), k)
+    return jax.nn.softmax(vals, axis=-1).astype(jnp.float32), idx.astype(jnp.int32)
+
+
 def _masked_softmax_at(scores: jax.Array, threshold: jax.Array, ref: jax.Array, eps: float,
                        at: jax.Array) -> jax.Array:
     """softmax(scores with experts far below ``threshold`` dropped)[at]; distance is measured on ``ref``.
@@ -66,4 +76,5 @@ ROUTING_RULES: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {
     # softmax over all experts always runs in fp32, as in the reference
     "softmax_topk": lambda z, cfg, dtype: softmax_topk(z, cfg.top_k, cfg.norm_topk_prob),
     "sparsemixer": lambda z, cfg, dtype: sparsemixer_top2(z, cfg.router_jitter_noise, dtype),
+    "topk_softmax": lambda z, cfg, dtype: topk_softmax(z, cfg.top_k, dtype),
 }
