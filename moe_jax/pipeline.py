@@ -17,7 +17,7 @@ SOURCES = ("tiny_random", "hf_dir", "hub")  # config.model.source
 # default is a plain value (None placeholders, FieldReference({}) mappings) are not descended into either.
 FREE_FORM_FIELDS = ("config.tasks", "config.analysis.accuracy", "config.analysis.task_stores",
                     "config.mesh.shape", "config.mesh.rules", "config.model.tiny.overrides",
-                    "config.eval.data_files")
+                    "config.eval.languages", "config.eval.data_dirs")
 RANDOM_WEIGHTS_WARNING = ("RANDOM WEIGHTS: this model is a tiny randomly initialised network; every routing "
                           "statistic, divergence and plot computed from it is meaningless (demo/test only).")
 

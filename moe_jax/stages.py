@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 STAGES: dict[str, str] = {
     "convert": "moe_jax.convert.stage:run",
     "collect": "moe_jax.routing.stage:run",
+    "eval": "moe_jax.eval.stage:run",
     "analyze": "moe_jax.analysis.stage:run",
     "report": "moe_jax.report.stage:run",
 }
@@ -59,6 +60,7 @@ def default_config():
     import ml_collections
     from moe_jax.analysis.stage import default_config as analysis_defaults
     from moe_jax.data.defaults import default_config as data_defaults
+    from moe_jax.eval.stage import default_config as eval_defaults
     from moe_jax.report.stage import default_config as report_defaults
     from moe_jax.routing.stage import default_config as collect_defaults
 
@@ -72,6 +74,7 @@ def default_config():
     c.collect = collect_defaults()
     c.mesh = shd.default_mesh_config()
     c.distributed = shd.default_distributed_config()
+    c.eval = eval_defaults()
     c.analysis = analysis_defaults()
     c.report = report_defaults()
     c.stages = ",".join(STAGES)

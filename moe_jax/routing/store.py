@@ -13,6 +13,9 @@ Arrays of ``<lang>.npz`` (N sequences, L MoE layers, E experts, k top-k):
     seq_lengths        [N]        int32    tokens counted (padding and, optionally, template excluded)
     seq_mean_probs     [N, L, E]  float32  mean over counted tokens of the FULL softmax (METHODS Eq. 1)
     seq_topk_freq      [N, L, E]  float32  fraction of counted tokens whose top-k holds e (rows sum to k)
+    seq_topk_weight    [N, L, E]  float32  mean over counted tokens of softmax(z) restricted to the token's
+                                           top-k and renormalised over it (rows sum to 1); absent in
+                                           stores written before it existed
     seq_token_entropy  [N, L]     float32  mean over counted tokens of the entropy of softmax(z) (nats)
     topk_counts        [L, E]     int64    language total of top-k activations
     gate_weight_sums   [L, E]     float64  language total of the routing weights given to e
@@ -103,10 +106,7 @@ def open_store(store: str, meta: Mapping[str, Any], *, fingerprint_keys: tuple[s
             for lang in old.get("languages", {}):
                 if os.path.exists(lang_path(store, lang)):
                     os.remove(lang_path(store, lang))
-    os.makedirs(store, exist_ok=True)
-    for name in os.listdir(store):  # leftovers of a process killed mid-write
-        if name.startswith(".") and name.endswith(".tmp"):
-            os.remove(os.path.join(store, name))
+    remove_temp_files(store)
     atomic_write_json(os.path.join(store, META), meta)
     return meta
 
@@ -133,9 +133,30 @@ def _size_mismatch(path: str, summary: Mapping[str, Any]) -> bool:
     return "file_size" in summary and os.path.getsize(path) != summary["file_size"]
 
 
+def file_record(data: bytes) -> dict[str, Any]:
+    """``file_size`` and ``file_sha256`` of bytes about to be written, recorded beside the file."""
+    return {"file_size": len(data), "file_sha256": hashlib.sha256(data).hexdigest()}
+
+
+def file_intact(path: str, record: Mapping[str, Any]) -> bool:
+    """The file exists with the recorded size and sha256 (reads it: for small files)."""
+    if not os.path.exists(path) or _size_mismatch(path, record):
+        return False
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest() == record.get("file_sha256")
+
+
+def remove_temp_files(directory: str) -> None:
+    """Creates ``directory`` and removes the temp files a process killed mid-write left in it."""
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
+        if name.startswith(".") and name.endswith(".tmp"):
+            os.remove(os.path.join(directory, name))
+
+
 # key -> (dims, kind): dims name the axes (N sequences, L layers, E experts, T tokens, k top-k)
 SHAPES = {"seq_ids": ("N", "U"), "seq_lengths": ("N", "i"), "seq_mean_probs": ("NLE", "f"),
-          "seq_topk_freq": ("NLE", "f"), "seq_token_entropy": ("NL", "f"), "topk_counts": ("LE", "i"),
+          "seq_topk_freq": ("NLE", "f"), "seq_topk_weight": ("NLE", "f"), "seq_token_entropy": ("NL", "f"), "topk_counts": ("LE", "i"),
           "gate_weight_sums": ("LE", "f"), "token_totals": ("L", "i"), "token_topk": ("TLk", "i")}
 
 
@@ -175,7 +196,7 @@ def write_language(store: str, lang: str, arrays: Mapping[str, np.ndarray], summ
     meta = read_meta(store)
     if meta is None:
         raise FileNotFoundError(f"{store} has no {META}; call open_store first")
-    meta["languages"][lang] = dict(summary, file_size=len(data), file_sha256=hashlib.sha256(data).hexdigest())
+    meta["languages"][lang] = dict(summary, **file_record(data))
     atomic_write_json(os.path.join(store, META), meta)
 
 

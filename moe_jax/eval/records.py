@@ -1,0 +1,212 @@
+"""Per-item evaluation records under ``workdir/eval`` and their manifest.
+
+Layout::
+
+    <workdir>/eval/manifest.json           format, identity (model, checkpoint, tokenizer, task options)
+                                           and fingerprint; per finished (task, language) file its
+                                           size, sha256 and score summary under "files"
+    <workdir>/eval/<task>/<language>.jsonl one JSON object per item (language = FLORES code)
+    <workdir>/eval/summary.csv             written by the eval stage (moe_jax.eval.stage)
+
+Record fields: ``task``, ``lm_eval_task``, ``language`` (FLORES), ``code`` (the task's language code),
+``doc_id`` (index among the task's test documents, after lm-eval's ``process_docs``), ``prompt_sha256``
+(of the prompt text), then for generation ``response`` (raw model text) and ``extracted`` (after the
+scored lm-eval filter), for multiple choice ``choices``, ``loglikelihoods`` (one per choice) and
+``extracted`` (the choice of highest log-likelihood); ``target`` and ``correct`` (lm-eval's metric).
+
+Each file is written atomically and then recorded in the manifest, so a (task, language) counts as done
+only when its file exists with the recorded size and sha256: an interrupted run redoes exactly the
+unfinished pairs, a damaged file is redone, and a workdir evaluated with another model or other task
+options is refused unless ``overwrite`` (the routing store's conventions, ``moe_jax.routing.store``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from moe_jax.atomic import atomic_write, atomic_write_json, read_json
+from moe_jax.routing.store import StoreMismatchError, file_intact, file_record, remove_temp_files
+
+log = logging.getLogger(__name__)
+
+FORMAT = "moe_jax.eval_records/1"
+MANIFEST = "manifest.json"
+
+
+def record_key(task: str, language: str) -> str:
+    return f"{task}/{language}"
+
+
+def record_path(eval_dir: str, task: str, language: str) -> str:
+    return os.path.join(eval_dir, task, f"{language}.jsonl")
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_manifest(eval_dir: str) -> dict[str, Any] | None:
+    m = read_json(os.path.join(eval_dir, MANIFEST))
+    if m is not None and not isinstance(m, dict):
+        raise ValueError(f"{os.path.join(eval_dir, MANIFEST)} holds a {type(m).__name__}, not a JSON object")
+    return m
+
+
+def open_records(eval_dir: str, identity: Mapping[str, Any], fingerprint: str, *, overwrite: bool = False) -> dict:
+    """Creates the manifest or checks that the existing one has the same fingerprint; another
+    fingerprint is refused (``StoreMismatchError``) unless ``overwrite``, which deletes its files."""
+    old = read_manifest(eval_dir)
+    manifest = {"format": FORMAT, "identity": dict(identity), "fingerprint": fingerprint, "files": {}}
+    if old is not None:
+        if old.get("fingerprint") == fingerprint:
+            manifest["files"] = old.get("files", {})
+        elif not overwrite:
+            raise StoreMismatchError(
+                f"{eval_dir} holds evaluation records of another model or other task options (fingerprint "
+                f"{old.get('fingerprint')!r} != {fingerprint!r}); use another workdir, or "
+                "--config.eval.overwrite=True to replace them")
+        else:
+            for key in old.get("files", {}):
+                p = os.path.join(eval_dir, key + ".jsonl")
+                if os.path.exists(p):
+                    os.remove(p)
+    remove_temp_files(eval_dir)
+    for task in {k.split("/")[0] for k in manifest["files"]}:
+        if os.path.isdir(os.path.join(eval_dir, task)):
+            remove_temp_files(os.path.join(eval_dir, task))
+    atomic_write_json(os.path.join(eval_dir, MANIFEST), manifest)
+    return manifest
+
+
+def is_done(eval_dir: str, task: str, language: str) -> bool:
+    """The file of (task, language) is in the manifest and intact (size and sha256 as recorded)."""
+    entry = (read_manifest(eval_dir) or {}).get("files", {}).get(record_key(task, language))
+    if entry is None:
+        return False
+    if not file_intact(record_path(eval_dir, task, language), entry):
+        log.warning("%s is missing or damaged (size/sha256 differ from the manifest); it will be evaluated again",
+                    record_path(eval_dir, task, language))
+        return False
+    return True
+
+
+def write_records(eval_dir: str, task: str, language: str, records: Sequence[Mapping[str, Any]],
+                  summary: Mapping[str, Any]) -> None:
+    """Writes one (task, language) file atomically, then records it (size, sha256, summary) in the manifest."""
+    data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode("utf-8")
+    atomic_write(record_path(eval_dir, task, language), lambda f: f.write(data))
+    manifest = read_manifest(eval_dir)
+    if manifest is None:
+        raise FileNotFoundError(f"{eval_dir} has no {MANIFEST}; call open_records first")
+    manifest["files"][record_key(task, language)] = dict(summary, **file_record(data))
+    atomic_write_json(os.path.join(eval_dir, MANIFEST), manifest)
+
+
+def read_records(eval_dir: str, task: str, language: str) -> list[dict[str, Any]]:
+    path = record_path(eval_dir, task, language)
+    with open(path, encoding="utf-8") as f:
+        try:
+            return [json.loads(line) for line in f if line.strip()]
+        except ValueError as e:
+            raise ValueError(f"{path}: not valid JSON lines ({e}); rerun the eval stage to redo it") from e
+
+
+# -- records from lm-eval's logged samples -------------------------------------------------------
+
+def _plain(x: Any) -> Any:
+    """JSON-safe copy of lm-eval values (numpy scalars, tuples)."""
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def item_record(sample: Mapping[str, Any], *, metric: str, doc_id: int) -> dict[str, Any]:
+    """The record fields of one lm-eval logged sample (one document, the scored filter)."""
+    args = sample["arguments"]
+    prompt = args[0][0]
+    out: dict[str, Any] = {"doc_id": int(doc_id), "prompt_sha256": sha256_text(prompt)}
+    if isinstance(args[0][1], str):  # multiple choice: (context, continuation) per choice
+        choices = [a[1].strip() for a in args]
+        lls = [float(r[0]) for r in sample["filtered_resps"]]
+        target = sample["target"]
+        out.update(choices=choices, loglikelihoods=lls, extracted=choices[int(np.argmax(lls))],
+                   target=choices[target] if isinstance(target, (int, np.integer)) else str(target))
+    else:  # generation: (context, generation kwargs)
+        out.update(response=str(sample["resps"][0][0]), extracted=_plain(sample["filtered_resps"][0]),
+                   target=_plain(sample["target"]))
+    out["correct"] = bool(float(sample[metric]) == 1.0)
+    return out
+
+
+def records_from_results(results: Mapping[str, Any], *, task: str, language: str, code: str,
+                         lm_eval_tasks: Sequence[str], metric: str, filter_name: str,
+                         samples: Mapping[str, Sequence[int]] | None = None) -> list[dict[str, Any]]:
+    """Records of every scored item of ``lm_eval_tasks`` in a ``simple_evaluate(log_samples=True)``
+    result. lm-eval numbers the items it evaluated 0.. (in dataset order): with ``samples`` the
+    record's ``doc_id`` is mapped back to the dataset index."""
+    out = []
+    for lm_task in lm_eval_tasks:
+        chosen = sorted(samples[lm_task]) if samples and lm_task in samples else None
+        logged = [s for s in results["samples"][lm_task] if s.get("filter") == filter_name]
+        for s in sorted(logged, key=lambda s: s["doc_id"]):
+            doc_id = chosen[s["doc_id"]] if chosen is not None else s["doc_id"]
+            out.append({"task": task, "lm_eval_task": lm_task, "language": language, "code": code,
+                        **item_record(s, metric=metric, doc_id=doc_id)})
+    return out
+
+
+def check_against_lm_eval(records: Sequence[Mapping[str, Any]], results: Mapping[str, Any],
+                          lm_eval_tasks: Sequence[str], metric_key: str) -> None:
+    """Each lm-eval task's mean of ``correct`` equals lm-eval's own aggregate (a consistency check)."""
+    for lm_task in lm_eval_tasks:
+        mine = [r["correct"] for r in records if r["lm_eval_task"] == lm_task]
+        theirs = float(results["results"][lm_task][metric_key])
+        if not mine or abs(float(np.mean(mine)) - theirs) > 1e-9:
+            raise RuntimeError(f"{lm_task}: records give accuracy {np.mean(mine) if mine else None} over "
+                               f"{len(mine)} items, lm-eval reports {metric_key} = {theirs}")
+
+
+# -- scores ----------------------------------------------------------------------------------------
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion k / n."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(center - half), float(center + half)
+
+
+def score(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Accuracy of one (task, language): the unweighted mean over its lm-eval tasks (subjects) of
+    their accuracies, with a 95% interval: Wilson on the pooled items when every subject has the same
+    number of items (then the mean equals the pooled accuracy; always so for one subject), else the
+    normal interval of the stratified mean (variance sum_s p_s (1 - p_s) / n_s / S^2)."""
+    groups: dict[str, list[bool]] = {}
+    for r in records:
+        groups.setdefault(r["lm_eval_task"], []).append(bool(r["correct"]))
+    n = sum(len(v) for v in groups.values())
+    if n == 0:
+        return {"accuracy": float("nan"), "n": 0, "ci_low": float("nan"), "ci_high": float("nan"), "interval": "none"}
+    accs = [float(np.mean(v)) for v in groups.values()]
+    acc = float(np.mean(accs))
+    if len({len(v) for v in groups.values()}) == 1:
+        lo, hi = wilson_interval(sum(sum(v) for v in groups.values()), n)
+        method = "wilson"
+    else:
+        se = float(np.sqrt(sum(a * (1 - a) / len(v) for a, v in zip(accs, groups.values())))) / len(groups)
+        lo, hi, method = max(0.0, acc - Z95 * se), min(1.0, acc + Z95 * se), "stratified-normal"
+    return {"accuracy": acc, "n": n, "ci_low": lo, "ci_high": hi, "interval": method}

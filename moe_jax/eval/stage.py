@@ -1,0 +1,245 @@
+"""The ``eval`` stage: converted checkpoint + lm-eval task definitions -> per-item records and
+accuracies under ``workdir/eval`` (layout in ``moe_jax.eval.records``).
+
+The model is loaded once (``workdir/checkpoint``, with its tokenizer) and wrapped in ``MoeJaxLM``;
+each (task, language) is one ``lm_eval.simple_evaluate(log_samples=True)`` call over the lm-eval
+task configs of ``moe_jax.eval.tasks`` (one per subject), whose logged samples become the records.
+A rerun skips the finished (task, language) pairs. ``summary.csv`` / ``summary.json`` hold per
+(task, language) the accuracy, items, 95% interval (Wilson; ``moe_jax.eval.records.score``) and the
+number of prompts truncated to the model's maximum length, and per task the mean over the
+non-English languages.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import os
+from typing import Any, Mapping
+
+import ml_collections
+from ml_collections import config_dict
+
+from moe_jax import workdir as wd
+from moe_jax.atomic import atomic_write, atomic_write_json
+from moe_jax.eval import records as rec
+from moe_jax.eval import tasks as task_lib
+from moe_jax.pipeline import StageError, check_known_fields, model_name, model_warning, source_identity
+
+log = logging.getLogger(__name__)
+
+DATA_SOURCES = ("hub", "local", "demo")
+DEMO_WARNING = "DEMO DATA: the evaluation items are the few invented DEMO items shipped with moe_jax, not benchmark data."
+PIVOT = "eng_Latn"
+SUMMARY_COLUMNS = ("task", "language", "code", "accuracy", "n", "ci_low", "ci_high", "interval", "truncated", "data")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The ``config.eval`` section."""
+    c = ml_collections.ConfigDict()
+    c.tasks = "mgsm,gmmlu_medical,belebele"  # names of moe_jax.eval.tasks.TASKS (comma string or sequence)
+    # languages, FLORES or the task's codes: "de,fr" / a sequence for every task, or {task: languages};
+    # {} or "" = every language the task has
+    c.languages = config_dict.FieldReference({}, field_type=object)
+    c.limit = config_dict.placeholder(int)  # items per lm-eval task (subject): the first ones; None = all
+    c.fixed_items = True  # tasks with a fixed item list (Global-MMLU medical: 60 per subject) use it
+    c.batch_size = 8
+    c.max_length = config_dict.placeholder(int)  # model context for scoring (None: the model's maximum)
+    c.max_gen_toks = 256  # generation tasks (MGSM): new tokens at most
+    c.apply_chat_template = False  # lm-eval's apply_chat_template (the studies: off)
+    c.enable_thinking = config_dict.placeholder(bool)  # forwarded to the chat template when set
+    c.source = "hub"  # "hub" (per-task data_dirs override), "local" (data_dirs for every task), "demo"
+    c.data_dirs = config_dict.FieldReference({}, field_type=object)  # {task: dir of <code>.jsonl|.json|.parquet}
+    c.steering = ""  # JSON file of a router intervention applied while evaluating ("" = none)
+    c.overwrite = False  # replace records of another model / options
+    c.progress = True
+    return c
+
+
+def options(config: Any) -> ml_collections.ConfigDict:
+    """``config.eval`` over ``default_config()``; unknown fields (typos) are refused."""
+    opts, section = default_config(), config.get("eval") or {}
+    check_known_fields(section, opts, "config.eval")
+    opts.update(section.to_dict() if hasattr(section, "to_dict") else section)
+    if opts.source not in DATA_SOURCES:
+        raise StageError(f"eval.source {opts.source!r} is not one of {DATA_SOURCES}")
+    return opts
+
+
+def _names(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in (value or ())]
+
+
+def plan(opts: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every (task, language) to evaluate, resolved and checked before anything is loaded: task
+    names, languages, local data files and their fields."""
+    names = _names(opts["tasks"])
+    if not names:
+        raise StageError(f"eval.tasks is empty; known tasks: {', '.join(task_lib.TASKS)}")
+    langs = opts["languages"]
+    langs = langs.to_dict() if hasattr(langs, "to_dict") else langs
+    per_task = isinstance(langs, Mapping) and bool(langs)
+    if per_task:
+        unknown = [t for t in langs if t not in names]
+        if unknown:
+            raise StageError(f"eval.languages names task(s) {unknown} that are not in eval.tasks {names}")
+    dirs = opts["data_dirs"]
+    dirs = dict(dirs.to_dict() if hasattr(dirs, "to_dict") else dirs or {})
+    for t in dirs:
+        task_lib.get_task(t)
+    out = []
+    for name in names:
+        spec = task_lib.get_task(name)
+        chosen = task_lib.resolve_languages(spec, _names(langs.get(name) if per_task else
+                                                         (None if isinstance(langs, Mapping) else langs)))
+        directory = os.path.join(task_lib.DEMO_DIR, name) if opts["source"] == "demo" else dirs.get(name)
+        if opts["source"] == "local" and not directory:
+            raise StageError(f"eval.source is 'local' but eval.data_dirs has no directory for task {name!r}")
+        log.info("eval: %s languages %s", name, task_lib.language_table(spec, chosen))
+        for flores, code in chosen.items():
+            data_file = None
+            if directory:
+                data_file = task_lib.local_file(spec, code, directory)
+                task_lib.check_local_file(spec, data_file)
+            out.append({"task": name, "language": flores, "code": code, "data_file": data_file})
+    return out
+
+
+def _sha256_file(path: str | None) -> str | None:
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def identity(config: Any, opts: Mapping[str, Any], ckpt_meta: Mapping[str, Any], tokenizer_sha: str) -> dict:
+    """What determines the records: model, weights, dtype, tokenizer, scoring and task options."""
+    import lm_eval
+    return {"model": model_name(config), "model_source": source_identity(config), "dtype": config.model.dtype,
+            "checkpoint_sha256": ckpt_meta.get("checkpoint_sha256"), "tokenizer_sha256": tokenizer_sha,
+            "options": {k: opts[k] for k in ("limit", "fixed_items", "max_length", "max_gen_toks",
+                                             "apply_chat_template", "enable_thinking")},
+            "steering_sha256": _sha256_file(opts["steering"]), "lm_eval_version": lm_eval.__version__}
+
+
+def evaluate_pair(lm: Any, item: Mapping[str, Any], opts: Mapping[str, Any], task_manager: Any) -> tuple[list, dict]:
+    """Runs lm-eval on one (task, language); returns its records and summary entry."""
+    import lm_eval
+
+    spec = task_lib.get_task(item["task"])
+    code = item["code"]
+    configs = task_lib.task_configs(spec, code, item["data_file"])
+    lm_tasks = spec.lm_eval_tasks(code)
+    limit = opts["limit"]
+    samples = task_lib.samples_for(spec, code, limit) if opts["fixed_items"] and opts["source"] != "demo" else None
+    before = int(lm.stats.get("truncated", 0))
+    kwargs = dict(samples=samples) if samples else dict(limit=limit)
+    results = lm_eval.simple_evaluate(model=lm, tasks=configs, log_samples=True, task_manager=task_manager,
+                                      bootstrap_iters=0, apply_chat_template=bool(opts["apply_chat_template"]),
+                                      **kwargs)
+    records = rec.records_from_results(results, task=spec.name, language=item["language"], code=code,
+                                       lm_eval_tasks=lm_tasks, metric=spec.metric_name,
+                                       filter_name=spec.filter_name, samples=samples)
+    rec.check_against_lm_eval(records, results, lm_tasks, spec.metric)
+    summary = dict(rec.score(records), code=code, truncated=int(lm.stats.get("truncated", 0)) - before,
+                   data="demo" if opts["source"] == "demo" else ("local" if item["data_file"] else "hub"),
+                   data_sha256=_sha256_file(item["data_file"]), lm_eval_tasks=lm_tasks, metric=spec.metric)
+    return records, summary
+
+
+def run(config: Any, workdir: str) -> dict[str, Any]:
+    """The ``eval`` stage; returns the summary (also in ``workdir/eval/summary.json``)."""
+    from lm_eval.tasks import TaskManager
+    from transformers import AutoTokenizer
+
+    from moe_jax.convert import orbax_io
+    from moe_jax.convert.stage import converted_identity
+    from moe_jax.routing import provenance
+
+    opts = options(config)
+    todo = plan(opts)
+    ckpt_dir = wd.checkpoint_dir(workdir)
+    if not os.path.exists(os.path.join(ckpt_dir, orbax_io.META_FILE)):
+        raise FileNotFoundError(f"no converted checkpoint at {ckpt_dir}; run the 'convert' stage first")
+    converted_identity(config, workdir)
+    ckpt_meta = orbax_io.read_meta(ckpt_dir)
+    tokenizer = AutoTokenizer.from_pretrained(ckpt_dir)
+    ident = identity(config, opts, ckpt_meta, provenance.tokenizer_hash(tokenizer))
+    out_dir = wd.eval_dir(workdir)
+    manifest = rec.open_records(out_dir, ident, provenance.fingerprint(ident), overwrite=bool(opts.overwrite))
+    pending = [it for it in todo if not rec.is_done(out_dir, it["task"], it["language"])
+               or manifest["files"][rec.record_key(it["task"], it["language"])].get("data_sha256")
+               != _sha256_file(it["data_file"])]
+    for it in todo:
+        if it not in pending:
+            log.info("eval: %s %s already done, skipped", it["task"], it["language"])
+    if pending:
+        from moe_jax.eval.harness import MoeJaxLM
+        from moe_jax.models.model import load
+
+        model = load(ckpt_dir, dtype=config.model.dtype)
+        lm = MoeJaxLM(model=model, batch_size=int(opts.batch_size), max_length=opts.max_length,
+                      max_gen_toks=int(opts.max_gen_toks), steering=opts.steering or None,
+                      enable_thinking=opts.enable_thinking)
+        task_manager = TaskManager(include_defaults=False)  # task configs come as dicts: no index scan
+        for it in pending:
+            log.info("eval: %s %s (%s)", it["task"], it["language"], it["code"])
+            records, summary = evaluate_pair(lm, it, opts, task_manager)
+            rec.write_records(out_dir, it["task"], it["language"], records, summary)
+            log.info("eval: %s %s accuracy %.4f over %d items", it["task"], it["language"], summary["accuracy"],
+                     summary["n"])
+    summary = write_summary(config, opts, out_dir, todo)
+    print(f"evaluation of {ident['model']} written to {out_dir}\n{format_summary(summary['rows'])}", flush=True)
+    for w in summary["warnings"]:
+        print(f"WARNING: {w}", flush=True)
+    return summary
+
+
+def summary_rows(out_dir: str, todo: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (task, language) of ``todo`` plus, per task, the mean over non-English languages."""
+    files = (rec.read_manifest(out_dir) or {}).get("files", {})
+    rows = []
+    for task in dict.fromkeys(it["task"] for it in todo):
+        task_rows = []
+        for it in (i for i in todo if i["task"] == task):
+            s = files[rec.record_key(task, it["language"])]
+            task_rows.append({"task": task, "language": it["language"], "code": it["code"],
+                              **{k: s[k] for k in ("accuracy", "n", "ci_low", "ci_high", "interval", "truncated",
+                                                   "data")}})
+        rows += task_rows
+        others = [r for r in task_rows if r["language"] != PIVOT]
+        if others:
+            rows.append({"task": task, "language": "mean_non_english", "code": "",
+                         "accuracy": sum(r["accuracy"] for r in others) / len(others),
+                         "n": sum(r["n"] for r in others), "ci_low": "", "ci_high": "",
+                         "interval": f"unweighted mean over {len(others)} languages", "truncated":
+                         sum(r["truncated"] for r in others), "data": others[0]["data"]})
+    return rows
+
+
+def write_summary(config: Any, opts: Mapping[str, Any], out_dir: str, todo: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = summary_rows(out_dir, todo)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(os.path.join(out_dir, "summary.csv"), lambda f: f.write(buf.getvalue().encode("utf-8")))
+    warnings = [w for w in (model_warning(config), DEMO_WARNING if opts["source"] == "demo" else None) if w]
+    summary = {"model": model_name(config), "rows": rows, "warnings": warnings,
+               "interval": "95% Wilson score interval on the items (stratified normal when subjects differ in size)",
+               "languages": {f"{it['task']}/{it['language']}": it["code"] for it in todo}}
+    atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
+    return summary
+
+
+def format_summary(rows: list[Mapping[str, Any]]) -> str:
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+    cols = ("task", "language", "code", "accuracy", "n", "ci_low", "ci_high", "truncated", "data")
+    table = [cols] + [tuple(fmt(r[c]) for c in cols) for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
+    return "\n".join("  ".join(v.rjust(wd_) for v, wd_ in zip(r, widths)) for r in table)
