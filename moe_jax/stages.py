@@ -25,6 +25,7 @@ STAGES: dict[str, str] = {
     "collect": "moe_jax.routing.stage:run",
     "eval": "moe_jax.eval.stage:run",
     "analyze": "moe_jax.analysis.stage:run",
+    "steer": "moe_jax.steering.stage:run",
     "report": "moe_jax.report.stage:run",
 }
 
@@ -63,6 +64,7 @@ def default_config():
     from moe_jax.eval.stage import default_config as eval_defaults
     from moe_jax.report.stage import default_config as report_defaults
     from moe_jax.routing.stage import default_config as collect_defaults
+    from moe_jax.steering.stage import default_config as steer_defaults
 
     c = ml_collections.ConfigDict()
     c.model = default_model_config()
@@ -76,6 +78,7 @@ def default_config():
     c.distributed = shd.default_distributed_config()
     c.eval = eval_defaults()
     c.analysis = analysis_defaults()
+    c.steer = steer_defaults()
     c.report = report_defaults()
     c.stages = ",".join(STAGES)
     return c
