@@ -11,7 +11,7 @@ file is searched for it, and a snippet found nowhere (or more than once) is repo
 update the entry, never drop it silently. The tests (pytest node ids, relative to the repository
 root) run with ``pytest -x -q`` in the copy, under a timeout. Outcomes: caught (tests failed),
 SURVIVED (tests passed: a test is missing), timeout (counted as caught), error (pytest could not
-run them: a wrong node id), stale. A baseline run of all named tests on the unmutated copy comes
+run them: a wrong node id), stale, no test (``--tests-from`` an older suite without the test file). A baseline run of all named tests on the unmutated copy comes
 first (``--no-baseline`` skips it): a mutation is only meaningful against tests that pass.
 Exit status 1 when any mutation survived or is stale, or the baseline failed.
 """
@@ -123,6 +123,13 @@ MUTATIONS: list[Mutation] = [
       'summaries[lang].get("text_sha256") == input_hashes.get(lang)', "True", ("tests/test_collect_resume.py",)),
     M("resume_ignores_file_size", "moe_jax/routing/store.py", "        if _size_mismatch(p, summary):\n",
       "        if False:\n", ("tests/test_collect_resume.py",)),
+    # --- steering
+    M("steering_negative_lambda_forces", "moe_jax/steering/spec.py", "FORCE if self.lam >= 0 else DEMOTE", "FORCE",
+      ("tests/test_steering_spec.py",)),
+    M("mcnemar_one_sided", "moe_jax/steering/paired.py", 'alternative="two-sided"', 'alternative="greater"',
+      ("tests/test_steering_paired.py",)),
+    M("bootstrap_alpha_not_halved", "moe_jax/steering/paired.py", "alpha = (1.0 - confidence) / 2",
+      "alpha = 1.0 - confidence", ("tests/test_steering_paired.py",)),
 ]
 
 
@@ -153,7 +160,8 @@ def run_pytest(copy: str, tests: tuple[str, ...], timeout: float) -> tuple[str, 
     except subprocess.TimeoutExpired:
         return "timeout", time.perf_counter() - t, f"no result within {timeout:.0f}s"
     lines = [l for l in (r.stdout + r.stderr).splitlines() if l.strip()]
-    last = lines[-1] if lines else ""
+    failures = [l for l in lines if l.startswith(("FAILED", "ERROR"))]
+    last = "; ".join(failures[:3] + lines[-1:])
     outcome = {0: "passed", 1: "failed"}.get(r.returncode, "error")
     return outcome, time.perf_counter() - t, last
 
@@ -164,6 +172,7 @@ def main(argv=None) -> int:
     ap.add_argument("--list", action="store_true", help="list the mutations and exit")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per pytest run (default 600)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the run of the unmutated tests")
+    ap.add_argument("--tests-from", metavar="REV", help="run the tests/ of this git revision (to compare suites)")
     args = ap.parse_args(argv)
     names = [m.name for m in MUTATIONS]
     if len(set(names)) != len(names):
@@ -185,12 +194,23 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="moe_jax_mutants.") as tmp:
         copy = os.path.join(tmp, "repo")
         shutil.copytree(ROOT, copy, ignore=COPY_IGNORE)
+        if args.tests_from:
+            shutil.rmtree(os.path.join(copy, "tests"))
+            archive = subprocess.run(["git", "-C", ROOT, "archive", args.tests_from, "tests"], capture_output=True,
+                                     check=True).stdout
+            subprocess.run(["tar", "-x", "-C", copy], input=archive, check=True)
         probe = subprocess.run([sys.executable, "-c", "import moe_jax; print(moe_jax.__file__)"], cwd=copy,
                                env={**os.environ, "PYTHONPATH": copy}, capture_output=True, text=True)
         if not probe.stdout.strip().startswith(copy):
             raise SystemExit(f"the copy's moe_jax is not the one imported: {probe.stdout.strip() or probe.stderr}")
+        def present(test: str) -> bool:
+            """The test file exists in the copy's suite (and defines the named test function, if any)."""
+            file, _, func = test.partition("::")
+            path = os.path.join(copy, file)
+            return os.path.exists(path) and (not func or f"def {func.split('[')[0]}(" in open(path).read())
+
         if not args.no_baseline:
-            tests = tuple(dict.fromkeys(t for m in todo for t in m.tests))
+            tests = tuple(dict.fromkeys(t for m in todo for t in m.tests if present(t)))
             outcome, secs, last = run_pytest(copy, tests, args.timeout * 2)
             print(f"baseline ({len(tests)} test targets, unmutated): {outcome} in {secs:.0f}s: {last}", flush=True)
             if outcome != "passed":
@@ -203,12 +223,18 @@ def main(argv=None) -> int:
                 bad = True
                 print(f"{m.name}: STALE ({note})", flush=True)
                 continue
+            tests = tuple(t for t in m.tests if present(t))
+            if not tests:
+                rows.append((m.name, "no test", 0.0, "none of its tests exists"))
+                bad = True
+                print(f"{m.name}: no test", flush=True)
+                continue
             path = os.path.join(copy, file)
             pristine = open(path).read()
             with open(path, "w") as f:
                 f.write(pristine.replace(m.original, m.replacement, 1))
             try:
-                outcome, secs, last = run_pytest(copy, m.tests, args.timeout)
+                outcome, secs, last = run_pytest(copy, tests, args.timeout)
             finally:
                 with open(path, "w") as f:
                     f.write(pristine)
