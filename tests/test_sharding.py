@@ -70,8 +70,14 @@ def test_process_rows_single_process():
     assert shd.process_rows(mesh, 4) == slice(0, 4)
 
 
-def test_distributed_disabled_is_noop_and_bad_process_id_refused():
-    shd.initialize_distributed({"enabled": False})
+def test_distributed_disabled_is_noop_and_bad_process_id_refused(monkeypatch):
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    for dist in (None, {}, {"enabled": False, "num_processes": 2, "process_id": 1, "coordinator_address": "h:1"}):
+        shd.initialize_distributed(dist)
+    assert calls == []  # disabled: jax.distributed is never initialised
+    shd.initialize_distributed({"enabled": True, "num_processes": 2, "process_id": 1, "coordinator_address": "h:1"})
+    assert calls == [{"coordinator_address": "h:1", "num_processes": 2, "process_id": 1}]
     with pytest.raises(shd.MeshError, match="process_id=2"):
         shd.initialize_distributed({"enabled": True, "num_processes": 2, "process_id": 2,
                                     "coordinator_address": "127.0.0.1:1"})
