@@ -82,6 +82,41 @@ def test_dispatch_backends_match_per_token_loop(backend, k):
     np.testing.assert_allclose(np.asarray(y), np_moe(x, idx, w, gate, up, down), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", sorted(experts.BACKENDS))
+def test_dispatch_with_biases_and_clamped_swiglu_matches_per_token_loop(backend):
+    """GPT-OSS experts: biased gate/up/down, ``(clip(u) + 1) * g' * sigmoid(alpha g')`` with ``g' = min(g, l)``."""
+    rng = np.random.default_rng(4)
+    T, H, F, E, k, limit, alpha = 29, 16, 8, 6, 3, 0.6, 1.702
+    x = rng.normal(size=(T, H)).astype(np.float32)
+    p = {n: rng.normal(size=s).astype(np.float32) * 0.4 for n, s in
+         (("gate", (E, H, F)), ("up", (E, H, F)), ("down", (E, F, H)), ("gate_bias", (E, F)), ("up_bias", (E, F)),
+          ("down_bias", (E, H)))}
+    idx = np.stack([rng.choice(E - 1, size=k, replace=False) for _ in range(T)]).astype(np.int32)
+    w = rng.uniform(size=(T, k)).astype(np.float32)
+    act = lambda g, u: experts.clamped_swiglu(g, u, limit, alpha)  # noqa: E731
+    y = np.asarray(experts.dispatch(x, idx, w, p, backend, act))
+    want = np.zeros((T, H))
+    for t in range(T):
+        for j in range(k):
+            e = idx[t, j]
+            g = np.minimum(x[t] @ p["gate"][e] + p["gate_bias"][e], limit)
+            u = np.clip(x[t] @ p["up"][e] + p["up_bias"][e], -limit, limit)
+            h = (u + 1) * g / (1 + np.exp(-alpha * g))
+            want[t] += w[t, j] * (h @ p["down"][e] + p["down_bias"][e])
+    assert (np.abs(np.einsum("th,ehf->tef", x, p["gate"])) > limit).mean() > 0.2  # the clamp bites
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+
+
+def test_topk_softmax_matches_numpy():
+    """GPT-OSS: top-k of the raw logits, softmax over the k chosen only."""
+    z = np.random.default_rng(6).normal(size=(50, 8)).astype(np.float32) * 3
+    w, idx = routing.topk_softmax(z, 3)
+    for t in range(50):
+        order = np.argsort(-z[t])[:3]
+        np.testing.assert_array_equal(np.asarray(idx[t]), order)
+        np.testing.assert_allclose(np.asarray(w[t]), np_softmax(z[t][order].astype(np.float64)), rtol=1e-6)
+
+
 def test_unknown_backend_is_named():
     with pytest.raises(ValueError, match="tokamagic"):
         experts.dispatch(np.zeros((2, 4), np.float32), np.zeros((2, 1), np.int32), np.ones((2, 1), np.float32),
