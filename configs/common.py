@@ -25,6 +25,34 @@ def builtin_tasks(names: Sequence[str] = BUILTIN_TASKS) -> ml_collections.Config
     return ml_collections.ConfigDict({n: {"source": "builtin_task", "task": n} for n in names})
 
 
+# The evaluation of the studies: MGSM direct in its 11 languages, the Global-MMLU medical subset in
+# the 15 languages of Bandarkar et al., Belebele in the routing languages; 0-shot, no chat template.
+MGSM_LANGUAGES = ("en", "bn", "de", "es", "fr", "ja", "ru", "sw", "te", "th", "zh")
+GMMLU_LANGUAGES = ("en", "ar", "bn", "de", "es", "fr", "hi", "id", "it", "ja", "ko", "pt", "sw", "yo", "zh")
+
+
+def study_eval() -> ml_collections.ConfigDict:
+    """``config.eval`` of the studies (hub data; offline: ``eval.data_dirs = {task: dir}``)."""
+    from moe_jax.eval.stage import default_config as eval_defaults
+    e = eval_defaults()
+    e.tasks = "mgsm,gmmlu_medical,belebele"
+    e.languages = {"mgsm": MGSM_LANGUAGES, "gmmlu_medical": GMMLU_LANGUAGES, "belebele": R_LANGUAGES}
+    e.batch_size = 8
+    e.max_gen_toks = 256
+    return e
+
+
+def demo_eval() -> ml_collections.ConfigDict:
+    """``config.eval`` of the offline demo: the shipped DEMO sets, few new tokens."""
+    e = study_eval()
+    e.source = "demo"
+    # two of the four shipped languages per task keep the demo under 2 minutes on 2 CPU cores
+    e.languages = {"mgsm": ("en", "zh"), "gmmlu_medical": ("en", "de"), "belebele": ("eng_Latn", "fra_Latn")}
+    e.max_gen_toks = 8
+    e.progress = False
+    return e
+
+
 def hub_model_config(hub_id: str, *, batch_size: int = 16, model_axis: int = 1, dataset: str = "belebele",
                      tasks: Sequence[str] = BUILTIN_TASKS, **data_overrides) -> ml_collections.ConfigDict:
     """A released checkpoint from the hub, bf16, on the 15 languages of study R.
@@ -51,6 +79,7 @@ def hub_model_config(hub_id: str, *, batch_size: int = 16, model_axis: int = 1, 
     for k, v in data_overrides.items():
         c.data[k] = v
     c.tasks = builtin_tasks(tasks)
+    c.eval = study_eval()
     c.collect.batch_size = batch_size
     c.collect.pad_to_multiple = 64
     c.mesh.shape = {"data": 1, "model": -1} if model_axis == -1 else {"data": -1, "model": model_axis}

@@ -55,11 +55,22 @@ def test_demo_end_to_end(tmp_path):
     assert summary["skipped"] == {}  # every analysis ran, so every report section is there
     assert list(summary["task_experts"]["tasks"]) == ["math", "medicine"]
     assert len(summary["correlation"]["languages"]) == 11  # the non-pivot languages with a (placeholder) accuracy
+    assert summary["accuracy_source"] == "analysis.accuracy"  # the placeholders, not the eval stage's
+    # the eval stage on the shipped DEMO sets (two languages per task), flagged as a random model on demo items
+    ev = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert [(r["task"], r["language"]) for r in ev["rows"]] == [
+        ("mgsm", "eng_Latn"), ("mgsm", "zho_Hans"), ("mgsm", "mean_non_english"), ("gmmlu_medical", "eng_Latn"),
+        ("gmmlu_medical", "deu_Latn"), ("gmmlu_medical", "mean_non_english"), ("belebele", "eng_Latn"),
+        ("belebele", "fra_Latn"), ("belebele", "mean_non_english")]
+    assert [r["n"] for r in ev["rows"] if r["language"] != "mean_non_english"] == [5, 5, 7, 7, 5, 5]
+    assert any("DEMO DATA" in w for w in ev["warnings"]) and "evaluation accuracies are those of a random model" in proc.stdout
     page = (tmp_path / "report" / "index.html").read_text()
     for section in ("Divergence from the pivot", "Routing entropy", "Token consistency", "Language similarity",
-                    "Expert specialisation", "Correlation with accuracy", "Run metadata"):
+                    "Expert specialisation", "Evaluation accuracy", "Correlation with accuracy", "Run metadata"):
         assert f">{section}<" in page, section
-    for png in ("correlation_scatter", "correlation_by_layer", "experts_task_math", "experts_task_medicine"):
+    assert "DEMO DATA" in page
+    for png in ("correlation_scatter", "correlation_by_layer", "experts_task_math", "experts_task_medicine",
+                "accuracy_mgsm", "accuracy_gmmlu_medical", "accuracy_belebele"):
         assert os.path.getsize(tmp_path / "report" / f"{png}.png") > 0 and f"{png}.png" in page, png
 
     # A rerun finds everything done; a different random model is refused and leaves the store as it was.

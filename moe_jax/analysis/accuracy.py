@@ -91,6 +91,20 @@ def load_accuracy(spec) -> dict[str, float]:
     raise ValueError(f"accuracy file {path}: expected a .csv or .json file")
 
 
+EVAL_TASK = "belebele"  # the eval stage's task whose accuracies the correlation uses by default
+
+
+def from_eval_summary(path: str, task: str = EVAL_TASK) -> dict[str, float]:
+    """``{FLORES code: accuracy}`` of one task in the eval stage's ``summary.json`` ({} when the file
+    or the task is absent; the per-task mean row is left out)."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        rows = json.load(f).get("rows", [])
+    return {r["language"]: float(r["accuracy"]) for r in rows
+            if r.get("task") == task and r.get("language") != "mean_non_english"}
+
+
 def _code(key: str, known: set[str]) -> str:
     """FLORES code of one accuracy key: a store / registry code as is, an ISO 639-1 code (``bn``)
     through the registry's mapping, an ISO 639-3 code (``ben``) when one registry code has it."""

@@ -292,13 +292,20 @@ def _task_experts(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
 
 
 def _accuracy(inp: Inputs, cfg, state: dict) -> dict[str, float]:
-    """``{FLORES code: accuracy}`` of ``analysis.accuracy``; which accuracy languages are outside the
-    pool and which pool languages lack an accuracy is logged and kept in ``state["accuracy_coverage"]``."""
-    acc, renamed = accuracy_lib.to_flores(accuracy_lib.load_accuracy(cfg.accuracy),
-                                          known=(inp.meta.get("languages") or {}).keys() | set(inp.languages),
-                                          source="analysis.accuracy")
+    """``{FLORES code: accuracy}`` of ``analysis.accuracy``, else the eval stage's Belebele accuracies
+    (``workdir/eval/summary.json``); the source is logged and kept in ``state["accuracy_source"]``, and
+    which accuracy languages are outside the pool and which pool languages lack an accuracy in
+    ``state["accuracy_coverage"]``."""
+    values, source = accuracy_lib.load_accuracy(cfg.accuracy), "analysis.accuracy"
+    if not values and state.get("eval_summary"):
+        values = accuracy_lib.from_eval_summary(state["eval_summary"])
+        source = f"eval stage: {accuracy_lib.EVAL_TASK} accuracies in {state['eval_summary']}"
+    acc, renamed = accuracy_lib.to_flores(values, known=(inp.meta.get("languages") or {}).keys() | set(inp.languages),
+                                          source=source)
     if not acc:
         return acc
+    state["accuracy_source"] = source
+    log.info("correlation: accuracies from %s", source)
     outside = [l for l in acc if l not in inp.languages]
     without = [l for l in inp.languages if l != inp.pivot and l not in acc]
     if outside:
@@ -313,7 +320,7 @@ def _accuracy(inp: Inputs, cfg, state: dict) -> dict[str, float]:
 def _correlation(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
     acc = _accuracy(inp, cfg, state)
     if not acc:
-        raise Skip("correlation: no analysis.accuracy given")
+        raise Skip("correlation: no analysis.accuracy given and no Belebele accuracies from the eval stage")
     if "curves" not in state:
         raise Skip("correlation: no divergence curves")
     langs = [l for l in state["curves"] if l in acc]
@@ -371,7 +378,8 @@ def run(config, workdir: str) -> dict[str, Any]:
         "store": store, "pivot": cfg.pivot, "languages": inp.languages, "language_pool": inp.pool,
         "n_layers": inp.n_layers, "n_experts": inp.n_experts, "top_k": inp.top_k, "moe_layer_ids": inp.layer_ids,
         "primary_metric": cfg.metrics[0], "config": cfg.to_dict(), "skipped": {}, "tables": []}
-    state: dict[str, Any] = {"task_stores": resolve_task_stores(config, cfg, workdir)}
+    state: dict[str, Any] = {"task_stores": resolve_task_stores(config, cfg, workdir),
+                             "eval_summary": os.path.join(wd.eval_dir(workdir), "summary.json")}
     os.makedirs(out_dir, exist_ok=True)
     for name, fn in tqdm(ANALYSES, desc="analyze", leave=False):
         try:
@@ -394,6 +402,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         summary["band_divergence"] = {l: float(v[s: e + 1].mean()) for l, v in state["curves"].items()}
     if "accuracy_coverage" in state:
         summary["accuracy_coverage"] = state["accuracy_coverage"]
+        summary["accuracy_source"] = state["accuracy_source"]
     tables.write_json(os.path.join(out_dir, "summary.json"), summary)
     log.info("analyze: wrote %d tables to %s (skipped: %s)", len(summary["tables"]), out_dir,
              sorted(summary["skipped"]) or "none")

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 import ml_collections
 from ml_collections import config_dict
+from tqdm.auto import tqdm
 
 from moe_jax import workdir as wd
 from moe_jax.atomic import atomic_write, atomic_write_json
@@ -54,7 +55,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data_dirs = config_dict.FieldReference({}, field_type=object)  # {task: dir of <code>.jsonl|.json|.parquet}
     c.steering = ""  # JSON file of a router intervention applied while evaluating ("" = none)
     c.overwrite = False  # replace records of another model / options
-    c.progress = True
+    c.progress = True  # a bar over the (task, language) pairs
     return c
 
 
@@ -186,7 +187,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
                       max_gen_toks=int(opts.max_gen_toks), steering=opts.steering or None,
                       enable_thinking=opts.enable_thinking)
         task_manager = TaskManager(include_defaults=False)  # task configs come as dicts: no index scan
-        for it in pending:
+        for it in tqdm(pending, desc="eval", unit="pair", disable=not opts.progress):
             log.info("eval: %s %s (%s)", it["task"], it["language"], it["code"])
             records, summary = evaluate_pair(lm, it, opts, task_manager)
             rec.write_records(out_dir, it["task"], it["language"], records, summary)

@@ -217,3 +217,22 @@ def counts_with_bars(counts, row_labels: Sequence, x_labels: Sequence, bars, *, 
     axb.grid(alpha=0.3, axis="y")
     ax.set_title(title)
     return fig
+
+
+def accuracy_bars(labels: Sequence[str], acc, low, high, *, title: str, ylabel: str = "accuracy",
+                  mean: float | None = None, mean_label: str = "mean over non-English languages"):
+    """One bar per language ``acc [n]`` with its interval ``[low, high]`` as error bars; ``mean`` as a
+    dashed line."""
+    acc, low, high = (np.asarray(v, float) for v in (acc, low, high))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(labels) + 2.5), 4.2))
+    x = np.arange(len(labels))
+    ax.bar(x, acc, color="#4c72b0", zorder=2)
+    ax.errorbar(x, acc, yerr=[acc - low, high - acc], fmt="none", ecolor="black", capsize=3, lw=1, zorder=3)
+    if mean is not None:
+        ax.axhline(mean, color="#c44e52", ls="--", lw=1.2, label=f"{mean_label} ({mean:.3f})")
+        ax.legend(fontsize=8, frameon=False, loc="upper right")
+    ax.set_xticks(x, labels, rotation=60 if len(labels) > 8 else 0, ha="right" if len(labels) > 8 else "center",
+                  fontsize=8)
+    ax.set(title=title, ylabel=ylabel, ylim=(0, 1.05))
+    ax.grid(axis="y", alpha=0.3)
+    return fig

@@ -52,6 +52,8 @@ class _Report:
         self.primary = self.s["primary_metric"]
         acc = self.table("accuracy") or []
         self.accuracy = {r["language"]: r["accuracy"] for r in acc}
+        self.eval_dir = wd.eval_dir(workdir)
+        self.eval = read_json(os.path.join(wd.eval_dir(workdir), "summary.json"))  # None without an eval stage
         self.pngs: list[str] = []
 
     def table(self, name: str):
@@ -235,6 +237,24 @@ class _Report:
                     f"circled: task experts. {both} task expert(s) are also language experts."))
         return blocks
 
+    def evaluation(self) -> list[str]:
+        if not self.eval or not self.eval.get("rows"):
+            return []
+        rows = self.eval["rows"]
+        blocks = [html.paragraph(w, cls="note") for w in self.eval.get("warnings", [])]
+        for task in dict.fromkeys(r["task"] for r in rows):
+            per = [r for r in rows if r["task"] == task and r["language"] != "mean_non_english"]
+            mean = next((r["accuracy"] for r in rows if r["task"] == task and r["language"] == "mean_non_english"), None)
+            blocks.append(self.fig(
+                plots.accuracy_bars([f"{r['language']} ({r['code']})" if r["code"] != r["language"] else r["language"]
+                                     for r in per], [r["accuracy"] for r in per], [r["ci_low"] for r in per],
+                                    [r["ci_high"] for r in per], mean=mean, title=f"{task}: accuracy per language"),
+                f"accuracy_{task}",
+                f"{task}: accuracy per language with 95% intervals ({self.eval.get('interval', '')}); items per "
+                f"language: {', '.join(str(r['n']) for r in per)}; data: {per[0]['data'] if per else ''}; "
+                f"prompts truncated: {sum(r['truncated'] for r in per)}. Per-item records in {self.eval_dir}."))
+        return blocks
+
     def correlation(self) -> list[str]:
         rows, pts, info = self.table("correlation"), self.table("correlation_points"), self.s.get("correlation")
         if not rows or not info:
@@ -295,6 +315,8 @@ class _Report:
             facts["middle-band correlation with accuracy"] = (
                 f"Pearson r = {c['pearson']['r']:.3f} (p = {c['pearson']['p']:.2g}), "
                 f"Spearman rho = {c['spearman']['r']:.3f} (p = {c['spearman']['p']:.2g}), n = {c['pearson']['n']}")
+        if s.get("accuracy_source"):
+            facts["accuracies of the correlation"] = s["accuracy_source"]
         out = [html.mapping_table(facts)]
         if s.get("skipped"):
             out.append(html.paragraph("Skipped analyses: " + "; ".join(f"{k}: {v}" for k, v in s["skipped"].items()),
@@ -308,6 +330,7 @@ SECTIONS: tuple[tuple[str, str, Callable[[_Report], list[str]]], ...] = (
     ("Token consistency", "consistency", _Report.consistency),
     ("Language similarity", "similarity", _Report.similarity),
     ("Expert specialisation", "experts", _Report.experts),
+    ("Evaluation accuracy", "accuracy", _Report.evaluation),
     ("Correlation with accuracy", "correlation", _Report.correlation),
     ("Run metadata", "metadata", _Report.metadata),
 )
