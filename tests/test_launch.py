@@ -47,7 +47,7 @@ def demo_config(**model):
 def test_stage_registry():
     assert stages.parse_stages("convert, collect") == ["convert", "collect"]
     with pytest.raises(stages.StageError, match="unknown stage\\(s\\) \\['colect'\\]; known stages: convert, collect, "
-                                                "analyze, report"):
+                                                "eval, analyze"):
         stages.parse_stages("convert,colect")
     assert stages.get_stage("collect") is collect_stage.run
     from moe_jax.analysis import stage as analysis_stage
