@@ -22,7 +22,7 @@ R_LANGS = ["eng_Latn", "bam_Latn", "fra_Latn", "tha_Thai", "pes_Arab", "arb_Arab
            "hin_Deva", "zho_Hans", "srp_Cyrl", "lit_Latn", "ory_Orya", "ben_Beng", "asm_Beng"]
 HUB_IDS = {"olmoe_1b7b_instruct": "allenai/OLMoE-1B-7B-0125-Instruct",
            "qwen15_moe_a27b_chat": "Qwen/Qwen1.5-MoE-A2.7B-Chat", "qwen3_30b_a3b": "Qwen/Qwen3-30B-A3B",
-           "phi35_moe_instruct": "microsoft/Phi-3.5-MoE-instruct"}
+           "phi35_moe_instruct": "microsoft/Phi-3.5-MoE-instruct", "gpt_oss_20b": "openai/gpt-oss-20b"}
 
 
 def load_config(path):
@@ -81,10 +81,10 @@ def test_run_stages_in_order_with_defaults(tmp_path, monkeypatch):
 
 def test_cli_unknown_stage_lists_known_ones(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "moe_jax.launch", "--config=configs/demo.py",
-                           f"--workdir={tmp_path}", "--stages=convert,steer"], cwd=ROOT, capture_output=True,
+                           f"--workdir={tmp_path}", "--stages=convert,stear"], cwd=ROOT, capture_output=True,
                           text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
     assert proc.returncode != 0
-    assert "unknown stage(s) ['steer']; known stages: convert, collect, analyze, report" in proc.stderr + proc.stdout
+    assert "unknown stage(s) ['stear']; known stages: convert, collect, eval, analyze" in proc.stderr + proc.stdout
     assert not os.listdir(tmp_path)
 
 

@@ -19,6 +19,13 @@ LONGROPE = {"type": "longrope", "short_factor": [1.0] * 64, "long_factor": [1.5]
             "short_mscale": 1.243163121016122, "long_mscale": 1.243163121016122,
             "original_max_position_embeddings": 4096}
 
+GPT_OSS_YARN = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                "original_max_position_embeddings": 4096}
+
+# OpenAI's model card counts active parameters without the input embedding table (a lookup, no compute):
+# 3.61B for gpt-oss-20b, of which 0.58B unembedding.
+ACTIVE_WITHOUT_EMBEDDING = {"gpt-oss-20b"}
+
 RELEASED = {
     # name: (config.json subset, published total params, published active params, relative tolerance)
     "OLMoE-1B-7B-0125-Instruct": (dict(
@@ -54,6 +61,13 @@ RELEASED = {
         num_key_value_heads=8, intermediate_size=6400, num_local_experts=16, num_experts_per_tok=2,
         attention_bias=True, lm_head_bias=True, rms_norm_eps=1e-5, rope_theta=10000.0, router_jitter_noise=0.01,
         max_position_embeddings=131072, rope_scaling=LONGROPE, torch_dtype="bfloat16"), 41.9e9, 6.6e9, 0.01),
+    "gpt-oss-20b": (dict(
+        model_type="gpt_oss", vocab_size=201088, hidden_size=2880, num_hidden_layers=24, num_attention_heads=64,
+        num_key_value_heads=8, head_dim=64, intermediate_size=2880, num_local_experts=32, num_experts_per_tok=4,
+        experts_per_token=4, attention_bias=True, rms_norm_eps=1e-5, sliding_window=128, swiglu_limit=7.0,
+        layer_types=["sliding_attention", "full_attention"] * 12, max_position_embeddings=131072,
+        initial_context_length=4096, rope_theta=150000, rope_scaling=GPT_OSS_YARN, tie_word_embeddings=False,
+        quantization_config={"quant_method": "mxfp4"}, torch_dtype="bfloat16"), 20.9e9, 3.6e9, 0.01),
 }
 
 
@@ -71,6 +85,8 @@ def test_parameter_counts_match_published_sizes(name):
     hf, total, active, tol = RELEASED[name]
     cfg = ModelConfig.from_hf(hf)
     got_total, got_active = counts(cfg)
+    if name in ACTIVE_WITHOUT_EMBEDDING:
+        got_active -= cfg.vocab_size * cfg.hidden_size
     assert abs(got_total / total - 1) < tol, f"{name}: {got_total / 1e9:.2f}B total"
     assert abs(got_active / active - 1) < 2 * tol, f"{name}: {got_active / 1e9:.2f}B active"
 
@@ -84,6 +100,12 @@ def test_released_config_details():
     assert phi.qkv_bias and phi.o_bias and phi.lm_head_bias and phi.family.router == "sparsemixer"
     olmoe = ModelConfig.from_hf(RELEASED["OLMoE-1B-7B-0125-Instruct"][0])
     assert olmoe.clip_qkv is None and olmoe.family.qk_norm == "full" and olmoe.dtype == "bfloat16"
+    oss = ModelConfig.from_hf(RELEASED["gpt-oss-20b"][0])
+    assert oss.yarn.factor == 32 and oss.yarn.original_max_position_embeddings == 4096 and not oss.yarn.truncate
+    assert oss.rope_theta == 150000 and oss.yarn.attention_factor == pytest.approx(0.1 * math.log(32) + 1)
+    assert [oss.attention_window(i) for i in range(4)] == [128, None, 128, None]
+    assert oss.swiglu_limit == 7.0 and oss.swiglu_alpha == 1.702 and oss.family.router == "topk_softmax"
+    assert oss.qkv_bias and oss.o_bias and not oss.tie_word_embeddings and oss.num_moe_layers == 24
     qwen15 = ModelConfig.from_hf(dict(RELEASED["Qwen1.5-MoE-A2.7B"][0], mlp_only_layers=[0, 5]))
     assert qwen15.moe_layer_ids == tuple(i for i in range(24) if i not in (0, 5)) and qwen15.dense_width == 5632
 
