@@ -138,7 +138,7 @@ def loglikelihood_tokens(params: dict, cfg: ModelConfig, requests: Sequence[tupl
             mask[r, :len(x)] = 1
             last[r] = len(x) - 1
         with _CompileCounter(stats):
-            out = score_batch(params, cfg, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(last), intervention,
+            out = score_batch(params, cfg, *jax.device_put((ids, mask, last)), intervention,
                               backend=backend)
         next_lp, greedy, last_lp = (np.asarray(a) for a in out)
         _count(stats, "batches")
@@ -187,9 +187,11 @@ def greedy_until_tokens(params: dict, cfg: ModelConfig, prompts: Sequence[Sequen
             raise ValueError(f"prompt {i} is empty")
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     steps = -(-max_new_tokens // chunk) * chunk
-    # One cache length per call (from the longest prompt): decode compiles once per call.
-    cache_len = bucket_length(max(len(p) for p in prompts)) + steps if prompts else 0
-    stop_ids = np.asarray(list(stop_token_ids), np.int32).reshape(-1)
+    # One cache length per call, from the longest prompt rounded up to a power of two: decode
+    # compiles once per call, and calls of similar lengths (tasks, languages) share it.
+    longest = max((len(p) for p in prompts), default=1)
+    cache_len = max(bucket_length(longest), 2 ** math.ceil(math.log2(longest))) + steps
+    stop_ids = jax.device_put(np.asarray(list(stop_token_ids), np.int32).reshape(-1))
     results: list[list[int] | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
@@ -202,10 +204,10 @@ def greedy_until_tokens(params: dict, cfg: ModelConfig, prompts: Sequence[Sequen
             ids[r, width - len(p):] = p
             mask[r, width - len(p):] = 1
         with _CompileCounter(stats):
-            state = gen.prefill(params, cfg, jnp.asarray(ids), jnp.asarray(mask), cache_len=cache_len,
+            state = gen.prefill(params, cfg, *jax.device_put((ids, mask)), cache_len=cache_len,
                                 intervention=intervention, backend=backend)
         done = np.asarray(state.done) | (np.arange(batch_size) >= len(rows))
-        state = state._replace(done=jnp.asarray(done))
+        state = state._replace(done=jax.device_put(done))
         tokens = [[] for _ in range(batch_size)]
         emitted = 0
         while emitted < max_new_tokens:
@@ -225,7 +227,7 @@ def greedy_until_tokens(params: dict, cfg: ModelConfig, prompts: Sequence[Sequen
                     done[r] = True
             if done.all():
                 break
-            state = state._replace(done=jnp.asarray(done))
+            state = state._replace(done=jax.device_put(done))
         _count(stats, "batches")
         real = sum(len(prompts[i]) for i in rows)
         _count(stats, "tokens", real)
