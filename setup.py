@@ -25,11 +25,12 @@ setup(
         "matplotlib>=3.8",
         "tqdm>=4.66",
         "jinja2>=3.1",  # chat templates (transformers needs it, does not require it)
+        "lm-eval>=0.4.13,<0.5",  # its core installs and imports without torch from 0.4.13
     ],
     extras_require={
         # torch 2.13.0 exactly: the CPU wheel of that version is local on dev/CI machines;
         # any other spec pulls GBs of CUDA packages.
-        "test": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5"],
+        "test": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5", "accelerate"],  # accelerate: lm-eval's HF backend
         "gpu": ["tokamax"],
     },
 )
