@@ -92,3 +92,16 @@ def test_router_logits_stay_raw_under_an_intervention(setup):
     np.testing.assert_array_equal(np.asarray(out.router_logits), np.asarray(base.router_logits))
     assert not np.array_equal(np.asarray(out.topk_idx[-1]), np.asarray(base.topk_idx[-1]))
     np.testing.assert_array_equal(np.asarray(out.topk_idx[:-1]), np.asarray(base.topk_idx[:-1]))
+
+
+def test_forced_experts_rank_strictly_above_every_other():
+    """Two forced experts must both beat the token's own top expert: a tie would leave the choice to
+    top-k's index order (here the unforced expert 0 would win)."""
+    from moe_jax.models.routing import softmax_topk
+    z = np.random.default_rng(5).normal(size=(8, 5)).astype(np.float32)
+    z[:, 0] = z.max(-1) + 1.0  # expert 0 is every token's favourite
+    mode = np.array([0, 0, 0, iv_lib.FORCE, iv_lib.FORCE], np.int32)
+    got = np.asarray(iv_lib.apply(z, Intervention.none(1, 5).layer(0)._replace(mode=mode)))
+    assert (got[:, 3:].min(-1) > got[:, :3].max(-1)).all()
+    _, idx = softmax_topk(got, 2, renormalize=False)
+    np.testing.assert_array_equal(np.sort(np.asarray(idx), -1), np.tile([3, 4], (8, 1)))
