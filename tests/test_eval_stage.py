@@ -136,7 +136,7 @@ def test_config_errors(tmp_path):
     c.eval.languages = {"belebele": "ko"}
     with pytest.raises(ValueError, match="task 'belebele': no local data for language 'kor_Hang' in .*demo/belebele"):
         eval_stage.plan(eval_stage.options(c))  # belebele has kor_Hang, the demo set does not
-    c.eval.languages = {"mgsm": "ko"}
+    c.eval.tasks, c.eval.languages = "mgsm", {"mgsm": "ko"}
     with pytest.raises(ValueError, match="task 'mgsm' has no language 'ko' \\(kor_Hang\\); its languages: bn"):
         eval_stage.plan(eval_stage.options(c))
     c.eval.source = "tape"
@@ -155,3 +155,25 @@ def test_long_prompts_are_truncated_and_counted(evaluated, tmp_path):
     c.eval.max_length = 16  # every Belebele passage is longer: each of the 2 x 4 choice requests is cut
     summary = eval_stage.run(c, str(tmp_path))
     assert summary["rows"][0]["truncated"] == 8 and summary["rows"][0]["n"] == 2
+
+
+def test_analysis_takes_belebele_accuracies_from_the_eval_stage(tmp_path):
+    from moe_jax.analysis import stage as analysis_stage
+    from moe_jax.analysis.synthetic import SyntheticSpec, write_demo
+
+    spec = SyntheticSpec()
+    write_demo(str(tmp_path), spec)
+    acc = spec.accuracy()
+    rows = [{"task": "belebele", "language": l, "accuracy": a} for l, a in acc.items()]
+    rows += [{"task": "belebele", "language": "mean_non_english", "accuracy": 0.0},
+             {"task": "mgsm", "language": "deu_Latn", "accuracy": 0.99}]
+    os.makedirs(wd.eval_dir(str(tmp_path)))
+    with open(os.path.join(wd.eval_dir(str(tmp_path)), "summary.json"), "w") as f:
+        json.dump({"rows": rows}, f)
+    summary = analysis_stage.run(None, str(tmp_path))  # no analysis.accuracy given
+    assert summary["accuracy_source"].startswith("eval stage: belebele accuracies in ")
+    assert sorted(summary["correlation"]["languages"]) == sorted(l for l in acc if l != "eng_Latn")
+    points = {r["language"]: r["accuracy"] for r in json.load(open(os.path.join(wd.analysis_dir(str(tmp_path)), "correlation_points.json")))}
+    assert points == {l: a for l, a in acc.items() if l != "eng_Latn"}
+    summary = analysis_stage.run({"analysis": {"accuracy": {"fr": 0.5, "de": 0.4, "zh": 0.3}}}, str(tmp_path))
+    assert summary["accuracy_source"] == "analysis.accuracy"
