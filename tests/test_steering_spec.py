@@ -106,3 +106,21 @@ def test_from_targets_and_stacked_sweep():
     sweep = specs_to_interventions([spec, SteeringSpec("mask", [(0, 1, 1)])], CFG)
     assert isinstance(sweep, Intervention) and sweep.std_scale.shape == (2, 2, 8)
     assert sweep.std_scale[0, 1, 6] == 0.5 and sweep.mode[1, 0, 1] == FORBID
+
+
+def test_forced_and_masked_experts_in_generation(model):
+    """Generation applies the spec at every decoded token as scoring does at every position."""
+    from moe_jax.models.generate import generate
+
+    params, ids = model
+    mask = jnp.ones_like(ids)
+    base = generate(params, CFG, ids, mask, max_new_tokens=6, return_router=True)
+    used = np.asarray(base.topk_idx)  # [moe_layers, B, N, k]
+    rare = int(np.bincount(used[0].ravel(), minlength=8).argmin())
+    common = int(np.bincount(used[1].ravel(), minlength=8).argmax())
+    iv = SteeringSpec("hard", [(0, rare, 1.0)], lam=1.0).to_intervention(CFG)
+    iv = iv._replace(mode=iv.mode + SteeringSpec("mask", [(2, common, 1.0)]).to_intervention(CFG).mode)
+    out = generate(params, CFG, ids, mask, max_new_tokens=6, intervention=iv, return_router=True)
+    got = np.asarray(out.topk_idx)
+    assert (got[0] == rare).any(-1).all() and not (got[1] == common).any()
+    assert (used[1] == common).any()

@@ -1,0 +1,341 @@
+"""The ``steer`` stage: routing stores + converted checkpoint -> a steering sweep evaluated on the
+eval tasks and languages of ``config.eval``, with paired statistics against the baseline.
+
+1. Targets from the stores (``config.steer``): task experts of a task store against the generic
+   store (or experts shared with a dominant language), per tau and band; controls (random experts,
+   early / late bands, language experts) and, optionally, a learned router bias.
+2. Every setting, and the baseline (the neutral intervention), is evaluated like the eval stage
+   (same lm-eval tasks, same items) into ``workdir/steer/<setting>/`` — resumable per (setting,
+   task, language), atomic, refused when it holds another model's records unless ``overwrite``.
+   The model is loaded and compiled once: interventions are inputs of the jitted programs, so the
+   compile count does not grow with the number of settings (it is counted and reported).
+3. ``workdir/steer/summary.csv``: per setting, task and language (and the non-English pool) the
+   baseline and steered accuracy, the change with a paired bootstrap 95% interval, the exact
+   McNemar p-value, and the fraction of tokens whose top-k changed in the steered layers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import time
+from typing import Any, Mapping, Sequence
+
+import ml_collections
+import numpy as np
+
+from moe_jax import workdir as wd
+from moe_jax.atomic import atomic_write, atomic_write_json, read_json
+from moe_jax.pipeline import StageError, check_known_fields, model_warning
+from moe_jax.steering import sweep as sweep_lib
+from moe_jax.steering import targets as tg
+from moe_jax.steering.spec import SteeringSpec
+
+log = logging.getLogger(__name__)
+
+BASELINE = "baseline"
+PIVOT = "eng_Latn"
+STATISTICS = {"topk_freq": "seq_topk_freq", "topk_weight": "seq_topk_weight", "mean_probs": "seq_mean_probs"}
+SUMMARY_COLUMNS = ("setting", "method", "rule", "task", "language", "n", "baseline", "steered", "delta",
+                   "ci_low", "ci_high", "b", "c", "p_mcnemar", "topk_changed", "targets")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The ``config.steer`` section (tasks and languages come from ``config.eval``)."""
+    c = ml_collections.ConfigDict()
+    c.rule = "task"  # "task": task store vs generic store; "shared": experts shared with a dominant language
+    c.task = ""  # rule "task": name of the task store (config.tasks); "" = the first one
+    c.shared_languages = ""  # rule "shared": "eng_Latn,zho_Hans" (dominant first); "" = every store language
+    c.shared_top_k = 20
+    c.shared_thr = 0.7
+    c.statistic = "topk_freq"  # per-sequence store statistic for target selection: topk_freq | topk_weight | mean_probs
+    c.methods = "soft,hard"  # soft | hard | mask | proportional | bias
+    c.lambdas = (0.5,)  # soft / proportional / bias strengths; hard forces on, mask needs none
+    c.taus = (0.3,)
+    c.bands = "auto"  # "auto": the analysis' middle band; or "8-35,4-19" (inclusive decoder layers)
+    c.controls = "random,early,late,language"  # controls, each with the first method and lambda
+    c.seed = 0  # random control
+    c.learned = ml_collections.ConfigDict({"enabled": False, "steps": 30, "learning_rate": 0.05, "l2": 1e-3,
+                                           "heldout_fraction": 0.25, "max_sentences": 32, "seed": 0})
+    c.probe_sentences = 8  # per steered language: sentences of config.data for the top-k-change fraction
+    c.n_boot = 2000  # paired bootstrap resamples
+    c.overwrite = False
+    return c
+
+
+def options(config: Any) -> ml_collections.ConfigDict:
+    opts, section = default_config(), config.get("steer") or {}
+    check_known_fields(section, opts, "config.steer")
+    opts.update(section.to_dict() if hasattr(section, "to_dict") else section)
+    if opts.rule not in ("task", "shared"):
+        raise StageError(f"steer.rule {opts.rule!r} is not 'task' or 'shared'")
+    if opts.statistic not in STATISTICS:
+        raise StageError(f"steer.statistic {opts.statistic!r} is not one of {sorted(STATISTICS)}")
+    return opts
+
+
+def _names(value) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value or ()]
+
+
+def parse_bands(spec: str, workdir: str) -> tuple[tuple[int, int], ...]:
+    """``"auto"`` (the analysis' middle band, in decoder layers) or ``"lo-hi,lo-hi"``."""
+    if spec.strip() == "auto":
+        summary = read_json(os.path.join(wd.analysis_dir(workdir), "summary.json"))
+        band = (summary or {}).get("middle_band")
+        if not band:
+            raise StageError(f"steer.bands is 'auto' but {wd.analysis_dir(workdir)}/summary.json has no middle band; "
+                             "run the 'analyze' stage first or give steer.bands='lo-hi' in decoder layers")
+        return (tuple(int(x) for x in band["decoder_layers"]),)
+    out = []
+    for item in _names(spec):
+        try:
+            lo, hi = (int(x) for x in item.split("-"))
+        except ValueError:
+            raise StageError(f"steer.bands: bad band {item!r} (expected lo-hi in decoder layers)") from None
+        out.append((lo, hi))
+    if not out:
+        raise StageError("steer.bands is empty")
+    return tuple(out)
+
+
+def _store(path: str, what: str):
+    from moe_jax.routing.store import read_store
+    if not os.path.exists(os.path.join(path, "meta.json")):
+        raise StageError(f"no routing store at {path} ({what}); run the 'collect' stage first")
+    return read_store(path)
+
+
+def _statistic(arrays: Mapping[str, np.ndarray], key: str, where: str) -> np.ndarray:
+    if key not in arrays:
+        raise StageError(f"{where} has no {key!r} (collected before it existed): run the 'collect' stage "
+                         "again with collect.overwrite=True, or choose another steer.statistic")
+    return arrays[key]
+
+
+def build_specs(config: Any, workdir: str, opts: Mapping[str, Any]) -> tuple[list[SteeringSpec], dict]:
+    """The sweep's settings from the stores; returns them and the main store's metadata."""
+    meta, data = _store(wd.routing_dir(workdir), "generic text")
+    ids = tuple(meta["moe_layer_ids"])
+    key = STATISTICS[opts["statistic"]]
+    if PIVOT not in data:
+        raise StageError(f"the routing store {wd.routing_dir(workdir)} has no {PIVOT} (the pivot language)")
+    generic = _statistic(data[PIVOT], key, f"{wd.routing_dir(workdir)}/{PIVOT}")
+    others = [l for l in data if l != PIVOT]
+    # language control: the non-pivot languages' mean statistic against the pivot's
+    multilingual = np.mean([_statistic(data[l], key, l).mean(0) for l in others], 0) if others else None
+
+    def language_select(tau, band):
+        if multilingual is None:
+            raise tg.EmptySelectionError("no non-pivot language in the store")
+        return tg.language_targets(multilingual, generic, ids, band, tau, language="non-pivot mean", pivot=PIVOT)
+
+    provenance = {"statistic": opts["statistic"], "store": meta.get("fingerprint")}
+    if opts["rule"] == "task":
+        names = list((config.get("tasks") or {}).keys())
+        task = opts["task"] or (names[0] if names else "")
+        if not task:
+            raise StageError("steer.rule is 'task' but config.tasks names no task corpus (and steer.task is empty)")
+        tmeta, tdata = _store(wd.task_store_dir(workdir, task), f"task corpus {task!r}")
+        if PIVOT not in tdata:
+            raise StageError(f"the task store {task!r} has no {PIVOT} texts")
+        task_freq = _statistic(tdata[PIVOT], key, f"task store {task}")
+
+        def select(tau, band):
+            return tg.task_targets(task_freq, generic, ids, band, tau)
+        rule, provenance["task_store"] = f"task_{task}", tmeta.get("fingerprint")
+    else:
+        langs = _names(opts["shared_languages"]) or [PIVOT] + others
+        missing = [l for l in langs if l not in data]
+        if missing:
+            raise StageError(f"steer.shared_languages {missing} are not in the routing store ({sorted(data)})")
+        freqs = {l: _statistic(data[l], key, l).mean(0) for l in langs}
+
+        def select(tau, band):  # tau plays no role: the share threshold decides
+            return tg.shared_targets(freqs, ids, band, int(opts["shared_top_k"]), float(opts["shared_thr"]))
+        rule = "shared"
+    grid = sweep_lib.Grid(methods=tuple(_names(opts["methods"])), lambdas=tuple(float(x) for x in opts["lambdas"]),
+                          taus=tuple(float(x) for x in opts["taus"]), bands=parse_bands(opts["bands"], workdir),
+                          controls=tuple(_names(opts["controls"])), seed=int(opts["seed"]))
+    try:
+        specs = sweep_lib.build_settings(select, grid, ids, rule, language_select=language_select,
+                                         provenance=provenance)
+    except (tg.EmptySelectionError, ValueError) as e:
+        raise StageError(f"steer: {e}") from None
+    return specs, meta
+
+
+def _learned_spec(config, workdir, opts, model, tokenizer, band) -> SteeringSpec:
+    """Fits a router bias moving the non-pivot languages' routing towards the pivot's (config.data)."""
+    from moe_jax.data import corpora, tokenize as tok_lib
+    from moe_jax.routing.store import read_store
+    from moe_jax.steering import learned
+
+    lo = dict(opts["learned"])
+    _, data = read_store(wd.routing_dir(workdir))
+    corpus = corpora.load_corpus(config.data)
+    encoding = tok_lib.encoding_options(config.data)
+    pivot_ids = list(data[PIVOT]["seq_ids"])
+    pivot_probs = data[PIVOT]["seq_mean_probs"]
+    seqs, masks, targets = [], [], []
+    for lang in (l for l in corpus.languages if l != PIVOT and l in data):
+        n = min(int(lo["max_sentences"]), len(corpus.ids))
+        enc = tok_lib.encode_texts(tokenizer, corpus.texts[lang][:n], **encoding)
+        for i, sid in enumerate(corpus.ids[:n]):
+            if sid in pivot_ids:
+                seqs.append(enc.input_ids[i])
+                masks.append(enc.count_mask[i])
+                targets.append(pivot_probs[pivot_ids.index(sid)])
+    if len(seqs) < 2:
+        raise StageError("learned steering: fewer than 2 sentences aligned with the pivot in config.data")
+    batch = tok_lib.pad_batch(seqs, masks, pad_id=tok_lib.pad_token_id(tokenizer), padding_side="left",
+                              pad_to_multiple=16)
+    rows = tg.band_rows(model.cfg.moe_layer_ids, band)
+    fit = learned.fit_router_bias(model.param_tree, model.cfg, batch["input_ids"], batch["attention_mask"],
+                                  batch["count_mask"], np.stack(targets), rows, steps=int(lo["steps"]),
+                                  learning_rate=float(lo["learning_rate"]), l2=float(lo["l2"]),
+                                  heldout_fraction=float(lo["heldout_fraction"]), seed=int(lo["seed"]))
+    log.info("learned steering: training divergence %.4f -> %.4f, held-out %.4f -> %.4f", fit.train_loss[0],
+             fit.train_loss[-1], fit.heldout_loss[0], fit.heldout_loss[-1])
+    return learned.learned_spec(fit, model.cfg, name=f"learned-L{band[0]}_{band[1]}", band=list(band),
+                                initial_train_loss=float(fit.train_loss[0]),
+                                initial_heldout_loss=float(fit.heldout_loss[0]))
+
+
+def _probe(config, tokenizer, languages: Sequence[str], n: int):
+    """A left-padded batch of the first ``n`` sentences of config.data per language (top-k change)."""
+    from moe_jax.data import corpora, tokenize as tok_lib
+    corpus = corpora.load_corpus(config.data)
+    langs = [l for l in languages if l in corpus.languages] or list(corpus.languages)
+    encoding = tok_lib.encoding_options(config.data)
+    seqs, masks = [], []
+    for lang in langs:
+        enc = tok_lib.encode_texts(tokenizer, corpus.texts[lang][:n], **encoding)
+        seqs += enc.input_ids
+        masks += enc.count_mask
+    return tok_lib.pad_batch(seqs, masks, pad_id=tok_lib.pad_token_id(tokenizer), padding_side="left",
+                             pad_to_multiple=16)
+
+
+def run(config: Any, workdir: str) -> dict[str, Any]:
+    """The ``steer`` stage; returns the summary (also ``workdir/steer/summary.json``)."""
+    from lm_eval.tasks import TaskManager
+    from transformers import AutoTokenizer
+
+    from moe_jax.convert import orbax_io
+    from moe_jax.convert.stage import converted_identity
+    from moe_jax.eval import records as rec
+    from moe_jax.eval import stage as eval_stage
+    from moe_jax.eval.harness import MoeJaxLM
+    from moe_jax.models.model import load
+    from moe_jax.routing import provenance
+
+    opts = options(config)
+    eval_opts = eval_stage.options(config)
+    if eval_opts.steering:
+        raise StageError("eval.steering is set: the steer stage builds its own interventions; clear it")
+    todo = eval_stage.plan(eval_opts)
+    specs, meta = build_specs(config, workdir, opts)
+    ckpt_dir = wd.checkpoint_dir(workdir)
+    if not os.path.exists(os.path.join(ckpt_dir, orbax_io.META_FILE)):
+        raise FileNotFoundError(f"no converted checkpoint at {ckpt_dir}; run the 'convert' stage first")
+    converted_identity(config, workdir)
+    ckpt_meta = orbax_io.read_meta(ckpt_dir)
+    if ckpt_meta.get("checkpoint_sha256") != meta.get("checkpoint_sha256"):
+        raise StageError(f"the routing store {wd.routing_dir(workdir)} was collected from another checkpoint; "
+                         "run the 'collect' stage again")
+    tokenizer = AutoTokenizer.from_pretrained(ckpt_dir)
+    model = load(ckpt_dir, dtype=config.model.dtype)
+    for s in specs:  # every setting fits the model before anything is evaluated
+        try:
+            s.to_intervention(model.cfg)
+        except ValueError as e:
+            raise StageError(f"steer setting {s.name}: {e}") from None
+    if opts.learned.enabled:
+        specs.append(_learned_spec(config, workdir, opts, model, tokenizer,
+                                   parse_bands(opts["bands"], workdir)[0]))
+    out_dir = wd.steer_dir(workdir)
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write_json(os.path.join(out_dir, "settings.json"), [s.to_dict() for s in specs])
+
+    base_ident = eval_stage.identity(config, eval_opts, ckpt_meta, provenance.tokenizer_hash(tokenizer))
+    neutral = model.no_intervention()
+    settings = [(BASELINE, None, neutral)] + [(s.name, s, s.to_intervention(model.cfg)) for s in specs]
+    lm = MoeJaxLM(model=model, batch_size=int(eval_opts.batch_size), max_length=eval_opts.max_length,
+                  max_gen_toks=int(eval_opts.max_gen_toks), intervention=neutral,
+                  enable_thinking=eval_opts.enable_thinking)
+    task_manager = TaskManager(include_defaults=False)
+    compiles, t0 = {}, time.perf_counter()
+    for name, spec, iv in settings:
+        sdir = os.path.join(out_dir, name)
+        ident = dict(base_ident, steering=None if spec is None else spec.to_dict())
+        rec.open_records(sdir, ident, provenance.fingerprint(ident), overwrite=bool(opts.overwrite))
+        before = int(lm.stats.get("compiles", 0))
+        lm.intervention = iv
+        for it in todo:
+            if rec.is_done(sdir, it["task"], it["language"]):
+                continue
+            log.info("steer: %s %s %s", name, it["task"], it["language"])
+            records, summary = eval_stage.evaluate_pair(lm, it, eval_opts, task_manager)
+            rec.write_records(sdir, it["task"], it["language"], records, summary)
+        compiles[name] = int(lm.stats.get("compiles", 0)) - before
+    wall = time.perf_counter() - t0
+
+    probe = _probe(config, tokenizer, [it["language"] for it in todo], int(opts.probe_sentences))
+    rows = summarize(out_dir, todo, settings, model, probe, int(opts.n_boot))
+    summary = {"settings": [BASELINE] + [s.name for s in specs], "compiles": compiles,
+               "settings_that_compiled": [n for n, c in compiles.items() if c], "seconds": wall, "rows": rows,
+               "warnings": [w for w in (model_warning(config),) if w]}
+    _write_summary(out_dir, summary)
+    print(f"steering sweep of {len(specs)} settings written to {out_dir} (compiles per setting: "
+          f"{compiles})", flush=True)
+    return summary
+
+
+def summarize(out_dir: str, todo, settings, model, probe: Mapping[str, np.ndarray], n_boot: int) -> list[dict]:
+    """Paired rows per (setting, task, language) and per (setting, task) over the non-pivot languages."""
+    import jax.numpy as jnp
+
+    from moe_jax.eval import records as rec
+
+    arrays = [jnp.asarray(probe[k]) for k in ("input_ids", "attention_mask", "count_mask")]
+    rows = []
+    for name, spec, iv in settings[1:]:
+        per_layer = np.asarray(sweep_lib.topk_change(model.param_tree, model.cfg, *arrays, iv))
+        steered = sweep_lib.steered_rows(iv)
+        changed = float(per_layer[steered].mean()) if steered.any() else 0.0
+        n_targets = len(spec.targets)
+        for task in dict.fromkeys(it["task"] for it in todo):
+            pool_b, pool_s = [], []
+            for it in (i for i in todo if i["task"] == task):
+                base = rec.read_records(os.path.join(out_dir, BASELINE), task, it["language"])
+                mine = rec.read_records(os.path.join(out_dir, name), task, it["language"])
+                r = sweep_lib.compare_records(base, mine, n_boot=n_boot, where=f"{name}/{task}/{it['language']}")
+                rows.append(_row(name, spec, task, it["language"], r, changed, n_targets))
+                if it["language"] != PIVOT:
+                    pool_b += [dict(x, lm_eval_task=f"{it['language']}/{x.get('lm_eval_task', '')}") for x in base]
+                    pool_s += [dict(x, lm_eval_task=f"{it['language']}/{x.get('lm_eval_task', '')}") for x in mine]
+            if pool_b:
+                r = sweep_lib.compare_records(pool_b, pool_s, n_boot=n_boot, where=f"{name}/{task}")
+                rows.append(_row(name, spec, task, "non_english", r, changed, n_targets))
+    return rows
+
+
+def _row(name, spec, task, language, r, changed, n_targets) -> dict[str, Any]:
+    return {"setting": name, "method": spec.method, "rule": spec.provenance.get("rule", ""), "task": task,
+            "language": language, "n": r.n, "baseline": r.baseline, "steered": r.steered, "delta": r.delta,
+            "ci_low": r.ci_low, "ci_high": r.ci_high, "b": r.b, "c": r.c, "p_mcnemar": r.p_mcnemar,
+            "topk_changed": changed, "targets": n_targets}
+
+
+def _write_summary(out_dir: str, summary: Mapping[str, Any]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(summary["rows"])
+    atomic_write(os.path.join(out_dir, "summary.csv"), lambda f: f.write(buf.getvalue().encode("utf-8")))
+    atomic_write_json(os.path.join(out_dir, "summary.json"), dict(summary))

@@ -1,0 +1,151 @@
+"""A steering sweep as data: the grid of settings (methods x lambda x tau x band, plus controls),
+the per-item comparison of a setting with the baseline, and how many routing decisions it changed.
+
+Every setting is a ``SteeringSpec``; the sweep evaluates them with one compiled program per input
+shape because interventions are inputs of the jitted model (the baseline is the neutral
+intervention, so it shares the program too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from moe_jax.models.config import ModelConfig
+from moe_jax.models.decoder import forward
+from moe_jax.models.intervention import Intervention
+from moe_jax.steering import paired
+from moe_jax.steering import targets as tg
+from moe_jax.steering.spec import SteeringSpec
+
+# methods whose strength is lambda; the others take a fixed one (hard: +1 = force on; mask: unused)
+LAMBDA_METHODS = ("soft", "proportional", "bias")
+FIXED_LAMBDA = {"hard": 1.0, "mask": 0.0}
+CONTROLS = ("random", "early", "late", "language")
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """What a sweep varies. Bands are inclusive decoder-layer pairs."""
+
+    methods: tuple[str, ...] = ("soft", "hard")
+    lambdas: tuple[float, ...] = (0.5,)
+    taus: tuple[float, ...] = (0.3,)
+    bands: tuple[tuple[int, int], ...] = ()
+    controls: tuple[str, ...] = ("random",)
+    seed: int = 0
+
+    def __post_init__(self):
+        unknown = [c for c in self.controls if c not in CONTROLS]
+        if unknown:
+            raise ValueError(f"unknown steering control(s) {unknown}; known: {list(CONTROLS)}")
+        if not self.methods or not self.taus or not self.bands:
+            raise ValueError("a steering grid needs at least one method, tau and band")
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def setting_name(method: str, rule: str, tau: float, band: tuple[int, int], lam: float) -> str:
+    """A stable, file-name-safe name, e.g. ``soft-task-tau0.3-L8_35-lam0.5``."""
+    lam_part = f"-lam{_fmt(lam)}" if method in LAMBDA_METHODS else ("" if method == "mask" else
+                                                                    ("-on" if lam >= 0 else "-off"))
+    return f"{method}-{rule}-tau{_fmt(tau)}-L{band[0]}_{band[1]}{lam_part}"
+
+
+def _specs(targets: tg.Targets, rule: str, tau: float, band, grid: Grid, methods=None, lambdas=None,
+           **provenance) -> list[SteeringSpec]:
+    out = []
+    for method in methods or grid.methods:
+        for lam in (lambdas or grid.lambdas) if method in LAMBDA_METHODS else (FIXED_LAMBDA[method],):
+            out.append(SteeringSpec.from_targets(method, targets, lam, name=setting_name(method, rule, tau, band, lam),
+                                                 provenance=provenance))
+    return out
+
+
+def build_settings(select: Callable[[float, tuple[int, int]], tg.Targets], grid: Grid,
+                   moe_layer_ids: Sequence[int], rule: str, *,
+                   language_select: Callable[[float, tuple[int, int]], tg.Targets] | None = None,
+                   provenance: Mapping[str, Any] | None = None) -> list[SteeringSpec]:
+    """Every setting of ``grid``: ``select(tau, band)`` gives the targets of the main rule; the
+    controls reuse the FIRST method and lambda at each (tau, band): ``random`` (same counts per layer,
+    seeded), ``early`` / ``late`` (the same rule in a band of the same width at either end) and
+    ``language`` (``language_select``: language experts instead of task experts)."""
+    provenance = dict(provenance or {})
+    specs: list[SteeringSpec] = []
+    first = dict(methods=grid.methods[:1], lambdas=grid.lambdas[:1])
+    for tau in grid.taus:
+        for band in grid.bands:
+            main = select(tau, band)
+            specs += _specs(main, rule, tau, band, grid, **provenance)
+            for control in grid.controls:
+                if control == "random":
+                    t, name = tg.random_targets(main, seed=grid.seed), f"random-{rule}"
+                elif control in ("early", "late"):
+                    shifted = tg.shifted_band(band, moe_layer_ids, control)
+                    if shifted == tuple(band):
+                        continue
+                    try:
+                        t, name = select(tau, shifted), f"{control}-{rule}"
+                    except tg.EmptySelectionError:
+                        continue  # nothing passes tau there: the control has no setting
+                else:
+                    if language_select is None:
+                        raise ValueError("the 'language' control needs language_select")
+                    try:
+                        t, name = language_select(tau, band), "language"
+                    except tg.EmptySelectionError:
+                        continue
+                specs += _specs(t, name, tau, tuple(t.params.get("band") or band), grid, control=control,
+                                **first, **provenance)
+    names = [s.name for s in specs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"steering grid gives duplicate settings {dup}")
+    return specs
+
+
+# ------------------------------------------------------------------------------ effect on routing
+
+@functools.partial(jax.jit, static_argnames=("cfg", "backend"))
+def topk_change(params: dict, cfg: ModelConfig, input_ids: jax.Array, attention_mask: jax.Array,
+                counted: jax.Array, intervention: Intervention, backend: str = "dense") -> jax.Array:
+    """``[moe_layers]`` fraction of counted tokens whose top-k SET differs from the unsteered one."""
+    neutral = jax.tree.map(jnp.zeros_like, intervention)
+    base = forward(params, cfg, input_ids, attention_mask, intervention=neutral, return_router=True,
+                   compute_logits=False, backend=backend).topk_idx
+    steered = forward(params, cfg, input_ids, attention_mask, intervention=intervention, return_router=True,
+                      compute_logits=False, backend=backend).topk_idx
+    changed = jnp.any(jnp.sort(base, -1) != jnp.sort(steered, -1), -1)  # [L, B, S]
+    c = counted.astype(bool)[None]
+    return jnp.sum(changed & c, axis=(1, 2)) / jnp.maximum(jnp.sum(c), 1)
+
+
+def steered_rows(iv: Intervention) -> np.ndarray:
+    """``[moe_layers]`` bool: layers the intervention edits."""
+    return np.any(np.stack([np.asarray(f) != 0 for f in iv]), axis=(0, 2))
+
+
+# ------------------------------------------------------------------------------ paired comparison
+
+def item_key(record: Mapping[str, Any]) -> tuple[str, int]:
+    return str(record.get("lm_eval_task", "")), int(record["doc_id"])
+
+
+def compare_records(baseline: Sequence[Mapping[str, Any]], steered: Sequence[Mapping[str, Any]], *,
+                    n_boot: int = 10_000, seed: int = 0, where: str = "") -> paired.PairedResult:
+    """Paired accuracy change on the items both runs scored (matched by lm-eval task and doc id);
+    refuses runs that did not score the same items."""
+    b = {item_key(r): bool(r["correct"]) for r in baseline}
+    s = {item_key(r): bool(r["correct"]) for r in steered}
+    if set(b) != set(s):
+        raise ValueError(f"{where}: baseline and steered runs scored different items "
+                         f"({len(set(b) - set(s))} only in the baseline, {len(set(s) - set(b))} only steered)")
+    keys = sorted(b)
+    return paired.paired_comparison([b[k] for k in keys], [s[k] for k in keys], n_boot=n_boot, seed=seed)
