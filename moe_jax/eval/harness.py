@@ -246,13 +246,10 @@ class MoeJaxLM(TemplateLM):
                 enc = enc[-max_ctx_len:]
             prompts.append(enc)
         stops = [s for s in until if s]
-
-        def is_done(tokens: list[int]) -> bool:
-            return _stop_settled(self.tok_decode(tokens), stops)
-
         outs = scoring.greedy_until_tokens(
             self.params, self.cfg, prompts, max_new_tokens=max_gen_toks, batch_size=self.batch_size,
-            stop_token_ids=self.stop_token_ids, is_done=is_done, chunk=self.decode_chunk,
+            stop_token_ids=self.stop_token_ids, is_done=lambda toks: self._stopped(toks, stops),
+            chunk=self.decode_chunk,
             pad_id=self.tokenizer.pad_token_id or 0, intervention=self.intervention, backend=self.dispatch,
             stats=self._stats, progress=progress)
         texts = []
@@ -265,6 +262,10 @@ class MoeJaxLM(TemplateLM):
             texts.append(postprocess_generated_text(
                 s, until, self.think_end_token if isinstance(self.think_end_token, str) else None))
         return texts
+
+    def _stopped(self, tokens: list[int], stops: list[str]) -> bool:
+        """Whether a row's generated ``tokens`` are final: a stop string cuts their text for good."""
+        return _stop_settled(self.tok_decode(tokens), stops)
 
     def _batch_special_kwargs(self, context: str) -> dict:
         """Special-token handling of HFLM's batch encoding (decided per prompt here, per batch there)."""
