@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file, save_file
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
@@ -26,11 +26,11 @@ from hf_reference import build_hf_model, reference_forward, save_hf_model
 from moe_jax.convert import mxfp4
 from moe_jax.convert.checkpoint import convert_checkpoint
 from moe_jax.convert.safetensors_io import CheckpointError
-from moe_jax.models.config import ModelConfig
+from moe_jax.models.config import ModelConfig, UnsupportedModelError
 from moe_jax.models.intervention import FORCE
 from moe_jax.models.model import MoeModel
 from moe_jax.models.yarn import yarn_inv_freq
-from moe_jax.tiny import tiny_hf_config
+from moe_jax.tiny import tiny_hf_config, write_random_hf_checkpoint
 from test_parity import convert_cli
 
 TOL = 1e-4
@@ -110,6 +110,36 @@ def test_logits_router_logits_and_choices_match(case):
         np.testing.assert_allclose(np.asarray(out.topk_weights[layer])[clear], (w / w.sum(-1, keepdims=True))[clear],
                                    atol=1e-5)
     print(f"gpt_oss {name}: top-k mismatches over all real tokens and layers: {mismatch}")
+
+
+def test_config_read_as_transformers_reads_it():
+    d = tiny_hf_config("gpt_oss", num_hidden_layers=4)  # transformers' default layer pattern for 4 layers
+    c, hc = ModelConfig.from_hf(d), AutoConfig.for_model(**d)
+    assert c.layer_types == tuple(hc.layer_types) == ("sliding_attention", "full_attention") * 2
+    assert [c.attention_window(i) for i in range(4)] == [8, None, 8, None] and hc.sliding_window == 8
+    assert (c.swiglu_limit, c.swiglu_alpha) == (hc.swiglu_limit, hc.swiglu_alpha)
+    assert c.rope_theta == hc.rope_parameters["rope_theta"] and c.yarn.factor == hc.rope_parameters["factor"]
+    assert c.qkv_bias and c.o_bias and c.num_experts == hc.num_local_experts and c.top_k == hc.num_experts_per_tok
+    with pytest.raises(ValueError, match="sliding_attention layers but sliding_window=None"):
+        ModelConfig.from_hf(dict(d, sliding_window=None))
+    with pytest.raises(ValueError, match="layer_types has 3 entries for 4 layers"):
+        ModelConfig.from_hf(dict(d, layer_types=["full_attention"] * 3))
+    with pytest.raises(UnsupportedModelError, match="chunked_attention"):
+        ModelConfig.from_hf(dict(d, layer_types=["chunked_attention"] * 4))
+
+
+@pytest.mark.parametrize("case", ["alternating"], indirect=True)
+def test_random_checkpoint_written_without_torch_matches_transformers(case, tmp_path):
+    """``write_random_hf_checkpoint`` (export: re-interleaved gate/up) loads in transformers with no
+    missing or unexpected tensor and gives the same logits."""
+    _, _, model = case
+    path = write_random_hf_checkpoint(tmp_path / "ckpt", tiny_hf_config("gpt_oss"), seed=6)
+    hf_model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager",
+                                                          experts_implementation="eager", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    ids, mask = batch(model.cfg.vocab_size)
+    ref_logits, _ = reference_forward(hf_model.eval(), ids, mask, position_ids=positions(mask))
+    assert rel_err(moe_jax.load(path)(ids, attention_mask=mask).logits, ref_logits, mask.astype(bool)) <= TOL
 
 
 @pytest.mark.parametrize("case", ["full_first_w5_clamped"], indirect=True)
