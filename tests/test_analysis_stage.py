@@ -146,3 +146,16 @@ def test_command_line_overrides_of_placeholder_fields(monkeypatch):
     # the section alone, or a partial dict, works too
     cfg = stage.section({"pivot": "fra_Latn", "bootstrap": {"n": 7}}, "analysis", stage.default_config())
     assert cfg.pivot == "fra_Latn" and cfg.bootstrap.n == 7 and cfg.bootstrap.seed == 0
+
+
+def test_divergence_on_the_topk_weight_statistic(tmp_path):
+    wd = str(tmp_path)
+    write_demo(wd, SPEC)
+    s = stage.run(_config(routing_statistic="topk_weight", metrics=("js_divergence",)), wd)
+    assert s["routing_statistic"] == "topk_weight"
+    _, data = store_lib.read_store(os.path.join(wd, "routing"))
+    want = pivot_divergence({l: a["seq_topk_weight"] for l, a in data.items()}, "eng_Latn", "js_divergence")
+    rows = [r for r in tables.read_table(os.path.join(wd, "analysis"), "divergence") if r["language"] == "fra_Latn"]
+    assert [float(r["mean"]) for r in rows] == pytest.approx(list(want["fra_Latn"]), rel=1e-6)
+    with pytest.raises(ValueError, match=r"routing_statistic 'topk_freq' is not one of \['mean_probs', 'topk_weight'\]"):
+        stage.run(_config(routing_statistic="topk_freq"), wd)

@@ -46,6 +46,10 @@ def default_config() -> ml_collections.ConfigDict:
     """The ``config.analysis`` section (every field documented inline)."""
     c = ml_collections.ConfigDict()
     c.pivot = "eng_Latn"  # divergences and language experts are measured from this language
+    # per-sequence routing distribution of the divergence and split-half pairs: "mean_probs" (mean of the
+    # full softmax over all experts) or "topk_weight" (mean of the softmax kept on the token's top-k and
+    # renormalised over it, the "actual weight" of the routing study's code)
+    c.routing_statistic = "mean_probs"
     # divergence metrics (moe_jax.analysis.metrics.DIVERGENCES); the first one is primary (band, correlation)
     c.metrics = ("entropy_normalized_js", "js_divergence")
     # None: detected from the primary divergence curve; (start, end): 0-indexed MoE-layer positions, inclusive
@@ -95,12 +99,29 @@ def section(config, name: str, defaults: ml_collections.ConfigDict,
 
 # -- analyses: each returns {table name: records} and a summary piece, or raises Skip ------------
 
+SEQ_STATISTICS = {"mean_probs": "seq_mean_probs", "topk_weight": "seq_topk_weight"}
+
+
+def seq_statistic(inp: Inputs, cfg) -> str:
+    """The store key of ``analysis.routing_statistic``; refuses a store collected before it existed."""
+    if cfg.routing_statistic not in SEQ_STATISTICS:
+        raise ValueError(f"analysis.routing_statistic {cfg.routing_statistic!r} is not one of {sorted(SEQ_STATISTICS)}")
+    key = SEQ_STATISTICS[cfg.routing_statistic]
+    missing = [l for l in inp.languages if key not in inp.data[l]]
+    if missing:
+        raise ValueError(f"analysis.routing_statistic={cfg.routing_statistic!r}: the store {inp.store} has no {key} "
+                         f"for {missing} (collected before it existed); run the collect stage again with "
+                         "collect.overwrite=True")
+    return key
+
+
 def _divergence(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
     inp.require_pivot("divergence")
     ids = inp.get("seq_ids")
+    key = seq_statistic(inp, cfg)
     rows, agg_rows, curves = [], [], {}
     for metric in cfg.metrics:
-        pairs = divergence.pivot_divergence_pairs(inp.get("seq_mean_probs"), inp.pivot, metric, seq_ids=ids)
+        pairs = divergence.pivot_divergence_pairs(inp.get(key), inp.pivot, metric, seq_ids=ids)
         agg = divergence.aggregate_divergence(inp.get("topk_counts"), inp.get("token_totals"), inp.pivot, metric)
         curves[metric] = {}
         for lang, v in pairs.items():
@@ -111,19 +132,20 @@ def _divergence(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
             agg_rows += [dict(language=lang, **inp.layer_cols(l), metric=metric, value=agg[lang][l])
                          for l in range(inp.n_layers)]
     state["curves"] = curves[cfg.metrics[0]]
-    return {"divergence": rows, "divergence_aggregate": agg_rows}, {"metrics": list(cfg.metrics)}
+    return ({"divergence": rows, "divergence_aggregate": agg_rows},
+            {"metrics": list(cfg.metrics), "routing_statistic": cfg.routing_statistic})
 
 
 def _baseline(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
-    rows = []
+    rows, key = [], seq_statistic(inp, cfg)
     for lang in inp.languages:
         a = inp.data[lang]
-        if a["seq_mean_probs"].shape[0] < 2:
+        if a[key].shape[0] < 2:
             log.warning("split-half baseline: %s has fewer than 2 sequences", lang)
             continue
         kw = dict(n_repeats=cfg.split_half_repeats, seed=cfg.split_half_seed, return_repeats=True)
         for metric in cfg.metrics:
-            for mode, d, w in (("pairs", a["seq_mean_probs"], None),
+            for mode, d, w in (("pairs", a[key], None),
                                ("means", a["seq_topk_freq"] / inp.top_k, a["seq_lengths"])):
                 r = divergence.split_half_baseline(d, metric, mode, weights=w, **kw)
                 rows += [dict(language=lang, **inp.layer_cols(l), metric=metric, mode=mode, mean=r[:, l].mean(),
@@ -131,7 +153,7 @@ def _baseline(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
     if not rows:
         raise Skip("split-half baseline: no language has 2 or more sequences")
     return {"baseline": rows}, {"split_half": {"repeats": cfg.split_half_repeats, "seed": cfg.split_half_seed,
-                                               "modes": {"pairs": "per-pair, on seq_mean_probs",
+                                               "modes": {"pairs": f"per-pair, on {key}",
                                                          "means": "half means, on seq_topk_freq / k"}}}
 
 
@@ -373,6 +395,8 @@ def run(config, workdir: str) -> dict[str, Any]:
         raise ValueError("analysis.metrics is empty")
     store = wd.routing_dir(workdir)
     out_dir = wd.analysis_dir(workdir)
+    if cfg.routing_statistic not in SEQ_STATISTICS:
+        raise ValueError(f"analysis.routing_statistic {cfg.routing_statistic!r} is not one of {sorted(SEQ_STATISTICS)}")
     inp = load_inputs(store, cfg.pivot, config_languages(config))
     summary: dict[str, Any] = {
         "store": store, "pivot": cfg.pivot, "languages": inp.languages, "language_pool": inp.pool,

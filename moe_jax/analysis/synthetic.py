@@ -107,11 +107,14 @@ def _reduce(spec: SyntheticSpec, z: np.ndarray, lengths: np.ndarray, ids: list[s
     topk = np.argsort(-z, axis=-1, kind="stable")[..., : spec.top_k]  # [T, L, k]
     onehot = np.zeros_like(p)
     np.put_along_axis(onehot, topk, 1.0, axis=-1)
+    kept = p * onehot
+    kept /= kept.sum(-1, keepdims=True)  # the softmax on the token's top-k, renormalised over it
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     per_seq = lambda x: np.add.reduceat(x, starts, axis=0) / lengths.reshape((-1,) + (1,) * (x.ndim - 1))
     arrays = dict(
         seq_ids=np.array(ids), seq_lengths=lengths.astype(np.int32),
         seq_mean_probs=per_seq(p).astype(np.float32), seq_topk_freq=per_seq(onehot).astype(np.float32),
+        seq_topk_weight=per_seq(kept).astype(np.float32),
         seq_token_entropy=per_seq(h).astype(np.float32), topk_counts=onehot.sum(0).astype(np.int64),
         gate_weight_sums=(p * onehot).sum(0).astype(np.float64),
         token_totals=np.full(spec.n_layers, lengths.sum(), np.int64))
