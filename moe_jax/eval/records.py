@@ -187,7 +187,7 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return float(center - half), float(center + half)
+    return max(0.0, float(center - half)), min(1.0, float(center + half))  # rounding: k = 0 gives -1e-17
 
 
 def score(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

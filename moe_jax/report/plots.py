@@ -227,7 +227,7 @@ def accuracy_bars(labels: Sequence[str], acc, low, high, *, title: str, ylabel: 
     fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(labels) + 2.5), 4.2))
     x = np.arange(len(labels))
     ax.bar(x, acc, color="#4c72b0", zorder=2)
-    ax.errorbar(x, acc, yerr=[acc - low, high - acc], fmt="none", ecolor="black", capsize=3, lw=1, zorder=3)
+    ax.errorbar(x, acc, yerr=np.clip([acc - low, high - acc], 0, None), fmt="none", ecolor="black", capsize=3, lw=1, zorder=3)
     if mean is not None:
         ax.axhline(mean, color="#c44e52", ls="--", lw=1.2, label=f"{mean_label} ({mean:.3f})")
         ax.legend(fontsize=8, frameon=False, loc="upper right")
