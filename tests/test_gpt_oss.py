@@ -7,7 +7,6 @@ and all biases are perturbed (``build_hf_model``). Also: YaRN frequencies, MXFP4
 bad packed input, interventions and routing collection, greedy generation with a KV cache.
 """
 
-import dataclasses
 import json
 import os
 
@@ -152,10 +151,13 @@ def test_sinks_window_and_clamp_matter(case):
     attn = [layer.self_attn for layer in hf_model.model.layers]
     experts = [layer.mlp.experts for layer in hf_model.model.layers]
     sinks = [a.sinks.detach().clone() for a in attn]
-    switches = {
-        "sinks": (lambda: [a.sinks.data.fill_(-1e4) for a in attn], lambda: [a.sinks.data.copy_(x) for a, x in zip(attn, sinks)]),
-        "window": (lambda: setattr(hf_model.config, "sliding_window", S), lambda: setattr(hf_model.config, "sliding_window", 5)),
-        "clamp": (lambda: [setattr(e, "limit", 100.0) for e in experts], lambda: [setattr(e, "limit", 0.15) for e in experts]),
+    config = hf_model.config
+    switches = {  # name: (switch off, switch back on)
+        "sinks": (lambda: [a.sinks.data.fill_(-1e4) for a in attn],
+                  lambda: [a.sinks.data.copy_(x) for a, x in zip(attn, sinks)]),
+        "window": (lambda: setattr(config, "sliding_window", S), lambda: setattr(config, "sliding_window", 5)),
+        "clamp": (lambda: [setattr(e, "limit", 100.0) for e in experts],
+                  lambda: [setattr(e, "limit", 0.15) for e in experts]),
     }
     for name, (off, on) in switches.items():
         off()
@@ -237,7 +239,8 @@ def mxfp4_checkpoint(tmp_path_factory):
     hf_model = build_hf_model(hf_cfg, seed=4)
     packed = pack_experts(hf_model, np.random.default_rng(1))
     save_hf_model(hf_model, str(d / "plain"))
-    tensors = {k: v for k, v in load_file(str(d / "plain" / "model.safetensors")).items() if k + "_blocks" not in packed}
+    plain = load_file(str(d / "plain" / "model.safetensors"))
+    tensors = {k: v for k, v in plain.items() if k + "_blocks" not in packed}
     os.makedirs(d / "hf")
     save_file({**tensors, **packed}, str(d / "hf" / "model.safetensors"), metadata={"format": "pt"})
     config = json.load(open(d / "plain" / "config.json"))

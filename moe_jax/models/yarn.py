@@ -30,7 +30,8 @@ def yarn_inv_freq(yarn: YarnConfig, theta: float, head_dim: int) -> np.ndarray:
     inv_inter = (f32(1.0) / (f32(yarn.factor) * pos_freqs)).astype(f32)
 
     def correction_dim(rotations: float) -> float:
-        return (dim * math.log(yarn.original_max_position_embeddings / (rotations * 2 * math.pi))) / (2 * math.log(theta))
+        turns = yarn.original_max_position_embeddings / (rotations * 2 * math.pi)
+        return (dim * math.log(turns)) / (2 * math.log(theta))
 
     low, high = correction_dim(yarn.beta_fast), correction_dim(yarn.beta_slow)
     if yarn.truncate:
