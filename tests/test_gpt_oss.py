@@ -7,6 +7,7 @@ and all biases are perturbed (``build_hf_model``). Also: YaRN frequencies, MXFP4
 bad packed input, interventions and routing collection, greedy generation with a KV cache.
 """
 
+import dataclasses
 import json
 import os
 
@@ -167,6 +168,30 @@ def test_sinks_window_and_clamp_matter(case):
             on()
         assert rel_err(changed, base, real) > 1e-3, name
     np.testing.assert_array_equal(reference_forward(hf_model, ids, mask, position_ids=pos)[0], base)  # restored
+
+
+def test_bfloat16_norm_matches_the_reference_module():
+    """In bf16 the reference keeps norm weights in fp32 and casts once after scaling: equal here up to
+    rare one-ulp differences of the fp32 rsqrt, where scaling the bf16-cast normalised values (the
+    other families' order) differs on many elements."""
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssRMSNorm
+    from moe_jax.models.layers import norm
+    cfg = ModelConfig.from_hf(tiny_hf_config("gpt_oss"))
+    rng = np.random.default_rng(8)
+    w = torch.tensor(1 + 0.3 * rng.normal(size=64)).to(torch.bfloat16).float()  # bf16 values, fp32 module
+    x = torch.tensor(rng.normal(size=(500, 64)) * 3).to(torch.bfloat16)
+    ref_norm = GptOssRMSNorm(64, eps=cfg.norm_eps)
+    ref_norm.weight.data.copy_(w)
+    with torch.no_grad():
+        want = ref_norm(x).float().numpy()
+    xs = jnp.asarray(x.float().numpy()).astype(jnp.bfloat16)
+    scale = jnp.asarray(w.numpy()).astype(jnp.bfloat16)
+    got = np.asarray(norm({"scale": scale}, xs, cfg).astype(jnp.float32))
+    other = dataclasses.replace(cfg, model_type="olmoe")  # plain "rms": cast, then scale in bf16
+    plain = np.asarray(norm({"scale": scale}, xs, other).astype(jnp.float32))
+    print(f"bf16 norm: {(got != want).mean():.5f} of elements differ (plain order: {(plain != want).mean():.5f})")
+    assert (got != want).mean() < 1e-3 and (plain != want).mean() > 0.05
+    np.testing.assert_allclose(got, want, rtol=2 ** -7)  # at most one bf16 ulp
 
 
 @pytest.mark.parametrize("rope", [

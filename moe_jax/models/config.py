@@ -22,7 +22,7 @@ class UnsupportedModelError(ValueError):
 class FamilySpec:
     """What distinguishes one MoE family from another, as data."""
 
-    norm: str  # "rms" | "layer" (LayerNorm with bias)
+    norm: str  # "rms" | "rms_fp32_scale" (scale applied in fp32) | "layer" (LayerNorm with bias)
     qk_norm: str  # "none" | "head" (per-head RMSNorm over head_dim) | "full" (RMSNorm over n_heads*head_dim)
     router: str  # "softmax_topk" | "sparsemixer"
     expert_width_key: str  # config key holding the expert FFN width
@@ -68,7 +68,7 @@ FAMILIES: dict[str, FamilySpec] = {
         has_shared_expert=False, has_dense_layers=False, default_rope_theta=1e6,
         default_norm_topk_prob=False, default_norm_eps=1e-5, hf_moe_prefix="block_sparse_moe", bias_rule="attention_bias"),
     "gpt_oss": FamilySpec(
-        norm="rms", qk_norm="none", router="topk_softmax", expert_width_key="intermediate_size",
+        norm="rms_fp32_scale", qk_norm="none", router="topk_softmax", expert_width_key="intermediate_size",
         has_shared_expert=False, has_dense_layers=False, default_rope_theta=150000.0,
         default_norm_topk_prob=False, default_norm_eps=1e-5, hf_moe_prefix="mlp", bias_rule="attention_bias",
         default_qkv_bias=True, router_bias=True, hf_router_name="router", expert_bias=True,

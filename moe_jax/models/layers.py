@@ -15,10 +15,14 @@ from moe_jax.models.kv_cache import KVCache
 from moe_jax.models.yarn import yarn_inv_freq
 
 
-def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
-    """``x / sqrt(mean(x^2) + eps)`` in fp32, cast back to ``x.dtype``, then ``* scale``."""
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float, scale_in_fp32: bool = False) -> jax.Array:
+    """``x / sqrt(mean(x^2) + eps)`` in fp32, cast back to ``x.dtype``, then ``* scale``; with
+    ``scale_in_fp32`` (GPT-OSS, whose reference keeps norm weights in fp32) the product is taken in
+    fp32 and cast once."""
     xf = x.astype(jnp.float32)
     y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    if scale_in_fp32:
+        return (scale.astype(jnp.float32) * y).astype(x.dtype)
     return y.astype(x.dtype) * scale
 
 
@@ -31,10 +35,10 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> j
 
 
 def norm(p: dict, x: jax.Array, cfg: ModelConfig) -> jax.Array:
-    """The family's block norm (RMSNorm, or LayerNorm with bias for PhiMoE)."""
+    """The family's block norm (RMSNorm, RMSNorm scaled in fp32 for GPT-OSS, or LayerNorm with bias for PhiMoE)."""
     if cfg.family.norm == "layer":
         return layer_norm(x, p["scale"], p["bias"], cfg.norm_eps)
-    return rms_norm(x, p["scale"], cfg.norm_eps)
+    return rms_norm(x, p["scale"], cfg.norm_eps, scale_in_fp32=cfg.family.norm == "rms_fp32_scale")
 
 
 def linear(p: dict, x: jax.Array) -> jax.Array:
