@@ -291,6 +291,34 @@ def test_mxfp4_checkpoint_converts_through_cli(mxfp4_checkpoint, tmp_path):
                                   ex.gate_up_proj.detach().numpy()[..., 1::2])
 
 
+def test_released_checkpoint_layout_is_planned():
+    """The tensor names and shapes of openai/gpt-oss-20b's safetensors (MXFP4 experts, bf16 elsewhere) are
+    exactly what the converter expects from its config.json: nothing missing, nothing unknown."""
+    from moe_jax.convert import name_map
+    from test_released_configs import RELEASED
+    cfg = ModelConfig.from_hf(RELEASED["gpt-oss-20b"][0])
+    E, H, I, V = 32, 2880, 2880, 201088
+    shapes = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,), "lm_head.weight": (V, H)}
+    for i in range(24):
+        p = f"model.layers.{i}."
+        shapes.update({p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
+                       p + "self_attn.sinks": (64,), p + "mlp.router.weight": (E, H), p + "mlp.router.bias": (E,),
+                       p + "mlp.experts.gate_up_proj_blocks": (E, 2 * I, H // 32, 16),
+                       p + "mlp.experts.gate_up_proj_scales": (E, 2 * I, H // 32),
+                       p + "mlp.experts.gate_up_proj_bias": (E, 2 * I),
+                       p + "mlp.experts.down_proj_blocks": (E, H, I // 32, 16),
+                       p + "mlp.experts.down_proj_scales": (E, H, I // 32), p + "mlp.experts.down_proj_bias": (E, H)})
+        for x, n in (("q", 4096), ("k", 512), ("v", 512)):
+            shapes.update({p + f"self_attn.{x}_proj.weight": (n, H), p + f"self_attn.{x}_proj.bias": (n,)})
+        shapes.update({p + "self_attn.o_proj.weight": (H, 4096), p + "self_attn.o_proj.bias": (H,)})
+    planned = {}
+    for src in name_map.plan(cfg, shapes):
+        planned[src.name] = src.shape
+        if src.scales:
+            planned[src.scales[0]] = src.scales_shape
+    assert planned == shapes
+
+
 def write_variant(d, tensors, packed, config_dir, **changes):
     """A copy of the MXFP4 checkpoint with tensors replaced (array) or removed (None)."""
     out = {**tensors, **packed}
