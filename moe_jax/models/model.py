@@ -20,6 +20,7 @@ from flax import nnx
 
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.decoder import ModelOutput, forward
+from moe_jax.models.generate import GenerateOutput, generate
 from moe_jax.models.intervention import Intervention
 
 
@@ -56,6 +57,20 @@ class MoeModel(nnx.Module):
             self.sow(nnx.Intermediate, "topk_idx", out.topk_idx)
             self.sow(nnx.Intermediate, "topk_weights", out.topk_weights)
         return out
+
+    def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 64, stop_token_ids=None,
+                 intervention: Intervention | None = None, return_router: bool = False) -> GenerateOutput:
+        """Greedy generation with a KV cache (``generate.generate``) from prompts ``[B, P]`` padded on
+        either side. ``stop_token_ids`` None: the tokenizer's eos token when there is one (pass ``[]``
+        for none). Padding emitted after a stop is the tokenizer's pad token, else 0."""
+        tok = self.tokenizer
+        if stop_token_ids is None:
+            eos = getattr(tok, "eos_token_id", None)
+            stop_token_ids = [] if eos is None else [eos]
+        pad = getattr(tok, "pad_token_id", None)
+        return generate(self.param_tree, self.cfg, input_ids, attention_mask, max_new_tokens=max_new_tokens,
+                        stop_token_ids=stop_token_ids, pad_id=0 if pad is None else pad,
+                        intervention=intervention, backend=self.backend, return_router=return_router)
 
     def no_intervention(self) -> Intervention:
         return Intervention.none(self.cfg.num_moe_layers, self.cfg.num_experts)
