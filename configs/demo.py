@@ -46,4 +46,15 @@ def get_config():
     c.mesh.shape = {"data": -1, "model": 1}
     c.analysis.accuracy = dict(ILLUSTRATIVE_ACCURACY)
     c.eval = common.demo_eval()
+    # a small steering sweep on the demo Belebele items: baseline, soft, hard, mask, a random control and a
+    # learned bias, targets = math task experts (tau 0.1: the random model's Delta stays below 0.3)
+    c.steer.task = "math"
+    c.steer.tasks = "belebele"
+    c.steer.languages = "eng_Latn,fra_Latn"
+    c.steer.methods = "soft,hard,mask"
+    c.steer.taus = (0.1,)
+    c.steer.controls = "random"
+    c.steer.learned.enabled = True
+    c.steer.learned.steps = 5
+    c.steer.n_boot = 1000
     return c

@@ -64,13 +64,20 @@ def test_demo_end_to_end(tmp_path):
         ("belebele", "fra_Latn"), ("belebele", "mean_non_english")]
     assert [r["n"] for r in ev["rows"] if r["language"] != "mean_non_english"] == [5, 5, 7, 7, 5, 5]
     assert any("DEMO DATA" in w for w in ev["warnings"]) and "evaluation accuracies are those of a random model" in proc.stdout
+    # the steering sweep: baseline, soft, hard, mask, a random control and a learned bias, one compile
+    st = json.loads((tmp_path / "steer" / "summary.json").read_text())
+    assert [n.split("-")[0] for n in st["settings"]] == ["baseline", "soft", "hard", "mask", "soft", "learned"]
+    assert "-random-" in st["settings"][4] and st["settings_that_compiled"] == ["baseline"]
+    assert "every accuracy change of this sweep is noise" in proc.stdout
     page = (tmp_path / "report" / "index.html").read_text()
     for section in ("Divergence from the pivot", "Routing entropy", "Token consistency", "Language similarity",
-                    "Expert specialisation", "Evaluation accuracy", "Correlation with accuracy", "Run metadata"):
+                    "Expert specialisation", "Evaluation accuracy", "Correlation with accuracy", "Router steering",
+                    "Downloads", "Run metadata"):
         assert f">{section}<" in page, section
     assert "DEMO DATA" in page
     for png in ("correlation_scatter", "correlation_by_layer", "experts_task_math", "experts_task_medicine",
-                "accuracy_mgsm", "accuracy_gmmlu_medical", "accuracy_belebele"):
+                "accuracy_mgsm", "accuracy_gmmlu_medical", "accuracy_belebele", "steer_heatmap_belebele",
+                "steer_controls_belebele", "steer_targets"):
         assert os.path.getsize(tmp_path / "report" / f"{png}.png") > 0 and f"{png}.png" in page, png
 
     # A rerun finds everything done; a different random model is refused and leaves the store as it was.

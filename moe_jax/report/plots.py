@@ -236,3 +236,45 @@ def accuracy_bars(labels: Sequence[str], acc, low, high, *, title: str, ylabel: 
     ax.set(title=title, ylabel=ylabel, ylim=(0, 1.05))
     ax.grid(axis="y", alpha=0.3)
     return fig
+
+
+def delta_bars(labels: Sequence[str], delta, low, high, *, title: str, xlabel: str = "accuracy change",
+               groups: Sequence[str] | None = None, significant: Sequence[bool] | None = None):
+    """Accuracy changes ``delta [n]`` with intervals ``[low, high]``, one horizontal bar per setting
+    (long names stay readable), coloured by ``groups`` (main rule vs controls); ``significant`` bars get a star."""
+    delta, low, high = (np.asarray(v, float) for v in (delta, low, high))
+    fig, ax = plt.subplots(figsize=(8.5, max(2.8, 0.36 * len(labels) + 1.6)))
+    y = np.arange(len(labels))[::-1]  # first setting on top
+    names = list(dict.fromkeys(groups)) if groups is not None else [""]
+    colours = plt.get_cmap("tab10")
+    for gi, g in enumerate(names):
+        sel = np.array([groups is None or groups[i] == g for i in range(len(labels))])
+        ax.barh(y[sel], delta[sel], color=colours(gi), label=g or None, zorder=2, height=0.6)
+    ax.errorbar(delta, y, xerr=np.clip([delta - low, high - delta], 0, None), fmt="none", ecolor="black", capsize=3,
+                lw=1, zorder=3)
+    if significant is not None:
+        for i in np.flatnonzero(np.asarray(significant, bool)):
+            ax.text(high[i], y[i], " *", ha="left", va="center", fontsize=12)
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set(title=title, xlabel=xlabel)
+    ax.grid(axis="x", alpha=0.3)
+    if groups is not None:
+        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def delta_vs_lambda(series: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], *, title: str,
+                    ylabel: str = "accuracy change"):
+    """Per method ``(lambdas, delta, low, high)``: the change against the steering strength."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, (lam, d, lo, hi) in series.items():
+        order = np.argsort(lam)
+        lam, d, lo, hi = (np.asarray(v, float)[order] for v in (lam, d, lo, hi))
+        ax.plot(lam, d, marker="o", label=name)
+        ax.fill_between(lam, lo, hi, alpha=0.15)
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set(title=title, xlabel="lambda", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    return fig

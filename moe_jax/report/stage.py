@@ -54,6 +54,8 @@ class _Report:
         self.accuracy = {r["language"]: r["accuracy"] for r in acc}
         self.eval_dir = wd.eval_dir(workdir)
         self.eval = read_json(os.path.join(wd.eval_dir(workdir), "summary.json"))  # None without an eval stage
+        self.steer_dir = wd.steer_dir(workdir)
+        self.steer = read_json(os.path.join(self.steer_dir, "summary.json"))  # None without a steer stage
         self.pngs: list[str] = []
 
     def table(self, name: str):
@@ -255,6 +257,95 @@ class _Report:
                 f"prompts truncated: {sum(r['truncated'] for r in per)}. Per-item records in {self.eval_dir}."))
         return blocks
 
+    def steering(self) -> list[str]:
+        if not self.steer or not self.steer.get("rows"):
+            return []
+        rows, s = self.steer["rows"], self.steer
+        specs = {d["name"]: d for d in read_json(os.path.join(self.steer_dir, "settings.json")) or []}
+        blocks = [html.paragraph(w, cls="note") for w in s.get("warnings", [])]
+        blocks.append(html.paragraph(
+            f"{len(specs)} settings and the baseline, evaluated on the same items; compiled programs per setting: "
+            + ", ".join(f"{k} {v}" for k, v in s["compiles"].items()) + f"; sweep wall time {s['seconds']:.0f} s. "
+            "Change = steered - baseline accuracy; interval: paired bootstrap 95% (items resampled, the same "
+            "for both runs); p: exact McNemar test on the discordant items."))
+
+        def kind(name: str) -> str:
+            prov = specs.get(name, {}).get("provenance", {})
+            return prov.get("control") or ("learned" if prov.get("rule") == "learned" else "main")
+        for task in dict.fromkeys(r["task"] for r in rows):
+            tr = [r for r in rows if r["task"] == task]
+            names = list(dict.fromkeys(r["setting"] for r in tr))
+            langs = list(dict.fromkeys(r["language"] for r in tr))
+            at = {(r["setting"], r["language"]): r for r in tr}
+            delta = np.array([[at[(n, l)]["delta"] if (n, l) in at else np.nan for l in langs] for n in names])
+            sig = np.array([[(n, l) in at and at[(n, l)]["p_mcnemar"] < 0.05 for l in langs] for n in names])
+            blocks.append(self.fig(
+                plots.heatmap(delta, names, langs, title=f"{task}: accuracy change by setting and language",
+                              cbar_label="accuracy change", xlabel="language", cmap="RdBu", center=0.0,
+                              annotate=True, marks=sig, mark_label="McNemar p < 0.05"),
+                f"steer_heatmap_{task}",
+                f"{task}: steered minus baseline accuracy per language (non_english: the non-English items pooled); "
+                "circled cells differ from the baseline at p < 0.05 (exact McNemar)."))
+            pooled = [r for r in tr if r["language"] == "non_english"] or [r for r in tr if r["language"] == langs[0]]
+            blocks.append(self.fig(
+                plots.delta_bars([r["setting"] for r in pooled], [r["delta"] for r in pooled],
+                                 [r["ci_low"] for r in pooled], [r["ci_high"] for r in pooled],
+                                 groups=[kind(r["setting"]) for r in pooled],
+                                 significant=[r["p_mcnemar"] < 0.05 for r in pooled],
+                                 title=f"{task}: change over {pooled[0]['language']}, main settings beside the controls"),
+                f"steer_controls_{task}",
+                "Each bar a setting, coloured by kind (main rule, random experts, early / late band, language "
+                "experts, learned bias), with its paired 95% interval; * p < 0.05. Also shown per setting in the "
+                f"table below: the fraction of tokens whose top-k changed in the steered layers."))
+            series: dict[str, list] = {}
+            for r in pooled:
+                d = specs.get(r["setting"], {})
+                if kind(r["setting"]) == "main" and d.get("method") in ("soft", "proportional", "bias"):
+                    series.setdefault(d["method"], []).append((d["lam"], r["delta"], r["ci_low"], r["ci_high"]))
+            series = {m: tuple(np.array(v).T) for m, v in series.items() if len({x[0] for x in v}) > 1}
+            if series:
+                blocks.append(self.fig(plots.delta_vs_lambda(series, title=f"{task}: change against lambda"),
+                                       f"steer_lambda_{task}", "Accuracy change of the main rule against the "
+                                       "steering strength, per method, with paired 95% intervals (shaded)."))
+        if specs:
+            layers = sorted({t[0] for d in specs.values() for t in d["targets"]})
+            counts = np.array([[sum(t[0] == l for t in d["targets"]) for l in layers] for d in specs.values()])
+            blocks.append(self.fig(
+                plots.heatmap(counts, list(specs), layers, title="Steering targets per layer", cbar_label="experts",
+                              cmap="Blues", annotate=True),
+                "steer_targets", "Number of target experts of each setting per decoder layer."))
+            blocks.append(html.table(
+                ([n, d["method"], d["lam"], len(d["targets"]), kind(n),
+                  ", ".join(f"{k}={v}" for k, v in d["provenance"].items() if k in ("rule", "tau", "band", "seed")),
+                  next((f"{r['topk_changed']:.3f}" for r in rows if r["setting"] == n), "")]
+                 for n, d in specs.items()),
+                ["setting", "method", "lambda", "targets", "kind", "selection", "top-k changed"]))
+        return blocks
+
+    def downloads(self) -> list[str]:
+        links = [(name, os.path.relpath(path, self.rdir)) for name, path in self.csv_files()]
+        if not links:
+            return []
+        items = "".join(f'<li><a href="{html.esc(rel)}">{html.esc(name)}</a></li>' for name, rel in links)
+        return [html.paragraph("Tables as CSV, copied beside this page (relative links):"), f"<ul>{items}</ul>"]
+
+    def csv_files(self) -> list[tuple[str, str]]:
+        """``(label, path in report/csv)`` of every analysis, eval and steer CSV, copied there."""
+        out = []
+        sources = [(f"analysis/{n}", os.path.join(self.adir, n)) for n in sorted(os.listdir(self.adir))
+                   if n.endswith(".csv")]
+        sources += [(f"{sub}/summary.csv", os.path.join(d, "summary.csv"))
+                    for sub, d in (("eval", self.eval_dir), ("steer", self.steer_dir))]
+        for label, src in sources:
+            if os.path.exists(src):
+                dst = os.path.join(self.rdir, "csv", label.replace("/", "_"))
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                with open(src, "rb") as f:
+                    data = f.read()
+                atomic_write(dst, lambda fh, data=data: fh.write(data))
+                out.append((label, dst))
+        return out
+
     def correlation(self) -> list[str]:
         rows, pts, info = self.table("correlation"), self.table("correlation_points"), self.s.get("correlation")
         if not rows or not info:
@@ -332,6 +423,8 @@ SECTIONS: tuple[tuple[str, str, Callable[[_Report], list[str]]], ...] = (
     ("Expert specialisation", "experts", _Report.experts),
     ("Evaluation accuracy", "accuracy", _Report.evaluation),
     ("Correlation with accuracy", "correlation", _Report.correlation),
+    ("Router steering", "steering", _Report.steering),
+    ("Downloads", "downloads", _Report.downloads),
     ("Run metadata", "metadata", _Report.metadata),
 )
 

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 import numpy as np
+from ml_collections import config_dict
 
 from moe_jax import workdir as wd
 from moe_jax.atomic import atomic_write, atomic_write_json, read_json
@@ -37,14 +38,19 @@ log = logging.getLogger(__name__)
 
 BASELINE = "baseline"
 PIVOT = "eng_Latn"
+RANDOM_SWEEP_WARNING = ("RANDOM MODEL: the weights are random, so every accuracy change of this sweep is noise; "
+                        "it shows the machinery, not an effect of steering.")
 STATISTICS = {"topk_freq": "seq_topk_freq", "topk_weight": "seq_topk_weight", "mean_probs": "seq_mean_probs"}
 SUMMARY_COLUMNS = ("setting", "method", "rule", "task", "language", "n", "baseline", "steered", "delta",
                    "ci_low", "ci_high", "b", "c", "p_mcnemar", "topk_changed", "targets")
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The ``config.steer`` section (tasks and languages come from ``config.eval``)."""
+    """The ``config.steer`` section (tasks, languages and items default to ``config.eval``'s)."""
     c = ml_collections.ConfigDict()
+    c.tasks = ""  # eval tasks of the sweep, e.g. "mgsm"; "" = config.eval.tasks
+    c.languages = ""  # e.g. "eng_Latn,fra_Latn"; "" = config.eval.languages
+    c.limit = config_dict.placeholder(int)  # items per lm-eval task; None = config.eval.limit
     c.rule = "task"  # "task": task store vs generic store; "shared": experts shared with a dominant language
     c.task = ""  # rule "task": name of the task store (config.tasks); "" = the first one
     c.shared_languages = ""  # rule "shared": "eng_Latn,zho_Hans" (dominant first); "" = every store language
@@ -236,6 +242,9 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
 
     opts = options(config)
     eval_opts = eval_stage.options(config)
+    for key in ("tasks", "languages", "limit"):  # the sweep's subset of the evaluation
+        if opts[key] not in ("", None):
+            eval_opts[key] = opts[key]
     if eval_opts.steering:
         raise StageError("eval.steering is set: the steer stage builds its own interventions; clear it")
     todo = eval_stage.plan(eval_opts)
@@ -290,9 +299,13 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     summary = {"settings": [BASELINE] + [s.name for s in specs], "compiles": compiles,
                "settings_that_compiled": [n for n, c in compiles.items() if c], "seconds": wall, "rows": rows,
                "warnings": [w for w in (model_warning(config),) if w]}
+    if config.model.source == "tiny_random":
+        summary["warnings"].append(RANDOM_SWEEP_WARNING)
     _write_summary(out_dir, summary)
     print(f"steering sweep of {len(specs)} settings written to {out_dir} (compiles per setting: "
           f"{compiles})", flush=True)
+    for w in summary["warnings"][1:]:
+        print(f"WARNING: {w}", flush=True)
     return summary
 
 
