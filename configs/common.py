@@ -15,7 +15,7 @@ from moe_jax.data.corpora import BUILTIN_TASKS
 from moe_jax.pipeline import RANDOM_WEIGHTS_WARNING  # noqa: F401 (used by configs)
 from moe_jax.stages import default_config
 
-# METHODS.md, study R: the 15 languages of the multilingual-routing analysis (FLORES codes).
+# The 15 languages of the multilingual-routing study (Bandarkar et al., arXiv 2510.04694), FLORES codes.
 R_LANGUAGES = ("eng_Latn", "bam_Latn", "fra_Latn", "tha_Thai", "pes_Arab", "arb_Arab", "arb_Latn", "ary_Arab",
                "hin_Deva", "zho_Hans", "srp_Cyrl", "lit_Latn", "ory_Orya", "ben_Beng", "asm_Beng")
 
@@ -53,15 +53,38 @@ def demo_eval() -> ml_collections.ConfigDict:
     return e
 
 
+def study_steer(band: str = "auto", tau: float = 0.3, methods: str = "soft,hard") -> ml_collections.ConfigDict:
+    """``config.steer`` of study R's MGSM sweep: math task experts (``config.tasks.math``) against generic
+    English, soft steering at lambda 0.5 and hard steering, every control, on MGSM in its 11 languages.
+
+    ``band``: "auto" (the analysis' detected middle band) or "lo-hi" in 0-indexed decoder layers. The
+    study reports 1-indexed bands whose inclusiveness it does not state (Qwen3-30B-A3B 8-35,
+    Phi-3.5-MoE 8-17, GPT-OSS-20B 4-19; tau 0.4, 0.3, 0.3), from a secondary summary of the paper:
+    starting points to compare against the detected band, not confirmed settings.
+    """
+    from moe_jax.steering.stage import default_config as steer_defaults
+    s = steer_defaults()
+    s.task = "math"
+    s.tasks = "mgsm"
+    s.languages = ",".join(MGSM_LANGUAGES)
+    s.methods = methods
+    s.lambdas = (0.5,)
+    s.taus = (tau,)
+    s.bands = band
+    s.controls = "random,early,late,language"
+    return s
+
+
 def hub_model_config(hub_id: str, *, batch_size: int = 16, model_axis: int = 1, dataset: str = "belebele",
                      tasks: Sequence[str] = BUILTIN_TASKS, **data_overrides) -> ml_collections.ConfigDict:
-    """A released checkpoint from the hub, bf16, on the 15 languages of study R.
+    """A released checkpoint from the hub, bf16, on the 15 languages of Bandarkar et al.
 
     ``model_axis``: devices per model replica (experts / heads / MLP split over them); -1 puts the
     whole mesh on the model axis (one replica, for checkpoints that fill several GPUs).
-    ``dataset``: "belebele" (FLORES passages as in Belebele, test split; what R used) or
+    ``dataset``: "belebele" (FLORES passages as in Belebele, test split; what Bandarkar et al. used) or
     "flores_plus" (gated on the hub; dev split).
-    ``tasks``: shipped English task corpora collected for the task experts (METHODS Eq. 3): "math"
+    ``tasks``: shipped English task corpora collected for the task experts
+    (docs/methods.md#task-and-language-experts): "math"
     (grade-school word problems, GSM8K style) and "medicine" (medical questions and instructions),
     48 prompts each, written for moe_jax. The studies used GSM8K-style math and medical
     instructions; these small sets give a first look. For full-size task data replace an entry,
@@ -80,6 +103,7 @@ def hub_model_config(hub_id: str, *, batch_size: int = 16, model_axis: int = 1, 
         c.data[k] = v
     c.tasks = builtin_tasks(tasks)
     c.eval = study_eval()
+    c.steer = study_steer()
     c.collect.batch_size = batch_size
     c.collect.pad_to_multiple = 64
     c.mesh.shape = {"data": 1, "model": -1} if model_axis == -1 else {"data": -1, "model": model_axis}
