@@ -71,7 +71,8 @@ def default_config():
     c.data = data_defaults()
     # {task name: data fields of a task corpus}, e.g. {"math": {"source": "builtin_task", "task": "math"}}:
     # collected like config.data (same model, template options) into workdir/tasks/<name>, used by the
-    # analyze stage's task experts (METHODS Eq. 3; moe_jax.data.defaults.task_data_config). {} = none.
+    # analyze stage's task experts (docs/methods.md#task-and-language-experts;
+    # moe_jax.data.defaults.task_data_config). {} = none.
     c.tasks = ml_collections.ConfigDict()
     c.collect = collect_defaults()
     c.mesh = shd.default_mesh_config()

@@ -138,7 +138,7 @@ def test_shared_exclusive_by_hand():
 
 
 def test_shared_exclusive_tie_at_threshold_is_neither():
-    # METHODS: exclusive if p_x > thr, shared if every p_x < thr. e0: a and b 0.5 each (tie at thr);
+    # docs/methods.md: exclusive if p_x > thr, shared if every p_x < thr. e0: a and b 0.5 each (tie at thr);
     # e1: a 0.3 / b 0.1 -> a .75 exclusive; e2: a .2 / b .6 -> b .75; e3 in no top-3
     f = {"a": np.array([[0.4, 0.3, 0.2, 0.0]]), "b": np.array([[0.4, 0.1, 0.6, 0.05]])}
     r = shared_exclusive_experts(f, top_k=3, thr=0.5)

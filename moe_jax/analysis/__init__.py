@@ -1,4 +1,4 @@
-"""Routing analysis on plain NumPy arrays (NumPy in, NumPy out), after the studies in METHODS.md.
+"""Routing analysis on plain NumPy arrays (NumPy in, NumPy out), methods in docs/methods.md.
 
 Distributions are ``[..., experts]``; per-sequence statistics ``[sequences, layers, experts]``;
 aggregates ``[layers, experts]``; layers are positions on the MoE-layer axis. The ``analyze`` stage

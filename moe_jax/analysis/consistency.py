@@ -18,8 +18,8 @@ def sample_token_pairs(seq_lengths, n_pairs: int, seed: int = 0, scope: str = "s
     """Two index arrays ``[n_pairs]`` into the concatenated tokens of all sequences (``[T]``).
 
     ``scope="sequence"``: the first token uniformly among tokens of sequences with at least 2
-    tokens, the second uniformly among the *other* tokens of the same sequence (METHODS: pairs
-    within a sequence). ``scope="language"``: two distinct tokens anywhere.
+    tokens, the second uniformly among the *other* tokens of the same sequence (pairs within a
+    sequence, docs/methods.md#token-consistency). ``scope="language"``: two distinct tokens anywhere.
     """
     lengths = np.asarray(seq_lengths, np.int64)
     if lengths.ndim != 1 or np.any(lengths < 0):

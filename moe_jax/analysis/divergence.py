@@ -2,14 +2,15 @@
 
 Two paths:
 
-* per sequence (METHODS Eq. 1-2): ``Div(x, l) = mean_i D(q_i^(pivot, l), q_i^(x, l))`` over aligned
+* per sequence: ``Div(x, l) = mean_i D(q_i^(pivot, l), q_i^(x, l))`` over aligned
   sequence pairs, from per-sequence distributions ``[sequences, layers, experts]``;
 * aggregate: ``D(c^pivot_l / sum c^pivot_l, c^x_l / sum c^x_l)`` from language totals of top-k counts
   ``[layers, experts]`` and token totals ``[layers]``, for users who kept only aggregates.
 
 ``split_half_baseline`` measures the same quantities between two random halves of one language, so
 that a curve can be read against noise, and ``detect_middle_band`` finds the contiguous layers of low
-divergence. Layer positions are 0-indexed positions on the MoE-layer axis.
+divergence. Layer positions are 0-indexed positions on the MoE-layer axis. Formulas:
+docs/methods.md#divergence-from-the-pivot.
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
 """Expert specialisation: task experts, language experts, shared vs language-exclusive experts.
 
-Frequencies are per-sequence relative activation frequencies ``a_i[e] / L_i`` (the store's
+Formulas and sources: docs/methods.md#expert-specialisation. Frequencies are per-sequence relative
+activation frequencies ``a_i[e] / L_i`` (the store's
 ``seq_topk_freq``, ``[sequences, layers, experts]``, each in [0, 1]) or language totals ``c / T``.
 
-* ``specialization`` (METHODS Eq. 3): ``Delta_e = mean_i freq_i(e | target) - mean_i freq_i(e | reference)``
+* ``specialization``: ``Delta_e = mean_i freq_i(e | target) - mean_i freq_i(e | reference)``
   in [-1, 1]; expert e at layer l is specialised when ``Delta > tau``. Task experts: task data
   against generic data (English); language experts: a language against the pivot.
-* ``shared_exclusive_experts`` (U): keep each language's top-k experts per layer, share each
+* ``shared_exclusive_experts``: keep each language's top-k experts per layer, share each
   expert's mass across the language pool; exclusive to x when x's share > thr, shared when used
-  by some language's top-k and every share < thr (strict, as METHODS states: an expert whose largest
+  by some language's top-k and every share < thr (strict on both sides: an expert whose largest
   share equals thr exactly is neither). The labels depend on the pool.
 """
 
@@ -52,7 +53,7 @@ def _mean_freq(freq, name: str) -> np.ndarray:
 
 
 def specialization(target_freq, reference_freq, tau: float = 0.3) -> ExpertSets:
-    """METHODS Eq. 3: ``Delta [layers, experts]`` of target against reference data, experts with ``Delta > tau``.
+    """Specialisation: ``Delta [layers, experts]`` of target against reference data, experts with ``Delta > tau``.
 
     Both inputs ``[sequences, layers, experts]`` (or already averaged ``[layers, experts]``).
     """

@@ -18,7 +18,7 @@ from moe_jax.routing.store import read_meta, read_store
 log = logging.getLogger(__name__)
 
 # meta fields a task store must share with the main store (when both record them): anything else
-# that differs would enter Delta (METHODS Eq. 3) as if it were a task effect
+# that differs would enter Delta (docs/methods.md#task-and-language-experts) as if it were a task effect
 TASK_STORE_MATCH = ("checkpoint_sha256", "dtype", "template", "tokenizer_sha256", "model_type", "num_layers",
                     "moe_layer_ids", "num_experts", "top_k")
 
@@ -167,13 +167,13 @@ def check_task_store(task: str, path: str, tmeta: dict, inp: Inputs) -> None:
         else:
             what = f"{key}: {theirs!r} in the task store, {ours!r} in the main store"
         raise ValueError(f"task store {task!r} ({path}) and the main store {inp.store} were collected with "
-                         f"different options ({what}); Delta (METHODS Eq. 3) would mix that difference into the "
+                         f"different options ({what}); Delta would mix that difference into the "
                          "task effect: collect both with the same model, dtype and config.data template options")
 
 
 def task_language(task: str, path: str, tdata: dict, inp: Inputs) -> str:
-    """The language of the task data, whose generic data it is compared with: the pivot (METHODS:
-    English task data against English FLORES) or, for a single-language task store in another
+    """The language of the task data, whose generic data it is compared with: the pivot (English
+    task data against generic English text) or, for a single-language task store in another
     language, the main store's data of that same language (recorded as ``generic_language``)."""
     if inp.pivot in tdata:
         return inp.pivot

@@ -1,4 +1,4 @@
-"""Routing entropy per layer: how concentrated the router is (falls with depth, METHODS)."""
+"""Routing entropy per layer: how concentrated the router is (falls with depth; docs/methods.md#routing-entropy)."""
 
 from __future__ import annotations
 

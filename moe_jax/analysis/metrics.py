@@ -12,8 +12,8 @@ from scipy.special import xlogy
 
 from moe_jax.analysis.validate import as_distribution, as_finite
 
-M_FLOOR = 1e-10  # METHODS Eq. 2: clamp of the mixture m (and of q in KL) so logs stay finite
-DENOM_FLOOR = 1e-6  # METHODS Eq. 2: clamp of the entropy-normalised JS denominator
+M_FLOOR = 1e-10  # entropy-normalised JS: clamp of the mixture m (and of q in KL) so logs stay finite
+DENOM_FLOOR = 1e-6  # clamp of the entropy-normalised JS denominator
 
 
 def _kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -47,11 +47,11 @@ def js_divergence(p, q) -> np.ndarray:
 
 
 def entropy_normalized_js(p, q) -> np.ndarray:
-    """METHODS Eq. 2: ``JSD(p, q) / max(log E - (H(p) + H(q)) / 2, 1e-6)``.
+    """Entropy-normalised JS: ``JSD(p, q) / max(log E - (H(p) + H(q)) / 2, 1e-6)``.
 
     Raw JSD falls with the routing entropy over depth; dividing by the room left for divergence
     (``JSD <= H(m) - mean H <= log E - mean H``) puts every layer on [0, 1]. Finite for one-hot
-    inputs thanks to the clamps. ``[..., experts] -> [...]``.
+    inputs thanks to the clamps (docs/methods.md#distances-between-distributions). ``[..., experts] -> [...]``.
     """
     p, q = as_distribution(p, "p"), as_distribution(q, "q")
     n_experts = p.shape[-1]

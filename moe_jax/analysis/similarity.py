@@ -1,6 +1,7 @@
 """Language-by-language routing similarity per layer or layer band, and hierarchical clustering.
 
-Utilisation vectors are a language's top-k frequencies ``f = c / T`` per layer (METHODS, U). The
+Utilisation vectors are a language's top-k frequencies ``f = c / T`` per layer
+(docs/methods.md#language-similarity-and-clustering). The
 similarity of two languages is the cosine of their vectors (``metric="cosine"``) or
 ``1 - entropy-normalised JS`` of the normalised vectors (``metric="js"``). A band's similarity is the
 mean of its layers' similarities.

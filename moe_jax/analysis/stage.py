@@ -66,7 +66,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.similarity_bands = ""
     c.cluster_method = "average"  # scipy.cluster.hierarchy.linkage method
     c.experts = ml_collections.ConfigDict({
-        "task_tau": 0.3,  # task expert when Delta > task_tau (METHODS Eq. 3)
+        "task_tau": 0.3,  # task expert when Delta > task_tau (docs/methods.md#task-and-language-experts)
         "language_tau": 0.3,  # language expert when Delta (language - pivot) > language_tau
         "shared_top_k": 16,  # per (language, layer) top-k kept for shared/exclusive (clipped to E)
         "shared_thr": 0.5,  # exclusive when the language's share of the pool's mass > shared_thr

@@ -5,12 +5,13 @@ compiles once. The neutral element (``Intervention.none``) changes nothing, bit 
 
 For each token with logits ``z [E]`` of MoE layer ``l``::
 
-    z' = z + bias[l] + std_scale[l] * std(z) + abs_scale[l] * |z|      (soft steering, R Eq. 4; U prop.)
-    z'[e] = max(z') + margin            where mode[l, e] == FORCE       (R Eq. 5, hard activation)
-    z'[e] = min(z')                     where mode[l, e] == DEMOTE      (R Eq. 5, hard deactivation)
-    z'[e] = FORBIDDEN                   where mode[l, e] == FORBID      (U masking: the token re-routes)
+    z' = z + bias[l] + std_scale[l] * std(z) + abs_scale[l] * |z|      (soft, proportional, bias)
+    z'[e] = max(z') + margin            where mode[l, e] == FORCE       (hard steering: forced on)
+    z'[e] = min(z')                     where mode[l, e] == DEMOTE      (hard steering: forced down)
+    z'[e] = FORBIDDEN                   where mode[l, e] == FORBID      (masking: the token re-routes)
 
-``std`` is the population standard deviation over all E logits of the token.
+``std`` is the population standard deviation over all E logits of the token. Sources and the
+steering methods built on it: docs/methods.md#router-interventions.
 """
 
 from __future__ import annotations

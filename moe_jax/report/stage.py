@@ -144,7 +144,8 @@ class _Report:
                                             title="Router entropy per token", ylabel="H(softmax(z)) / log E",
                                             band=self.band, highlight=hl),
                          "entropy_curves", f"Mean token-level router entropy, normalised by log E (pivot {pivot} in "
-                         "black). In trained models it falls with depth, faster for non-English (METHODS)."),
+                         "black). In trained models it falls with depth, faster for non-English "
+                         "(docs/methods.md#routing-entropy)."),
                 self.fig(plots.layer_curves(self.x, self.curves(rows, "utilization_entropy_norm"),
                                             title="Expert utilisation entropy", ylabel="H(c / sum c) / log E",
                                             band=self.band, highlight=hl),
@@ -215,7 +216,7 @@ class _Report:
                               cbar_label="experts", cmap="Blues", annotate=True, ylabel="language"),
                 "experts_language",
                 f"Experts whose activation frequency in a language exceeds the pivot's by more than {li['tau']} "
-                "(METHODS Eq. 3 with language data)."))
+                "(docs/methods.md#task-and-language-experts)."))
         task = self.table("experts_task")
         if task:
             ti = self.s["task_experts"]

@@ -11,7 +11,7 @@ Arrays of ``<lang>.npz`` (N sequences, L MoE layers, E experts, k top-k):
 
     seq_ids            [N]        str      aligned sentence ids (same order in every language)
     seq_lengths        [N]        int32    tokens counted (padding and, optionally, template excluded)
-    seq_mean_probs     [N, L, E]  float32  mean over counted tokens of the FULL softmax (METHODS Eq. 1)
+    seq_mean_probs     [N, L, E]  float32  mean over counted tokens of the FULL softmax (docs/methods.md)
     seq_topk_freq      [N, L, E]  float32  fraction of counted tokens whose top-k holds e (rows sum to k)
     seq_topk_weight    [N, L, E]  float32  mean over counted tokens of softmax(z) restricted to the token's
                                            top-k and renormalised over it (rows sum to 1); absent in
