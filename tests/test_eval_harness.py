@@ -87,6 +87,19 @@ def test_text_requests_follow_lm_eval_encoding(lm):
     assert c == pytest.approx(ref, rel=1e-5)
 
 
+def test_loglikelihood_rolling_sums_disjoint_windows(lm):
+    from lm_eval import utils as lm_utils
+    text = " ".join(["The river flows north through the old town, past the market."] * 12)
+    ids = lm.tokenizer.encode(text)
+    assert len(ids) > 2 * 96  # three windows of the 96-token context
+    windows = [lm_utils.make_disjoint_window(w) for w in
+               lm_utils.get_rolling_token_windows(ids, lm.prefix_token_id, 96, context_len=1)]
+    ref = sum(ref_loglikelihood(lm, c, d, 96)[0] for c, d in windows)
+    assert sum(len(d) for _, d in windows) == len(ids)
+    (got,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)], disable_tqdm=True)
+    assert got == pytest.approx(ref, rel=1e-5)
+
+
 def test_bucketing_keeps_compiles_few(lm):
     rng = np.random.default_rng(1)
     V = lm.cfg.vocab_size
@@ -189,6 +202,9 @@ def test_steering_file(lm, model_dir, tmp_path):
         make(steering=write_json(tmp_path / "bad.json", {"bias": [[0.0] * (E - 1)] * L}))
     with pytest.raises(ValueError, match="unknown field\\(s\\) \\['gain'\\]"):
         make(steering=write_json(tmp_path / "bad2.json", {"gain": 1.0}))
+    bad = lm.model.no_intervention()._replace(bias=np.zeros((L + 1, E), np.float32))
+    with pytest.raises(ValueError, match=f"intervention field 'bias' has shape \\[{L + 1}, {E}\\]"):
+        MoeJaxLM(model=lm.model, intervention=bad)
     with pytest.raises(ValueError, match="unknown mode 'boost'"):
         make(steering=write_json(tmp_path / "bad3.json", {"mode": "boost"}))
 

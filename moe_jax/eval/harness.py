@@ -19,6 +19,7 @@ import logging
 import os
 from typing import Any
 
+import jax
 import jinja2
 import lm_eval.models  # noqa: F401  lm-eval's own names: an already non-empty registry is never filled later
 import numpy as np
@@ -171,8 +172,8 @@ class MoeJaxLM(TemplateLM):
             return self.tokenizer.apply_chat_template([m for m in chat_history if m["role"] != "system"], **kwargs)
 
     def get_model_info(self) -> dict:
-        return {"model_num_parameters": int(sum(np.size(x) for x in _leaves(self.params))),
-                "model_dtype": str(self.model.param_tree["embed"].dtype),
+        return {"model_num_parameters": int(sum(np.size(x) for x in jax.tree.leaves(self.params))),
+                "model_dtype": str(self.params["embed"].dtype),
                 "moe_jax_steering": self.steering, "moe_jax_intervention": self.intervention is not None}
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
@@ -309,11 +310,6 @@ def _eos_ids(tokenizer) -> list[int]:
             if eos is not None:
                 return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
     return [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
-
-
-def _leaves(tree):
-    import jax
-    return jax.tree.leaves(tree)
 
 
 def _positive_int(v, name: str) -> int:
