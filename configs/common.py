@@ -54,7 +54,7 @@ def demo_eval() -> ml_collections.ConfigDict:
 
 
 def study_steer(band: str = "auto", tau: float = 0.3, methods: str = "soft,hard") -> ml_collections.ConfigDict:
-    """``config.steer`` of study R's MGSM sweep: math task experts (``config.tasks.math``) against generic
+    """``config.steer`` of Bandarkar et al.'s MGSM sweep: math task experts (``config.tasks.math``) against generic
     English, soft steering at lambda 0.5 and hard steering, every control, on MGSM in its 11 languages.
 
     ``band``: "auto" (the analysis' detected middle band) or "lo-hi" in 0-indexed decoder layers. The

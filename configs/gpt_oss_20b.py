@@ -18,5 +18,5 @@ _spec.loader.exec_module(common)
 
 def get_config():
     c = common.hub_model_config("openai/gpt-oss-20b", batch_size=16, model_axis=1)
-    c.steer = common.study_steer(band="3-18", tau=0.3, methods="hard,soft")  # study R: 4-19 (1-indexed), hard
+    c.steer = common.study_steer(band="3-18", tau=0.3, methods="hard,soft")  # Bandarkar et al.: 4-19 (1-indexed), hard
     return c

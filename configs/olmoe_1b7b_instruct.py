@@ -1,6 +1,6 @@
 """OLMoE-1B-7B-0125-Instruct (16 layers, 64 experts, top-8; ~7B params, 14 GB in bf16: one GPU per replica).
 
-Study R's weakest multilingual contrast. Needs hub access (or model.source="hf_dir").
+The weakest multilingual contrast in Bandarkar et al.'s routing study. Needs hub access (or model.source="hf_dir").
 """
 
 import importlib.util

@@ -14,5 +14,5 @@ _spec.loader.exec_module(common)
 
 def get_config():
     c = common.hub_model_config("microsoft/Phi-3.5-MoE-instruct", batch_size=16, model_axis=-1)
-    c.steer = common.study_steer(band="7-16", tau=0.3)  # study R's band 8-17 (1-indexed), tau 0.3
+    c.steer = common.study_steer(band="7-16", tau=0.3)  # Bandarkar et al.: band 8-17 (1-indexed), tau 0.3
     return c

@@ -15,5 +15,5 @@ _spec.loader.exec_module(common)
 def get_config():
     c = common.hub_model_config("Qwen/Qwen3-30B-A3B", batch_size=16, model_axis=-1)
     c.data.enable_thinking = False  # chat template with thinking disabled, as in studies R and U
-    c.steer = common.study_steer(band="7-34", tau=0.4)  # study R's band 8-35 (1-indexed), tau 0.4
+    c.steer = common.study_steer(band="7-34", tau=0.4)  # Bandarkar et al.: band 8-35 (1-indexed), tau 0.4
     return c
