@@ -124,3 +124,25 @@ def test_forced_and_masked_experts_in_generation(model):
     got = np.asarray(out.topk_idx)
     assert (got[0] == rare).any(-1).all() and not (got[1] == common).any()
     assert (used[1] == common).any()
+
+
+def test_hard_noise_orders_forced_experts_by_seeded_draws(model):
+    """With the study's noise, which of more-than-k forced experts win varies with the seed and token,
+    reproducibly; with the deterministic margin the lowest indices always win."""
+    params, ids = model
+    forced = [(0, e, 1.0) for e in range(5)]  # 5 forced experts at layer 0, top-3
+    det = SteeringSpec("hard", forced, lam=1, allow_over_k=True).to_intervention(CFG)
+    out = np.asarray(forward(params, CFG, ids, intervention=det, return_router=True).topk_idx)[0]
+    assert (np.sort(out, -1) == [0, 1, 2]).all()
+
+    def chosen(seed):
+        iv = SteeringSpec("hard", forced, lam=1, allow_over_k=True, noise=1e-5, seed=seed).to_intervention(CFG)
+        np.testing.assert_allclose(iv.force_noise[0, :5], 1e-5)
+        assert iv.force_noise[0, 5:].max() == 0 and iv.force_noise[1].max() == 0 and (iv.noise_seed == seed).all()
+        return np.sort(np.asarray(forward(params, CFG, ids, intervention=iv, return_router=True).topk_idx)[0], -1)
+    a, b, c = chosen(1), chosen(1), chosen(2)
+    np.testing.assert_array_equal(a, b)
+    assert (a < 5).all() and not (a == [0, 1, 2]).all() and not np.array_equal(a, c)
+    assert len({tuple(r) for r in a.reshape(-1, 3)}) > 1  # the draws differ between tokens
+    with pytest.raises(SteeringSpecError, match="noise must be a finite std >= 0"):
+        SteeringSpec("hard", forced, noise=-1.0)

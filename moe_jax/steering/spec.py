@@ -10,7 +10,9 @@ method                    edit of target expert e (all other experts unchanged)
 ========================  =====================================================================
 ``soft``                  ``z_e += lam * w_e * std(z)`` (population std over all experts)
 ``hard``                  ``z_e = max(z) + margin`` (lam >= 0: forced on; deterministic margin
-                          ``1e-4 * max(1, |max z|)``) or ``z_e = min(z)`` (lam < 0: forced down)
+                          ``1e-4 * max(1, |max z|)``; with ``noise > 0`` plus eps ~ N(0, noise) per
+                          token, seeded by ``seed``, which orders the forced experts) or ``z_e = min(z)``
+                          (lam < 0: forced down)
 ``mask``                  ``z_e = -1e9``: the token re-routes to the next best experts
 ``proportional``          ``z_e += lam * w_e * |z_e|``
 ``bias``                  ``z_e += lam * w_e``
@@ -47,6 +49,8 @@ class SteeringSpec:
     lam: float = 0.0
     name: str = ""
     allow_over_k: bool = False  # hard: allow forcing more than top-k experts in one layer
+    noise: float = 0.0  # hard: std of a per-token Gaussian offset added to the margin (the study: 1e-6)
+    seed: int = 0  # hard with noise: seeds the per-token draws
     provenance: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -64,6 +68,8 @@ class SteeringSpec:
             raise SteeringSpecError(f"steering targets repeat (layer, expert) pairs {dup}")
         if not np.isfinite(self.lam) or not all(np.isfinite(w) for _, _, w in targets):
             raise SteeringSpecError("steering lam and weights must be finite")
+        if not (np.isfinite(self.noise) and self.noise >= 0):
+            raise SteeringSpecError(f"steering noise must be a finite std >= 0, got {self.noise}")
         object.__setattr__(self, "targets", targets)
         object.__setattr__(self, "lam", float(self.lam))
         object.__setattr__(self, "provenance", dict(self.provenance))
@@ -110,8 +116,9 @@ class SteeringSpec:
         """The ``Intervention`` of this spec for ``cfg``; refuses targets the model does not have."""
         moe_ids = cfg.moe_layer_ids
         L, E = cfg.num_moe_layers, cfg.num_experts
-        arrays = {f: np.zeros((L, E), np.float32) for f in ("bias", "std_scale", "abs_scale")}
-        mode = np.zeros((L, E), np.int32)
+        iv = Intervention.none(L, E)
+        arrays = {f: getattr(iv, f) for f in ("bias", "std_scale", "abs_scale", "force_noise")}
+        mode = iv.mode
         for layer, expert, weight in self.targets:
             if layer not in moe_ids:
                 where = "a dense layer" if 0 <= layer < cfg.num_layers else f"outside 0..{cfg.num_layers - 1}"
@@ -124,6 +131,8 @@ class SteeringSpec:
                 arrays[field][row, expert] = self.lam * weight
             else:
                 mode[row, expert] = FORBID if self.method == "mask" else (FORCE if self.lam >= 0 else DEMOTE)
+                if mode[row, expert] == FORCE:
+                    arrays["force_noise"][row, expert] = self.noise
         forced = (mode == FORCE).sum(-1)
         if forced.max(initial=0) > cfg.top_k and not self.allow_over_k:
             layer = moe_ids[int(forced.argmax())]
@@ -134,7 +143,7 @@ class SteeringSpec:
             layer = moe_ids[int(left.argmin())]
             raise SteeringSpecError(f"masking leaves {int(left.min())} experts at layer {layer}, fewer than "
                                     f"top-k={cfg.top_k}")
-        return Intervention(arrays["bias"], arrays["std_scale"], arrays["abs_scale"], mode)
+        return iv._replace(mode=mode, noise_seed=np.full((L, E), self.seed, np.int32), **arrays)
 
 
 def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
