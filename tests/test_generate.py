@@ -102,38 +102,30 @@ def patch_longrope_generation(hf_model, cfg):
 
 @pytest.fixture(scope="module", params=["qwen2_moe", "qwen3_moe", "olmoe", "phimoe"])
 def hf_pair(request, tmp_path_factory):
-    hf_cfg = tiny_hf_config(request.param)
-    if request.param == "phimoe":  # short regime throughout: transformers 5 is the reference here
-        hf_cfg["rope_scaling"]["original_max_position_embeddings"] = 128
-    hf_model = lively(build_hf_model(hf_cfg, seed=0))
+    hf_model = lively(build_hf_model(tiny_hf_config(request.param), seed=4))
     return hf_model, moe_jax.load(save_hf_model(hf_model, tmp_path_factory.mktemp(request.param)))
 
 
 def test_greedy_matches_transformers(hf_pair):
+    """Prompts of 50, 37 and 44 tokens, 24 new. PhiMoE (original max 64) switches to the long
+    factors from new token 15 on (fed position 64); its reference is transformers patched to the
+    LongRoPE rule of ``generate.py``, and unpatched transformers 5.23 (short factors throughout)
+    must agree before the switch and differ after it, so the switch is tested."""
     hf_model, model = hf_pair
-    ids, mask = left_padded(model.cfg.vocab_size, LENS)
+    lens = (50, 37, 44)
+    ids, mask = left_padded(model.cfg.vocab_size, lens, seed=3)
+    if model.cfg.longrope is not None:
+        switch = model.cfg.longrope.original_max_position_embeddings - max(lens) + 1
+        assert 0 < switch < N
+        short_only, _ = hf_generate(hf_model, ids, mask)
+        patch_longrope_generation(hf_model, model.cfg)
     want, ref_logits = hf_generate(hf_model, ids, mask)
+    if model.cfg.longrope is not None:
+        assert (short_only[:, :switch] == want[:, :switch]).all()
+        assert (short_only[:, switch:] != want[:, switch:]).any()
     out = model.generate(ids, mask, max_new_tokens=N)  # no tokenizer: no stop token, pad 0
     assert out.tokens.shape == (3, N) and out.tokens.dtype == jnp.int32
     np.testing.assert_array_equal(np.asarray(out.lengths), N)
-    assert_greedy_equal(out.tokens, want, ref_logits)
-
-
-def test_phimoe_longrope_switches_during_generation(tmp_path):
-    """Prompts of <= 50 tokens, 24 new: from new token 15 on (fed position 64) the total length
-    passes original_max 64 and the long factors apply to new queries and keys."""
-    hf_model = lively(build_hf_model(tiny_hf_config("phimoe"), seed=2))
-    model = moe_jax.load(save_hf_model(hf_model, tmp_path / "hf"))
-    lens = (50, 37, 44)
-    assert max(lens) < model.cfg.longrope.original_max_position_embeddings < max(lens) + N
-    ids, mask = left_padded(model.cfg.vocab_size, lens, seed=3)
-    short_only, _ = hf_generate(hf_model, ids, mask)
-    patch_longrope_generation(hf_model, model.cfg)
-    want, ref_logits = hf_generate(hf_model, ids, mask)
-    switch = model.cfg.longrope.original_max_position_embeddings - max(lens) + 1
-    # transformers 5.23 (short factors always) agrees up to the switch and not after it
-    assert (short_only[:, :switch] == want[:, :switch]).all() and (short_only[:, switch:] != want[:, switch:]).any()
-    out = model.generate(ids, mask, max_new_tokens=N)
     assert_greedy_equal(out.tokens, want, ref_logits)
 
 
