@@ -3,6 +3,7 @@ refusal of a foreign store, one model load for every store) and their use by the
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -13,6 +14,7 @@ from moe_jax import workdir as wd
 from moe_jax.convert import stage as convert_stage
 from moe_jax.analysis import stage as analysis_stage, tables
 from moe_jax.data import corpora
+from moe_jax.data.parallel import Turns
 from moe_jax.data.defaults import task_data_config, task_data_configs
 from moe_jax.routing import stage as collect_stage, store
 from test_launch import CONFIGS, demo_config, load_config
@@ -32,11 +34,16 @@ def test_shipped_task_corpus_loads(task):
     c = corpora.load_corpus({"source": "builtin_task", "task": task})
     rows = read_raw(task)
     assert c.languages == ["eng_Latn"] and c.name == f"builtin_task:{task}" and c.dropped_ids == []
-    texts = c.texts["eng_Latn"]
-    assert len(texts) >= 40 and len(set(texts)) == len(texts) and len(set(c.ids)) == len(c.ids)
-    assert all(t and t == t.strip() for t in texts)
-    assert [r["id"] for r in rows] == c.ids and [r["eng_Latn"] for r in rows] == texts
-    assert all(set(r) == {"id", "eng_Latn"} for r in rows)
+    texts = c.texts["eng_Latn"]  # prompt/response pairs: collected as two-turn chats
+    assert c.two_turn and all(isinstance(t, Turns) for t in texts)
+    prompts = [t.prompt for t in texts]
+    assert len(texts) >= 40 and len(set(prompts)) == len(texts) and len(set(c.ids)) == len(c.ids)
+    assert all(p and p == p.strip() for t in texts for p in t)
+    assert [r["id"] for r in rows] == c.ids
+    assert [(r["eng_Latn"]["prompt"], r["eng_Latn"]["response"]) for r in rows] == [tuple(t) for t in texts]
+    assert all(set(r) == {"id", "eng_Latn"} and set(r["eng_Latn"]) == {"prompt", "response"} for r in rows)
+    if task == "math":  # worked answers end with the number
+        assert all(re.search(r"The answer is .*\d.*\.$", t.response) for t in texts)
     capped = corpora.load_corpus({"source": "builtin_task", "task": task, "max_sentences": 3})
     assert capped.texts["eng_Latn"] == texts[:3]
 
@@ -44,7 +51,7 @@ def test_shipped_task_corpus_loads(task):
 def test_task_corpora_differ_from_each_other_and_from_the_builtin_corpus():
     seen = set(corpora.load_builtin().texts["eng_Latn"])
     for task in corpora.BUILTIN_TASKS:
-        texts = set(corpora.load_builtin_task(task).texts["eng_Latn"])
+        texts = {s for t in corpora.load_builtin_task(task).texts["eng_Latn"] for s in t}
         assert not texts & seen, task
         seen |= texts
 
@@ -135,11 +142,12 @@ def test_collect_writes_one_store_per_task(collected):
         assert meta["data_source"]["task"] == task and meta["data_source"]["max_sentences"] == n
         assert data["eng_Latn"]["seq_ids"].tolist() == [r["id"] for r in read_raw(task)[:n]]
         assert meta["template"] == main["template"] and meta["tokenizer_sha256"] == main["tokenizer_sha256"]
+        assert meta["data_source"]["count"] == "both"  # two-turn task data: the turns counted
         assert meta["checkpoint_sha256"] == main["checkpoint_sha256"] and meta["warning"] == main["warning"]
         np.testing.assert_allclose(data["eng_Latn"]["seq_topk_freq"].sum(-1), 3, atol=1e-5)  # top-3 model
         fingerprints.add(meta["fingerprint"])
     assert len(fingerprints) == 3
-    assert "task" not in main and "task" not in main["data_source"]
+    assert "task" not in main and "task" not in main["data_source"] and "count" not in main["data_source"]
 
 
 def test_task_store_equals_a_main_store_of_the_same_corpus(collected, tmp_path):

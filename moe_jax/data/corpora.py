@@ -3,11 +3,13 @@
 Sources (``cfg.source``):
   builtin      the small corpus shipped in ``moe_jax/data/corpus/builtin.jsonl`` (12 languages)
   builtin_task a shipped English task corpus, ``moe_jax/data/corpus/tasks/<task>_eng.jsonl``, named by
-               ``cfg.task`` ("math": grade-school word problems, "medicine": medical questions)
+               ``cfg.task`` ("math": grade-school word problems, "medicine": medical questions), each
+               item a prompt/response pair (``Turns``, collected as a two-turn chat)
   flores_plus  FLORES+ from the hub (gated: log in and accept the terms) or ``cfg.data_files``
   belebele     Belebele passages (deduplicated by link) from the hub or ``cfg.data_files``
   flores_dir   a local directory in FLORES layout (``cfg.path``; see ``local_files``)
-  jsonl        local JSONL, long or wide layout (``cfg.path``; see ``local_files``)
+  jsonl        local JSONL: long, wide or one-language pair layout, single texts or prompt/response
+               pairs (``cfg.path``; see ``local_files``)
 
 Every source ends in ``parallel.align``: sentences aligned by id across languages, ids with an
 empty text in any language dropped everywhere (and reported), optional cap ``max_sentences``.
@@ -56,7 +58,8 @@ def builtin_task_path(task: str) -> str:
 
 def load_builtin_task(task: str, languages: Sequence[str] | None = None,
                       max_sentences: int | None = None) -> ParallelCorpus:
-    """A shipped English task corpus (48 prompts each, written for moe_jax; see corpus/tasks/README.md)."""
+    """A shipped English task corpus (48 prompt/response pairs each, written for moe_jax; see
+    corpus/tasks/README.md)."""
     return load_jsonl(builtin_task_path(task), languages, max_sentences=max_sentences, name=f"builtin_task:{task}")
 
 

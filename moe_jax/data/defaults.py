@@ -28,6 +28,10 @@ def default_config() -> ml_collections.ConfigDict:
     enable_thinking: passed to the template (Qwen3 with thinking disabled, as in the studies).
     max_length: longer sequences are cut to their first max_length tokens (and counted).
     padding_side: "right" or "left".
+    count: for a corpus of prompt/response pairs (two-turn chats, e.g. task data), the turns whose
+        tokens enter the statistics: "both" | "prompt" | "response" (not "both" needs
+        exclude_template_tokens). A corpus of single texts needs "both". Set per corpus: a task
+        takes its own (config.tasks.<name>.count), not config.data's.
     (Batch size, length bucketing and sorting live in config.collect, next to the forward pass.)
     Task corpora (config.tasks) reuse these fields: see ``task_data_config``.
     """
@@ -46,13 +50,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.enable_thinking = False
     c.max_length = 256
     c.padding_side = "right"
+    c.count = "both"
     return c
 
 
-# Fields that choose a task corpus (config.tasks.<name>); every other data field (chat template,
-# template-token counting, thinking, max_length, padding side) comes from config.data, so that task
-# and generic data are encoded alike and their expert frequencies compare (METHODS Eq. 3).
-TASK_CORPUS_FIELDS = ("source", "task", "languages", "split", "path", "data_files", "max_sentences")
+# Fields that choose a task corpus (config.tasks.<name>), and which turns of its pairs count; every
+# other data field (chat template, template-token counting, thinking, max_length, padding side)
+# comes from config.data, so that task and generic data are encoded alike and their expert
+# frequencies compare (task experts, docs/methods.md).
+TASK_CORPUS_FIELDS = ("source", "task", "languages", "split", "path", "data_files", "max_sentences", "count")
 TASK_ACCESS_FIELDS = ("hf_token", "cache_dir")  # default to config.data's
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a directory name: workdir/tasks/<name>
 

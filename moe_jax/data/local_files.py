@@ -22,6 +22,17 @@ A line with a ``"lang"`` key is long, otherwise wide; in a wide line every key o
 ``split`` and the metadata keys url, domain, topic, source must be a language code (so that a
 misspelt column is an error, not a silently missing language). With a split requested, only
 lines whose ``split`` equals it are kept. Blank lines are ignored.
+
+Two-turn texts (an instruction and its answer, e.g. task data; rendered as a user turn and an
+assistant turn): the text is an object of exactly ``prompt`` and ``response`` (strings), or in the
+long and one-language layouts the line holds both keys instead of ``text``:
+
+    wide:  {"id": "m1", "eng_Latn": {"prompt": "...", "response": "..."}}
+    long:  {"id": "m1", "lang": "eng_Latn", "prompt": "...", "response": "..."}
+    pair:  {"id": "m1", "prompt": "...", "response": "..."}      (one language: English)
+
+A missing turn or a non-string turn is an error naming the file, line and field; a corpus holds
+either single texts or pairs, never both.
 """
 
 from __future__ import annotations
@@ -32,12 +43,14 @@ import os
 from typing import Sequence
 
 from moe_jax.data.languages import LANGUAGES, UnknownLanguageError, sort_languages, validate_language
-from moe_jax.data.parallel import CorpusError, MissingLanguageError
+from moe_jax.data.parallel import CorpusError, MissingLanguageError, Turns
 
 SPLIT_PATTERNS = ("{split}/{lang}.{split}", "{split}/{split}.{lang}", "{split}/{lang}.txt", "{split}/{lang}",
                   "{lang}.{split}", "{split}.{lang}")
 PLAIN_PATTERNS = ("{lang}.txt", "{lang}")
 WIDE_META_KEYS = frozenset({"id", "split", "url", "domain", "topic", "source"})
+TURN_KEYS = ("prompt", "response")
+PAIR_LANGUAGE = "eng_Latn"  # language of the one-language pair layout (no "lang" key)
 
 Records = dict[str, list[tuple[str, str]]]
 
@@ -144,22 +157,54 @@ def jsonl_files(path: str) -> list[str]:
     return [path]
 
 
+def _turns(obj: dict, loc: str, field: str = "") -> Turns:
+    """The ``prompt`` and ``response`` of ``obj`` (``field``: the key path of ``obj`` for messages)."""
+    for key in TURN_KEYS:
+        if key not in obj:
+            raise CorpusError(f"{loc}: missing key '{field}{key}' (a two-turn text has 'prompt' and 'response')")
+        if not isinstance(obj[key], str):
+            raise CorpusError(f"{loc}: field '{field}{key}' is {type(obj[key]).__name__}, not a string")
+    return Turns(obj["prompt"], obj["response"])
+
+
+def _wide_text(value, key: str, loc: str):
+    if not isinstance(value, dict):
+        return value  # a string (read_jsonl refuses anything else)
+    extra = sorted(set(value) - set(TURN_KEYS))
+    if extra:
+        raise CorpusError(f"{loc}: field '{key}' has key(s) {extra}; a two-turn text is "
+                          "{\"prompt\": ..., \"response\": ...}")
+    return _turns(value, loc, f"{key}.")
+
+
 def _parse_line(obj, loc: str) -> list[tuple[str, str, object]]:
-    """(lang, id, text) triples of one JSONL object."""
+    """(lang, id, text) triples of one JSONL object (text: a string or ``Turns``)."""
     if not isinstance(obj, dict):
         raise CorpusError(f"{loc}: expected a JSON object, got {type(obj).__name__}")
     if "id" not in obj:
         raise CorpusError(f"{loc}: missing key 'id'")
     sid = str(obj["id"])
+    has_turn = any(k in obj for k in TURN_KEYS)
     if "lang" in obj:
+        if "text" in obj and has_turn:
+            raise CorpusError(f"{loc}: both 'text' and 'prompt'/'response'; a line holds one text")
+        if has_turn:
+            return [(_code(obj["lang"], loc), sid, _turns(obj, loc))]
         if "text" not in obj:
-            raise CorpusError(f"{loc}: missing key 'text' (long layout: id, lang, text)")
+            raise CorpusError(f"{loc}: missing key 'text' (long layout: id, lang, text; or id, lang, prompt, "
+                              "response)")
         return [(_code(obj["lang"], loc), sid, obj["text"])]
+    if has_turn:
+        extra = sorted(set(obj) - WIDE_META_KEYS - set(TURN_KEYS))
+        if extra:
+            raise CorpusError(f"{loc}: key(s) {extra} beside 'prompt'/'response' (pair layout: id, prompt, "
+                              "response; add 'lang' for a language other than English)")
+        return [(PAIR_LANGUAGE, sid, _turns(obj, loc))]
     keys = [k for k in obj if k not in WIDE_META_KEYS]
     if not keys:
         raise CorpusError(f"{loc}: no language column (wide layout: id plus one key per language code, "
                           "or long layout: id, lang, text)")
-    return [(_code(k, loc), sid, obj[k]) for k in keys]
+    return [(_code(k, loc), sid, _wide_text(obj[k], k, loc)) for k in keys]
 
 
 def _code(code, loc: str) -> str:
@@ -169,12 +214,16 @@ def _code(code, loc: str) -> str:
         raise UnknownLanguageError(f"{loc}: {e}") from None
 
 
+_KINDS = {True: "a prompt/response pair", False: "a single text"}
+
+
 def read_jsonl(path: str, languages: Sequence[str] | None, split: str | None
                ) -> tuple[Records, dict[str, str]]:
     """Records and origin per language of a JSONL corpus (see the module docstring)."""
     records: Records = {}
     first_seen: dict[tuple[str, str], str] = {}
     splits_seen: set = set()
+    first_kind: tuple[bool, str] | None = None  # (two-turn, where) of the first text
     n_rows = 0
     for file in jsonl_files(path):
         with open(file, encoding="utf-8") as f:
@@ -193,8 +242,14 @@ def read_jsonl(path: str, languages: Sequence[str] | None, split: str | None
                 if split is not None and row_split != split:
                     continue
                 for lang, sid, text in triples:
-                    if not isinstance(text, str):
-                        raise CorpusError(f"{loc}: text of {lang} is {type(text).__name__}, not a string")
+                    if not isinstance(text, (str, Turns)):
+                        raise CorpusError(f"{loc}: text of {lang} is {type(text).__name__}, not a string "
+                                          "(or a {\"prompt\", \"response\"} object)")
+                    kind = (isinstance(text, Turns), loc)
+                    first_kind = first_kind or kind
+                    if kind[0] != first_kind[0]:
+                        raise CorpusError(f"{loc}: {_KINDS[kind[0]]}, but {first_kind[1]} holds "
+                                          f"{_KINDS[first_kind[0]]}; a corpus holds one kind")
                     if (lang, sid) in first_seen:
                         raise CorpusError(f"{loc}: sentence id {sid!r} of {lang} already given at "
                                           f"{first_seen[lang, sid]}")

@@ -5,19 +5,45 @@ checks that all languages hold the same ids (else it names the two languages and
 differing id), orders every language like the first one, and removes the ids where ANY language
 has an empty text, so that sentence ``i`` is the same sentence in every language. The counts of
 empty texts per language and the dropped ids stay in the corpus (the routing store records them).
+
+A text is a string (one user turn) or ``Turns(prompt, response)``: an instruction and its answer,
+rendered as a user turn followed by an assistant turn (task corpora; see ``tokenize``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence, Union
 
 from moe_jax.data.languages import validate_languages
 
 log = logging.getLogger(__name__)
 
-Records = Sequence[tuple[str, str]]  # (sentence id, text) in file order
+
+class Turns(NamedTuple):
+    """A two-turn text: the user's prompt and the assistant's response."""
+
+    prompt: str
+    response: str
+
+
+Text = Union[str, Turns]
+Records = Sequence[tuple[str, Text]]  # (sentence id, text) in file order
+
+
+def is_text(text) -> bool:
+    """A string, or ``Turns`` of two strings."""
+    return isinstance(text, str) or (isinstance(text, Turns) and all(isinstance(t, str) for t in text))
+
+
+def _strip(text: Text) -> Text:
+    return text.strip() if isinstance(text, str) else Turns(*(t.strip() for t in text))
+
+
+def _is_empty(text: Text) -> bool:
+    """An empty string, or a pair with an empty prompt or response."""
+    return not all(t.strip() for t in ((text,) if isinstance(text, str) else text))
 
 
 class CorpusError(ValueError):
@@ -34,7 +60,8 @@ class MissingLanguageError(CorpusError):
 
 @dataclasses.dataclass(frozen=True)
 class ParallelCorpus:
-    """Sentences aligned across languages: ``texts[lang][i]`` is sentence ``ids[i]`` in ``lang``.
+    """Sentences aligned across languages: ``texts[lang][i]`` is sentence ``ids[i]`` in ``lang``
+    (a string, or ``Turns`` for a prompt/response pair).
 
     skipped_empty: per language, how many of its texts were empty (each empty text removes that
         id from every language, so alignment holds).
@@ -45,7 +72,7 @@ class ParallelCorpus:
     split: str | None
     languages: list[str]
     ids: list[str]
-    texts: dict[str, list[str]]
+    texts: dict[str, list[Text]]
     skipped_empty: dict[str, int] = dataclasses.field(default_factory=dict)
     dropped_ids: list[str] = dataclasses.field(default_factory=list)
 
@@ -63,6 +90,11 @@ class ParallelCorpus:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def two_turn(self) -> bool:
+        """Whether the texts are prompt/response pairs (``Turns``)."""
+        return any(isinstance(t, Turns) for texts in self.texts.values() for t in texts)
 
     def select(self, languages: Sequence[str] | None = None,
                max_sentences: int | None = None) -> "ParallelCorpus":
@@ -88,9 +120,11 @@ def align(name: str, split: str | None, records: Mapping[str, Records], *,
           max_sentences: int | None = None) -> ParallelCorpus:
     """Aligns per-language records by sentence id into a ``ParallelCorpus``.
 
-    records: language -> [(id, text), ...]; the first language fixes the sentence order.
+    records: language -> [(id, text), ...] (text: a string or ``Turns``); the first language fixes
+        the sentence order.
     where: language -> description of its origin (file path, hub subset) used in error messages.
-    Texts are stripped of surrounding whitespace; an empty text drops its id from all languages.
+    Texts (each turn of a pair) are stripped of surrounding whitespace; an empty text (or turn)
+    drops its id from all languages.
     """
     langs = validate_languages(records if languages is None else languages)
     if not langs:
@@ -107,16 +141,20 @@ def align(name: str, split: str | None, records: Mapping[str, Records], *,
             sid = str(sid)
             if sid in m:
                 raise CorpusError(f"{name}: sentence id {sid!r} appears twice in {lang}{at(lang)}")
-            if not isinstance(text, str):
+            if not is_text(text):
                 raise CorpusError(f"{name}: sentence {sid!r} of {lang}{at(lang)} is {type(text).__name__}, "
-                                  "not a string")
+                                  "not a string or Turns(prompt, response) of strings")
             m[sid] = text
         maps[lang] = m
+    mixed = [lang for lang in langs if any(isinstance(t, Turns) for t in maps[lang].values())]
+    if mixed and any(not isinstance(t, Turns) for lang in langs for t in maps[lang].values()):
+        raise CorpusError(f"{name}: mixes prompt/response pairs ({', '.join(mixed)}) with single texts; "
+                          "a corpus holds one kind")
     ref = langs[0]
     ref_ids = [str(sid) for sid, _ in records[ref]]
     for lang in langs[1:]:
         _check_same_ids(name, ref, ref_ids, lang, [str(s) for s, _ in records[lang]], at)
-    empty = {lang: {sid for sid, t in maps[lang].items() if not t.strip()} for lang in langs}
+    empty = {lang: {sid for sid, t in maps[lang].items() if _is_empty(t)} for lang in langs}
     dropped_set = set().union(*empty.values())
     dropped = [sid for sid in ref_ids if sid in dropped_set]
     ids = [sid for sid in ref_ids if sid not in dropped_set]
@@ -128,7 +166,7 @@ def align(name: str, split: str | None, records: Mapping[str, Records], *,
     if max_sentences is not None:
         ids = ids[:_check_cap(max_sentences)]
     return ParallelCorpus(name=name, split=split, languages=langs, ids=ids,
-                          texts={lang: [maps[lang][sid].strip() for sid in ids] for lang in langs},
+                          texts={lang: [_strip(maps[lang][sid]) for sid in ids] for lang in langs},
                           skipped_empty={lang: len(empty[lang]) for lang in langs}, dropped_ids=dropped)
 
 

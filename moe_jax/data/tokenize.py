@@ -1,10 +1,14 @@
 """Tokenisation for routing collection: chat-template wrapping, counted-token masks, padding, batches.
 
 Each text becomes ``input_ids [L_i]`` and ``count_mask [L_i]``: the tokens whose routing enters the
-statistics. With ``exclude_template_tokens`` the mask is 1 only on tokens that overlap the user
-text inside the templated string (character offsets of a fast tokenizer), so chat markers, the role
-line, the generation prompt and any BOS are excluded; without it every token counts (as in the
-routing study R). Padding never counts.
+statistics. A text is a string, rendered as one user turn with the generation prompt, or
+``Turns(prompt, response)``, rendered as a user turn followed by an assistant turn (no generation
+prompt); without a chat template a pair is the raw string ``prompt + "\n" + response``. With
+``exclude_template_tokens`` the mask is 1 only on tokens that overlap the counted turn texts inside
+the templated string (character offsets of a fast tokenizer), so chat markers, role lines, the
+generation prompt and any BOS are excluded; without it every token counts (as in Bandarkar et
+al.'s routing study; docs/methods.md#notation). ``count`` picks the turns of a pair: "both"
+(default), "prompt" or "response". Padding never counts.
 
 Over-long sequences are cut to the first ``max_length`` tokens (right truncation): under causal
 attention the routing of the kept tokens is then exactly what it is in the full sequence.
@@ -17,7 +21,13 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-_SENTINEL = "\ue000moe_jax_user_text\ue001"  # private-use characters: never in real text or templates
+from moe_jax.data.parallel import Turns
+
+# private-use characters: never in real text or templates
+_SENTINELS = ("\ue000moe_jax_user_text\ue001", "\ue000moe_jax_response_text\ue001")
+RAW_SEPARATOR = "\n"  # between prompt and response without a chat template
+# count option -> indices of the counted turns of a pair (a single text is one turn, always counted)
+COUNTS = {"both": (0, 1), "prompt": (0,), "response": (1,)}
 
 
 class TokenizerError(ValueError):
@@ -69,11 +79,39 @@ def encoding_options(cfg: Any = None, **overrides) -> dict:
     """The tokenisation options of ``config.data`` (recorded with the routing statistics)."""
     opts = {"chat_template": True, "exclude_template_tokens": True, "enable_thinking": False, "max_length": 256}
     for key in opts:
-        value = None if cfg is None else (cfg.get(key) if hasattr(cfg, "get") else getattr(cfg, key, None))
+        value = _field(cfg, key)
         if value is not None:
             opts[key] = value
     opts.update(overrides)
     return opts
+
+
+def corpus_encoding_options(cfg: Any, corpus) -> dict:
+    """``encoding_options(cfg)`` for ``corpus``, plus ``count`` (from ``cfg``, default "both") when its
+    texts are prompt/response pairs: only then does it change the numbers (and the store fingerprint)."""
+    opts = encoding_options(cfg)
+    count = _field(cfg, "count") or "both"
+    _check_count(count, opts["exclude_template_tokens"])
+    if corpus.two_turn:
+        opts["count"] = count
+    elif count != "both":
+        raise ValueError(f"count={count!r} picks a turn of prompt/response pairs, but {corpus.name} holds "
+                         "single texts; leave count at 'both'")
+    return opts
+
+
+def _field(cfg: Any, key: str):
+    if cfg is None:
+        return None
+    return cfg.get(key) if hasattr(cfg, "get") else getattr(cfg, key, None)
+
+
+def _check_count(count: str, exclude_template_tokens: bool) -> None:
+    if count not in COUNTS:
+        raise ValueError(f"count must be one of {', '.join(COUNTS)}, got {count!r}")
+    if count != "both" and not exclude_template_tokens:
+        raise ValueError(f"count={count!r} locates the turn's text by character offsets: it needs "
+                         "exclude_template_tokens=True")
 
 
 def check_tokenizer(tokenizer, vocab_size: int) -> None:
@@ -97,63 +135,95 @@ def pad_token_id(tokenizer) -> int:
     return 0
 
 
-def _template_parts(tokenizer, enable_thinking: bool) -> tuple[str, str]:
-    """(prefix, suffix) around the user text in the templated prompt."""
-    if not getattr(tokenizer, "chat_template", None):
+def _turns(text) -> tuple[str, ...]:
+    """The turn texts of a text: (user,) or (prompt, response)."""
+    return tuple(text) if isinstance(text, Turns) else (text,)
+
+
+def _render(tokenizer, turns: Sequence[str], enable_thinking: bool) -> str:
+    messages = [{"role": role, "content": t} for role, t in zip(("user", "assistant"), turns)]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=len(turns) == 1, tokenize=False,
+                                         enable_thinking=enable_thinking)
+
+
+def _template_pieces(tokenizer, n_turns: int, enable_thinking: bool) -> tuple[str, ...]:
+    """The n+1 template strings around the n turn texts of the templated prompt."""
+    marks = _SENTINELS[:n_turns]
+    rendered = _render(tokenizer, marks, enable_thinking)
+    if any(rendered.count(m) != 1 for m in marks) or rendered.find(marks[0]) > rendered.find(marks[-1]):
+        raise TokenizerError("the chat template does not render each message verbatim once, in order; set "
+                             "config.data.exclude_template_tokens=False")
+    pieces = []
+    for m in marks:
+        head, rendered = rendered.split(m)
+        pieces.append(head)
+    return tuple(pieces) + (rendered,)
+
+
+def _locate(prompt: str, turns: Sequence[str], pieces: Sequence[str], i: int) -> list[tuple[int, int]]:
+    """Character spans ``[(start, end)]`` of the turn texts in the templated ``prompt``."""
+    spans, pos = [], len(pieces[0])
+    if prompt == pieces[0] + "".join(t + p for t, p in zip(turns, pieces[1:])):
+        for t, piece in zip(turns, pieces[1:]):
+            spans.append((pos, pos + len(t)))
+            pos += len(t) + len(piece)
+        return spans
+    for k, t in enumerate(turns):  # content-dependent template: locate each text itself, in order
+        start = prompt.find(t, pos)
+        start = prompt.find(t) if start < 0 and k == 0 else start
+        if start < 0:
+            raise TokenizerError(f"text {i} does not appear verbatim in its templated prompt (the "
+                                 "template rewrites it); set config.data.exclude_template_tokens=False")
+        spans.append((start, start + len(t)))
+        pos = start + len(t)
+    return spans
+
+
+def _prompts(tokenizer, texts: Sequence, chat_template: bool, enable_thinking: bool, locate: bool
+             ) -> tuple[list[str], list[list[tuple[int, int]]]]:
+    """Strings to tokenize and the character spans of the turn texts in each (if ``locate``)."""
+    if chat_template and not getattr(tokenizer, "chat_template", None):
         raise TokenizerError("the tokenizer has no chat template; set config.data.chat_template=False "
                              "to tokenize the raw text")
-    rendered = _render(tokenizer, _SENTINEL, enable_thinking)
-    if rendered.count(_SENTINEL) != 1:
-        raise TokenizerError("the chat template does not render the user message verbatim once; set "
-                             "config.data.exclude_template_tokens=False")
-    prefix, suffix = rendered.split(_SENTINEL)
-    return prefix, suffix
-
-
-def _render(tokenizer, text: str, enable_thinking: bool) -> str:
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                         tokenize=False, enable_thinking=enable_thinking)
-
-
-def _prompts(tokenizer, texts: Sequence[str], chat_template: bool, enable_thinking: bool
-             ) -> tuple[list[str], list[tuple[int, int]]]:
-    """Strings to tokenize and the character span of the user text in each."""
-    if not chat_template:
-        return list(texts), [(0, len(t)) for t in texts]
-    prefix, suffix = _template_parts(tokenizer, enable_thinking)
-    prompts, spans = [], []
+    prompts, spans, pieces = [], [], {}
     for i, text in enumerate(texts):
-        prompt = _render(tokenizer, text, enable_thinking)
-        if prompt != prefix + text + suffix:  # content-dependent template: locate the text itself
-            start = prompt.find(text, len(prefix))
-            start = prompt.find(text) if start < 0 else start
-            if start < 0:
-                raise TokenizerError(f"text {i} does not appear verbatim in its templated prompt (the "
-                                     "template rewrites it); set config.data.exclude_template_tokens=False")
+        turns = _turns(text)
+        if chat_template:
+            prompt = _render(tokenizer, turns, enable_thinking)
+            if locate and len(turns) not in pieces:
+                pieces[len(turns)] = _template_pieces(tokenizer, len(turns), enable_thinking)
         else:
-            start = len(prefix)
+            prompt = RAW_SEPARATOR.join(turns)
+            pieces[len(turns)] = ("",) + (RAW_SEPARATOR,) * (len(turns) - 1) + ("",)
         prompts.append(prompt)
-        spans.append((start, start + len(text)))
+        spans.append(_locate(prompt, turns, pieces[len(turns)], i) if locate else [])
     return prompts, spans
 
 
-def encode_texts(tokenizer, texts: Sequence[str], *, chat_template: bool = True,
+def encode_texts(tokenizer, texts: Sequence, *, chat_template: bool = True,
                  exclude_template_tokens: bool = True, enable_thinking: bool = False,
-                 max_length: int = 256) -> EncodedTexts:
-    """Tokenizes ``texts`` (optionally as one chat user turn) with counted-token masks.
+                 max_length: int = 256, count: str = "both") -> EncodedTexts:
+    """Tokenizes ``texts`` (strings or ``Turns``; optionally in the chat template) with counted-token masks.
 
-    A token counts when ``exclude_template_tokens`` is False, or when its character span overlaps
-    the user text (a token straddling the text boundary counts). Needs a fast tokenizer for the
-    offsets when excluding template tokens.
+    A token counts when ``exclude_template_tokens`` is False, or when its character span overlaps a
+    counted turn text (a token straddling a text boundary counts): the user text of a string, the
+    turns ``count`` names of a pair ("both" | "prompt" | "response"; not "both" needs
+    ``exclude_template_tokens``). Needs a fast tokenizer for the offsets when excluding template tokens.
     """
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
+    _check_count(count, exclude_template_tokens)
     if exclude_template_tokens and not getattr(tokenizer, "is_fast", False):
         raise TokenizerError("excluding template tokens needs character offsets, which only fast "
                              "tokenizers give; load a fast tokenizer or set exclude_template_tokens=False")
     if len(texts) == 0:
         return EncodedTexts([], [], np.zeros(0, dtype=bool))
-    prompts, spans = _prompts(tokenizer, texts, chat_template, enable_thinking)
+    if count != "both":
+        single = next((i for i, t in enumerate(texts) if not isinstance(t, Turns)), None)
+        if single is not None:
+            raise ValueError(f"count={count!r} picks a turn of prompt/response pairs, but text {single} is a "
+                             "single text")
+    prompts, spans = _prompts(tokenizer, texts, chat_template, enable_thinking, exclude_template_tokens)
     # A templated prompt already holds its special tokens; raw text gets the tokenizer's (e.g. BOS).
     enc = tokenizer(prompts, add_special_tokens=not chat_template, return_offsets_mapping=exclude_template_tokens)
     ids_out, mask_out, truncated = [], [], np.zeros(len(texts), dtype=bool)
@@ -161,8 +231,10 @@ def encode_texts(tokenizer, texts: Sequence[str], *, chat_template: bool = True,
         ids = np.asarray(ids, dtype=np.int32)
         if exclude_template_tokens:
             off = np.asarray(enc["offset_mapping"][i], dtype=np.int64).reshape(-1, 2)
-            start, end = spans[i]
-            mask = (off[:, 1] > off[:, 0]) & (off[:, 0] < end) & (off[:, 1] > start)
+            counted = [spans[i][k] for k in COUNTS[count] if k < len(spans[i])]
+            mask = np.zeros(len(ids), dtype=bool)
+            for start, end in counted:
+                mask |= (off[:, 1] > off[:, 0]) & (off[:, 0] < end) & (off[:, 1] > start)
         else:
             mask = np.ones(len(ids), dtype=bool)
         if len(ids) > max_length:
@@ -180,7 +252,7 @@ def encode_corpus(tokenizer, corpus, cfg: Any = None, languages: Sequence[str] |
     """``encode_texts`` for every language of a ``ParallelCorpus`` with the options of ``cfg``."""
     from tqdm.auto import tqdm
 
-    opts = encoding_options(cfg, **overrides)
+    opts = {**corpus_encoding_options(cfg, corpus), **overrides}
     langs = list(languages or corpus.languages)
     return {lang: encode_texts(tokenizer, corpus.texts[lang], **opts)
             for lang in tqdm(langs, desc="tokenize", unit="lang", disable=len(langs) < 4)}

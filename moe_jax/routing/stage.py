@@ -158,7 +158,7 @@ def _plan_store(key: str, task: str | None, data: Any, workdir: str, config: Any
     from moe_jax.data import corpora
 
     corpus = corpora.load_corpus(data)
-    encoding = tok_lib.encoding_options(data)
+    encoding = tok_lib.corpus_encoding_options(data, corpus)  # + "count" for prompt/response pairs
     meta = build_meta(config, cfg, ckpt_meta, tokenizer, corpus, encoding, opts, data=data, task=task)
     store_dir = os.path.join(workdir, key)
     hashes = {lang: _text_hash(corpus.texts[lang]) for lang in corpus.languages}
@@ -170,7 +170,8 @@ def build_meta(config: Any, cfg: ModelConfig, ckpt_meta: Mapping[str, Any], toke
                encoding: Mapping[str, Any], opts: Mapping[str, Any], *, data: Any = None,
                task: str | None = None) -> dict[str, Any]:
     """Store metadata; ``fingerprint`` covers everything that determines the numbers (model, weights,
-    dtype, tokenizer, template options, corpus source and sentence ids, stored arrays) but not the
+    dtype, tokenizer, template options, corpus source and sentence ids, stored arrays; the ``count``
+    of ``encoding``, present for prompt/response pairs, is recorded in ``data_source``) but not the
     language list (a rerun with more languages extends the store) nor batching (no effect beyond
     float rounding).
 
@@ -178,9 +179,13 @@ def build_meta(config: Any, cfg: ModelConfig, ckpt_meta: Mapping[str, Any], toke
     corpus's store (recorded as ``meta["task"]``).
     """
     data = config.data if data is None else data
+    encoding = dict(encoding)
+    count = encoding.pop("count", None)
     source = {k: data.get(k) for k in ("source", "split", "path", "data_files", "max_sentences")}
     if data.get("task"):  # only when set: stores of the other sources keep their fingerprint
         source["task"] = data.get("task")
+    if count is not None:  # the counted turns of prompt/response pairs: a choice of data, like the corpus
+        source["count"] = count
     source = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in source.items()}
     identity = {
         "model_config": cfg.to_dict(), "checkpoint_sha256": ckpt_meta.get("checkpoint_sha256"),
