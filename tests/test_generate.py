@@ -170,6 +170,17 @@ def test_cache_matches_repeated_full_forward(tiny, baseline):
     assert plain.topk_idx is None
 
 
+def test_right_padded_prompts_generate_the_same(tiny, baseline):
+    """Prompts may be padded on either side: the first token comes from each row's last real token."""
+    cfg, params, ids, mask = tiny
+    right_ids, right_mask = np.zeros_like(ids), np.zeros_like(mask)
+    for row, n in enumerate(mask.sum(1)):
+        right_ids[row, :n], right_mask[row, :n] = ids[row, -n:], 1
+    assert (right_mask != mask).any()
+    out = gen.generate(params, cfg, right_ids, right_mask, max_new_tokens=N, stop_token_ids=NO_STOP)
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(baseline.tokens))
+
+
 def test_intervention_changes_generation_and_never_recompiles(tiny, baseline):
     cfg, params, ids, mask = tiny
     iv = Intervention.none(cfg.num_moe_layers, cfg.num_experts)
