@@ -99,19 +99,26 @@ def check_rules(rules: Mapping[str, str | None], mesh: Mesh) -> None:
         raise MeshError(f"sharding rules map to unknown mesh axes {bad}; mesh axes: {list(mesh.axis_names)}")
 
 
-def logical_to_spec(shape: Sequence[int], axes: Sequence[str | None], mesh: Mesh,
-                    rules: Mapping[str, str | None] = DEFAULT_RULES) -> P:
-    """``PartitionSpec`` of one array: each dim gets its rule's mesh axis if it divides, else None."""
+def partition_axes(shape: Sequence[int], axes: Sequence[str | None], sizes: Mapping[str, int],
+                   rules: Mapping[str, str | None] = DEFAULT_RULES) -> tuple[str | None, ...]:
+    """Mesh axis (or None) of each dim of one array, from the mesh's axis ``sizes`` alone (no devices:
+    the memory planner uses it for meshes it does not have): a dim gets its rule's axis if it divides."""
     used: set[str] = set()
     out: list[str | None] = []
     for dim, name in zip(shape, axes):
         target = rules.get(name) if name is not None else None
-        if target is not None and target not in used and dim % mesh.shape[target] == 0:
+        if target is not None and target not in used and dim % sizes[target] == 0:
             used.add(target)
             out.append(target)
         else:
             out.append(None)
-    return P(*out)
+    return tuple(out)
+
+
+def logical_to_spec(shape: Sequence[int], axes: Sequence[str | None], mesh: Mesh,
+                    rules: Mapping[str, str | None] = DEFAULT_RULES) -> P:
+    """``PartitionSpec`` of one array: each dim gets its rule's mesh axis if it divides, else None."""
+    return P(*partition_axes(shape, axes, dict(mesh.shape), rules))
 
 
 def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: Mapping[str, str | None] | None = None) -> dict:
@@ -167,15 +174,87 @@ def global_batch(mesh: Mesh, local: np.ndarray, batch_size: int) -> jax.Array:
 
 # ------------------------------------------------------------------------------------------ processes
 
-def initialize_distributed(dist: Mapping[str, Any] | None) -> None:
-    """``jax.distributed.initialize`` from ``config.distributed`` (no-op unless ``enabled``).
+# Environment of a Cloud TPU job spanning several hosts, as jax's own cluster detection
+# (jax._src.clusters.cloud_tpu_cluster) reads it: the slice's worker list (GKE, or exported by the
+# launch/ scripts) and the multislice (megascale) variables.
+TPU_WORKER_LIST_VARS = ("TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES")
+MEGASCALE_VARS = ("MEGASCALE_COORDINATOR_ADDRESS", "MEGASCALE_NUM_SLICES")
 
-    Fields: ``enabled``, ``coordinator_address`` ("host:port"; empty = auto-detect on SLURM/TPU/...),
+
+def _gce_tpu_worker_endpoints() -> str | None:
+    """The GCE metadata's ``worker-network-endpoints`` on a Cloud TPU VM (None elsewhere): how a TPU
+    VM pod slice lists its workers when no environment variable does. Asked only on a TPU VM."""
+    try:
+        from jax._src import cloud_tpu_init
+        from jax._src.clusters import cloud_tpu_cluster
+        if not cloud_tpu_init.running_in_cloud_tpu_vm:
+            return None
+        text, code = cloud_tpu_cluster.get_metadata("worker-network-endpoints")
+        return text if code == 200 else None
+    except Exception:  # no metadata server, no requests, a jax without these modules: not detected
+        return None
+
+
+def multihost_tpu_detected(environ: Mapping[str, str] | None = None,
+                           worker_endpoints: Callable[[], str | None] = _gce_tpu_worker_endpoints) -> bool:
+    """True in a Cloud TPU job of several hosts (pod slice or multislice), where
+    ``jax.distributed.initialize()`` finds coordinator, process count and id by itself.
+
+    Detected from ``environ`` (default ``os.environ``): a worker list of more than one host in
+    ``TPU_PROCESS_ADDRESSES`` / ``TPU_WORKER_HOSTNAMES``, or a multislice job (``MEGASCALE_NUM_SLICES``
+    > 1 or ``MEGASCALE_COORDINATOR_ADDRESS``); else, on a Cloud TPU VM with the metadata server not
+    switched off (``TPU_SKIP_MDS_QUERY``), more than one worker in the metadata's endpoints.
+    """
+    import os
+    env = os.environ if environ is None else environ
+    for var in TPU_WORKER_LIST_VARS:
+        if env.get(var):
+            return len([h for h in env[var].split(",") if h.strip()]) > 1
+    if env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        return True
+    try:
+        if int(env.get("MEGASCALE_NUM_SLICES") or 1) > 1:
+            return True
+    except ValueError:
+        raise MeshError(f"MEGASCALE_NUM_SLICES={env['MEGASCALE_NUM_SLICES']!r} is not an integer") from None
+    if env.get("TPU_SKIP_MDS_QUERY") is not None:
+        return False
+    endpoints = worker_endpoints()
+    return bool(endpoints) and len([w for w in endpoints.split(",") if w.strip()]) > 1
+
+
+def distributed_mode(value: Any) -> bool | str:
+    """``config.distributed.enabled`` as True, False or "auto" (strings from the command line too)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", "", "none"):
+        return False
+    raise MeshError(f"distributed.enabled={value!r}: expected True, False or 'auto'")
+
+
+def initialize_distributed(dist: Mapping[str, Any] | None,
+                           detect: Callable[[], bool] = multihost_tpu_detected) -> bool:
+    """``jax.distributed.initialize`` from ``config.distributed``; returns whether it was called.
+
+    Fields: ``enabled`` (True, False, or "auto": on exactly when ``detect()`` finds a multi-host TPU
+    job), ``coordinator_address`` ("host:port"; empty = auto-detect on SLURM/TPU/...),
     ``num_processes``, ``process_id`` (-1 / None = auto-detect), ``cpu_collectives`` ("gloo" so that
     CPU processes can run collectives). Must run before anything touches a jax device.
     """
-    if not dist or not dist.get("enabled", False):
-        return
+    if not dist:
+        return False
+    mode = distributed_mode(dist.get("enabled", False))
+    if mode == "auto":
+        mode = detect()
+        if mode:
+            print("distributed.enabled=auto: multi-host TPU job detected, initialising jax.distributed", flush=True)
+    if not mode:
+        return False
     if dist.get("cpu_collectives"):
         jax.config.update("jax_cpu_collectives_implementation", dist["cpu_collectives"])
     kwargs: dict[str, Any] = {}
@@ -189,6 +268,7 @@ def initialize_distributed(dist: Mapping[str, Any] | None) -> None:
         raise MeshError(f"distributed.process_id={kwargs['process_id']} is not in "
                         f"[0, num_processes={kwargs['num_processes']})")
     jax.distributed.initialize(**kwargs)
+    return True
 
 
 def is_writer() -> bool:
@@ -243,9 +323,12 @@ def default_mesh_config():
 
 
 def default_distributed_config():
-    """The ``config.distributed`` section (see ``initialize_distributed``)."""
+    """The ``config.distributed`` section (see ``initialize_distributed``); ``enabled`` is True, False
+    or "auto" (default: on in a multi-host TPU job, off elsewhere)."""
     import ml_collections
-    return ml_collections.ConfigDict({"enabled": False, "coordinator_address": "", "num_processes": -1,
+    from ml_collections import config_dict
+    return ml_collections.ConfigDict({"enabled": config_dict.FieldReference("auto", field_type=object),
+                                      "coordinator_address": "", "num_processes": -1,
                                       "process_id": -1, "cpu_collectives": "gloo"})
 
 

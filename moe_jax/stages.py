@@ -62,6 +62,7 @@ def default_config():
     from moe_jax.analysis.stage import default_config as analysis_defaults
     from moe_jax.data.defaults import default_config as data_defaults
     from moe_jax.eval.stage import default_config as eval_defaults
+    from moe_jax.plan import default_config as plan_defaults
     from moe_jax.report.stage import default_config as report_defaults
     from moe_jax.routing.stage import default_config as collect_defaults
     from moe_jax.steering.stage import default_config as steer_defaults
@@ -77,6 +78,7 @@ def default_config():
     c.collect = collect_defaults()
     c.mesh = shd.default_mesh_config()
     c.distributed = shd.default_distributed_config()
+    c.plan = plan_defaults()  # memory planning (moe_jax/plan.py), checked by the convert stage
     c.eval = eval_defaults()
     c.analysis = analysis_defaults()
     c.steer = steer_defaults()
@@ -115,6 +117,6 @@ def check_config(config: Any, num_devices: int | None = None) -> None:
     if num_devices is None:  # the smallest device count the shape allows (-1 axis = 1): checks the fixed axes
         num_devices = math.prod(v for v in config.mesh.shape.values() if v > 0)
     dist = config.distributed
-    processes = int(dist.num_processes) if dist.enabled and int(dist.num_processes) > 0 else 1
+    processes = int(dist.num_processes) if shd.distributed_mode(dist.enabled) and int(dist.num_processes) > 0 else 1
     shd.check_batch_size(int(config.collect.batch_size), shd.mesh_axis_sizes(config.mesh.shape, num_devices),
                          num_processes=processes)

@@ -81,3 +81,33 @@ def test_distributed_disabled_is_noop_and_bad_process_id_refused(monkeypatch):
     with pytest.raises(shd.MeshError, match="process_id=2"):
         shd.initialize_distributed({"enabled": True, "num_processes": 2, "process_id": 2,
                                     "coordinator_address": "127.0.0.1:1"})
+
+
+def test_distributed_auto_detects_multihost_tpu_only(monkeypatch):
+    """``distributed.enabled="auto"`` (the default) initialises jax.distributed, without coordinator
+    flags, exactly in a multi-host Cloud TPU job; never on a plain CPU machine."""
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    assert shd.default_distributed_config().enabled == "auto"
+    for var in ("TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
+                "MEGASCALE_NUM_SLICES", "TPU_SKIP_MDS_QUERY"):
+        monkeypatch.delenv(var, raising=False)
+    # this machine: no TPU variables, not a Cloud TPU VM (no metadata asked)
+    assert not shd.multihost_tpu_detected()
+    assert not shd.initialize_distributed(shd.default_distributed_config()) and calls == []
+    no_vm = lambda: None  # noqa: E731
+    assert not shd.multihost_tpu_detected({"TPU_WORKER_HOSTNAMES": "localhost"}, no_vm)  # one host
+    assert shd.multihost_tpu_detected({"TPU_WORKER_HOSTNAMES": "t1k-w-0,t1k-w-1", "TPU_WORKER_ID": "1"}, no_vm)
+    assert shd.multihost_tpu_detected({"TPU_PROCESS_ADDRESSES": "10.0.0.2:8476,10.0.0.3:8476"}, no_vm)
+    assert shd.multihost_tpu_detected({"MEGASCALE_NUM_SLICES": "2"}, no_vm)
+    assert not shd.multihost_tpu_detected({"MEGASCALE_NUM_SLICES": "1"}, no_vm)
+    assert shd.multihost_tpu_detected({}, lambda: "10.0.0.2,10.0.0.3")  # GCE TPU VM metadata, 2 workers
+    assert not shd.multihost_tpu_detected({"TPU_SKIP_MDS_QUERY": "1"}, lambda: "10.0.0.2,10.0.0.3")
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t1k-w-0,t1k-w-1")
+    monkeypatch.setenv("TPU_WORKER_ID", "0")
+    assert shd.initialize_distributed({"enabled": "auto", "coordinator_address": "", "num_processes": -1,
+                                       "process_id": -1, "cpu_collectives": ""})
+    assert calls == [{}]  # jax's own TPU cluster detection fills in coordinator, count and id
+    assert not shd.initialize_distributed({"enabled": "false"}) and calls == [{}]
+    with pytest.raises(shd.MeshError, match="expected True, False or 'auto'"):
+        shd.initialize_distributed({"enabled": "maybe"})

@@ -19,7 +19,11 @@ log = logging.getLogger(__name__)
 
 def run(config: Any, workdir: str) -> str:
     """Puts a converted checkpoint at ``workdir/checkpoint`` (skipped when it is already there and
-    was converted from the same source, weights and dtype). Process 0 converts; others wait."""
+    was converted from the same source, weights and dtype). Process 0 converts; others wait.
+    First, on every process, the memory plan (``moe_jax.plan``, ``config.plan``): a model that cannot
+    fit the devices is refused before anything is downloaded."""
+    from moe_jax.plan import check_config_fits
+    check_config_fits(config, verbose=shd.is_writer())
     out = wd.checkpoint_dir(workdir)
     shd.run_on_writer(lambda: _convert(config, workdir, out), f"converting the checkpoint into {out}")
     return out

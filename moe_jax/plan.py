@@ -1,0 +1,402 @@
+"""Memory planning before anything is downloaded: does the configured model, mesh, dtype and batch
+fit the accelerator?
+
+    python -m moe_jax.plan --config=configs/qwen3_30b_a3b.py [--accelerator=v5e-8] [--config.mesh.shape=...]
+
+Per device it counts (estimates, in bytes; the convert stage makes the same check first):
+
+* parameters: every leaf of the parameter layout (``moe_jax.models.params``) at the configured dtype,
+  divided by the mesh axes its logical axes map to (``moe_jax.sharding`` rules; a dimension that does
+  not divide stays replicated), from the model's ``config.json`` alone;
+* collection activations, per MoE/attention layer at a time (``T = rows per device * seq``):
+  residual stream and layer in/outputs ``4 T H`` and q/k/v ``T (h + 2 kv) D`` at the dtype, attention
+  scores ``T seq h`` in float32, the dense expert dispatch's gate / up / product ``3 T E W`` at the
+  dtype, and the router outputs kept for every MoE layer ``L T E`` in float32 (``h``, ``kv``, ``E``:
+  heads, kv heads and experts on this device);
+* evaluation: the same forward at ``eval.batch_size`` plus float32 logits ``T V``, and the KV cache of
+  generation ``2 layers rows (seq + max_gen_toks) kv D`` at the dtype.
+
+``seq`` is ``data.max_length`` (prompts of the size of the collected texts). The plan fits when
+parameters plus the larger of the two activation peaks stay below ``plan.headroom`` of the device's
+memory. If not, the error names the smallest model axis (experts, heads and MLP widths split over
+more devices) that fits on these devices, or else the smallest slice of the same accelerator.
+
+Accelerators: ``ACCELERATORS`` (per-chip memory and chips per host as data); TPU slices are named as
+Cloud TPU names them (``v4-8`` counts TensorCores: 4 chips; ``v5e-8`` counts chips); ``auto`` reads
+the devices jax sees (their memory limit; host RAM divided over CPU devices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from typing import Any, Mapping
+
+import ml_collections
+import numpy as np
+
+from moe_jax import sharding as shd
+from moe_jax.models.config import ModelConfig
+from moe_jax.models.params import param_spec
+from moe_jax.pipeline import StageError
+
+GiB = 1024 ** 3
+
+
+@dataclasses.dataclass(frozen=True)
+class AcceleratorKind:
+    memory: int  # bytes per device (one JAX device: a TPU chip, megacore on v4/v5p, or a GPU)
+    devices_per_host: int
+    name_counts: str  # what the N of "<kind>-N" counts: "chips", "cores" (2 per chip), "devices"
+
+
+# Nominal HBM per chip (Cloud TPU and NVIDIA documentation). v4 and v5p chips are one JAX device
+# (megacore) but their slice names count TensorCores.
+ACCELERATORS: dict[str, AcceleratorKind] = {
+    "v4": AcceleratorKind(32 * GiB, 4, "cores"),
+    "v5e": AcceleratorKind(16 * GiB, 8, "chips"),
+    "v5p": AcceleratorKind(95 * GiB, 4, "cores"),
+    "v6e": AcceleratorKind(32 * GiB, 8, "chips"),
+    "H100-80GB": AcceleratorKind(80 * GiB, 8, "devices"),
+}
+ALIASES = {"v5litepod": "v5e", "h100": "H100-80GB", "h100-80gb": "H100-80GB"}
+
+
+class PlanError(StageError):
+    """The configured model does not fit the accelerator (or the plan's input is invalid)."""
+
+
+class ModelConfigUnavailable(PlanError):
+    """The hub's config.json could not be fetched (offline, gated): nothing to plan from."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Accelerator:
+    name: str
+    memory: int  # bytes per device
+    devices: int
+    devices_per_host: int
+    kind: str = ""  # key of ACCELERATORS ("" for a detected device not in the table)
+
+    @property
+    def hosts(self) -> int:
+        return max(1, self.devices // self.devices_per_host)
+
+
+def named_accelerator(name: str) -> Accelerator:
+    """``v4-8``, ``v5e-16``, ``v5litepod-8``, ``v6e-8``, ``v5p-8``, ``H100-80GB`` (one GPU) or
+    ``H100-80GB-8`` (eight)."""
+    m = re.fullmatch(r"(.+?)(?:-(\d+))?", name.strip())
+    kind_name, n = m.group(1), m.group(2)
+    kind_name = ALIASES.get(kind_name.lower(), kind_name)
+    if kind_name not in ACCELERATORS or (n is None and ACCELERATORS[kind_name].name_counts != "devices"):
+        known = ", ".join(f"{k}-8" if v.name_counts != "devices" else k for k, v in ACCELERATORS.items())
+        raise PlanError(f"unknown accelerator {name!r}; known: {known}, CPU or auto (slices like v5e-16 too)")
+    kind = ACCELERATORS[kind_name]
+    n = 1 if n is None else int(n)
+    devices = n // 2 if kind.name_counts == "cores" else n
+    if devices < 1 or (kind.name_counts == "cores" and n % 2):
+        raise PlanError(f"accelerator {name!r}: {kind_name} slices count TensorCores, 2 per chip (e.g. {kind_name}-8)")
+    per_host = min(devices, kind.devices_per_host)
+    if devices % per_host:
+        raise PlanError(f"accelerator {name!r}: {devices} devices do not fill hosts of {kind.devices_per_host}")
+    return Accelerator(name, kind.memory, devices, per_host, kind_name)
+
+
+def slice_name(kind_name: str, devices: int) -> str:
+    kind = ACCELERATORS[kind_name]
+    return f"{kind_name}-{devices * 2 if kind.name_counts == 'cores' else devices}"
+
+
+def host_ram() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def detect_accelerator() -> Accelerator:
+    """The devices jax sees: their memory limit (TPU/GPU) or the host RAM shared by the CPU devices."""
+    import jax
+    devices = jax.devices()
+    local = jax.local_devices()
+    d = local[0]
+    if d.platform == "cpu":
+        return Accelerator("CPU RAM", host_ram() // len(local), len(devices), len(local))
+    stats = d.memory_stats() or {}
+    memory = stats.get("bytes_limit")
+    if not memory:
+        raise PlanError(f"cannot read the memory of {d.device_kind}; name the accelerator (plan.accelerator)")
+    return Accelerator(d.device_kind, int(memory), len(devices), len(local))
+
+
+def get_accelerator(name: str) -> Accelerator:
+    if name in ("", "auto"):
+        return detect_accelerator()
+    if name.lower() == "cpu":
+        return Accelerator("CPU RAM", host_ram(), 1, 1)
+    return named_accelerator(name)
+
+
+# ------------------------------------------------------------------------------------------ estimates
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """What the stages run, from the pipeline config."""
+
+    dtype_bytes: int
+    collect_batch: int
+    eval_batch: int
+    seq: int
+    max_gen_toks: int
+
+
+def parameter_bytes(cfg: ModelConfig, sizes: Mapping[str, int], dtype_bytes: int,
+                    rules: Mapping[str, str | None] = shd.DEFAULT_RULES) -> tuple[int, int]:
+    """``(total, per device)`` parameter bytes of ``cfg`` on a mesh of axis ``sizes``."""
+    total = per_device = 0
+
+    def visit(node):
+        nonlocal total, per_device
+        if isinstance(node, tuple) and len(node) == 2 and isinstance(node[0], tuple):
+            shape, axes = node
+            n = math.prod(shape)
+            split = math.prod(sizes[a] for a in shd.partition_axes(shape, axes, sizes, rules) if a is not None)
+            total += n * dtype_bytes
+            per_device += n // split * dtype_bytes
+        elif isinstance(node, dict):
+            for v in node.values():
+                visit(v)
+        else:
+            for v in node:
+                visit(v)
+    visit(param_spec(cfg))
+    return total, per_device
+
+
+def _on_device(n: int, sizes: Mapping[str, int], axis_rule: str, rules: Mapping[str, str | None]) -> int:
+    """``n`` heads / experts split over their rule's mesh axis when it divides, else all of them."""
+    axis = rules.get(axis_rule)
+    return n // sizes[axis] if axis and n % sizes[axis] == 0 else n
+
+
+def activation_bytes(cfg: ModelConfig, sizes: Mapping[str, int], w: Workload,
+                     rules: Mapping[str, str | None] = shd.DEFAULT_RULES) -> dict[str, int]:
+    """Per-device activation estimates (bytes): ``collect``, ``eval`` (forward with logits) and
+    ``kv_cache`` (generation), by the formulas of the module docstring."""
+    heads = _on_device(cfg.num_heads, sizes, "heads", rules)
+    kv = _on_device(cfg.num_kv_heads, sizes, "kv_heads", rules)
+    experts = _on_device(cfg.num_experts, sizes, "expert", rules)
+    a, data = w.dtype_bytes, sizes[shd.BATCH_AXIS]
+
+    def forward(batch: int) -> tuple[int, int]:
+        t = math.ceil(batch / data) * w.seq
+        layer = (4 * t * cfg.hidden_size * a + t * (heads + 2 * kv) * cfg.head_dim * a + t * w.seq * heads * 4
+                 + 3 * t * experts * cfg.expert_width * a)
+        return t, layer + cfg.num_moe_layers * t * cfg.num_experts * 4
+    _, collect = forward(w.collect_batch)
+    t, ev = forward(w.eval_batch)
+    kv_cache = 2 * cfg.num_layers * math.ceil(w.eval_batch / data) * (w.seq + w.max_gen_toks) * kv * cfg.head_dim * a
+    return {"collect": collect, "eval": ev + t * cfg.vocab_size * 4, "kv_cache": kv_cache}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    model: str
+    accelerator: Accelerator
+    mesh: dict[str, int]
+    dtype: str
+    total_params: int  # parameters (count)
+    param_bytes_total: int
+    param_bytes: int  # per device
+    activations: dict[str, int]
+    headroom: float
+
+    @property
+    def peak(self) -> int:
+        a = self.activations
+        return self.param_bytes + max(a["collect"], a["eval"] + a["kv_cache"])
+
+    @property
+    def budget(self) -> int:
+        return int(self.accelerator.memory * self.headroom)
+
+    @property
+    def fits(self) -> bool:
+        return self.peak <= self.budget
+
+    def format(self) -> str:
+        acc, a = self.accelerator, self.activations
+        rows = [("parameters", self.param_bytes), ("collect activations", a["collect"]),
+                ("eval activations", a["eval"]), ("eval KV cache", a["kv_cache"]), ("peak", self.peak)]
+        lines = [f"model        {self.model}: {self.total_params / 1e9:.2f}B parameters, {self.dtype}, "
+                 f"{_size(self.param_bytes_total)} in all",
+                 f"accelerator  {acc.name}: {acc.devices} devices on {acc.hosts} host(s), {_size(acc.memory)} each",
+                 f"mesh         {self.mesh}"]
+        lines += [f"{'per device' if i == 0 else '':12} {k:20} {_size(v):>11}" for i, (k, v) in enumerate(rows)]
+        lines += [f"{'':12} {'budget':20} {_size(self.budget):>11} ({self.headroom:.0%} of the device)",
+                  f"fits         {'yes' if self.fits else 'NO'}"]
+        return "\n".join(lines)
+
+
+def _size(b: int) -> str:
+    return f"{b / GiB:.2f} GiB" if b >= GiB else f"{b / 2 ** 20:.1f} MiB"
+
+
+def make_plan(cfg: ModelConfig, accelerator: Accelerator, mesh_shape: Mapping[str, int], workload: Workload,
+              *, rules: Mapping[str, str | None] = shd.DEFAULT_RULES, dtype: str = "bfloat16",
+              headroom: float = 0.9, model: str = "") -> Plan:
+    sizes = shd.mesh_axis_sizes(mesh_shape, accelerator.devices)
+    total, per_device = parameter_bytes(cfg, sizes, workload.dtype_bytes, rules)
+    return Plan(model or cfg.model_type, accelerator, sizes, dtype, total // workload.dtype_bytes, total, per_device,
+                activation_bytes(cfg, sizes, workload, rules), headroom)
+
+
+def smallest_fit(cfg: ModelConfig, accelerator: Accelerator, workload: Workload, **kwargs) -> Plan | None:
+    """The fitting plan with the smallest model axis on ``accelerator`` (model axis 1, 2, 4, ... up
+    to all devices); else on the smallest larger slice of the same kind (up to 1024 devices)."""
+    candidates = [accelerator]
+    if accelerator.kind:
+        kind = ACCELERATORS[accelerator.kind]
+        n = accelerator.devices * 2
+        while n <= 1024:
+            candidates.append(Accelerator(slice_name(accelerator.kind, n), kind.memory, n,
+                                          min(n, kind.devices_per_host), accelerator.kind))
+            n *= 2
+    for acc in candidates:
+        m = 1
+        while m <= acc.devices:
+            if acc.devices % m == 0:
+                p = make_plan(cfg, acc, {"data": -1, "model": m}, workload, **kwargs)
+                if p.fits:
+                    return p
+            m *= 2
+    return None
+
+
+def check_plan(plan: Plan, cfg: ModelConfig, workload: Workload, **kwargs) -> None:
+    """Raises ``PlanError`` when ``plan`` does not fit, naming the smallest mesh that would."""
+    if plan.fits:
+        return
+    best = smallest_fit(cfg, plan.accelerator, workload, **kwargs)
+    if best is None:
+        hint = "no mesh of up to 1024 such devices fits: use a smaller dtype or batch"
+    else:
+        shape = json.dumps({"data": -1, "model": best.mesh["model"]})
+        where = "these devices" if best.accelerator.devices == plan.accelerator.devices else best.accelerator.name
+        hint = (f"the smallest mesh that fits is --config.mesh.shape='{shape}' on {where} "
+                f"({best.peak / GiB:.2f} GiB of {best.budget / GiB:.2f} GiB per device)")
+    raise PlanError(f"{plan.model} ({plan.dtype}) does not fit {plan.accelerator.name} with mesh {plan.mesh}: "
+                    f"{plan.peak / GiB:.2f} GiB per device (parameters {plan.param_bytes / GiB:.2f} GiB) against "
+                    f"{plan.budget / GiB:.2f} GiB; {hint}")
+
+
+# ------------------------------------------------------------------------------------------ config edge
+
+def default_config() -> ml_collections.ConfigDict:
+    """The ``config.plan`` section."""
+    return ml_collections.ConfigDict({
+        "check": True,  # the convert stage refuses a model that does not fit (before any download)
+        "accelerator": "auto",  # auto (the devices jax sees) | v4-8 | v5e-8 | v5p-8 | v6e-8 | H100-80GB | CPU
+        "headroom": 0.9,  # fraction of device memory the plan may use (XLA workspace, fragmentation)
+        "config_json": "",  # a local config.json to plan from ("" = the model source's)
+    })
+
+
+def model_config_json(config: Any) -> dict[str, Any]:
+    """The model's ``config.json`` without its weights: a tiny model's, a local dir's, or the hub's
+    config.json alone (a few KB)."""
+    m, p = config.model, config.get("plan") or {}
+    path = p.get("config_json") or (os.path.join(m.hf_dir, "config.json") if m.source == "hf_dir" else "")
+    if path:
+        return _read_json(path)
+    if m.source == "tiny_random":
+        from moe_jax import tiny
+        spec = m.tiny.to_dict()
+        return tiny.tiny_hf_config(spec["model_type"], **dict(spec.get("overrides", {}), vocab_size=spec["vocab_size"]))
+    try:
+        from huggingface_hub import hf_hub_download
+        path = hf_hub_download(m.hub_id, "config.json", revision=m.get("revision") or None,
+                               cache_dir=m.get("cache_dir") or None)
+    except Exception as e:
+        raise ModelConfigUnavailable(f"could not read config.json of {m.hub_id!r} from the hub ({type(e).__name__}: {e}); "
+                        "give a local copy with --config.plan.config_json=PATH") from e
+    return _read_json(path)
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise PlanError(f"cannot read the model's config.json {path}: {e}") from None
+
+
+def workload(config: Any) -> Workload:
+    from moe_jax.convert.loader import resolve_dtype
+    e = config.get("eval") or {}
+    return Workload(dtype_bytes=int(np.dtype(resolve_dtype(config.model.dtype)).itemsize),
+                    collect_batch=int(config.collect.batch_size), eval_batch=int(e.get("batch_size") or 1),
+                    seq=int(config.data.max_length), max_gen_toks=int(e.get("max_gen_toks") or 0))
+
+
+def plan_from_config(config: Any, accelerator: str | None = None) -> tuple[Plan, ModelConfig, Workload, dict]:
+    """The plan of a pipeline config (``accelerator`` overrides ``config.plan.accelerator``)."""
+    from moe_jax.pipeline import model_name
+    p = config.get("plan") or default_config()
+    cfg = ModelConfig.from_hf(model_config_json(config))
+    acc = get_accelerator(accelerator if accelerator is not None else p.get("accelerator", "auto"))
+    w = workload(config)
+    kwargs = dict(rules=shd.rules_from_config(config.get("mesh")), dtype=config.model.dtype,
+                  headroom=float(p.get("headroom", 0.9)), model=model_name(config))
+    try:
+        plan = make_plan(cfg, acc, config.mesh.shape, w, **kwargs)
+    except shd.MeshError as e:
+        raise PlanError(f"mesh.shape on {acc.name} ({acc.devices} devices): {e}") from None
+    return plan, cfg, w, kwargs
+
+
+def check_config_fits(config: Any, verbose: bool = True) -> Plan | None:
+    """The convert stage's check (``config.plan.check``): prints the plan (``verbose``), raises
+    ``PlanError`` when it does not fit."""
+    p = config.get("plan") or default_config()
+    if not p.get("check", True):
+        return None
+    try:
+        plan, cfg, w, kwargs = plan_from_config(config)
+    except ModelConfigUnavailable as e:  # the download that follows fails with its own clear message
+        print(f"WARNING: no memory plan: {e}", flush=True)
+        return None
+    if verbose:
+        print(plan.format(), flush=True)
+    check_plan(plan, cfg, w, **kwargs)
+    return plan
+
+
+def main() -> None:
+    """``python -m moe_jax.plan --config=FILE [--accelerator=NAME]``: prints the plan; exit status 1
+    with the smallest fitting mesh when it does not fit. Flags are defined here, not at import, so
+    that importing this module (the convert stage does) never clashes with ``moe_jax.launch``'s."""
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flag = config_flags.DEFINE_config_file("config", None, "Pipeline config file (configs/*.py).")
+    acc_flag = flags.DEFINE_string("accelerator", None, "auto | CPU | v4-8 | v5e-8 | v5p-8 | v6e-8 | H100-80GB "
+                                   "(slices like v5e-16 too); default: config.plan.accelerator")
+    flags.mark_flags_as_required(["config"])
+
+    def run(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        try:
+            plan, cfg, w, kwargs = plan_from_config(config_flag.value, acc_flag.value)
+            print(plan.format(), flush=True)
+            check_plan(plan, cfg, w, **kwargs)
+        except PlanError as e:
+            print(f"ERROR: {e}", flush=True)
+            raise SystemExit(1) from None
+    app.run(run)
+
+
+if __name__ == "__main__":
+    main()
