@@ -155,6 +155,23 @@ def test_generate_until_matches_uncached_reference(lm):
         assert g == ref_generate(lm, lm.tokenizer.encode(p), 10, until + [eos])
 
 
+def test_generate_until_keeps_the_last_max_length_minus_max_gen_toks_prompt_tokens(lm, monkeypatch):
+    seen = []
+
+    def spy(params, cfg, prompts, **kw):
+        seen.extend(prompts)
+        return [[] for _ in prompts]
+    monkeypatch.setattr(scoring, "greedy_until_tokens", spy)
+    long = " ".join(f"word{i}" for i in range(200))
+    ids = lm.tokenizer.encode(long)
+    assert len(ids) > 96
+    before = lm.stats["truncated"]
+    lm.generate_until([Instance("generate_until", {}, (p, {"until": ["\n"], "max_gen_toks": 10}), i)
+                       for i, p in enumerate([long, "Hello"])], disable_tqdm=True)
+    assert seen == [ids[-(96 - 10):], lm.tokenizer.encode("Hello")]  # HFLM: max_length - max_gen_toks
+    assert lm.stats["truncated"] == before + 1
+
+
 def test_generate_until_refuses_sampling_and_unknown_kwargs(lm):
     def gen(kwargs):
         return lm.generate_until([Instance("generate_until", {}, ("Hi", kwargs), 0)], disable_tqdm=True)

@@ -6,6 +6,7 @@ responses) and our records; the expected values are written by hand from lm-eval
 """
 
 import json
+import os
 
 import pytest
 
@@ -126,3 +127,18 @@ def test_wilson_interval_by_hand():
     c, h = (0.4 + z2 / 10) / (1 + z2 / 5), 1.959963984540054 * (0.24 / 5 + z2 / 100) ** 0.5 / (1 + z2 / 5)
     assert (lo, hi) == pytest.approx((c - h, c + h), rel=1e-12)
     assert (round(lo, 4), round(hi, 4)) == (0.1176, 0.7693)
+
+
+def test_records_done_only_when_the_file_is_intact(tmp_path):
+    d = str(tmp_path)
+    rec.open_records(d, {"model": "m"}, "fp")
+    assert not rec.is_done(d, "mgsm", "deu_Latn")  # not in the manifest
+    rec.write_records(d, "mgsm", "deu_Latn", [{"doc_id": 0, "correct": True}], {"accuracy": 1.0})
+    assert rec.is_done(d, "mgsm", "deu_Latn")
+    path = rec.record_path(d, "mgsm", "deu_Latn")
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:  # same size, one byte changed: only the sha256 tells
+        f.write(data.replace(b"true", b"TRUE"))
+    assert os.path.getsize(path) == len(data) and not rec.is_done(d, "mgsm", "deu_Latn")
+    os.remove(path)
+    assert not rec.is_done(d, "mgsm", "deu_Latn")
