@@ -30,7 +30,8 @@ setup(
     extras_require={
         # torch 2.13.0 exactly: the CPU wheel of that version is local on dev/CI machines;
         # any other spec pulls GBs of CUDA packages.
-        "test": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5", "accelerate"],  # accelerate: lm-eval's HF backend
+        # accelerate: lm-eval's HF backend; nbclient + ipykernel: tests/test_notebooks.py runs the notebooks
+        "test": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5", "accelerate", "nbclient>=0.10", "ipykernel>=6"],
         "gpu": ["tokamax"],
     },
 )
