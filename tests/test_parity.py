@@ -18,6 +18,7 @@ import torch
 
 import moe_jax
 from hf_reference import build_hf_model, reference_forward, save_hf_model
+from moe_jax.models import experts
 from moe_jax.tiny import tiny_hf_config
 from rope_reference import np_rope_cos_sin
 
@@ -135,12 +136,16 @@ def test_padding_does_not_change_real_tokens(converted):
                                    np.asarray(alone.router_logits[:, 0]), rtol=1e-5, atol=1e-5)
 
 
-def test_ragged_backend_matches_dense(converted):
+def test_dispatch_backends_match_dense(converted):
+    """The default (``auto``) and every other backend against the ``dense`` reference, whole model."""
     _, _, d = converted
-    dense, ragged = moe_jax.load(d / "jax"), moe_jax.load(d / "jax", backend="ragged")
+    dense = moe_jax.load(d / "jax", backend="dense")
     ids, mask = batch(dense.cfg.vocab_size)
-    a, b = dense(ids, attention_mask=mask), ragged(ids, attention_mask=mask)
-    np.testing.assert_allclose(np.asarray(a.logits), np.asarray(b.logits), rtol=1e-5, atol=1e-5)
+    a = dense(ids, attention_mask=mask, return_router_logits=True)
+    for backend in ["auto"] + [b for b in experts.available_backends() if b != "dense"]:
+        b = moe_jax.load(d / "jax", backend=backend)(ids, attention_mask=mask, return_router_logits=True)
+        np.testing.assert_allclose(np.asarray(a.logits), np.asarray(b.logits), rtol=1e-5, atol=1e-5, err_msg=backend)
+        np.testing.assert_array_equal(np.asarray(a.topk_idx), np.asarray(b.topk_idx), err_msg=backend)
 
 
 def test_bfloat16_conversion_close_to_float32(converted, tmp_path):

@@ -65,7 +65,7 @@ class MoeJaxLM(TemplateLM):
                  max_gen_toks: int = 256, intervention: Intervention | None = None, steering: str | None = None,
                  enable_thinking: bool | None = None, chat_template_args: dict | None = None,
                  think_end_token: str | int | None = None, add_bos_token: bool | None = None,
-                 prefix_token_id: int | None = None, dispatch: str = "dense", decode_chunk: int = 32,
+                 prefix_token_id: int | None = None, dispatch: str = "auto", decode_chunk: int = 32,
                  device: str | None = None, max_batch_size: int | None = None):
         super().__init__()
         if (pretrained is None) == (model is None):

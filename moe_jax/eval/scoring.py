@@ -84,7 +84,7 @@ class _CompileCounter:
 
 @functools.partial(jax.jit, static_argnames=("cfg", "backend"))
 def score_batch(params: dict, cfg: ModelConfig, input_ids: jax.Array, attention_mask: jax.Array,
-                last_index: jax.Array, intervention: Intervention | None = None, backend: str = "dense"):
+                last_index: jax.Array, intervention: Intervention | None = None, backend: str = "auto"):
     """One forward pass over right-padded ``input_ids [B, S]``.
 
     Returns ``(next_logprob [B, S], greedy [B, S], last_logprobs [B, V])``: the float32 log-prob of
@@ -103,7 +103,7 @@ def score_batch(params: dict, cfg: ModelConfig, input_ids: jax.Array, attention_
 
 def loglikelihood_tokens(params: dict, cfg: ModelConfig, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
                          *, max_length: int, batch_size: int, intervention: Intervention | None = None,
-                         backend: str = "dense", stats: dict | None = None,
+                         backend: str = "auto", stats: dict | None = None,
                          progress: Callable[[int], None] | None = None) -> list[tuple[float, bool]]:
     """``(sum of continuation log-probs, is_greedy)`` for each ``(context_ids, continuation_ids)``.
 
@@ -167,7 +167,7 @@ def loglikelihood_tokens(params: dict, cfg: ModelConfig, requests: Sequence[tupl
 def greedy_until_tokens(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                         batch_size: int, stop_token_ids: Sequence[int] = (),
                         is_done: Callable[[list[int]], bool] | None = None, chunk: int = 32, pad_id: int = 0,
-                        intervention: Intervention | None = None, backend: str = "dense",
+                        intervention: Intervention | None = None, backend: str = "auto",
                         stats: dict | None = None,
                         progress: Callable[[int], None] | None = None) -> list[list[int]]:
     """Greedy continuation tokens of each prompt (at most ``max_new_tokens``, a stop token included).

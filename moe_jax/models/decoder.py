@@ -52,7 +52,7 @@ def default_positions(attention_mask: jax.Array) -> jax.Array:
 def decoder_layers(params: dict, cfg: ModelConfig, input_ids: jax.Array, positions: jax.Array,
                    valid: jax.Array, *, cache: KVCache | None = None, index: jax.Array | int = 0,
                    intervention: iv_lib.Intervention | None = None,
-                   backend: str = "dense") -> tuple[jax.Array, list[RouterOutput], KVCache | None]:
+                   backend: str = "auto") -> tuple[jax.Array, list[RouterOutput], KVCache | None]:
     """The layer stack, shared by ``forward`` and KV-cache prefill/decode (``generate.py``).
 
     Args:
@@ -95,7 +95,7 @@ def lm_head(params: dict, cfg: ModelConfig, x: jax.Array) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("cfg", "return_router", "compute_logits", "backend"))
 def forward(params: dict, cfg: ModelConfig, input_ids: jax.Array, attention_mask: jax.Array | None = None,
             positions: jax.Array | None = None, intervention: iv_lib.Intervention | None = None,
-            return_router: bool = False, compute_logits: bool = True, backend: str = "dense") -> ModelOutput:
+            return_router: bool = False, compute_logits: bool = True, backend: str = "auto") -> ModelOutput:
     """Runs the decoder on ``input_ids [B, S]``.
 
     Args:
@@ -104,7 +104,7 @@ def forward(params: dict, cfg: ModelConfig, input_ids: jax.Array, attention_mask
       intervention: router edits, fields ``[moe_layers, experts]`` (see ``intervention.py``).
       return_router: also return router logits, top-k indices and weights of every MoE layer.
       compute_logits: False skips the final norm and lm head (routing collection needs neither).
-      backend: expert dispatch backend (``experts.BACKENDS``).
+      backend: expert dispatch backend (``experts.BACKENDS``, or ``"auto"``: the fastest exact one here).
     """
     B, S = input_ids.shape
     if attention_mask is None:

@@ -153,7 +153,7 @@ def _check_batch(input_ids, attention_mask) -> tuple[jax.Array, jax.Array]:
 
 
 def prefill(params: dict, cfg: ModelConfig, input_ids, attention_mask, *, cache_len: int,
-            intervention: iv_lib.Intervention | None = None, backend: str = "dense") -> DecodeState:
+            intervention: iv_lib.Intervention | None = None, backend: str = "auto") -> DecodeState:
     """Runs prompts ``[B, P]`` (padded on either side, every row with at least one real token)
     into a fresh cache of ``cache_len >= P`` slots; returns the state ``decode`` starts from."""
     ids, mask = _check_batch(input_ids, attention_mask)
@@ -161,7 +161,7 @@ def prefill(params: dict, cfg: ModelConfig, input_ids, attention_mask, *, cache_
 
 
 def decode(params: dict, cfg: ModelConfig, state: DecodeState, *, num_steps: int, stop_token_ids=None,
-           pad_id: int = 0, intervention: iv_lib.Intervention | None = None, backend: str = "dense",
+           pad_id: int = 0, intervention: iv_lib.Intervention | None = None, backend: str = "auto",
            return_router: bool = False) -> tuple[DecodeState, DecodeOutput]:
     """Emits up to ``num_steps`` greedy tokens per row (fewer if every row stops first).
 
@@ -179,7 +179,7 @@ def decode(params: dict, cfg: ModelConfig, state: DecodeState, *, num_steps: int
 
 def generate(params: dict, cfg: ModelConfig, input_ids, attention_mask, *, max_new_tokens: int,
              stop_token_ids=None, pad_id: int = 0, intervention: iv_lib.Intervention | None = None,
-             backend: str = "dense", return_router: bool = False) -> GenerateOutput:
+             backend: str = "auto", return_router: bool = False) -> GenerateOutput:
     """Greedy generation of up to ``max_new_tokens`` per row from prompts ``[B, P]``: prefill and
     decode in one jitted program per (batch, prompt length, max_new_tokens)."""
     if max_new_tokens < 1:

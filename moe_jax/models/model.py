@@ -31,7 +31,7 @@ def _is_var(x: Any) -> bool:
 class MoeModel(nnx.Module):
     """Holds a parameter tree as ``nnx.Param`` leaves; calls the jitted pure forward."""
 
-    def __init__(self, cfg: ModelConfig, params: dict, tokenizer: Any = None, backend: str = "dense"):
+    def __init__(self, cfg: ModelConfig, params: dict, tokenizer: Any = None, backend: str = "auto"):
         self.cfg = cfg
         self.backend = backend
         self.tokenizer = tokenizer
@@ -77,7 +77,7 @@ class MoeModel(nnx.Module):
 
 
 def load(path: str | os.PathLike, dtype: str = "float32", *, shardings: Any = None,
-         backend: str = "dense", load_tokenizer: bool = True) -> MoeModel:
+         backend: str = "auto", load_tokenizer: bool = True) -> MoeModel:
     """Loads an HF checkpoint directory or a converted moe_jax directory.
 
     Args:

@@ -27,7 +27,7 @@ from moe_jax.routing.statistics import routing_statistics
 Step = Callable[..., Mapping[str, Any]]
 
 
-def make_collect_step(cfg: ModelConfig, mesh: Mesh, *, token_topk: bool = False, backend: str = "dense",
+def make_collect_step(cfg: ModelConfig, mesh: Mesh, *, token_topk: bool = False, backend: str = "auto",
                       forward_fn: Callable | None = None) -> Step:
     """``step(params, input_ids [B,S], attention_mask [B,S], count_mask [B,S]) -> statistics dict``.
 

@@ -41,7 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.pad_to_multiple = 64  # sequence length is rounded up to this: one compile per length bucket
     c.sort_by_length = True  # batch similar lengths together (less padding); results stay in corpus order
     c.token_topk = False  # also store per-token top-k experts of counted tokens ([T, L, k] int16)
-    c.backend = "dense"  # expert dispatch backend of the forward ("dense" | "ragged" | ...)
+    c.backend = "auto"  # expert dispatch backend of the forward ("auto" | "grouped" | "dense" | ...)
     c.overwrite = False  # replace a store written for another model / data / options
     c.progress = True  # tqdm bars over languages and batches
     return c

@@ -55,7 +55,7 @@ def js_divergence(p: jax.Array, q: jax.Array) -> jax.Array:
     return 0.5 * kl(p) + 0.5 * kl(q)
 
 
-def routing_statistic(params: dict, cfg: ModelConfig, ids, mask, count_mask, bias, backend: str = "dense"):
+def routing_statistic(params: dict, cfg: ModelConfig, ids, mask, count_mask, bias, backend: str = "auto"):
     """``[B, L, E]`` mean full-softmax routing of ``ids [B, S]`` with router ``bias [L, E]`` applied."""
     zeros = jnp.zeros_like(bias)
     iv = Intervention(bias, zeros, zeros, jnp.zeros(bias.shape, jnp.int32))
@@ -65,7 +65,7 @@ def routing_statistic(params: dict, cfg: ModelConfig, ids, mask, count_mask, bia
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "backend"))
-def _loss(bias, params, cfg, ids, mask, count_mask, target, band, l2, backend="dense"):
+def _loss(bias, params, cfg, ids, mask, count_mask, target, band, l2, backend="auto"):
     bias = bias * band[:, None]  # only the band is a free parameter
     q = routing_statistic(params, cfg, ids, mask, count_mask, bias, backend)
     div = js_divergence(target, q)  # [B, L]
@@ -78,7 +78,7 @@ _value_and_grad = jax.jit(jax.value_and_grad(_loss, has_aux=True), static_argnam
 
 def fit_router_bias(params: dict, cfg: ModelConfig, ids, mask, count_mask, target, band_rows, *,
                     steps: int = 50, learning_rate: float = 0.05, l2: float = 1e-3, heldout_fraction: float = 0.25,
-                    seed: int = 0, backend: str = "dense") -> LearnedBias:
+                    seed: int = 0, backend: str = "auto") -> LearnedBias:
     """Fits router biases on the language's sentences ``ids/mask/count_mask [N, S]`` towards the
     pivot's statistic ``target [N, L, E]`` of the aligned sentences, in the MoE layers ``band_rows [L]``.
 

@@ -115,7 +115,7 @@ def build_settings(select: Callable[[float, tuple[int, int]], tg.Targets], grid:
 
 @functools.partial(jax.jit, static_argnames=("cfg", "backend"))
 def topk_change(params: dict, cfg: ModelConfig, input_ids: jax.Array, attention_mask: jax.Array,
-                counted: jax.Array, intervention: Intervention, backend: str = "dense") -> jax.Array:
+                counted: jax.Array, intervention: Intervention, backend: str = "auto") -> jax.Array:
     """``[moe_layers]`` fraction of counted tokens whose top-k SET differs from the unsteered one."""
     neutral = jax.tree.map(jnp.zeros_like, intervention)
     base = forward(params, cfg, input_ids, attention_mask, intervention=neutral, return_router=True,

@@ -1,0 +1,130 @@
+"""Every expert dispatch backend against a per-token loop: float32 and bfloat16, biases and the
+clamped activation, empty experts, one expert taking every token, blocks that do not divide T*k."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moe_jax.models import experts
+
+BACKENDS = experts.available_backends()
+# grouped with explicit small blocks: groups span several blocks, and T*k (111) is no multiple of them
+CASES = [(b, {}) for b in BACKENDS] + [("grouped", {"block": 4}), ("grouped", {"block": 8})]
+
+
+def run(backend, opts, x, idx, w, p, act=experts.swiglu):
+    if opts:
+        return experts.BACKENDS[backend](x, idx, w.astype(x.dtype), p, act, **opts)
+    return experts.dispatch(x, idx, w, p, backend, act)
+
+
+def loop(x, idx, w, p, act):
+    """The definition, one token and one choice at a time, in float64."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    p = {n: np.asarray(v, np.float64) for n, v in p.items()}
+    y = np.zeros_like(x)
+    for t in range(x.shape[0]):
+        for j in range(idx.shape[1]):
+            e = idx[t, j]
+            g = x[t] @ p["gate"][e] + (p["gate_bias"][e] if "gate_bias" in p else 0)
+            u = x[t] @ p["up"][e] + (p["up_bias"][e] if "up_bias" in p else 0)
+            h = np.asarray(act(g, u), np.float64)
+            y[t] += w[t, j] * (h @ p["down"][e] + (p["down_bias"][e] if "down_bias" in p else 0))
+    return y
+
+
+def np_swiglu(g, u):
+    return g / (1 + np.exp(-g)) * u
+
+
+def np_clamped(g, u, limit=0.6, alpha=1.702):
+    g = np.minimum(g, limit)
+    return (np.clip(u, -limit, limit) + 1) * g / (1 + np.exp(-alpha * g))
+
+
+def problem(T, k, E, seed, biases=False, idx=None, H=16, F=8):
+    rng = np.random.default_rng(seed)
+    shapes = {"gate": (E, H, F), "up": (E, H, F), "down": (E, F, H)}
+    if biases:
+        shapes.update(gate_bias=(E, F), up_bias=(E, F), down_bias=(E, H))
+    p = {n: rng.normal(size=s).astype(np.float32) * 0.4 for n, s in shapes.items()}
+    x = rng.normal(size=(T, H)).astype(np.float32)
+    if idx is None:  # experts 0 and E-1 never chosen: empty groups at both ends
+        idx = np.stack([rng.choice(np.arange(1, E - 1), size=k, replace=False) for _ in range(T)])
+    w = rng.uniform(size=(T, k)).astype(np.float32)
+    return x, np.asarray(idx, np.int32), w, p
+
+
+def check(backend, opts, prob, act=experts.swiglu, np_act=np_swiglu, dtype=jnp.float32):
+    x, idx, w, p = prob
+    cast = lambda a: jnp.asarray(a).astype(dtype)  # noqa: E731
+    y = run(backend, opts, cast(x), idx, jnp.asarray(w), {n: cast(v) for n, v in p.items()}, act)
+    assert y.dtype == dtype and y.shape == x.shape
+    rounded = lambda a: np.asarray(cast(a).astype(jnp.float32))  # noqa: E731  the inputs the backend saw
+    want = loop(rounded(x), idx, np.asarray(jnp.asarray(w).astype(dtype).astype(jnp.float32)),
+                {n: rounded(v) for n, v in p.items()}, np_act)
+    got = np.asarray(y.astype(jnp.float32))
+    if dtype == jnp.float32:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    else:  # bf16 intermediates: a few ulp of the largest output
+        assert np.abs(got - want).max() <= 2e-2 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("backend,opts", CASES)
+@pytest.mark.parametrize("k,dtype", [(1, jnp.float32), (3, jnp.float32), (3, jnp.bfloat16)], ids=["k1", "k3", "k3-bf16"])
+def test_matches_per_token_loop(backend, opts, dtype, k):
+    check(backend, opts, problem(37, k, 6, seed=k), dtype=dtype)
+
+
+@pytest.mark.parametrize("backend,opts", CASES)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+def test_biases_and_clamped_swiglu(backend, opts, dtype):
+    act = functools.partial(experts.clamped_swiglu, limit=0.6, alpha=1.702)
+    prob = problem(29, 3, 6, seed=4, biases=True)
+    x, _, _, p = prob
+    assert (np.abs(np.einsum("th,ehf->tef", x, p["gate"])) > 0.6).mean() > 0.2  # the clamp bites
+    check(backend, opts, prob, act, np_clamped, dtype)
+
+
+@pytest.mark.parametrize("backend,opts", CASES)
+def test_one_expert_takes_every_token(backend, opts):
+    T = 45
+    idx = np.stack([np.full(T, 2), np.arange(T) % 2 * 3], 1)  # expert 2 everywhere; 1, 4, 5 empty
+    check(backend, opts, problem(T, 2, 6, seed=7, idx=idx, biases=True))
+    check(backend, opts, problem(T, 1, 6, seed=8, idx=np.full((T, 1), 5)))  # one group, the last expert
+
+
+@pytest.mark.parametrize("backend,opts", CASES)
+@pytest.mark.parametrize("T", [1, 3])
+def test_decode_sized_batches(backend, opts, T):
+    check(backend, opts, problem(T, 2, 16, seed=T))
+
+
+def test_grouped_padding_bounds():
+    """The static block count covers every split of the rows (here, exhaustively for 3 experts)."""
+    for rows in range(1, 13):
+        for b in (1, 2, 4, 8):
+            worst = max(-(-a // b) + -(-c // b) + -(-(rows - a - c) // b)
+                        for a in range(rows + 1) for c in range(rows + 1 - a))
+            assert experts.max_blocks(rows, 3, b) >= worst
+    assert experts.block_size(8 * 2048, 64) == 64  # 64 * 64 = 25% of the rows
+    assert experts.block_size(8, 64) == experts.MIN_BLOCK
+
+
+def test_auto_picks_a_working_backend_on_cpu():
+    assert jax.default_backend() == "cpu"
+    assert experts.resolve("auto") == "grouped"
+    check("auto", {}, problem(37, 3, 6, seed=9))
+
+
+def test_unknown_backend_is_named():
+    with pytest.raises(ValueError, match="tokamagic"):
+        experts.dispatch(*problem(2, 1, 2, seed=0, idx=np.zeros((2, 1))), "tokamagic")
+
+
+@pytest.mark.skipif("tokamax" in BACKENDS, reason="tokamax is installed: its cases run above")
+def test_tokamax_missing_is_reported():
+    assert experts.resolve("auto") == "grouped"  # auto never picks a backend that cannot import
