@@ -70,7 +70,8 @@ class PlanError(StageError):
 
 
 class ModelConfigUnavailable(PlanError):
-    """The hub's config.json could not be fetched (offline, gated): nothing to plan from."""
+    """The model's config.json cannot be read (offline, gated, missing): nothing to plan from. The
+    convert stage then skips the plan with a warning; the conversion reports the missing files."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,7 +330,7 @@ def _read_json(path: str) -> dict[str, Any]:
         with open(path) as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise PlanError(f"cannot read the model's config.json {path}: {e}") from None
+        raise ModelConfigUnavailable(f"cannot read the model's config.json {path}: {e}") from None
 
 
 def workload(config: Any) -> Workload:
@@ -364,7 +365,7 @@ def check_config_fits(config: Any, verbose: bool = True) -> Plan | None:
         return None
     try:
         plan, cfg, w, kwargs = plan_from_config(config)
-    except ModelConfigUnavailable as e:  # the download that follows fails with its own clear message
+    except ModelConfigUnavailable as e:  # the download or conversion that follows fails with its own message
         print(f"WARNING: no memory plan: {e}", flush=True)
         return None
     if verbose:
