@@ -11,8 +11,9 @@ Per device it counts (estimates, in bytes; the convert stage makes the same chec
 * collection activations, per MoE/attention layer at a time (``T = rows per device * seq``):
   residual stream and layer in/outputs ``4 T H`` and q/k/v ``T (h + 2 kv) D`` at the dtype, attention
   scores ``T seq h`` in float32, the dense expert dispatch's gate / up / product ``3 T E W`` at the
-  dtype, and the router outputs kept for every MoE layer ``L T E`` in float32 (``h``, ``kv``, ``E``:
-  heads, kv heads and experts on this device);
+  dtype (an upper bound: the grouped backends compute about ``3 T k W``), and the router outputs kept
+  for every MoE layer ``L T E`` in float32 (``h``, ``kv``, ``E``: heads, kv heads and experts on this
+  device);
 * evaluation: the same forward at ``eval.batch_size`` plus float32 logits ``T V``, and the KV cache of
   generation ``2 layers rows (seq + max_gen_toks) kv D`` at the dtype.
 
