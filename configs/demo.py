@@ -41,18 +41,19 @@ def get_config():
     c.data.source = "builtin"
     c.tasks = common.builtin_tasks(("math", "medicine"))  # task experts: English math / medicine vs generic English
     c.collect.batch_size = 8
-    c.collect.pad_to_multiple = 32
+    c.collect.pad_to_multiple = 64  # few length buckets (compiles): the two-turn task chats reach 256 tokens
     c.collect.token_topk = True  # enables the token-consistency analysis
     c.mesh.shape = {"data": -1, "model": 1}
     c.analysis.accuracy = dict(ILLUSTRATIVE_ACCURACY)
     c.eval = common.demo_eval()
     # a small steering sweep on the demo Belebele items: baseline, soft, hard, mask, a random control and a
-    # learned bias, targets = math task experts (tau 0.1: the random model's Delta stays below 0.3)
+    # learned bias, targets = math task experts (tau 0.12: on the random model's two-turn math chats at most
+    # 3 = top-k experts of a layer pass it (hard steering), and the early-band and language controls have targets)
     c.steer.task = "math"
     c.steer.tasks = "belebele"
     c.steer.languages = "eng_Latn,fra_Latn"
     c.steer.methods = "soft,hard,mask"
-    c.steer.taus = (0.1,)
+    c.steer.taus = (0.12,)
     c.steer.controls = "random"
     c.steer.learned.enabled = True
     c.steer.learned.steps = 5
