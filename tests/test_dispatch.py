@@ -103,6 +103,16 @@ def test_decode_sized_batches(backend, opts, T):
     check(backend, opts, problem(T, 2, 16, seed=T))
 
 
+@pytest.mark.parametrize("backend,opts", CASES)
+def test_absent_expert_id_adds_nothing(backend, opts):
+    """Expert parallelism passes another shard's assignments as id E with weight 0."""
+    x, idx, w, p = problem(23, 3, 6, seed=11, biases=True)
+    gone = np.random.default_rng(0).uniform(size=idx.shape) < 0.4
+    y = run(backend, opts, jnp.asarray(x), np.where(gone, 6, idx), jnp.asarray(np.where(gone, 0, w)), p)
+    want = loop(x, np.where(gone, 0, idx), np.where(gone, 0, w), p, np_swiglu)
+    np.testing.assert_allclose(np.asarray(y), want, rtol=1e-5, atol=1e-5)
+
+
 def test_grouped_padding_bounds():
     """The static block count covers every split of the rows (here, exhaustively for 3 experts)."""
     for rows in range(1, 13):

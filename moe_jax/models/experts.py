@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 Activation = Callable[[jax.Array, jax.Array], jax.Array]
+EXPERT_KEYS = ("gate", "up", "down", "gate_bias", "up_bias", "down_bias")  # the routed experts' leaves
 log = logging.getLogger(__name__)
 
 
@@ -108,8 +109,9 @@ class SortedAssignments:
 
 def _sorted_grouped(x, idx, w, p, act, matmul):
     """Sort, then three grouped matmuls ``matmul(lhs [T*k, K], rhs [E, K, N], sizes [E])``."""
-    s = SortedAssignments(idx, p["gate"].shape[0])
-    xs, es = x[s.tokens()], s.experts
+    E = p["gate"].shape[0]
+    s = SortedAssignments(idx, E)
+    xs, es = x[s.tokens()], jnp.minimum(s.experts, E - 1)  # an absent id E (weight 0) reads any bias
     g = matmul(xs, p["gate"], s.sizes) + _bias(p, "gate_bias", es)
     u = matmul(xs, p["up"], s.sizes) + _bias(p, "up_bias", es)
     out = matmul(act(g, u), p["down"], s.sizes) + _bias(p, "down_bias", es)  # [T*k, H] sorted
@@ -154,13 +156,15 @@ def grouped_dispatch(x, idx, w, p, act, block: int | None = None):
     n = T * k
     b = block_size(n, E) if block is None else block
     nb = max_blocks(n, E, b)
-    s = SortedAssignments(idx, E)
+    p = {name: jnp.asarray(p[name]) for name in EXPERT_KEYS if name in p}  # sliced by a traced expert id below
+    s = SortedAssignments(idx, E)  # an id E (expert parallelism: another shard's expert) sorts last
     blocks = (s.sizes + b - 1) // b  # [E] blocks per expert
     ends = jnp.cumsum(blocks)
     first_row = jnp.cumsum(s.sizes) - s.sizes  # [E] sorted row of each expert's first assignment
     # padded row of each sorted assignment: its expert's first block, plus its rank in the group
     padded = (ends - blocks)[s.experts] * b + jnp.arange(n) - first_row[s.experts]
-    row_token = jnp.zeros((nb * b,), jnp.int32).at[padded].set(s.tokens().astype(jnp.int32))  # pads: token 0
+    padded = jnp.where(s.experts < E, padded, nb * b)  # out of range: dropped below, reads 0
+    row_token = jnp.zeros((nb * b,), jnp.int32).at[padded].set(s.tokens().astype(jnp.int32), mode="drop")
     block_expert = jnp.searchsorted(ends, jnp.arange(nb), side="right")  # [nb]; E past the last block
     live = block_expert < E
     block_expert = jnp.minimum(block_expert, E - 1)
@@ -175,7 +179,7 @@ def grouped_dispatch(x, idx, w, p, act, block: int | None = None):
         return None, jax.lax.cond(on, run, lambda xe, e: jnp.zeros((b, H), x.dtype), xe, e)
 
     _, yb = jax.lax.scan(body, None, (x[row_token].reshape(nb, b, H), block_expert, live))
-    return s.combine(yb.reshape(nb * b, H)[padded], w)
+    return s.combine(yb.reshape(nb * b, H).at[padded].get(mode="fill", fill_value=0), w)
 
 
 BACKENDS: dict[str, Callable] = {"dense": dense_dispatch, "grouped": grouped_dispatch, "ragged": ragged_dispatch,
@@ -214,8 +218,49 @@ def resolve(backend: str) -> str:
     return backend
 
 
+# Mesh axes of expert parallelism (``moe_jax.sharding``: experts over "model", batch rows over "data").
+EXPERT_AXIS, TOKEN_AXIS = "model", "data"
+
+
+def expert_parallel(fn: Callable, x, idx, w, p, act, mesh) -> jax.Array:
+    """``fn`` on each device's own experts (``E / m`` of them, ``m`` the ``model`` axis) and own rows
+    of ``x`` (split over ``data`` when they divide), summed over ``model``: the expert weights never
+    move. An assignment to another shard's expert becomes local id ``E / m`` with weight 0, which
+    every backend skips (an id past the last expert)."""
+    m = mesh.shape[EXPERT_AXIS]
+    local_e = p["gate"].shape[0] // m
+    rows = TOKEN_AXIS if TOKEN_AXIS in mesh.axis_names and x.shape[0] % mesh.shape[TOKEN_AXIS] == 0 else None
+    P = jax.sharding.PartitionSpec
+    p = {name: p[name] for name in EXPERT_KEYS if name in p}
+
+    def local(x, idx, w, p):
+        lo = jax.lax.axis_index(EXPERT_AXIS) * local_e
+        mine = (idx >= lo) & (idx < lo + local_e)
+        y = fn(x, jnp.where(mine, idx - lo, local_e), jnp.where(mine, w, 0), p, act)
+        return jax.lax.psum(y, EXPERT_AXIS)
+
+    specs = (P(rows), P(rows), P(rows), {name: P(EXPERT_AXIS) for name in p})
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P(rows), check_vma=False)(x, idx, w, p)
+
+
+def _expert_mesh(num_experts: int):
+    """The context mesh (``jax.set_mesh``) when it splits the experts over ``model``, else None."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or EXPERT_AXIS not in mesh.axis_names:
+        return None
+    m = mesh.shape[EXPERT_AXIS]
+    return mesh if m > 1 and num_experts % m == 0 else None
+
+
 def dispatch(x: jax.Array, idx: jax.Array, w: jax.Array, experts: dict, backend: str = AUTO,
              act: Activation = swiglu) -> jax.Array:
     """Runs the routed experts. ``experts`` holds ``gate``, ``up``, ``down`` and optionally
-    ``gate_bias``, ``up_bias``, ``down_bias``; ``act`` combines gate and up. Returns ``[T, H]``."""
-    return BACKENDS[resolve(backend)](x, idx, w.astype(x.dtype), experts, act)
+    ``gate_bias``, ``up_bias``, ``down_bias``; ``act`` combines gate and up. Returns ``[T, H]``.
+
+    Under a context mesh (``jax.set_mesh``) whose ``model`` axis divides the experts, each device
+    runs its own experts (``expert_parallel``)."""
+    fn = BACKENDS[resolve(backend)]
+    mesh = _expert_mesh(experts["gate"].shape[0])
+    if mesh is not None:
+        return expert_parallel(fn, x, idx, w.astype(x.dtype), experts, act, mesh)
+    return fn(x, idx, w.astype(x.dtype), experts, act)

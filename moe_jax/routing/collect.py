@@ -31,15 +31,17 @@ def make_collect_step(cfg: ModelConfig, mesh: Mesh, *, token_topk: bool = False,
                       forward_fn: Callable | None = None) -> Step:
     """``step(params, input_ids [B,S], attention_mask [B,S], count_mask [B,S]) -> statistics dict``.
 
-    Jitted; outputs are replicated over the mesh so that every process can read them.
+    Jitted and run under ``mesh`` (so a ``model`` axis splitting the experts runs them expert-parallel);
+    outputs are replicated over the mesh so that every process can read them.
     ``forward_fn`` defaults to ``moe_jax.models.decoder.forward``.
     """
     if forward_fn is None:
         from moe_jax.models.decoder import forward as forward_fn
 
     def step(params, input_ids, attention_mask, count_mask):
-        out = forward_fn(params, cfg, input_ids, attention_mask=attention_mask, return_router=True,
-                         compute_logits=False, backend=backend)
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # experts run where they are stored
+            out = forward_fn(params, cfg, input_ids, attention_mask=attention_mask, return_router=True,
+                             compute_logits=False, backend=backend)
         counted = attention_mask.astype(bool) & count_mask.astype(bool)
         return routing_statistics(out.router_logits, out.topk_idx, out.topk_weights, counted,
                                   token_topk=token_topk)
