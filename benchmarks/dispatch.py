@@ -1,6 +1,7 @@
 """Expert dispatch backends: time per MoE layer, as ratios against the dense reference.
 
     python benchmarks/dispatch.py [--tokens 4096] [--shape olmoe|qwen3|phi|tiny] [--dtype bfloat16]
+                                  [--backends dense,grouped,tokamax,ragged]
 
 Prints milliseconds per call and the speed-up of each backend over ``dense`` (same process, same
 inputs, compiled once, median of repeats). Results also checked equal to ``dense``.
@@ -28,6 +29,8 @@ def main():
     ap.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--backends", default=",".join(experts.available_backends()),
+                    help="comma-separated; dense first (the reference); ragged is very slow on CPU")
     args = ap.parse_args()
     H, F, E, k = SHAPES[args.shape]
     dt = jnp.dtype(args.dtype)
@@ -40,7 +43,7 @@ def main():
     print(f"device={jax.devices()[0].device_kind} shape={args.shape} T={args.tokens} H={H} F={F} E={E} k={k} "
           f"dtype={args.dtype}")
     times, ref = {}, None
-    for name in experts.BACKENDS:
+    for name in args.backends.split(","):
         fn = jax.jit(lambda x, idx, w, ex, name=name: experts.dispatch(x, idx, w, ex, name))
         y = fn(x, idx, w, ex).block_until_ready()
         ref = y if ref is None else ref
