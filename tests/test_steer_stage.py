@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {
     "eval.source": "demo", "eval.tasks": "belebele", "eval.languages": "eng_Latn,fra_Latn", "eval.limit": 2,
     "eval.max_gen_toks": 6, "eval.batch_size": 4, "steer.task": "math", "steer.methods": "soft,hard,mask",
-    "steer.lambdas": (0.5,), "steer.taus": (0.12,), "steer.controls": "random,early,late,language",
+    "steer.lambdas": (0.5,), "steer.taus": (0.1,), "steer.controls": "random,early,late,language",
     "steer.learned.enabled": True, "steer.learned.steps": 2, "steer.n_boot": 300, "steer.probe_sentences": 4,
 }
 CLI_OVERRIDES = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]

@@ -105,3 +105,17 @@ def test_shifted_band_keeps_the_width():
     assert tg.band_from_analysis((1, 3), MOE_IDS) == (2, 4)
     with pytest.raises(ValueError, match="'early' or 'late'"):
         tg.shifted_band((3, 5), MOE_IDS, "middle")
+
+
+def test_cap_per_layer_keeps_the_highest_scores():
+    rng = np.random.default_rng(5)
+    task = _freqs(rng, 30, [(2, 1), (2, 4), (2, 7), (2, 9), (3, 2)], 0.5)
+    task[:, 2, 9] += 0.2  # the strongest of layer 2
+    t = tg.task_targets(task, _freqs(rng, 30), MOE_IDS, band=None, tau=0.3)
+    assert t.counts()[2] == 4
+    capped = tg.cap_per_layer(t, 2)
+    assert capped.counts().tolist() == [0, 0, 2, 1, 0, 0]
+    top2 = np.argsort(-t.scores[2])[:2]
+    assert set(np.flatnonzero(capped.mask[2])) == set(top2) and 9 in top2
+    assert capped.params["max_per_layer"] == 2 and capped.weights[~capped.mask].max() == 0.0
+    assert tg.cap_per_layer(t, 4) is t

@@ -166,7 +166,8 @@ def build_specs(config: Any, workdir: str, opts: Mapping[str, Any]) -> tuple[lis
         rule = "shared"
     grid = sweep_lib.Grid(methods=tuple(_names(opts["methods"])), lambdas=tuple(float(x) for x in opts["lambdas"]),
                           taus=tuple(float(x) for x in opts["taus"]), bands=parse_bands(opts["bands"], workdir),
-                          controls=tuple(_names(opts["controls"])), seed=int(opts["seed"]))
+                          controls=tuple(_names(opts["controls"])), seed=int(opts["seed"]),
+                          top_k=int(meta["top_k"]))
     try:
         specs = sweep_lib.build_settings(select, grid, ids, rule, language_select=language_select,
                                          provenance=provenance)

@@ -39,6 +39,7 @@ class Grid:
     bands: tuple[tuple[int, int], ...] = ()
     controls: tuple[str, ...] = ("random",)
     seed: int = 0
+    top_k: int = 0  # the model's top-k: hard settings force at most this many experts per layer (0: no cap)
 
     def __post_init__(self):
         unknown = [c for c in self.controls if c not in CONTROLS]
@@ -63,8 +64,10 @@ def _specs(targets: tg.Targets, rule: str, tau: float, band, grid: Grid, methods
            **provenance) -> list[SteeringSpec]:
     out = []
     for method in methods or grid.methods:
+        # hard steering forces at most top-k experts per layer (the highest-scoring targets)
+        t = tg.cap_per_layer(targets, grid.top_k) if method == "hard" and grid.top_k else targets
         for lam in (lambdas or grid.lambdas) if method in LAMBDA_METHODS else (FIXED_LAMBDA[method],):
-            out.append(SteeringSpec.from_targets(method, targets, lam, name=setting_name(method, rule, tau, band, lam),
+            out.append(SteeringSpec.from_targets(method, t, lam, name=setting_name(method, rule, tau, band, lam),
                                                  provenance=provenance))
     return out
 

@@ -161,6 +161,21 @@ def random_targets(like: Targets, seed: int = 0, exclude_targets: bool = True) -
                    {"like": like.rule, **like.params, "seed": int(seed), "exclude_targets": exclude_targets})
 
 
+def cap_per_layer(targets: Targets, k: int) -> Targets:
+    """At most ``k`` targets per layer: the highest-scoring ones (ties: the lower expert index).
+    Hard steering uses it with the model's top-k, since forcing more than k experts derails the model."""
+    if k < 1:
+        raise ValueError(f"cap_per_layer: k must be >= 1, got {k}")
+    if targets.counts().max(initial=0) <= k:
+        return targets
+    order = np.argsort(-np.where(targets.mask, targets.scores, -np.inf), axis=-1, kind="stable")[:, :k]
+    keep = np.zeros_like(targets.mask)
+    np.put_along_axis(keep, order, True, axis=-1)
+    mask = targets.mask & keep
+    return dataclasses.replace(targets, mask=mask, weights=np.where(mask, targets.weights, 0.0),
+                               params={**targets.params, "max_per_layer": int(k)})
+
+
 def shifted_band(band: tuple[int, int], moe_layer_ids: Sequence[int], where: str) -> tuple[int, int]:
     """Control band: as many MoE layers as ``band`` holds, at the start (``"early"``) or the end
     (``"late"``) of the model, in decoder-layer numbers."""
