@@ -196,6 +196,13 @@ def test_killed_conversion_leaves_no_loadable_dir(hf_dir, tmp_path):
     assert leftover.startswith(".out.tmp-") and "params" in os.listdir(tmp_path / leftover)
     with pytest.raises(CheckpointError, match="incomplete"):
         load_params(tmp_path / leftover)
+    # the next run removes it (and says so); look-alikes that are not its temp naming stay
+    for name in (".out.tmp-mine", ".outx.tmp-abcd1234", "out.tmp-abcd1234"):
+        (tmp_path / name).mkdir()
+    r = run_cli(f"--hf_dir={hf_dir}", f"--out={tmp_path / 'out'}")
+    assert r.returncode == 0, r.stderr
+    assert f"removing {tmp_path / leftover}" in r.stderr
+    assert sorted(os.listdir(tmp_path)) == [".out.tmp-mine", ".outx.tmp-abcd1234", "out", "out.tmp-abcd1234"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,6 +353,40 @@ def test_existing_out_is_refused(bad):
     with pytest.raises(FileExistsError, match="overwrite"):
         convert_checkpoint(src, out)
     assert os.listdir(out) == ["keep.txt"]
+
+
+def test_overwrite_refuses_out_holding_the_input(hf_dir, tmp_path):
+    """--overwrite with the input inside --out: refused, nothing deleted."""
+    out = tmp_path / "OUT"
+    shutil.copytree(hf_dir, out / "hf")
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    r = run_cli(f"--hf_dir={out / 'hf'}", f"--out={out}", "--overwrite")
+    assert r.returncode != 0 and "contains the input dir" in r.stderr, r.stderr
+    assert snapshot(out) == before
+    r = run_cli(f"--hf_dir={out / 'hf'}", f"--out={out / 'hf' / 'conv'}", "--overwrite")
+    assert r.returncode != 0 and "is inside the input dir" in r.stderr, r.stderr
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("marker", [None, '{"format": "something.else"}', "not json"])
+def test_overwrite_refuses_dir_moe_jax_did_not_write(bad, marker):
+    src, out, _ = bad
+    out.mkdir(parents=True)
+    (out / "keep.txt").write_text("mine")
+    if marker is not None:
+        (out / orbax_io.META_FILE).write_text(marker)
+    before = snapshot(out)
+    with pytest.raises(ValueError, match="not a moe_jax conversion.*--overwrite only replaces"):
+        convert_checkpoint(src, out, overwrite=True)
+    assert snapshot(out) == before and sorted(os.listdir(out.parent)) == ["out"]
+
+
+def test_overwrite_replaces_an_empty_dir(bad):
+    src, out, _ = bad
+    out.mkdir(parents=True)
+    convert_checkpoint(src, out, overwrite=True)
+    assert orbax_io.read_meta(str(out))["format"] == orbax_io.FORMAT
 
 
 def test_incomplete_converted_dir_is_refused(hf_dir, tmp_path):

@@ -8,6 +8,11 @@ that loads as complete:
 3. the temp dir renamed to ``out`` (an existing ``out`` is moved aside first and removed after).
 On any error the temp dir is removed and an existing ``out`` is untouched.
 
+``overwrite`` replaces only a directory that moe_jax wrote (its ``moe_jax.json`` says so) or an
+empty one, and never one that overlaps the input: a user's own files are never deleted. Temp dirs
+of an earlier killed conversion to the same ``out`` (``.{out}.tmp-XXXXXXXX``) are removed, with a
+log line, by the next one.
+
 Peak host memory: the output tree (in the target dtype) plus about one layer: the stacked expert
 buffers of the layer being read (``3 * E * H * I`` target-dtype elements) and one raw tensor in
 the stored dtype. Measured in ``tests/test_convert_memory.py``.
@@ -16,7 +21,9 @@ the stored dtype. Measured in ``tests/test_convert_memory.py``.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -25,6 +32,8 @@ import jax
 
 from moe_jax import __version__
 from moe_jax.convert import loader, orbax_io
+
+log = logging.getLogger(__name__)
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -37,17 +46,16 @@ def convert_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dt
                        overwrite: bool = False) -> str:
     """Converts an HF checkpoint dir into a moe_jax dir at ``out_dir``; returns ``out_dir``.
 
-    Raises (before writing anything) ValueError for an unsupported ``dtype``, FileExistsError for an
-    existing ``out_dir`` without ``overwrite``, UnsupportedModelError / CheckpointError for a bad
-    checkpoint (naming the file and tensor).
+    Raises (before writing anything) ValueError for an unsupported ``dtype``, an ``out_dir`` that
+    overlaps ``hf_dir`` or that ``overwrite`` may not replace (not written by moe_jax), FileExistsError
+    for an existing ``out_dir`` without ``overwrite``, UnsupportedModelError / CheckpointError for a
+    bad checkpoint (naming the file and tensor).
     """
     np_dtype = loader.resolve_dtype(dtype)
     hf_dir, out_dir = os.path.abspath(os.fspath(hf_dir)), os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
-    if out_dir == hf_dir:
-        raise ValueError(f"output dir {out_dir} is the input dir")
+    check_out_dir(hf_dir, out_dir, overwrite)
     cfg, ckpt, pairs = loader.open_hf(hf_dir)
+    remove_stale_temps(out_dir)
 
     parent, base = os.path.split(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -79,6 +87,56 @@ def convert_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dt
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def check_out_dir(hf_dir: str, out_dir: str, overwrite: bool) -> None:
+    """Refuses an ``out_dir`` that overlaps ``hf_dir`` (equal, inside or containing it), and an
+    existing one without ``overwrite`` or that moe_jax did not write (no ``moe_jax.json`` of its format)."""
+    real_in, real_out = os.path.realpath(hf_dir), os.path.realpath(out_dir)
+    if real_out == real_in or _inside(real_out, real_in) or _inside(real_in, real_out):
+        rel = "is" if real_out == real_in else "is inside" if _inside(real_out, real_in) else "contains"
+        raise ValueError(f"output dir {out_dir} {rel} the input dir {hf_dir}; choose an --out outside it")
+    if not os.path.lexists(out_dir):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
+    if os.path.isdir(out_dir) and not os.path.islink(out_dir) and (not os.listdir(out_dir) or _is_conversion(out_dir)):
+        return
+    raise ValueError(f"{out_dir} exists and is not a moe_jax conversion (no {orbax_io.META_FILE} with format "
+                     f"{orbax_io.FORMAT!r}); --overwrite only replaces a directory moe_jax wrote. "
+                     "Remove it yourself or choose another --out")
+
+
+def _inside(path: str, parent: str) -> bool:
+    return path.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def _is_conversion(path: str) -> bool:
+    try:
+        with open(os.path.join(path, orbax_io.META_FILE)) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == orbax_io.FORMAT
+
+
+def remove_stale_temps(out_dir: str) -> list[str]:
+    """Removes the temp dirs ``.{base}.tmp-XXXXXXXX`` (mkdtemp's naming) that a killed conversion to
+    ``out_dir`` left beside it; returns their paths."""
+    parent, base = os.path.split(os.path.abspath(out_dir))
+    pattern = re.compile(re.escape(f".{base}.tmp-") + r"[a-z0-9_]{8}")
+    try:
+        names = os.listdir(parent)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in sorted(names):
+        path = os.path.join(parent, name)
+        if pattern.fullmatch(name) and os.path.isdir(path) and not os.path.islink(path):
+            log.warning("removing %s, left by an earlier conversion to %s that was killed", path, out_dir)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _install(tmp: str, out_dir: str) -> None:

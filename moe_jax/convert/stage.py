@@ -30,7 +30,7 @@ def run(config: Any, workdir: str) -> str:
 
 
 def _convert(config: Any, workdir: str, out: str) -> None:
-    from moe_jax.convert.checkpoint import convert_checkpoint
+    from moe_jax.convert.checkpoint import convert_checkpoint, remove_stale_temps
     from moe_jax.convert.safetensors_io import scan_checkpoint
 
     m = config.model
@@ -40,6 +40,7 @@ def _convert(config: Any, workdir: str, out: str) -> None:
     stamp = wd.convert_stamp(workdir)
     if os.path.exists(os.path.join(out, "moe_jax.json")) and read_json(stamp, invalid_ok=True) == identity:
         log.info("checkpoint %s is up to date (converted from %s)", out, hf_dir)
+        remove_stale_temps(out)
         return
     convert_checkpoint(hf_dir, out, dtype=m.dtype, overwrite=True)
     atomic_write_json(stamp, identity)
