@@ -110,11 +110,24 @@ def test_crash_mid_language_then_resume(setup, tmp_path):
     assert run(setup, dir_, again) == {} and again.calls == 0  # a complete store: nothing to do
 
 
-def test_damaged_language_file_is_recomputed_alone(setup, tmp_path):
+def truncate(raw):
+    return raw[:-64]
+
+
+def flip_middle_byte(raw):  # same size: only the recorded sha256 tells
+    raw = bytearray(raw)
+    raw[len(raw) // 2] ^= 0x01
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("damage", [truncate, flip_middle_byte])
+def test_damaged_language_file_is_recomputed_alone(setup, tmp_path, damage):
     run(setup, tmp_path, CountingStep(setup[3]))
     _, ref = store.read_store(str(tmp_path))
     damaged = tmp_path / "bbb_Latn.npz"
-    damaged.write_bytes(damaged.read_bytes()[:-64])  # truncated after it was recorded as finished
+    damaged.write_bytes(damage(damaged.read_bytes()))  # damaged after it was recorded as finished
+    with pytest.raises(store.CorruptStoreError, match="bbb_Latn.*run the collect stage"):
+        store.read_store(str(tmp_path))
     others = {l: (tmp_path / f"{l}.npz").stat().st_mtime_ns for l in ("aaa_Latn", "ccc_Latn")}
 
     step, encoded = CountingStep(setup[3]), []

@@ -118,15 +118,30 @@ def test_truncated_file_is_not_done_and_read_names_file_and_language(tmp_path, c
         store.read_language(str(tmp_path), "fra_Latn")
 
 
-def test_corrupt_file_of_the_recorded_size_names_file_and_language(tmp_path):
-    p = two_languages(tmp_path)
+@pytest.mark.parametrize("where", ["central directory", "zip timestamp"])
+def test_damage_of_the_recorded_size_is_seen_by_its_sha256(tmp_path, caplog, where):
+    """Same size, other content: not done on resume, and reading names the file, the language and the
+    command that recomputes it. A zip timestamp is covered by no CRC: only the sha256 sees it."""
+    workdir = tmp_path / "wd"
+    p = two_languages(workdir / "routing")
     raw = bytearray(p.read_bytes())
-    raw[-30:] = b"\0" * 30  # same size, damaged central directory
+    if where == "central directory":
+        raw[-30:] = b"\0" * 30
+    else:
+        raw[10] ^= 0xFF  # modification time of the first local file header
     p.write_bytes(bytes(raw))
-    assert store.done_languages(str(tmp_path)) == {"eng_Latn", "fra_Latn"}  # the cheap check sees the size only
-    with pytest.raises(store.CorruptStoreError, match=f"{p}: the routing statistics of language 'fra_Latn' "
-                                                      "cannot be read .*run the collect stage again"):
-        store.read_store(str(tmp_path))
+    with caplog.at_level("WARNING"):
+        assert store.done_languages(str(workdir / "routing")) == {"eng_Latn"}
+    assert "has sha256" in caplog.text and "fra_Latn will be collected again" in caplog.text
+    command = f"python -m moe_jax.launch --config=<your config> --workdir={workdir} --stages=collect"
+    with pytest.raises(store.CorruptStoreError, match=f"{p}: language 'fra_Latn' has sha256 .* was written") as e:
+        store.read_store(str(workdir / "routing"))
+    assert command in str(e.value)
+
+
+def test_repair_hint_names_the_workdir_of_a_task_store(tmp_path):
+    assert f"--workdir={tmp_path} --stages=collect" in store.repair_hint(str(tmp_path / "tasks" / "math"))
+    assert "--workdir" not in store.repair_hint(str(tmp_path / "elsewhere"))
 
 
 def test_file_missing_an_array_names_file_and_language(tmp_path):

@@ -27,8 +27,9 @@ Writes are atomic (temp file + ``os.replace``): a language file either exists co
 all, and it counts as done only once ``meta.json`` lists it (written after the file), so an
 interrupted run resumes at the first missing language. Temp files left by a killed process are
 removed when the store is opened again. Each language's summary records its file's ``file_size``
-and ``file_sha256``: a file damaged later (truncated, replaced) no longer counts as done, so the
-next run recomputes it, and reading it fails with an error naming the file and the language.
+and ``file_sha256``, checked on resume and on read: a file damaged later (truncated, replaced, a
+byte changed in place) no longer counts as done, so the next collect run recomputes it, and reading
+it fails with an error naming the file, the language and that command.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from moe_jax import workdir as wd
 from moe_jax.atomic import atomic_write, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -113,24 +115,49 @@ def open_store(store: str, meta: Mapping[str, Any], *, fingerprint_keys: tuple[s
 
 def done_languages(store: str) -> set[str]:
     """Languages whose file is complete: listed in meta, present on disk, and of the recorded size
-    (a cheap check; a file of another size is logged and left out, so that it is collected again)."""
+    and sha256 (a damaged file is logged and left out, so that it is collected again)."""
     meta = read_meta(store) or {}
     done = set()
     for lang, summary in meta.get("languages", {}).items():
         p = lang_path(store, lang)
         if not os.path.exists(p):
             continue
-        if _size_mismatch(p, summary):
-            log.warning("%s has %d bytes but %d were written; language %s will be collected again",
-                        p, os.path.getsize(p), summary["file_size"], lang)
+        damage = file_damage(p, summary)
+        if damage:
+            log.warning("%s %s; language %s will be collected again", p, damage, lang)
             continue
         done.add(lang)
     return done
 
 
-def _size_mismatch(path: str, summary: Mapping[str, Any]) -> bool:
-    """The file's size differs from the one recorded at write time (stores without the record: False)."""
-    return "file_size" in summary and os.path.getsize(path) != summary["file_size"]
+def file_damage(path: str, record: Mapping[str, Any]) -> str | None:
+    """How the existing file differs from its record (``file_size``, then ``file_sha256``, each only if
+    recorded), or None. Hashes in chunks: store files can be large."""
+    size = os.path.getsize(path)
+    if "file_size" in record and size != record["file_size"]:
+        return f"has {size} bytes but {record['file_size']} were written"
+    if "file_sha256" in record:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                h.update(chunk)
+        if h.hexdigest() != record["file_sha256"]:
+            return f"has sha256 {h.hexdigest()} but {record['file_sha256']} was written (changed after writing)"
+    return None
+
+
+def repair_hint(store: str) -> str:
+    """The command that recomputes a damaged language of ``store``."""
+    store = os.path.abspath(store)
+    parent = os.path.dirname(store)
+    if os.path.basename(parent) == wd.TASKS:
+        workdir = os.path.dirname(parent)
+    elif os.path.basename(store) == wd.ROUTING:
+        workdir = parent
+    else:
+        return "run the collect stage that wrote this store again to recompute it"
+    return ("run the collect stage again to recompute it: python -m moe_jax.launch --config=<your config> "
+            f"--workdir={workdir} --stages=collect")
 
 
 def file_record(data: bytes) -> dict[str, Any]:
@@ -139,11 +166,8 @@ def file_record(data: bytes) -> dict[str, Any]:
 
 
 def file_intact(path: str, record: Mapping[str, Any]) -> bool:
-    """The file exists with the recorded size and sha256 (reads it: for small files)."""
-    if not os.path.exists(path) or _size_mismatch(path, record):
-        return False
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest() == record.get("file_sha256")
+    """The file exists with the recorded size and sha256 (a record without the sha256: never intact)."""
+    return os.path.exists(path) and "file_sha256" in record and file_damage(path, record) is None
 
 
 def remove_temp_files(directory: str) -> None:
@@ -212,7 +236,7 @@ def read_language(store: str, lang: str) -> dict[str, np.ndarray]:
         check_arrays(lang, arrays)
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as e:
         raise CorruptStoreError(f"{p}: the routing statistics of language {lang!r} cannot be read "
-                                f"({type(e).__name__}: {e}); run the collect stage again to recompute it") from e
+                                f"({type(e).__name__}: {e}); {repair_hint(store)}") from e
     return arrays
 
 
@@ -226,8 +250,7 @@ def read_store(store: str) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarr
     langs = [l for l in sorted(meta.get("languages", {})) if os.path.exists(lang_path(store, l))]
     for lang in langs:
         p = lang_path(store, lang)
-        if _size_mismatch(p, meta["languages"][lang]):
-            raise CorruptStoreError(f"{p}: language {lang!r} has {os.path.getsize(p)} bytes but "
-                                    f"{meta['languages'][lang]['file_size']} were written; run the collect "
-                                    "stage again to recompute it")
+        damage = file_damage(p, meta["languages"][lang])
+        if damage:
+            raise CorruptStoreError(f"{p}: language {lang!r} {damage}; {repair_hint(store)}")
     return meta, {l: read_language(store, l) for l in langs}
