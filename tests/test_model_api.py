@@ -62,3 +62,64 @@ def test_nnx_capture_returns_router_intermediates(dirs):
     for name in ("router_logits", "topk_idx", "topk_weights"):
         (captured,) = inter[name].get_value()  # sow appends to a tuple
         np.testing.assert_array_equal(np.asarray(captured), np.asarray(getattr(out, name)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input at the public entry points: a clear error naming the culprit
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from moe_jax.models.config import ModelConfig
+    from moe_jax.models.model import MoeModel
+    from moe_jax.models.params import init_params
+    cfg = ModelConfig.from_hf(tiny_hf_config("qwen3_moe"))  # vocab 128, 2 MoE layers, 8 experts, top-2
+    return MoeModel(cfg, init_params(cfg, seed=0))
+
+
+def call_and_generate(model, *args, **kw):
+    return (lambda: model(*args, **kw), lambda: model.generate(*args, max_new_tokens=2, **kw))
+
+
+@pytest.mark.parametrize("bad_id", [128, 1000, -1])
+def test_out_of_vocabulary_ids_are_refused(tiny_model, bad_id):
+    ids = np.array([[5, 6, bad_id, 7]])
+    for entry in call_and_generate(tiny_model, ids):
+        with pytest.raises(ValueError, match=f"token id {bad_id}, outside the vocabulary.*vocab_size=128"):
+            entry()
+    with pytest.raises(ValueError, match="integer token ids"):
+        tiny_model(ids.astype(np.float32))
+
+
+def test_one_dimensional_ids_are_one_sequence(tiny_model):
+    ids, mask = np.array([5, 6, 7, 8]), np.array([1, 1, 1, 1])
+    out = tiny_model(ids, attention_mask=mask)
+    assert out.logits.shape == (1, 4, 128)
+    np.testing.assert_array_equal(out.logits, tiny_model(ids[None], attention_mask=mask[None]).logits)
+    gen = tiny_model.generate(ids, max_new_tokens=3, stop_token_ids=[])
+    assert gen.tokens.shape == (1, 3)
+    np.testing.assert_array_equal(gen.tokens, tiny_model.generate(ids[None], max_new_tokens=3, stop_token_ids=[]).tokens)
+
+
+def test_attention_mask_of_another_shape_is_refused(tiny_model):
+    for entry in call_and_generate(tiny_model, np.ones((2, 4), int), np.ones((2, 5), int)):
+        with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 5\), input_ids \(2, 4\)"):
+            entry()
+
+
+def test_bad_interventions_are_refused_naming_the_field(tiny_model):
+    from moe_jax.models.intervention import FORCE
+    ids, none = np.array([[5, 6, 7]]), tiny_model.no_intervention()
+    cases = [(none._replace(bias=np.zeros((2, 9), np.float32)), r"intervention\.bias has shape \(2, 9\).*\[2, 8\]"),
+             (none._replace(mode=np.zeros((8,), np.int32)), r"intervention\.mode has shape \(8,\)"),
+             (none._replace(mode=np.full((2, 8), 3, np.int32)), r"intervention\.mode holds \[3\]; valid modes")]
+    over = np.zeros((2, 8), np.int32)
+    over[1, :3] = FORCE  # 3 > top-2 at the second MoE layer (decoder layer 1)
+    cases.append((none._replace(mode=over), "forces 3 experts at layer 1, more than top-k=2.*allow_over_k=True"))
+    for iv, message in cases:
+        for entry in call_and_generate(tiny_model, ids, intervention=iv):
+            with pytest.raises(ValueError, match=message):
+                entry()
+    out = tiny_model(ids, intervention=none._replace(mode=over), allow_over_k=True, return_router_logits=True)
+    assert set(np.asarray(out.topk_idx[1]).ravel()) <= {0, 1, 2}  # the forced experts take the top-k
+    tiny_model.generate(ids, max_new_tokens=2, intervention=none._replace(mode=over), allow_over_k=True)

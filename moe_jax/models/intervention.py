@@ -49,6 +49,43 @@ class Intervention(NamedTuple):
         return Intervention(*(None if f is None else f[i] for f in self))
 
 
+MODES = (FORCE, NONE, DEMOTE, FORBID)
+
+
+def check_mode_counts(mode: np.ndarray, top_k: int, layer_ids, *, allow_over_k: bool = False,
+                      what: str = "the intervention", error: type[Exception] = ValueError) -> None:
+    """Refuses a ``mode [moe_layers, experts]`` that forces more than ``top_k`` experts in a layer
+    (unless ``allow_over_k``) or forbids so many that fewer than ``top_k`` are left (``layer_ids``:
+    the decoder layer of each row, for the message)."""
+    mode = np.asarray(mode)
+    E = mode.shape[-1]
+    forced = (mode == FORCE).sum(-1)
+    if forced.max(initial=0) > top_k and not allow_over_k:
+        layer = layer_ids[int(forced.argmax())]
+        raise error(f"{what} forces {int(forced.max())} experts at layer {layer}, more than "
+                    f"top-k={top_k}; set allow_over_k=True to do it anyway")
+    left = E - (mode == FORBID).sum(-1)
+    if left.min(initial=E) < top_k:
+        layer = layer_ids[int(left.argmin())]
+        raise error(f"masking leaves {int(left.min())} experts at layer {layer}, fewer than top-k={top_k}")
+
+
+def check(iv: Intervention, top_k: int, layer_ids, num_experts: int, *, allow_over_k: bool = False) -> None:
+    """Validates a concrete intervention for a model: every field ``[len(layer_ids), num_experts]``,
+    ``mode`` values in ``MODES``, and ``check_mode_counts``. ValueError naming the field otherwise."""
+    want = (len(layer_ids), num_experts)
+    for name, value in zip(iv._fields, iv):
+        if value is not None and tuple(np.shape(value)) != want:
+            raise ValueError(f"intervention.{name} has shape {tuple(np.shape(value))}, expected "
+                             f"[moe_layers, experts] = {list(want)}")
+    mode = np.asarray(iv.mode)
+    bad = np.setdiff1d(mode, MODES)
+    if bad.size:
+        raise ValueError(f"intervention.mode holds {bad.tolist()}; valid modes: FORCE={FORCE}, NONE={NONE}, "
+                         f"DEMOTE={DEMOTE}, FORBID={FORBID}")
+    check_mode_counts(mode, top_k, layer_ids, allow_over_k=allow_over_k)
+
+
 def apply(z: jax.Array, iv: Intervention) -> jax.Array:
     """Edits logits ``z [T, E]`` (fp32) with one layer's ``[E]`` intervention."""
     z = z.astype(jnp.float32)

@@ -16,11 +16,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.decoder import ModelOutput, forward
 from moe_jax.models.generate import GenerateOutput, generate
+from moe_jax.models import intervention as iv_lib
 from moe_jax.models.intervention import Intervention
 
 
@@ -44,9 +46,10 @@ class MoeModel(nnx.Module):
 
     def __call__(self, input_ids, attention_mask=None, *, positions=None,
                  intervention: Intervention | None = None, return_router_logits: bool = False,
-                 compute_logits: bool = True) -> ModelOutput:
-        ids = jnp.asarray(input_ids, jnp.int32)
-        mask = None if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+                 compute_logits: bool = True, allow_over_k: bool = False) -> ModelOutput:
+        """Forward of ``input_ids [B, S]`` (or ``[S]``: one sequence, batch 1), checked first
+        (``check_inputs``); ``allow_over_k`` lets an intervention force more than top-k experts."""
+        ids, mask = check_inputs(self.cfg, input_ids, attention_mask, intervention, allow_over_k)
         out = forward(self.param_tree, self.cfg, ids, mask, positions, intervention,
                       return_router=return_router_logits, compute_logits=compute_logits,
                       backend=self.backend)
@@ -59,10 +62,13 @@ class MoeModel(nnx.Module):
         return out
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 64, stop_token_ids=None,
-                 intervention: Intervention | None = None, return_router: bool = False) -> GenerateOutput:
+                 intervention: Intervention | None = None, return_router: bool = False,
+                 allow_over_k: bool = False) -> GenerateOutput:
         """Greedy generation with a KV cache (``generate.generate``) from prompts ``[B, P]`` padded on
-        either side. ``stop_token_ids`` None: the tokenizer's eos token when there is one (pass ``[]``
-        for none). Padding emitted after a stop is the tokenizer's pad token, else 0."""
+        either side (or ``[P]``: one prompt, batch 1), checked first (``check_inputs``).
+        ``stop_token_ids`` None: the tokenizer's eos token when there is one (pass ``[]`` for none).
+        Padding emitted after a stop is the tokenizer's pad token, else 0."""
+        input_ids, attention_mask = check_inputs(self.cfg, input_ids, attention_mask, intervention, allow_over_k)
         tok = self.tokenizer
         if stop_token_ids is None:
             eos = getattr(tok, "eos_token_id", None)
@@ -74,6 +80,38 @@ class MoeModel(nnx.Module):
 
     def no_intervention(self) -> Intervention:
         return Intervention.none(self.cfg.num_moe_layers, self.cfg.num_experts)
+
+
+def check_inputs(cfg: ModelConfig, input_ids, attention_mask=None, intervention: Intervention | None = None,
+                 allow_over_k: bool = False) -> tuple[jax.Array, jax.Array | None]:
+    """``(ids [B, S] int32, mask [B, S] int32 or None)`` from a public entry point's arguments: integer
+    ids in ``[0, vocab_size)`` (``[S]`` becomes ``[1, S]``), a mask of the same shape, and an
+    intervention that fits the model (``intervention.check``). ValueError naming the culprit otherwise.
+    Values are checked only when concrete (not under an outer ``jit``)."""
+    ids = input_ids if isinstance(input_ids, jax.Array) else np.asarray(input_ids)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, seq] or [seq], got shape {tuple(ids.shape)}")
+    if ids.size and not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise ValueError(f"input_ids must be integer token ids, got dtype {ids.dtype}")
+    if ids.size and not isinstance(ids, jax.core.Tracer):
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= cfg.vocab_size:
+            raise ValueError(f"input_ids holds token id {lo if lo < 0 else hi}, outside the vocabulary "
+                             f"[0, {cfg.vocab_size}) of this model (vocab_size={cfg.vocab_size})")
+    mask = None
+    if attention_mask is not None:
+        mask = attention_mask if isinstance(attention_mask, jax.Array) else np.asarray(attention_mask)
+        if mask.ndim == 1 and np.ndim(input_ids) == 1:
+            mask = mask[None]
+        if tuple(mask.shape) != tuple(ids.shape):
+            raise ValueError(f"attention_mask has shape {tuple(np.shape(attention_mask))}, input_ids "
+                             f"{tuple(np.shape(input_ids))}: they must be equal")
+        mask = jnp.asarray(mask, jnp.int32)
+    if intervention is not None and not any(isinstance(f, jax.core.Tracer) for f in intervention):
+        iv_lib.check(intervention, cfg.top_k, cfg.moe_layer_ids, cfg.num_experts, allow_over_k=allow_over_k)
+    return jnp.asarray(ids, jnp.int32), mask
 
 
 def load(path: str | os.PathLike, dtype: str = "float32", *, shardings: Any = None,

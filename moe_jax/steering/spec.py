@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from moe_jax.models.config import ModelConfig
-from moe_jax.models.intervention import DEMOTE, FORBID, FORCE, Intervention
+from moe_jax.models.intervention import DEMOTE, FORBID, FORCE, Intervention, check_mode_counts
 
 METHODS = ("soft", "hard", "mask", "proportional", "bias")
 # method -> the Intervention field that carries lam * weight (None: a mode instead)
@@ -133,16 +133,8 @@ class SteeringSpec:
                 mode[row, expert] = FORBID if self.method == "mask" else (FORCE if self.lam >= 0 else DEMOTE)
                 if mode[row, expert] == FORCE:
                     arrays["force_noise"][row, expert] = self.noise
-        forced = (mode == FORCE).sum(-1)
-        if forced.max(initial=0) > cfg.top_k and not self.allow_over_k:
-            layer = moe_ids[int(forced.argmax())]
-            raise SteeringSpecError(f"hard steering forces {int(forced.max())} experts at layer {layer}, more than "
-                                    f"top-k={cfg.top_k}; set allow_over_k=True to do it anyway")
-        left = E - (mode == FORBID).sum(-1)
-        if left.min(initial=E) < cfg.top_k:
-            layer = moe_ids[int(left.argmin())]
-            raise SteeringSpecError(f"masking leaves {int(left.min())} experts at layer {layer}, fewer than "
-                                    f"top-k={cfg.top_k}")
+        check_mode_counts(mode, cfg.top_k, moe_ids, allow_over_k=self.allow_over_k, what="hard steering",
+                          error=SteeringSpecError)
         return iv._replace(mode=mode, noise_seed=np.full((L, E), self.seed, np.int32), **arrays)
 
 
