@@ -64,7 +64,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.controls = "random,early,late,language"  # controls, each with the first method and lambda
     c.seed = 0  # random control
     c.learned = ml_collections.ConfigDict({"enabled": False, "steps": 30, "learning_rate": 0.05, "l2": 1e-3,
-                                           "heldout_fraction": 0.25, "max_sentences": 32, "seed": 0})
+                                           "heldout_fraction": 0.25, "max_sentences": 32, "seed": 0,
+                                           # expert dispatch of the fit's forward and backward passes
+                                           # ("dense" compiles fastest for tiny models)
+                                           "backend": "auto"})
     c.probe_sentences = 8  # per steered language: sentences of config.data for the top-k-change fraction
     c.n_boot = 2000  # paired bootstrap resamples
     c.overwrite = False
@@ -205,7 +208,7 @@ def _learned_spec(config, workdir, opts, model, tokenizer, band) -> SteeringSpec
     fit = learned.fit_router_bias(model.param_tree, model.cfg, batch["input_ids"], batch["attention_mask"],
                                   batch["count_mask"], np.stack(targets), rows, steps=int(lo["steps"]),
                                   learning_rate=float(lo["learning_rate"]), l2=float(lo["l2"]),
-                                  heldout_fraction=float(lo["heldout_fraction"]), seed=int(lo["seed"]))
+                                  heldout_fraction=float(lo["heldout_fraction"]), seed=int(lo["seed"]), backend=str(lo["backend"]))
     log.info("learned steering: training divergence %.4f -> %.4f, held-out %.4f -> %.4f", fit.train_loss[0],
              fit.train_loss[-1], fit.heldout_loss[0], fit.heldout_loss[-1])
     return learned.learned_spec(fit, model.cfg, name=f"learned-L{band[0]}_{band[1]}", band=list(band),
@@ -240,6 +243,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     from moe_jax.eval.harness import MoeJaxLM
     from moe_jax.models.model import load
     from moe_jax.routing import provenance
+    from moe_jax.routing.store import StoreMismatchError
 
     opts = options(config)
     eval_opts = eval_stage.options(config)
@@ -283,7 +287,11 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     for name, spec, iv in settings:
         sdir = os.path.join(out_dir, name)
         ident = dict(base_ident, steering=None if spec is None else spec.to_dict())
-        rec.open_records(sdir, ident, provenance.fingerprint(ident), overwrite=bool(opts.overwrite))
+        try:
+            rec.open_records(sdir, ident, provenance.fingerprint(ident), overwrite=bool(opts.overwrite))
+        except StoreMismatchError as e:
+            raise StoreMismatchError(f"steer setting {name}: {str(e).split(';')[0]}; the setting changed (model, "
+                                     "eval options or targets): use --config.steer.overwrite=True to redo it") from None
         before = int(lm.stats.get("compiles", 0))
         lm.intervention = iv
         for it in todo:
