@@ -208,7 +208,8 @@ def _learned_spec(config, workdir, opts, model, tokenizer, band) -> SteeringSpec
     fit = learned.fit_router_bias(model.param_tree, model.cfg, batch["input_ids"], batch["attention_mask"],
                                   batch["count_mask"], np.stack(targets), rows, steps=int(lo["steps"]),
                                   learning_rate=float(lo["learning_rate"]), l2=float(lo["l2"]),
-                                  heldout_fraction=float(lo["heldout_fraction"]), seed=int(lo["seed"]), backend=str(lo["backend"]))
+                                  heldout_fraction=float(lo["heldout_fraction"]), seed=int(lo["seed"]),
+                                  backend=str(lo["backend"]))
     log.info("learned steering: training divergence %.4f -> %.4f, held-out %.4f -> %.4f", fit.train_loss[0],
              fit.train_loss[-1], fit.heldout_loss[0], fit.heldout_loss[-1])
     return learned.learned_spec(fit, model.cfg, name=f"learned-L{band[0]}_{band[1]}", band=list(band),
