@@ -57,6 +57,8 @@ class MoeJaxLM(TemplateLM):
       enable_thinking, chat_template_args, think_end_token, add_bos_token, prefix_token_id: as HFLM.
       dispatch: expert dispatch backend (``moe_jax.models.experts.BACKENDS``).
       decode_chunk: tokens decoded between stop-string checks.
+      data_parallel, model_parallel: a device mesh of data x model devices (batches split over data;
+        experts, heads and MLP widths over model); default one device.
       device, max_batch_size: accepted for lm-eval's CLI and ignored (JAX places the model).
     """
 
@@ -66,17 +68,24 @@ class MoeJaxLM(TemplateLM):
                  enable_thinking: bool | None = None, chat_template_args: dict | None = None,
                  think_end_token: str | int | None = None, add_bos_token: bool | None = None,
                  prefix_token_id: int | None = None, dispatch: str = "auto", decode_chunk: int = 32,
+                 data_parallel: int | str | None = None, model_parallel: int | str | None = None,
                  device: str | None = None, max_batch_size: int | None = None):
         super().__init__()
         if (pretrained is None) == (model is None):
             raise ValueError("MoeJaxLM needs exactly one of pretrained= (a checkpoint directory) or model= "
                              "(a loaded MoeModel)")
+        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.mesh = _mesh(data_parallel, model_parallel, self.batch_size)
         if model is None:
             from moe_jax.models.model import load
-            model = load(pretrained, dtype=dtype, backend=dispatch)
+            model = load(pretrained, dtype=dtype, backend=dispatch, load_tokenizer=True,
+                         shardings=None if self.mesh is None else _param_shardings(pretrained, self.mesh))
         self.model = model
         self.cfg = model.cfg
         self.params = model.param_tree
+        if self.mesh is not None and pretrained is None:  # a loaded model: place its parameters on the mesh
+            from moe_jax import sharding as shd
+            self.params = jax.device_put(self.params, shd.param_shardings(self.cfg, self.mesh))
         self.dispatch = dispatch
         if isinstance(tokenizer, (str, os.PathLike)):
             from transformers import AutoTokenizer
@@ -86,7 +95,6 @@ class MoeJaxLM(TemplateLM):
             raise ValueError(f"no tokenizer: {pretrained or 'the model'} has none; pass tokenizer=")
         self.tokenizer = configure_pad_token(tokenizer)
         self.pretrained = pretrained
-        self.batch_size = _positive_int(batch_size, "batch_size")
         self._max_length = None if max_length is None else _positive_int(max_length, "max_length")
         self._max_gen_toks = _positive_int(max_gen_toks, "max_gen_toks")
         self.decode_chunk = _positive_int(decode_chunk, "decode_chunk")
@@ -108,7 +116,7 @@ class MoeJaxLM(TemplateLM):
             intervention = load_intervention(steering, self.cfg)
         elif intervention is not None:
             for name, f in intervention._asdict().items():
-                if np.shape(f) != shape:
+                if f is not None and np.shape(f) != shape:
                     raise ValueError(f"intervention field {name!r} has shape {list(np.shape(f))}; the model "
                                      f"needs [moe_layers, experts] = {list(shape)}")
         self.intervention = intervention
@@ -189,7 +197,7 @@ class MoeJaxLM(TemplateLM):
             res = scoring.loglikelihood_tokens(
                 self.params, self.cfg, [(c, d) for _, c, d in requests], max_length=self.max_length,
                 batch_size=self.batch_size, intervention=self.intervention, backend=self.dispatch,
-                stats=self._stats, progress=bar.update)
+                stats=self._stats, progress=bar.update, mesh=self.mesh)
         for (request_str, _, _), answer in zip(requests, res):
             if request_str is not None:
                 self.cache_hook.add_partial("loglikelihood", request_str, answer)
@@ -252,7 +260,7 @@ class MoeJaxLM(TemplateLM):
             stop_token_ids=self.stop_token_ids, is_done=lambda toks: self._stopped(toks, stops),
             chunk=self.decode_chunk,
             pad_id=self.tokenizer.pad_token_id or 0, intervention=self.intervention, backend=self.dispatch,
-            stats=self._stats, progress=progress)
+            stats=self._stats, progress=progress, mesh=self.mesh)
         texts = []
         for toks in outs:
             if isinstance(self.think_end_token, int) and self.think_end_token in toks:
@@ -284,6 +292,34 @@ def _stop_settled(text: str, stops: list[str]) -> bool:
     if cut < 0:
         return False
     return not any(s.startswith(text[q:]) for s in stops for q in range(max(0, len(text) - len(s) + 1), cut))
+
+
+def _mesh(data_parallel, model_parallel, batch_size: int):
+    """The device mesh of ``data_parallel`` x ``model_parallel`` devices (None: one device, as before).
+    Batches are split over ``data`` (``batch_size`` must divide by it); experts, heads and MLP widths
+    over ``model`` (moe_jax.sharding's logical-axis rules)."""
+    if data_parallel in (None, "") and model_parallel in (None, ""):
+        return None
+    from moe_jax import sharding as shd
+    dp = _positive_int(data_parallel, "data_parallel") if data_parallel not in (None, "") else 1
+    mp = _positive_int(model_parallel, "model_parallel") if model_parallel not in (None, "") else 1
+    if dp * mp > jax.device_count():
+        raise ValueError(f"data_parallel={dp} x model_parallel={mp} needs {dp * mp} devices; "
+                         f"{jax.device_count()} are available")
+    if batch_size % dp:
+        raise ValueError(f"batch_size={batch_size} must be a multiple of data_parallel={dp}")
+    return shd.make_mesh({"data": dp, "model": mp}, jax.devices()[:dp * mp])
+
+
+def _param_shardings(pretrained: str, mesh):
+    """Per-leaf shardings for the checkpoint in ``pretrained`` (each tensor is placed as it is read)."""
+    from moe_jax import sharding as shd
+    from moe_jax.convert import orbax_io
+    from moe_jax.convert.loader import checkpoint_kind
+    from moe_jax.models.config import ModelConfig, load_hf_config
+    cfg = (ModelConfig.from_dict(orbax_io.read_meta(pretrained)["config"]) if checkpoint_kind(pretrained) == "converted"
+           else load_hf_config(pretrained))
+    return shd.param_shardings(cfg, mesh)
 
 
 def _check_greedy(kwargs: dict) -> None:

@@ -31,6 +31,20 @@ from moe_jax.models.intervention import Intervention
 STAT_KEYS = ("compiles", "compile_seconds", "truncated", "batches", "tokens", "padded_tokens")
 
 
+def put_batch(arrays, mesh=None):
+    """Host arrays with a leading batch axis onto the devices: split over ``mesh``'s ``data`` axis
+    when a mesh is given (the model's parameters are placed by the same mesh), else the default device."""
+    if mesh is None:
+        return jax.device_put(arrays)
+    from jax.sharding import NamedSharding, PartitionSpec
+    return jax.tree.map(lambda a: jax.device_put(a, NamedSharding(mesh, PartitionSpec("data"))), arrays)
+
+
+def replicated(mesh):
+    from jax.sharding import NamedSharding, PartitionSpec
+    return NamedSharding(mesh, PartitionSpec())
+
+
 def new_stats() -> dict:
     return {k: 0.0 if k == "compile_seconds" else 0 for k in STAT_KEYS}
 
@@ -104,7 +118,7 @@ def score_batch(params: dict, cfg: ModelConfig, input_ids: jax.Array, attention_
 def loglikelihood_tokens(params: dict, cfg: ModelConfig, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
                          *, max_length: int, batch_size: int, intervention: Intervention | None = None,
                          backend: str = "auto", stats: dict | None = None,
-                         progress: Callable[[int], None] | None = None) -> list[tuple[float, bool]]:
+                         progress: Callable[[int], None] | None = None, mesh=None) -> list[tuple[float, bool]]:
     """``(sum of continuation log-probs, is_greedy)`` for each ``(context_ids, continuation_ids)``.
 
     Both lists must be non-empty and the continuation at most ``max_length`` tokens (as in lm-eval).
@@ -138,7 +152,7 @@ def loglikelihood_tokens(params: dict, cfg: ModelConfig, requests: Sequence[tupl
             mask[r, :len(x)] = 1
             last[r] = len(x) - 1
         with _CompileCounter(stats):
-            out = score_batch(params, cfg, *jax.device_put((ids, mask, last)), intervention,
+            out = score_batch(params, cfg, *put_batch((ids, mask, last), mesh), intervention,
                               backend=backend)
         next_lp, greedy, last_lp = (np.asarray(a) for a in out)
         _count(stats, "batches")
@@ -169,7 +183,7 @@ def greedy_until_tokens(params: dict, cfg: ModelConfig, prompts: Sequence[Sequen
                         is_done: Callable[[list[int]], bool] | None = None, chunk: int = 32, pad_id: int = 0,
                         intervention: Intervention | None = None, backend: str = "auto",
                         stats: dict | None = None,
-                        progress: Callable[[int], None] | None = None) -> list[list[int]]:
+                        progress: Callable[[int], None] | None = None, mesh=None) -> list[list[int]]:
     """Greedy continuation tokens of each prompt (at most ``max_new_tokens``, a stop token included).
 
     Prompts are left-padded to a length bucket; decoding runs ``chunk`` steps at a time and, between
@@ -191,7 +205,8 @@ def greedy_until_tokens(params: dict, cfg: ModelConfig, prompts: Sequence[Sequen
     # compiles once per call, and calls of similar lengths (tasks, languages) share it.
     longest = max((len(p) for p in prompts), default=1)
     cache_len = max(bucket_length(longest), 2 ** math.ceil(math.log2(longest))) + steps
-    stop_ids = jax.device_put(np.asarray(list(stop_token_ids), np.int32).reshape(-1))
+    stop_ids = np.asarray(list(stop_token_ids), np.int32).reshape(-1)
+    stop_ids = jax.device_put(stop_ids) if mesh is None else jax.device_put(stop_ids, replicated(mesh))
     results: list[list[int] | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
@@ -204,10 +219,10 @@ def greedy_until_tokens(params: dict, cfg: ModelConfig, prompts: Sequence[Sequen
             ids[r, width - len(p):] = p
             mask[r, width - len(p):] = 1
         with _CompileCounter(stats):
-            state = gen.prefill(params, cfg, *jax.device_put((ids, mask)), cache_len=cache_len,
+            state = gen.prefill(params, cfg, *put_batch((ids, mask), mesh), cache_len=cache_len,
                                 intervention=intervention, backend=backend)
         done = np.asarray(state.done) | (np.arange(batch_size) >= len(rows))
-        state = state._replace(done=jax.device_put(done))
+        state = state._replace(done=put_batch(done, mesh))
         tokens = [[] for _ in range(batch_size)]
         emitted = 0
         while emitted < max_new_tokens:
@@ -227,7 +242,7 @@ def greedy_until_tokens(params: dict, cfg: ModelConfig, prompts: Sequence[Sequen
                     done[r] = True
             if done.all():
                 break
-            state = state._replace(done=jax.device_put(done))
+            state = state._replace(done=put_batch(done, mesh))
         _count(stats, "batches")
         real = sum(len(prompts[i]) for i in rows)
         _count(stats, "tokens", real)
