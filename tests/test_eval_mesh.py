@@ -4,12 +4,11 @@ before jax is imported)."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from eval_fixtures import PASSAGES, write_tiny_model
+from simulated_devices import run_on_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,11 +37,7 @@ def model_dir(tmp_path_factory):
 
 
 def test_mesh_equals_one_device(model_dir):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-               PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, model_dir, json.dumps(PASSAGES)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_on_devices(["-c", SCRIPT, model_dir, json.dumps(PASSAGES)], 4, timeout=600)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     for name in ("d2m2", "m4"):
         for (a, ga), (b, gb) in zip(out["one"]["ll"], out[name]["ll"]):

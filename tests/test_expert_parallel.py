@@ -6,12 +6,11 @@ XLA_FLAGS must be set before jax is imported, so the 8-device half runs this fil
 subprocess and writes its results to an .npz that the test compares with an in-process run.
 """
 
-import os
 import re
-import subprocess
 import sys
 
 import numpy as np
+from simulated_devices import run_on_devices
 
 from moe_jax.tiny import tiny_hf_config
 
@@ -76,10 +75,7 @@ def run_all(meshes: dict) -> dict[str, np.ndarray]:
 
 def test_expert_parallel_equals_one_device_without_gathering_weights(tmp_path):
     path = tmp_path / "ep.npz"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, __file__, str(path)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_on_devices([__file__, str(path)], 8)
     multi = dict(np.load(path))
     assert int(multi["device_count"]) == 8
     single = run_all({"one": {"data": 1, "model": 1}})

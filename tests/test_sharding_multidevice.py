@@ -5,10 +5,10 @@ subprocess; it writes its results to an .npz that the test compares with an in-p
 """
 
 import os
-import subprocess
 import sys
 
 import numpy as np
+from simulated_devices import run_on_devices
 
 MESHES = {"d8": {"data": 8, "model": 1}, "d4m2": {"data": 4, "model": 2}, "d2m4": {"data": -1, "model": 4}}
 BATCH = 8
@@ -54,10 +54,7 @@ def collect_all(mesh_shapes: dict, devices=None) -> dict[str, np.ndarray]:
 
 def test_eight_devices_match_one(tmp_path):
     path = tmp_path / "multi.npz"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, __file__, str(path)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_on_devices([__file__, str(path)], 8)
     multi = dict(np.load(path))
     assert int(multi["device_count"]) == 8
     assert "batch size 6 is not divisible by the mesh's data axis (8 devices)" in str(multi["batch6_error"])

@@ -126,8 +126,8 @@ def _statistic(arrays: Mapping[str, np.ndarray], key: str, where: str) -> np.nda
     return arrays[key]
 
 
-def build_specs(config: Any, workdir: str, opts: Mapping[str, Any]) -> tuple[list[SteeringSpec], dict]:
-    """The sweep's settings from the stores; returns them and the main store's metadata."""
+def build_specs(config: Any, workdir: str, opts: Mapping[str, Any]) -> tuple[list[SteeringSpec], dict, dict]:
+    """The sweep's settings from the stores; returns them and the main store's metadata and arrays."""
     meta, data = _store(wd.routing_dir(workdir), "generic text")
     ids = tuple(meta["moe_layer_ids"])
     key = STATISTICS[opts["statistic"]]
@@ -176,17 +176,16 @@ def build_specs(config: Any, workdir: str, opts: Mapping[str, Any]) -> tuple[lis
                                          provenance=provenance)
     except (tg.EmptySelectionError, ValueError) as e:
         raise StageError(f"steer: {e}") from None
-    return specs, meta
+    return specs, meta, data
 
 
-def _learned_spec(config, workdir, opts, model, tokenizer, band) -> SteeringSpec:
-    """Fits a router bias moving the non-pivot languages' routing towards the pivot's (config.data)."""
+def _learned_spec(config, data, opts, model, tokenizer, band) -> SteeringSpec:
+    """Fits a router bias moving the non-pivot languages' routing towards the pivot's (config.data);
+    ``data``: the routing store's arrays ``{language: arrays}`` (the pivot's statistic is the target)."""
     from moe_jax.data import corpora, tokenize as tok_lib
-    from moe_jax.routing.store import read_store
     from moe_jax.steering import learned
 
     lo = dict(opts["learned"])
-    _, data = read_store(wd.routing_dir(workdir))
     corpus = corpora.load_corpus(config.data)
     encoding = tok_lib.encoding_options(config.data)
     pivot_ids = list(data[PIVOT]["seq_ids"])
@@ -254,7 +253,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     if eval_opts.steering:
         raise StageError("eval.steering is set: the steer stage builds its own interventions; clear it")
     todo = eval_stage.plan(eval_opts)
-    specs, meta = build_specs(config, workdir, opts)
+    specs, meta, store_data = build_specs(config, workdir, opts)
     ckpt_dir = wd.checkpoint_dir(workdir)
     if not os.path.exists(os.path.join(ckpt_dir, orbax_io.META_FILE)):
         raise FileNotFoundError(f"no converted checkpoint at {ckpt_dir}; run the 'convert' stage first")
@@ -271,7 +270,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         except ValueError as e:
             raise StageError(f"steer setting {s.name}: {e}") from None
     if opts.learned.enabled:
-        specs.append(_learned_spec(config, workdir, opts, model, tokenizer,
+        specs.append(_learned_spec(config, store_data, opts, model, tokenizer,
                                    parse_bands(opts["bands"], workdir)[0]))
     out_dir = wd.steer_dir(workdir)
     os.makedirs(out_dir, exist_ok=True)
