@@ -1,6 +1,12 @@
 """Planted structure in synthetic routing statistics must be recovered by the analysis functions:
 the U shape and its middle band, language-exclusive experts in chosen layers, task experts, the
-accuracy ordering (sign and size of the correlation), language families, Phi-3.5's first layer."""
+accuracy ordering (sign and size of the correlation), language families, Phi-3.5's first layer; and the
+documented synthetic flow on the command line recovers the planted correlation."""
+
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,8 +16,10 @@ from scipy.spatial.distance import squareform
 from moe_jax.analysis import (aggregate_divergence, band_similarity, cluster_languages, detect_middle_band,
                               divergence_accuracy_correlation, expert_overlap, language_experts, pivot_divergence,
                               shared_exclusive_experts, task_experts, token_consistency)
-from moe_jax.analysis.synthetic import SyntheticSpec, language_arrays
+from moe_jax.analysis.synthetic import SyntheticSpec, language_arrays, write_demo
+from moe_jax.routing import store as store_lib
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = SyntheticSpec()
 PIVOT = SPEC.pivot
 
@@ -103,3 +111,59 @@ def test_phi_like_first_layer_collapse():
     a = data[PIVOT]
     cons = token_consistency(a["token_topk"], a["seq_lengths"], n_pairs=500)
     assert cons[0] == 1.0 and cons[1:].max() < 0.8
+
+
+# -- the synthetic flow the README documents, on the command line ----------------------------------------
+
+def _run(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_synthetic_cli_help_and_missing_path_write_nothing(tmp_path):
+    out = _run("moe_jax.analysis.synthetic", "--help", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: python -m moe_jax.analysis.synthetic") and "WORKDIR" in out.stdout
+    out = _run("moe_jax.analysis.synthetic", cwd=tmp_path)
+    assert out.returncode == 2 and "the following arguments are required: WORKDIR" in out.stderr
+    assert not os.listdir(tmp_path)  # no directory named --help, nothing else
+
+
+def test_documented_synthetic_flow_correlates_against_the_planted_accuracies(tmp_path):
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = " ".join(f.read().split())
+    commands = ["python -m moe_jax.analysis.synthetic DIR",
+                "python -m moe_jax.launch --config=DIR/synthetic_config.py --workdir=DIR"]
+    for cmd in commands:
+        assert f"`{cmd}`" in readme  # the README documents exactly these commands
+    wd = str(tmp_path / "syn")
+    outs = [_run(*cmd.replace("DIR", wd).split()[2:], cwd=tmp_path) for cmd in commands]
+    for out in outs:
+        assert out.returncode == 0, out.stderr[-3000:]
+    assert "RANDOM WEIGHTS" not in outs[1].stdout and "synthetic routing statistics" in outs[1].stdout
+    with open(os.path.join(wd, "analysis", "summary.json")) as f:
+        s = json.load(f)
+    with open(os.path.join(wd, "accuracy.json")) as f:
+        written = json.load(f)
+    assert written == {code: acc for code, _, _, acc in SyntheticSpec().languages}
+    with open(os.path.join(wd, "analysis", "accuracy.json")) as f:
+        used = {r["language"]: r["accuracy"] for r in json.load(f)}
+    assert used == written  # not the demo config's placeholders
+    assert s["skipped"] == {}  # task experts found too
+    assert s["correlation"]["band"]["pearson"]["r"] < -0.97  # the planted -0.99
+    assert os.path.exists(os.path.join(wd, "report", "index.html"))
+
+
+def test_synthetic_writer_refuses_what_it_did_not_write(tmp_path):
+    store_lib.open_store(str(tmp_path / "a" / "routing"), {"model": "olmoe", "fingerprint": "f"})
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "accuracy.json").write_text('{"eng_Latn": 0.5}')
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError, match=r"routing holds the routing statistics of 'olmoe', not a synthetic"):
+        write_demo(str(tmp_path / "a"))
+    with pytest.raises(FileExistsError, match=r"accuracy.json exists and does not hold the planted accuracies"):
+        write_demo(str(tmp_path / "b"))
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written
+    paths = write_demo(str(tmp_path / "c"))
+    assert write_demo(str(tmp_path / "c")) == paths  # its own earlier output is replaced

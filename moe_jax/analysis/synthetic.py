@@ -12,16 +12,22 @@ per-language weight ``w_x`` (0 for the pivot; accuracy falls as it grows), langu
 (``+bias`` for the language, ``-bias`` for all others) and, in a separate English task store,
 planted task experts. Statistics are reduced exactly as the store format documents. Demo::
 
-    python -m moe_jax.analysis.synthetic /tmp/demo   # writes /tmp/demo/{routing, tasks/math, accuracy.json}
-    python -m moe_jax.launch --config=configs/demo.py --stages=analyze,report --workdir=/tmp/demo
+    python -m moe_jax.analysis.synthetic /tmp/demo   # writes /tmp/demo/{routing, tasks/math, accuracy.json,
+                                                     #                   synthetic_config.py}
+    python -m moe_jax.launch --config=/tmp/demo/synthetic_config.py --workdir=/tmp/demo
 
-The task store lies where the collect stage puts task stores (``workdir/tasks/<name>``), so the
-analyze stage finds it without ``analysis.task_stores``.
+The second command runs the analyze and report stages; ``synthetic_config.py`` points the correlation
+at the planted ``accuracy.json`` beside it (Pearson r about -0.99 over the middle band). The task
+store lies where the collect stage puts task stores (``workdir/tasks/<name>``), so the analyze stage
+finds it without ``analysis.task_stores``. A directory holding anything else than these files of an
+earlier synthetic run is refused: nothing the user owns is replaced.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import os
 import sys
 
@@ -183,21 +189,101 @@ def write_synthetic_task_store(path: str, spec: SyntheticSpec = SyntheticSpec(),
     return store_lib.read_meta(path) or meta
 
 
+CONFIG_NAME = "synthetic_config.py"
+_CONFIG_MARK = "# Written by python -m moe_jax.analysis.synthetic"
+# The pipeline config of a synthetic workdir: the analyze and report stages, the correlation against the
+# planted accuracies beside it (found from the file's own location, so the directory may be moved).
+CONFIG_TEXT = _CONFIG_MARK + """: the analyze and report stages on the synthetic
+# workdir beside this file, the correlation against its planted accuracies (accuracy.json):
+#     python -m moe_jax.launch --config=THIS_FILE --workdir=ITS_DIRECTORY
+import os
+
+from moe_jax.stages import default_config
+
+WARNING = {warning!r}
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def get_config():
+    c = default_config()
+    c.stages = "analyze,report"
+    c.model.warning = WARNING  # printed by launch instead of the default model's "random weights"
+    c.analysis.accuracy = os.path.join(HERE, "accuracy.json")
+    c.analysis.task_stores = {"math": os.path.join(HERE, "tasks", "math")}
+    c.report.title = "Synthetic routing statistics with planted structure"
+    return c
+"""
+
+
+def _refuse_foreign(paths: dict[str, str], accuracy: dict[str, float]) -> None:
+    """Raises FileExistsError when a path of ``paths`` holds something a synthetic run did not write
+    (another model's store, the user's own accuracy file or config): write_demo replaces only its own."""
+    for key in ("routing", "task_math"):
+        path = paths[key]
+        if not os.path.isdir(path) or not os.listdir(path):
+            continue
+        meta = store_lib.read_meta(path)
+        if meta is None or meta.get("model") != "synthetic":
+            what = f"the routing statistics of {meta.get('model')!r}" if meta else "files that are not a routing store"
+            raise FileExistsError(f"{path} holds {what}, not a synthetic store: choose another directory "
+                                  "(a synthetic run replaces only its own stores)")
+    if os.path.exists(paths["accuracy"]):
+        with open(paths["accuracy"]) as f:
+            try:
+                same = json.load(f) == accuracy
+            except ValueError:
+                same = False
+        if not same:
+            raise FileExistsError(f"{paths['accuracy']} exists and does not hold the planted accuracies: choose "
+                                  "another directory (a synthetic run replaces only its own files)")
+    if os.path.exists(paths["config"]):
+        with open(paths["config"]) as f:
+            if not f.read().startswith(_CONFIG_MARK):
+                raise FileExistsError(f"{paths['config']} exists and was not written by a synthetic run: choose "
+                                      "another directory")
+
+
 def write_demo(workdir: str, spec: SyntheticSpec = SyntheticSpec()) -> dict[str, str]:
-    """``workdir/routing`` (main store), ``workdir/tasks/math`` (task store), ``workdir/accuracy.json``:
-    the layout the collect stage writes (``paths["task_math"]`` is the task store)."""
+    """``workdir/routing`` (main store), ``workdir/tasks/math`` (task store), ``workdir/accuracy.json`` (the
+    planted accuracies) and ``workdir/synthetic_config.py`` (the analyze + report config that correlates
+    against them): the layout the collect stage writes (``paths["task_math"]`` is the task store).
+
+    Refuses (FileExistsError, before writing anything) a workdir whose stores or files were not written by
+    an earlier synthetic run."""
     from moe_jax import workdir as wd
     from moe_jax.analysis.tables import write_json
+    from moe_jax.atomic import atomic_write
     paths = {"routing": wd.routing_dir(workdir), "task_math": wd.task_store_dir(workdir, "math"),
-             "accuracy": os.path.join(workdir, "accuracy.json")}
+             "accuracy": os.path.join(workdir, "accuracy.json"), "config": os.path.join(workdir, CONFIG_NAME)}
+    _refuse_foreign(paths, spec.accuracy())
     write_synthetic_store(paths["routing"], spec)
     write_synthetic_task_store(paths["task_math"], spec)
     write_json(paths["accuracy"], spec.accuracy())
+    text = CONFIG_TEXT.replace("{warning!r}", repr(spec.warning))
+    atomic_write(paths["config"], lambda f: f.write(text.encode()))
     return paths
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m moe_jax.analysis.synthetic WORKDIR")
-    for k, v in write_demo(sys.argv[1]).items():
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m moe_jax.analysis.synthetic",
+        description="Writes synthetic routing statistics with planted structure (a U-shaped divergence, "
+                    "language-exclusive and task experts, accuracies falling with divergence) into WORKDIR: "
+                    f"routing/, tasks/math/, accuracy.json and {CONFIG_NAME}. Then "
+                    f"`python -m moe_jax.launch --config=WORKDIR/{CONFIG_NAME} --workdir=WORKDIR` analyses "
+                    "them and renders WORKDIR/report/index.html.")
+    parser.add_argument("workdir", metavar="WORKDIR", help="directory to write (created if missing)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic draws (default 0)")
+    args = parser.parse_args(argv)
+    try:
+        paths = write_demo(args.workdir, SyntheticSpec(seed=args.seed))
+    except FileExistsError as e:
+        parser.exit(1, f"error: {e}\n")
+    for k, v in paths.items():
         print(f"{k}: {v}")
+    print(f"next: python -m moe_jax.launch --config={paths['config']} --workdir={args.workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
