@@ -31,8 +31,11 @@ setup(
         # torch 2.13.0 exactly: the CPU wheel of that version is local on dev/CI machines;
         # any other spec pulls GBs of CUDA packages.
         # accelerate: lm-eval's HF backend; nbclient + ipykernel: tests/test_notebooks.py runs the notebooks
+        # gcsfs + gcp-storage-emulator: tests of gs:// paths against a local GCS emulator (tests/gcs_emulator.py)
         "test": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5", "accelerate", "nbclient>=0.10", "ipykernel>=6",
-                 "tokamax==0.0.12"],  # pure-Python wheels beside jax 0.10 on CPU: the tokamax backend's tests run
+                 "tokamax==0.0.12",  # pure-Python wheels beside jax 0.10 on CPU: the tokamax backend's tests run
+                 "gcsfs>=2026.9", "gcp-storage-emulator>=2026.7"],
+        "gcs": ["gcsfs>=2026.9"],  # gs:// workdirs, checkpoints and stores (etils.epath's gs:// backend)
         "gpu": ["tokamax"],
         "tpu": ["tokamax"],
     },

@@ -23,7 +23,8 @@ Arrays of ``<lang>.npz`` (N sequences, L MoE layers, E experts, k top-k):
     token_topk         [T, L, k]  int16    optional: per-token top-k experts of all counted tokens,
                                            concatenated over sequences (T = sum seq_lengths)
 
-Writes are atomic (temp file + ``os.replace``): a language file either exists complete or not at
+Writes are atomic (``moe_jax.storage``: local temp file + ``os.replace``, one upload per object on
+``gs://``): a language file either exists complete or not at
 all, and it counts as done only once ``meta.json`` lists it (written after the file), so an
 interrupted run resumes at the first missing language. Temp files left by a killed process are
 removed when the store is opened again. Each language's summary records its file's ``file_size``
@@ -44,6 +45,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from moe_jax import workdir as wd
+from moe_jax import storage
 from moe_jax.atomic import atomic_write, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -106,8 +108,8 @@ def open_store(store: str, meta: Mapping[str, Any], *, fingerprint_keys: tuple[s
             meta["languages"] = old.get("languages", {})
         else:
             for lang in old.get("languages", {}):
-                if os.path.exists(lang_path(store, lang)):
-                    os.remove(lang_path(store, lang))
+                if storage.exists(lang_path(store, lang)):
+                    storage.remove(lang_path(store, lang))
     remove_temp_files(store)
     atomic_write_json(os.path.join(store, META), meta)
     return meta
@@ -120,7 +122,7 @@ def done_languages(store: str) -> set[str]:
     done = set()
     for lang, summary in meta.get("languages", {}).items():
         p = lang_path(store, lang)
-        if not os.path.exists(p):
+        if not storage.exists(p):
             continue
         damage = file_damage(p, summary)
         if damage:
@@ -133,12 +135,12 @@ def done_languages(store: str) -> set[str]:
 def file_damage(path: str, record: Mapping[str, Any]) -> str | None:
     """How the existing file differs from its record (``file_size``, then ``file_sha256``, each only if
     recorded), or None. Hashes in chunks: store files can be large."""
-    size = os.path.getsize(path)
+    size = storage.size(path)
     if "file_size" in record and size != record["file_size"]:
         return f"has {size} bytes but {record['file_size']} were written"
     if "file_sha256" in record:
         h = hashlib.sha256()
-        with open(path, "rb") as f:
+        with storage.open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 24), b""):
                 h.update(chunk)
         if h.hexdigest() != record["file_sha256"]:
@@ -148,7 +150,7 @@ def file_damage(path: str, record: Mapping[str, Any]) -> str | None:
 
 def repair_hint(store: str) -> str:
     """The command that recomputes a damaged language of ``store``."""
-    store = os.path.abspath(store)
+    store = store if storage.is_remote(store) else os.path.abspath(store)
     parent = os.path.dirname(store)
     if os.path.basename(parent) == wd.TASKS:
         workdir = os.path.dirname(parent)
@@ -167,15 +169,15 @@ def file_record(data: bytes) -> dict[str, Any]:
 
 def file_intact(path: str, record: Mapping[str, Any]) -> bool:
     """The file exists with the recorded size and sha256 (a record without the sha256: never intact)."""
-    return os.path.exists(path) and "file_sha256" in record and file_damage(path, record) is None
+    return storage.exists(path) and "file_sha256" in record and file_damage(path, record) is None
 
 
 def remove_temp_files(directory: str) -> None:
     """Creates ``directory`` and removes the temp files a process killed mid-write left in it."""
-    os.makedirs(directory, exist_ok=True)
-    for name in os.listdir(directory):
+    storage.makedirs(directory)
+    for name in storage.listdir(directory):
         if name.startswith(".") and name.endswith(".tmp"):
-            os.remove(os.path.join(directory, name))
+            storage.remove(os.path.join(directory, name))
 
 
 # key -> (dims, kind): dims name the axes (N sequences, L layers, E experts, T tokens, k top-k)
@@ -228,10 +230,10 @@ def read_language(store: str, lang: str) -> dict[str, np.ndarray]:
     """The checked arrays of one language (``CorruptStoreError`` naming the file and language if
     it cannot be read or lacks arrays)."""
     p = lang_path(store, lang)
-    if not os.path.exists(p):
+    if not storage.exists(p):
         raise FileNotFoundError(f"store {store} has no statistics for language {lang!r}")
     try:
-        with np.load(p, allow_pickle=False) as z:
+        with storage.open(p, "rb") as f, np.load(f, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         check_arrays(lang, arrays)
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as e:
@@ -247,7 +249,7 @@ def read_store(store: str) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarr
         raise FileNotFoundError(f"no routing store at {store} (missing {META})")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{store}: unknown store format {meta.get('format')!r}, expected {FORMAT}")
-    langs = [l for l in sorted(meta.get("languages", {})) if os.path.exists(lang_path(store, l))]
+    langs = [l for l in sorted(meta.get("languages", {})) if storage.exists(lang_path(store, l))]
     for lang in langs:
         p = lang_path(store, lang)
         damage = file_damage(p, meta["languages"][lang])

@@ -1,0 +1,267 @@
+"""Paths that are local or on cloud storage (``gs://bucket/prefix``), and writes a reader can trust.
+
+One path abstraction for both: ``etils.epath``. Orbax (the checkpoint library) already depends on it
+and does its own directory work on ``gs://`` through it, so checkpoints, routing stores and results
+share one client and one configuration. Without TensorFlow, epath serves ``gs://`` through
+fsspec + ``gcsfs`` (extra ``moe_jax[gcs]``); tensorstore, which orbax uses for the arrays, has its
+own GCS driver. Local paths use ``os`` directly (same behaviour, fsync and file modes included).
+
+Two guarantees, on either kind of path:
+
+* ``atomic_write``: a reader sees the old object or the complete new one. Locally: temp file in the
+  same directory + fsync + rename. On GCS an object becomes visible only once its upload completes
+  (strong read-after-write consistency), so the bytes are uploaded straight to the final name.
+* ``publish``: a DIRECTORY of objects is not atomic anywhere (object stores have no rename and no
+  directories). Data objects are written first, then a small manifest (``MANIFEST``: each name
+  with its size and sha256), written last; a reader trusts only what the manifest names
+  (``read_published``) and checks its digest. A crash between the data and the manifest leaves
+  objects no manifest names: invisible, and overwritten by the next run. An entry being rewritten
+  is first dropped from the manifest, so no reader pairs the old record with new bytes.
+
+Clients are configured from the environment, as Google's own clients are: ``STORAGE_EMULATOR_HOST``
+points gcsfs at an emulator (see ``use_gcs_emulator``); credentials come from the usual Google
+application-default chain.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+import os
+import tempfile
+from typing import IO, Any, BinaryIO, Callable, Mapping
+
+from etils import epath
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "moe_jax.manifest/1"
+_CHUNK = 1 << 24  # bytes hashed at a time (objects can be GBs)
+
+
+class UnpublishedError(FileNotFoundError):
+    """The name is not (or not yet) listed in its directory's manifest."""
+
+
+class DigestMismatchError(ValueError):
+    """An object's bytes differ from what its manifest recorded (damaged or replaced after writing)."""
+
+
+def is_remote(p: str | os.PathLike) -> bool:
+    """True for a URL (``gs://...``), False for a local path."""
+    return "://" in os.fspath(p)
+
+
+def path(p: str | os.PathLike) -> epath.Path:
+    """A pathlib-like path for a local path or a ``gs://`` URL (fails early for ``gs://`` without gcsfs)."""
+    s = os.fspath(p)
+    if s.startswith("gs://"):
+        try:
+            import gcsfs  # noqa: F401  (epath imports it lazily, with a less helpful message)
+        except ImportError as e:
+            raise ImportError(f"{s}: gs:// paths need gcsfs: pip install 'moe_jax[gcs]'") from e
+    return epath.Path(s)
+
+
+def join(p: str | os.PathLike, *parts: str) -> str:
+    """``os.path.join`` that keeps a URL a URL (``abspath`` would not: do not use it on URLs)."""
+    return os.path.join(os.fspath(p), *parts)
+
+
+def exists(p: str | os.PathLike) -> bool:
+    return path(p).exists() if is_remote(p) else os.path.exists(p)
+
+
+def size(p: str | os.PathLike) -> int:
+    return path(p).stat().length if is_remote(p) else os.path.getsize(p)
+
+
+def open(p: str | os.PathLike, mode: str = "rb") -> IO:  # noqa: A001  (mirrors builtins.open)
+    """A file object for reading (``"rb"``/``"r"``); writes go through ``atomic_write`` or ``publish``."""
+    if "r" not in mode or "+" in mode:
+        raise ValueError(f"storage.open is for reading; write {os.fspath(p)} with atomic_write or publish")
+    return path(p).open(mode) if is_remote(p) else builtins.open(p, mode)
+
+
+def read_bytes(p: str | os.PathLike) -> bytes:
+    with open(p, "rb") as f:
+        return f.read()
+
+
+def read_json(p: str | os.PathLike, *, invalid_ok: bool = False) -> Any:
+    """The JSON value in ``p``; None when it does not exist (or, with ``invalid_ok``, is not valid JSON:
+    a stamp that is simply rewritten). Invalid JSON otherwise raises ValueError naming the file."""
+    try:
+        return json.loads(read_bytes(p))
+    except FileNotFoundError:
+        return None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        if invalid_ok:
+            return None
+        raise ValueError(f"{os.fspath(p)} is not valid JSON ({e})") from e
+
+
+def listdir(p: str | os.PathLike) -> list[str]:
+    """Sorted names in directory ``p``; [] when it does not exist (object stores hold no empty
+    directories, so "missing" and "empty" are the same there)."""
+    try:
+        if is_remote(p):
+            return sorted(c.name for c in path(p).iterdir())
+        return sorted(os.listdir(p))
+    except FileNotFoundError:
+        return []
+
+
+def makedirs(p: str | os.PathLike) -> None:
+    """Creates directory ``p`` and its parents (nothing to do on object storage)."""
+    if not is_remote(p):
+        os.makedirs(p, exist_ok=True)
+
+
+def remove(p: str | os.PathLike) -> None:
+    """Deletes one file or object (FileNotFoundError if absent)."""
+    if is_remote(p):
+        if not exists(p):
+            raise FileNotFoundError(os.fspath(p))
+        path(p).unlink()
+    else:
+        os.remove(p)
+
+
+def digest(p: str | os.PathLike) -> tuple[int, str]:
+    """``(size, sha256 hex)`` of a file or object, read in chunks."""
+    h, n = hashlib.sha256(), 0
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+            n += len(chunk)
+    return n, h.hexdigest()
+
+
+def record(data: bytes) -> dict[str, Any]:
+    """The manifest record of bytes about to be written: ``{"size", "sha256"}``."""
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+# -- single objects --------------------------------------------------------------------------------
+
+def atomic_write(p: str | os.PathLike, write_fn: Callable[[BinaryIO], Any], mode: int = 0o644) -> None:
+    """Calls ``write_fn(f)`` and makes the result visible at ``p`` all at once: locally a temp file
+    in the same directory, fsynced, then renamed over ``p`` (created with ``mode``); on GCS one
+    upload to ``p`` (an object is visible only complete). A failure leaves ``p`` as it was."""
+    if is_remote(p):
+        f = path(p).open("wb")  # gcsfs: buffered, or a resumable upload; the object appears on close
+        try:
+            write_fn(f)
+        except BaseException:
+            getattr(f, "discard", lambda: None)()  # cancel the upload; never close: that would commit
+            f.closed = True
+            raise
+        f.close()
+        return
+    p = os.fspath(p)
+    d = os.path.dirname(os.path.abspath(p))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(p) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # mkstemp creates 0600; outputs are meant to be shared
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_bytes(p: str | os.PathLike, data: bytes) -> None:
+    atomic_write(p, lambda f: f.write(data))
+
+
+def atomic_write_json(p: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(p, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+# -- directories of objects: publish by manifest ---------------------------------------------------
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """``{name: {"size", "sha256"}}`` of what ``directory`` has published ({} before any publish)."""
+    m = read_json(join(directory, MANIFEST))
+    if m is None:
+        return {}
+    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT or not isinstance(m.get("files"), dict):
+        raise ValueError(f"{join(directory, MANIFEST)} is not a {MANIFEST_FORMAT} manifest")
+    return m["files"]
+
+
+def _write_manifest(directory: str | os.PathLike, files: Mapping[str, Mapping[str, Any]]) -> None:
+    atomic_write_json(join(directory, MANIFEST), {"format": MANIFEST_FORMAT, "files": dict(files)})
+
+
+def publish(directory: str | os.PathLike, files: Mapping[str, bytes]) -> dict[str, dict[str, Any]]:
+    """Writes ``files`` (name -> bytes) into ``directory``, then the manifest naming them (and what it
+    named before), written last. Returns the new manifest entries. One writer per directory."""
+    bad = [n for n in files if not n or n == MANIFEST or "/" in n or n.startswith(".")]
+    if bad:
+        raise ValueError(f"cannot publish {bad} in {os.fspath(directory)}: names must be plain file names, "
+                         f"not {MANIFEST!r} or hidden")
+    listed = read_manifest(directory)
+    if any(n in listed for n in files):  # never let a reader pair an old record with new bytes
+        listed = {n: r for n, r in listed.items() if n not in files}
+        _write_manifest(directory, listed)
+    makedirs(directory)
+    for name, data in files.items():
+        atomic_write_bytes(join(directory, name), data)
+    listed.update({name: record(data) for name, data in files.items()})
+    _write_manifest(directory, listed)
+    return listed
+
+
+def read_published(directory: str | os.PathLike, name: str) -> bytes:
+    """The bytes of ``name`` if the manifest of ``directory`` lists it and they match its record;
+    ``UnpublishedError`` if not listed, ``DigestMismatchError`` if damaged (both name the object)."""
+    rec = read_manifest(directory).get(name)
+    p = join(directory, name)
+    if rec is None:
+        raise UnpublishedError(f"{p} is not published (not in {join(directory, MANIFEST)}): "
+                               "a write that did not finish, or never started")
+    try:
+        data = read_bytes(p)
+    except FileNotFoundError as e:
+        raise DigestMismatchError(f"{p} is listed in {MANIFEST} but missing") from e
+    got = record(data)
+    if got != {"size": rec["size"], "sha256": rec["sha256"]}:
+        raise DigestMismatchError(f"{p} has {got['size']} bytes with sha256 {got['sha256']}, but "
+                                  f"{rec['size']} bytes with sha256 {rec['sha256']} were published")
+    return data
+
+
+# -- clients ---------------------------------------------------------------------------------------
+
+def use_gcs_emulator(url: str) -> None:
+    """Points every client of this process, and of processes it starts, at a GCS emulator at ``url``
+    (``http://host:port``): gcsfs (``STORAGE_EMULATOR_HOST``, anonymous), tensorstore / orbax
+    (``TENSORSTORE_GCS_HTTP_URL``). Also turns off gcsfs's gRPC bucket-type probe, which an
+    emulator cannot answer (it retries for 60 s on every file it opens)."""
+    os.environ.update(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
+                      GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")  # the last one: for new processes
+    _configure_gcsfs()
+
+
+def _configure_gcsfs() -> None:
+    """fsspec settings for ``gs://``: no cached listings (another host's new objects must be seen);
+    with an emulator: anonymous, and the plain GCSFileSystem (no gRPC bucket-type probe)."""
+    import fsspec
+
+    conf = fsspec.config.conf.setdefault("gcs", {})
+    conf.setdefault("use_listings_cache", False)
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        conf.setdefault("token", "anon")
+        for proto in ("gs", "gcs"):
+            fsspec.register_implementation(proto, "gcsfs.core.GCSFileSystem", clobber=True)
+        epath.backend.fsspec_backend._get_filesystem.cache_clear()  # drop a client made before this
+
+
+_configure_gcsfs()
