@@ -240,13 +240,16 @@ def read_published(directory: str | os.PathLike, name: str) -> bytes:
 
 # -- clients ---------------------------------------------------------------------------------------
 
+# read when gcsfs / fsspec are imported: for processes started after ``use_gcs_emulator``
+EMULATOR_ENV = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "FSSPEC_GCS_TOKEN": "anon"}
+
+
 def use_gcs_emulator(url: str) -> None:
     """Points every client of this process, and of processes it starts, at a GCS emulator at ``url``
     (``http://host:port``): gcsfs (``STORAGE_EMULATOR_HOST``, anonymous), tensorstore / orbax
     (``TENSORSTORE_GCS_HTTP_URL``). Also turns off gcsfs's gRPC bucket-type probe, which an
     emulator cannot answer (it retries for 60 s on every file it opens)."""
-    os.environ.update(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
-                      GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")  # the last one: for new processes
+    os.environ.update(EMULATOR_ENV, STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url)
     _configure_gcsfs()
 
 

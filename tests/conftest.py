@@ -15,8 +15,9 @@ def gcs_bucket():
     of its subprocesses point at it while it runs); fails, never skips, if it cannot start."""
     import gcs_emulator
 
-    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL",
-                                            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")}
+    from moe_jax import storage
+
+    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", *storage.EMULATOR_ENV)}
     emu = gcs_emulator.start()
     try:
         yield emu.bucket_url

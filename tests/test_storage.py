@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import textwrap
 
@@ -125,35 +126,45 @@ ORBAX_ON_TWO_DEVICES = textwrap.dedent("""
     mesh = Mesh(np.array(jax.devices()), ("x",))
     rows = NamedSharding(mesh, P("x"))
     w = np.arange(8 * 6, dtype=np.float32).reshape(8, 6)
-    tree = {"w": jax.device_put(w, rows), "b": np.ones(3, np.float32)}
-    # the converted-checkpoint layout (moe_jax.convert.orbax_io): one zarr array per leaf, no OCDBT
+    e = np.arange(4 * 2 * 3, dtype=np.float32).reshape(4, 2, 3)  # [experts, ...] from host memory
+    tree = {"w": jax.device_put(w, rows), "b": np.ones(3, np.float32), "e": e, "e_whole": e}
+    # the converted-checkpoint layout (moe_jax.convert.orbax_io): one zarr array per leaf, no OCDBT;
+    # a NumPy leaf is one chunk unless chunk_byte_size / shard_axes split it (here: one expert each)
+    split = ocp.SaveArgs(chunk_byte_size=e.nbytes // 4, shard_axes=(0,))
     handler = ocp.PyTreeCheckpointHandler(use_ocdbt=False)
     with ocp.Checkpointer(handler) as c:
-        c.save(root + "/params", args=ocp.args.PyTreeSave(tree))
+        c.save(root + "/params", args=ocp.args.PyTreeSave(tree, save_args={
+            "w": ocp.SaveArgs(), "b": ocp.SaveArgs(), "e": split, "e_whole": ocp.SaveArgs()}))
     target = {"w": jax.ShapeDtypeStruct((8, 6), np.float32, sharding=rows),
-              "b": jax.ShapeDtypeStruct((3,), np.float32, sharding=NamedSharding(mesh, P()))}
+              "b": jax.ShapeDtypeStruct((3,), np.float32, sharding=NamedSharding(mesh, P())),
+              "e": jax.ShapeDtypeStruct((4, 2, 3), np.float32, sharding=rows),
+              "e_whole": jax.ShapeDtypeStruct((4, 2, 3), np.float32, sharding=rows)}
     with ocp.StandardCheckpointer() as c:
         out = c.restore(root + "/params", target)
-    shards = [{"device": s.device.id, "index": [[i.start, i.stop] for i in s.index[:1]],
-               "shape": list(s.data.shape), "equal": bool((np.asarray(s.data) == w[s.index]).all())}
-              for s in out["w"].addressable_shards]
+    ref = {"w": w, "e": e, "e_whole": e}
+    shards = {k: sorted([s.device.id, [s.index[0].start, s.index[0].stop], list(s.data.shape),
+                         bool((np.asarray(s.data) == ref[k][s.index]).all())] for s in out[k].addressable_shards)
+              for k in ref}
     print(json.dumps({"shards": shards, "b": np.asarray(out["b"]).tolist(),
-                      "w_objects": storage.listdir(root + "/params/w"),
+                      "objects": {k: storage.listdir(root + "/params/" + k) for k in ref},
                       "top": storage.listdir(root + "/params")}))
 """)
 
 
 def test_orbax_checkpoint_on_gcs_restores_each_device_its_rows(gcs_dir):
-    """Saved and restored on gs:// onto 2 simulated devices: each device holds (and its chunk object
-    holds) only its half of the rows, so a host of a pod reads only the objects of its shards."""
+    """Saved and restored on gs:// onto 2 simulated devices: each device holds only its half of the
+    rows. A leaf saved sharded, or from host memory with ``chunk_byte_size``/``shard_axes``, has one
+    object per device's rows, so a host of a pod reads only its shards' objects; a NumPy leaf saved
+    with orbax's defaults (``e_whole``) is one object that every host reads whole."""
     proc = run_on_devices(["-c", ORBAX_ON_TWO_DEVICES, gcs_dir], devices=2)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert [(s["index"], s["shape"], s["equal"]) for s in sorted(out["shards"], key=lambda s: s["device"])] == \
-        [([[0, 4]], [4, 6], True), ([[4, 8]], [4, 6], True)]
+    assert out["shards"]["w"] == [[0, [0, 4], [4, 6], True], [1, [4, 8], [4, 6], True]]
+    for k in ("e", "e_whole"):
+        assert out["shards"][k] == [[0, [0, 2], [2, 2, 3], True], [1, [2, 4], [2, 2, 3], True]]
     assert out["b"] == [1.0, 1.0, 1.0]
     assert "commit_success.txt" in out["top"]  # orbax's own marker, written last on object storage
-    chunks = [n for n in out["w_objects"] if not n.startswith(".")]
-    assert sorted(chunks) == ["0.0", "1.0"], out["w_objects"]  # one object per device's rows
+    chunks = {k: [n for n in names if not n.startswith(".")] for k, names in out["objects"].items()}
+    assert chunks == {"w": ["0.0", "1.0"], "e": ["0.0.0", "1.0.0", "2.0.0", "3.0.0"], "e_whole": ["0.0.0"]}
 
 
 def _arrays(n_seq=3, layers=2, experts=4, seed=0):
@@ -187,3 +198,15 @@ def test_routing_store_on_gcs(gcs_dir, caplog):
         store_lib.open_store(store, {"fingerprint": "f2"})
     store_lib.open_store(store, {"fingerprint": "f2"}, overwrite=True)  # deletes what it wrote
     assert not storage.exists(store + "/en.npz") and store_lib.done_languages(store) == set()
+
+
+def test_objects_written_by_another_process_are_seen(gcs_dir):
+    """A pod's hosts are separate processes: what one publishes, another sees at once (no cached
+    listings or stale manifest in the reader)."""
+    storage.publish(gcs_dir, {"en.npz": b"from this host"})
+    assert storage.listdir(gcs_dir) == ["en.npz", storage.MANIFEST]
+    other_host = ("from moe_jax import storage; import sys; "
+                  "storage.publish(sys.argv[1], {'de.npz': b'from the other host'})")
+    subprocess.run([sys.executable, "-c", other_host, gcs_dir], check=True, timeout=120)
+    assert storage.listdir(gcs_dir) == ["de.npz", "en.npz", storage.MANIFEST]
+    assert storage.read_published(gcs_dir, "de.npz") == b"from the other host"
