@@ -20,6 +20,8 @@ BAND_COLOR = "#cfe3f7"
 # viridis without its palest yellow, which vanishes on white
 ACCURACY_CMAP = mcolors.LinearSegmentedColormap.from_list("viridis_dark", plt.get_cmap("viridis")(np.linspace(0, 0.85, 256)))
 BASELINE_COLOR = "#9a9a9a"
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "d")
+LINESTYLES = ("-", "--", "-.", ":")
 
 
 def png_bytes(fig, path: str | None = None, dpi: int = 110, stamp: str | None = None) -> bytes:
@@ -46,6 +48,90 @@ def _band_span(ax, x: np.ndarray, band: tuple[int, int] | None, label: str = "mi
     ax.axvspan(x[s] - 0.5, x[e] + 0.5, color=BAND_COLOR, zorder=0, label=f"{label} ({x[s]}-{x[e]})")
 
 
+def layer_gaps(x) -> np.ndarray:
+    """Indices ``i`` where ``x[i + 1] - x[i]`` exceeds the regular step of ``x [layers]`` (its smallest
+    difference): decoder layers without a router (a dense layer) lie between, with no data."""
+    d = np.diff(np.asarray(x, float))
+    return np.flatnonzero(d > d.min() + 1e-9) if d.size else np.zeros(0, int)
+
+
+def with_gaps(x, *ys):
+    """``(x, *ys)`` ``[layers]`` with a NaN point inserted in every gap (``layer_gaps``), so that lines and
+    ribbons break there instead of joining the layers on either side of a dense layer."""
+    x = np.asarray(x, float)
+    g = layer_gaps(x)
+    return (np.insert(x, g + 1, (x[g] + x[g + 1]) / 2),
+            *(np.insert(np.asarray(y, float), g + 1, np.nan) for y in ys))
+
+
+def _gap_spans(ax, x: np.ndarray) -> None:
+    """Hatches the layers inside each gap of ``x`` (no router, hence no point)."""
+    x = np.asarray(x, float)
+    g = layer_gaps(x)
+    step = np.diff(x).min() if len(x) > 1 else 1.0
+    for k, i in enumerate(g):
+        ax.axvspan(x[i] + step / 2, x[i + 1] - step / 2, facecolor="none", edgecolor="0.75", hatch="///", lw=0,
+                   zorder=0, label="no router (dense layer)" if k == 0 else None)
+
+
+def _spread(targets, gap: float, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
+    """Positions near ``targets [n]`` (same order), at least ``gap`` apart, inside ``[lo, hi]``."""
+    t = np.asarray(targets, float)
+    order = np.argsort(t, kind="stable")
+    gap = min(gap, (hi - lo) / max(len(t) - 1, 1))
+    y = np.clip(t[order], lo, hi)
+    for i in range(1, len(y)):
+        y[i] = max(y[i], y[i - 1] + gap)
+    if len(y) and y[-1] > hi:
+        y[-1] = hi
+        for i in range(len(y) - 2, -1, -1):
+            y[i] = min(y[i], y[i + 1] - gap)
+    out = np.empty_like(y)
+    out[order] = y
+    return out
+
+
+def end_labels(ax, lines, fontsize: float = 8) -> None:
+    """Direct labels: each line's label (and marker) just right of the axes at the height of its last point,
+    pushed apart so that none overlaps, joined to the point by a thin connector. ``lines``: ``Line2D``s
+    whose ``get_label()`` is the text. Freezes the axis limits (call after everything is drawn)."""
+    ax.autoscale_view()
+    ax.set_xlim(ax.get_xlim())
+    ylo, yhi = ax.set_ylim(ax.get_ylim())
+    ends = []
+    for line in lines:
+        x, y = (np.asarray(v, float) for v in line.get_data())
+        ok = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
+        if ok.size:
+            ends.append((line, x[ok[-1]], y[ok[-1]]))
+    height_pt = ax.get_position().height * ax.figure.get_figheight() * 72
+    pos = _spread([(y - ylo) / (yhi - ylo) for _, _, y in ends], 1.25 * fontsize / height_pt)
+    for (line, xe, ye), yf in zip(ends, pos):
+        c = line.get_color()
+        ax.plot([1.02], [yf], transform=ax.transAxes, clip_on=False, ls="none", marker=line.get_marker(), ms=5,
+                color=c, gid="end-label-marker")
+        ax.annotate(line.get_label(), xy=(xe, ye), xytext=(1.035, yf), textcoords="axes fraction", va="center",
+                    fontsize=fontsize, color=c, annotation_clip=False, gid="end-label",
+                    arrowprops=dict(arrowstyle="-", color=c, lw=0.6, alpha=0.5, shrinkA=0, shrinkB=9))
+
+
+def line_style(i: int) -> dict:
+    """Marker and line style of the ``i``-th line: distinct for the first len(MARKERS) * len(LINESTYLES)."""
+    return dict(marker=MARKERS[i % len(MARKERS)], ls=LINESTYLES[(i // len(MARKERS)) % len(LINESTYLES)])
+
+
+def _legend_above(ax, title: str) -> None:
+    """The legend of the non-line artists (band, baseline, dense layers) in rows above the axes."""
+    handles, labels = ax.get_legend_handles_labels()
+    keep = [(h, l) for h, l in zip(handles, labels) if not str(h.get_gid() or "").startswith("language:")]
+    rows = 0
+    if keep:
+        ncol = min(len(keep), 3)
+        rows = -(-len(keep) // ncol)
+        ax.legend(*zip(*keep), loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=ncol, fontsize=8, frameon=False)
+    ax.set_title(title, pad=6 + 13 * rows)
+
+
 def layer_curves(x, curves: Mapping[str, np.ndarray], *, title: str, ylabel: str,
                  xlabel: str = "decoder layer", color_values: Mapping[str, float] | None = None,
                  color_label: str = "accuracy", baseline: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
@@ -54,17 +140,20 @@ def layer_curves(x, curves: Mapping[str, np.ndarray], *, title: str, ylabel: str
     """One line per language over layers ``x [layers]``.
 
     ``color_values`` colours lines on a viridis scale (e.g. accuracy; languages without a value are
-    grey and dashed); ``baseline = (low, mid, high)`` ``[layers]`` is drawn as a grey band; ``band``
+    grey); ``baseline = (low, mid, high)`` ``[layers]`` is drawn as a grey band; ``band``
     (MoE-layer positions) is shaded; ``errors`` ``{language: [layers]}`` as a thin ribbon;
-    ``highlight`` draws one language in black.
+    ``highlight`` draws one language in black. Every line has its own marker and dash and is labelled
+    at its end (``end_labels``); lines break over dense layers (gaps in ``x``, ``with_gaps``).
     """
     x = np.asarray(x)
+    xg = with_gaps(x)[0]
     fig, ax = plt.subplots(figsize=(10, 5.2))
     _band_span(ax, x, band)
+    _gap_spans(ax, x)
     if baseline is not None:
-        lo, mid, hi = baseline
-        ax.fill_between(x, lo, hi, color=BASELINE_COLOR, alpha=0.2, lw=0, label=f"{baseline_label} (range)")
-        ax.plot(x, mid, color=BASELINE_COLOR, ls="--", lw=1.5, label=f"{baseline_label} (median)")
+        _, lo, mid, hi = with_gaps(x, *baseline)
+        ax.fill_between(xg, lo, hi, color=BASELINE_COLOR, alpha=0.2, lw=0, label=f"{baseline_label} (range)")
+        ax.plot(xg, mid, color=BASELINE_COLOR, ls="--", lw=1.5, label=f"{baseline_label} (median)")
     cmap, norm = ACCURACY_CMAP, None
     vals = {l: v for l, v in (color_values or {}).items() if l in curves}
     if vals:
@@ -72,30 +161,33 @@ def layer_curves(x, curves: Mapping[str, np.ndarray], *, title: str, ylabel: str
         norm = mcolors.Normalize(lo_v, hi_v if hi_v > lo_v else lo_v + 1e-9)
     order = sorted(curves, key=lambda l: (l not in vals, -vals.get(l, 0.0), l))
     palette = plt.get_cmap("tab20")
+    lines = []
     for i, lang in enumerate(order):
-        y = np.asarray(curves[lang], float)
+        y = with_gaps(x, curves[lang])[1]
         if lang == highlight:
             style = dict(color="black", lw=2.6, zorder=5)
         elif norm is not None and lang in vals:
             style = dict(color=cmap(norm(vals[lang])), lw=2.0)
         elif norm is not None:
-            style = dict(color="0.55", lw=1.3, ls=":")
+            style = dict(color="0.55", lw=1.3)
         else:
             style = dict(color=palette(i % 20), lw=1.8)
         label = f"{lang} ({vals[lang]:.3g})" if lang in vals else lang
-        ax.plot(x, y, marker="o", ms=3, label=label, **style)
+        # colour alone cannot tell close accuracies apart: every line also gets its own marker / dash
+        lines += ax.plot(xg, y, ms=4.5, label=label, gid=f"language:{lang}", **line_style(i), **style)
         if errors is not None and lang in errors:
-            e = np.asarray(errors[lang], float)
-            ax.fill_between(x, y - e, y + e, color=style["color"], alpha=0.15, lw=0)
-    if norm is not None:
-        sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
-        fig.colorbar(sm, ax=ax, pad=0.01, fraction=0.04).set_label(color_label)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+            e = with_gaps(x, errors[lang])[1]
+            ax.fill_between(xg, y - e, y + e, color=style["color"], alpha=0.15, lw=0)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.set_xlim(x.min() - 0.6, x.max() + 0.6)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.12 if norm is not None else 1.01, 1.0), fontsize=8,
-              frameon=False, ncol=1 if len(curves) <= 18 else 2)
+    if norm is not None:
+        width = max(len(l.get_label()) for l in lines) * 8 * 0.6 / 72 + 0.35  # end labels, inches
+        sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+        fig.colorbar(sm, ax=ax, pad=width / (0.78 * fig.get_figwidth()), fraction=0.04).set_label(color_label)
+    end_labels(ax, lines)
+    _legend_above(ax, title)
     return fig
 
 
@@ -156,12 +248,13 @@ def similarity_dendrogram(sim, labels: Sequence[str], linkage, *, title: str, me
 def correlation_scatter(x, y, labels: Sequence[str], stats: Mapping[str, Mapping], *, title: str,
                         xlabel: str, ylabel: str):
     """Scatter of ``x [n]`` against ``y [n]`` with language labels, a least-squares line and the
-    statistics ``{name: {r, p, ci_low, ci_high, n}}`` printed on the plot."""
+    statistics ``{name: {r, p, ci_low, ci_high, n}}`` in a box placed where it covers no point and no
+    label (``place_clear``)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    ax.scatter(x, y, s=40, color="#1f77b4", zorder=3)
-    for xi, yi, lab in zip(x, y, labels):
-        ax.annotate(lab, (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=8)
+    points = ax.scatter(x, y, s=40, color="#1f77b4", zorder=3)
+    names = [ax.annotate(lab, (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=8)
+             for xi, yi, lab in zip(x, y, labels)]
     if np.ptp(x) > 0:
         a, b = np.polyfit(x, y, 1)
         xs = np.linspace(x.min(), x.max(), 50)
@@ -172,22 +265,59 @@ def correlation_scatter(x, y, labels: Sequence[str], stats: Mapping[str, Mapping
         fmt = lambda v, f: "n/a" if v is None or not np.isfinite(v) else format(v, f)
         lines.append(f"{name}: r = {fmt(r, '.3f')}, p = {fmt(p, '.2g')}, CI [{fmt(lo, '.2f')}, {fmt(hi, '.2f')}]")
     n = next(iter(stats.values())).get("n", len(x)) if stats else len(x)
-    ax.text(0.02, 0.02, "\n".join(lines + [f"n = {n} languages"]), transform=ax.transAxes, fontsize=9,
-            va="bottom", bbox=dict(boxstyle="round", fc="white", ec="0.7"))
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
+    place_clear(ax, "\n".join(lines + [f"n = {n} languages"]), points, names, fontsize=9, gid="stats")
     return fig
+
+
+CORNERS = ((0.02, 0.02, "left", "bottom"), (0.98, 0.02, "right", "bottom"), (0.98, 0.98, "right", "top"),
+           (0.02, 0.98, "left", "top"))
+
+
+def place_clear(ax, text: str, points, avoid: Sequence = (), **kw):
+    """A boxed ``text`` in the first corner of ``ax`` where it covers no marker of the scatter ``points``
+    and no artist of ``avoid`` (e.g. point labels); outside the axes, right of them, when every corner is
+    taken. Freezes the axis limits. Returns the Text."""
+    ax.autoscale_view()
+    ax.set_xlim(ax.get_xlim())
+    ax.set_ylim(ax.get_ylim())
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    xy = ax.transData.transform(points.get_offsets())
+    radius = np.sqrt(np.max(points.get_sizes())) / 2 * fig.dpi / 72  # marker radius in pixels
+    others = [a.get_window_extent(renderer) for a in avoid]
+    style = dict(bbox=dict(boxstyle="round", fc="white", ec="0.7"), multialignment="left", **kw)
+    for cx, cy, ha, va in CORNERS:
+        t = ax.text(cx, cy, text, transform=ax.transAxes, ha=ha, va=va, zorder=4, **style)
+        box = text_box(t, renderer)
+        hit = ((xy[:, 0] > box.x0 - radius) & (xy[:, 0] < box.x1 + radius)
+               & (xy[:, 1] > box.y0 - radius) & (xy[:, 1] < box.y1 + radius)).any()
+        if not hit and not any(box.overlaps(o) for o in others):
+            return t
+        t.remove()
+    return ax.text(1.02, 1.0, text, transform=ax.transAxes, ha="left", va="top", **style)
+
+
+def text_box(t, renderer):
+    """Display extent (pixels) of a Text with its bbox patch."""
+    t.update_bbox_position_size(renderer)
+    patch = t.get_bbox_patch()
+    return patch.get_window_extent(renderer) if patch is not None else t.get_window_extent(renderer)
 
 
 def correlation_by_layer(x, per_stat: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], *, title: str,
                          band: tuple[int, int] | None = None, xlabel: str = "decoder layer"):
-    """Correlation coefficient per layer with its bootstrap interval: ``{stat: (r, low, high)}`` ``[layers]``."""
+    """Correlation coefficient per layer with its bootstrap interval: ``{stat: (r, low, high)}`` ``[layers]``;
+    lines break over dense layers (gaps in ``x``)."""
     x = np.asarray(x)
     fig, ax = plt.subplots(figsize=(10, 4.5))
     _band_span(ax, x, band)
-    for (name, (r, lo, hi)), color in zip(per_stat.items(), ("#1f77b4", "#ff7f0e", "#2ca02c")):
-        ax.plot(x, r, marker="o", ms=3, color=color, label=name)
-        ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
+    _gap_spans(ax, x)
+    for i, ((name, series), color) in enumerate(zip(per_stat.items(), ("#1f77b4", "#ff7f0e", "#2ca02c"))):
+        xg, r, lo, hi = with_gaps(x, *series)
+        ax.plot(xg, r, ms=4.5, color=color, label=name, **line_style(i))
+        ax.fill_between(xg, lo, hi, color=color, alpha=0.18, lw=0)
     ax.axhline(0, color="black", lw=0.8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(title=title, xlabel=xlabel, ylabel="correlation with accuracy", ylim=(-1.05, 1.05))

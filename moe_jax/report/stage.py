@@ -17,7 +17,7 @@ import numpy as np
 from moe_jax.analysis import tables
 from moe_jax import workdir as wd
 from moe_jax.analysis.stage import section as config_section
-from moe_jax.report import html, plots
+from moe_jax.report import formulas, html, plots
 from moe_jax.atomic import atomic_write, read_json
 from moe_jax.routing.store import read_meta
 
@@ -70,11 +70,12 @@ class _Report:
                 out.setdefault(r[key], np.full(len(self.x), np.nan))[r["layer"]] = np.nan if r[value] is None else r[value]
         return out
 
-    def fig(self, fig, name: str, caption: str) -> str:
+    def fig(self, fig, name: str, caption: str, math: tuple[str, ...] = ()) -> str:
+        """Saves and embeds ``fig``; ``math`` names the formulas (``formulas.FORMULAS``) shown in the caption."""
         png = plots.png_bytes(fig, os.path.join(self.rdir, f"{name}.png"), self.cfg.dpi,
                               stamp=self.meta.get("warning") or None)
         self.pngs.append(f"{name}.png")
-        return html.figure(png, f"{name}.png", caption)
+        return html.figure(png, f"{name}.png", caption, formulas.block(*math) if math else "")
 
     def band_text(self) -> str:
         if self.band is None:
@@ -107,19 +108,22 @@ class _Report:
             + (", coloured by accuracy" if acc else "") + ". Grey: split-half baseline, the same per-pair estimator "
             "between two different sequences of one language (range and median over languages): a curve above it "
             "means language identity separates routing more than content does; below it, translations route more "
-            f"alike than two sentences of one language. Shaded: the {self.band_text()}.")]
+            f"alike than two sentences of one language. Shaded: the {self.band_text()}.",
+            ("divergence", self.primary, "split_half"))]
         order = sorted(mean, key=lambda l: np.nanmean(mean[l]))
         blocks.append(self.fig(
             plots.heatmap(np.stack([mean[l] for l in order]), order, self.x, title=f"{label} from {pivot}",
                           cbar_label=label, ylabel="language"),
-            "divergence_heatmap", "Language x layer divergence from the pivot (languages sorted by mean divergence)."))
+            "divergence_heatmap", "Language x layer divergence from the pivot (languages sorted by mean divergence).",
+            ("divergence", self.primary)))
         for metric in self.s.get("metrics", [])[1:]:
             m = self.curves(rows, "mean", metric=metric)
             blocks.append(self.fig(
                 plots.layer_curves(self.x, m, title=f"{METRIC_LABELS.get(metric, metric)} from {pivot}",
                                    ylabel=METRIC_LABELS.get(metric, metric), color_values=acc or None, band=self.band),
                 f"divergence_{metric}",
-                f"Unnormalised comparison ({metric}); raw divergences also track the fall of routing entropy with depth."))
+                f"Unnormalised comparison ({metric}); raw divergences also track the fall of routing entropy with depth.",
+                ("divergence", metric)))
         agg = self.table("divergence_aggregate")
         if agg:
             a = self.curves(agg, "value", metric=self.primary)
@@ -131,7 +135,8 @@ class _Report:
                                    baseline_label="split-half (half means)"),
                 "divergence_aggregate",
                 "Divergence between language-level top-k utilisation (aggregate counts) of each language and the "
-                "pivot. Grey: divergence between the utilisation of two random halves of one language (sampling noise)."))
+                "pivot. Grey: divergence between the utilisation of two random halves of one language (sampling noise).",
+                ("aggregate", self.primary)))
         return blocks
 
     def entropy(self) -> list[str]:
@@ -144,13 +149,12 @@ class _Report:
                                             title="Router entropy per token", ylabel="H(softmax(z)) / log E",
                                             band=self.band, highlight=hl),
                          "entropy_curves", f"Mean token-level router entropy, normalised by log E (pivot {pivot} in "
-                         "black). In trained models it falls with depth, faster for non-English "
-                         "(docs/methods.md#routing-entropy)."),
+                         "black). In trained models it falls with depth, faster for non-English.", ("token_entropy",)),
                 self.fig(plots.layer_curves(self.x, self.curves(rows, "utilization_entropy_norm"),
                                             title="Expert utilisation entropy", ylabel="H(c / sum c) / log E",
                                             band=self.band, highlight=hl),
                          "utilization_entropy", "Entropy of each language's aggregate top-k utilisation; low values "
-                         "mean a language concentrates on few experts.")]
+                         "mean a language concentrates on few experts.", ("utilization_entropy",))]
 
     def consistency(self) -> list[str]:
         rows = self.table("consistency")
@@ -160,7 +164,7 @@ class _Report:
         return [self.fig(plots.layer_curves(self.x, self.curves(rows, "jaccard"), title="Token-to-token consistency",
                                             ylabel="mean Jaccard of top-k sets", band=self.band),
                          "consistency_curves", f"Jaccard overlap of the top-k expert sets of {c.get('pairs')} sampled "
-                         f"token pairs per language (scope: {c.get('scope')}, seed {c.get('seed')}).")]
+                         f"token pairs per language (scope: {c.get('scope')}, seed {c.get('seed')}).", ("consistency",))]
 
     def similarity(self) -> list[str]:
         rows, clus = self.table("similarity_bands"), self.table("clustering")
@@ -181,7 +185,8 @@ class _Report:
                                             title=f"Language similarity, {band} layers ({self.x[s]}-{self.x[e]})"),
                 f"similarity_{band}",
                 f"{info['metric']} similarity of top-k utilisation vectors averaged over decoder layers "
-                f"{self.x[s]}-{self.x[e]}, and {info['cluster_method']}-linkage clustering of languages."))
+                f"{self.x[s]}-{self.x[e]}, and {info['cluster_method']}-linkage clustering of languages.",
+                (f"similarity_{info['metric']}",)))
         return blocks
 
     def experts(self) -> list[str]:
@@ -203,7 +208,8 @@ class _Report:
                                        cbar_label="exclusive experts", bar_label="shared experts"),
                 "experts_exclusive",
                 f"Top: experts exclusive to a language (its share of the pool's top-{info['top_k']} mass > "
-                f"{info['thr']}); bottom: experts shared by the pool. Labels depend on the pool: {', '.join(langs)}."))
+                f"{info['thr']}); bottom: experts shared by the pool. Labels depend on the pool: {', '.join(langs)}.",
+                ("exclusive",)))
         lang = self.table("experts_language")
         if lang:
             li = self.s["language_experts"]
@@ -216,7 +222,7 @@ class _Report:
                               cbar_label="experts", cmap="Blues", annotate=True, ylabel="language"),
                 "experts_language",
                 f"Experts whose activation frequency in a language exceeds the pivot's by more than {li['tau']} "
-                "(docs/methods.md#task-and-language-experts)."))
+                "(target: the language's sequences, reference: the pivot's).", ("delta",)))
         task = self.table("experts_task")
         if task:
             ti = self.s["task_experts"]
@@ -237,7 +243,7 @@ class _Report:
                     f"experts_task_{name}",
                     f"Delta of every expert between {name} data and the generic corpus "
                     f"({ti['tasks'][name].get('generic_language', self.s['pivot'])} data of the main store); "
-                    f"circled: task experts. {both} task expert(s) are also language experts."))
+                    f"circled: task experts. {both} task expert(s) are also language experts.", ("delta",)))
         return blocks
 
     def evaluation(self) -> list[str]:
@@ -255,7 +261,7 @@ class _Report:
                 f"accuracy_{task}",
                 f"{task}: accuracy per language with 95% intervals ({self.eval.get('interval', '')}); items per "
                 f"language: {', '.join(str(r['n']) for r in per)}; data: {per[0]['data'] if per else ''}; "
-                f"prompts truncated: {sum(r['truncated'] for r in per)}. Per-item records in {self.eval_dir}."))
+                f"prompts truncated: {sum(r['truncated'] for r in per)}. Per-item records in {self.eval_dir}.", ("wilson",)))
         return blocks
 
     def steering(self) -> list[str]:
@@ -286,7 +292,7 @@ class _Report:
                               annotate=True, marks=sig, mark_label="McNemar p < 0.05"),
                 f"steer_heatmap_{task}",
                 f"{task}: steered minus baseline accuracy per language (non_english: the non-English items pooled); "
-                "circled cells differ from the baseline at p < 0.05 (exact McNemar)."))
+                "circled cells differ from the baseline at p < 0.05 (exact McNemar).", ("paired",)))
             pooled = [r for r in tr if r["language"] == "non_english"] or [r for r in tr if r["language"] == langs[0]]
             blocks.append(self.fig(
                 plots.delta_bars([r["setting"] for r in pooled], [r["delta"] for r in pooled],
@@ -297,7 +303,7 @@ class _Report:
                 f"steer_controls_{task}",
                 "Each bar a setting, coloured by kind (main rule, random experts, early / late band, language "
                 "experts, learned bias), with its paired 95% interval; * p < 0.05. Also shown per setting in the "
-                f"table below: the fraction of tokens whose top-k changed in the steered layers."))
+                f"table below: the fraction of tokens whose top-k changed in the steered layers.", ("paired",)))
             series: dict[str, list] = {}
             for r in pooled:
                 d = specs.get(r["setting"], {})
@@ -307,7 +313,8 @@ class _Report:
             if series:
                 blocks.append(self.fig(plots.delta_vs_lambda(series, title=f"{task}: change against lambda"),
                                        f"steer_lambda_{task}", "Accuracy change of the main rule against the "
-                                       "steering strength, per method, with paired 95% intervals (shaded)."))
+                                       "steering strength, per method, with paired 95% intervals (shaded).",
+                                       ("paired",)))
         if specs:
             layers = sorted({t[0] for d in specs.values() for t in d["targets"]})
             counts = np.array([[sum(t[0] == l for t in d["targets"]) for l in layers] for d in specs.values()])
@@ -327,7 +334,7 @@ class _Report:
         links = [(name, os.path.relpath(path, self.rdir)) for name, path in self.csv_files()]
         if not links:
             return []
-        items = "".join(f'<li><a href="{html.esc(rel)}">{html.esc(name)}</a></li>' for name, rel in links)
+        items = "".join(f'<li><a href="{html.esc(rel)}">{html.text(name)}</a></li>' for name, rel in links)
         return [html.paragraph("Tables as CSV, copied beside this page (relative links):"), f"<ul>{items}</ul>"]
 
     def csv_files(self) -> list[tuple[str, str]]:
@@ -362,7 +369,8 @@ class _Report:
                                           xlabel=f"mean {label} over the middle band", ylabel="accuracy"),
                 "correlation_scatter",
                 f"Each point a language; Pearson and Spearman correlation with two-sided p-values and "
-                f"{info['bootstrap']['n']}-resample bootstrap {100 * info['bootstrap']['ci']:.0f}% intervals."))
+                f"{info['bootstrap']['n']}-resample bootstrap {100 * info['bootstrap']['ci']:.0f}% intervals.",
+                ("correlation",)))
         per = {}
         for stat in ("pearson", "spearman"):
             rr = [r for r in rows if r["scope"] == "layer" and r["statistic"] == stat]
@@ -372,7 +380,8 @@ class _Report:
             blocks.append(self.fig(
                 plots.correlation_by_layer(self.x, per, band=self.band,
                                            title="Correlation of divergence with accuracy, per layer"),
-                "correlation_by_layer", "Per-layer correlation coefficients with bootstrap intervals (shaded)."))
+                "correlation_by_layer", "Per-layer correlation coefficients with bootstrap intervals (shaded).",
+                ("correlation_layer",)))
         return blocks
 
     def metadata(self) -> list[str]:
