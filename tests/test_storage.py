@@ -111,7 +111,7 @@ def test_damaged_or_missing_object_is_caught_by_its_digest(root):
         storage.read_published(root, "en.npz")
 
 
-def test_gs_without_the_emulator_settings_is_refused_early_without_gcsfs(monkeypatch):
+def test_gs_path_without_gcsfs_names_the_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "gcsfs", None)  # as if not installed
     with pytest.raises(ImportError, match=r"gs://b/x: gs:// paths need gcsfs: pip install 'moe_jax\[gcs\]'"):
         storage.path("gs://b/x")
