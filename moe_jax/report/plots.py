@@ -105,7 +105,7 @@ def end_labels(ax, lines, fontsize: float = 8) -> None:
         if ok.size:
             ends.append((line, x[ok[-1]], y[ok[-1]]))
     height_pt = ax.get_position().height * ax.figure.get_figheight() * 72
-    pos = _spread([(y - ylo) / (yhi - ylo) for _, _, y in ends], 1.25 * fontsize / height_pt)
+    pos = _spread([(y - ylo) / (yhi - ylo) for _, _, y in ends], 1.25 * fontsize / height_pt, 0.02, 0.98)
     for (line, xe, ye), yf in zip(ends, pos):
         c = line.get_color()
         ax.plot([1.02], [yf], transform=ax.transAxes, clip_on=False, ls="none", marker=line.get_marker(), ms=5,
