@@ -35,6 +35,7 @@ BATCH_AXIS = "data"
 
 # logical axis -> mesh axis (None: replicated). Names not listed are replicated.
 DEFAULT_RULES: dict[str, str | None] = {
+    "layers": None,  # the leading axis of a run's stacked layers: scanned, so never split
     "vocab": None,
     "embed": None,
     "heads": "model",

@@ -18,7 +18,7 @@ from moe_jax.convert.export import params_to_hf_tensors, write_hf_checkpoint
 from moe_jax.convert.loader import hf_tensors_to_params, load_params
 from moe_jax.convert.safetensors_io import write_safetensors
 from moe_jax.models.config import ModelConfig, load_hf_config
-from moe_jax.models.params import param_shapes
+from moe_jax.models.params import init_params, layer_params, param_shapes, unstack_layers
 from moe_jax.tiny import tiny_hf_config, write_random_hf_checkpoint
 
 CASES = {
@@ -56,12 +56,14 @@ def test_name_map_covers_save_pretrained_exactly(saved, case):
         on_disk = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     sources = name_map.plan(cfg, on_disk)
     assert {s.name: s.shape for s in sources} == on_disk
-    # every param leaf is written: once, or once per expert
+    # every param leaf (every row of a layer stack) is written: once, or once per expert
     written = {}
     for s in sources:
         for t in s.targets:
+            if s.row is not None:  # ("layers", run, ...) row r -> ("layers", decoder layer, ...)
+                t = ("layers", cfg.layer_runs[t[1]][0] + s.row) + t[2:]
             written[t] = written.get(t, 0) + 1
-    leaves = flatten(param_shapes(cfg))
+    leaves = flatten(unstack_layers(init_params(cfg), cfg))
     assert written.keys() == leaves.keys()
     for t, n in written.items():
         assert n == (cfg.num_experts if t[-2:-1] == ("moe",) and t[-1] in ("gate", "up", "down") else 1), t
@@ -72,14 +74,16 @@ def test_loaded_params_equal_transformers_weights(saved, case):
     path, model = saved[case]
     cfg, params = load_params(path)
     assert cfg == ModelConfig.from_hf(CASES[case])
-    got, want = flatten(params), expected_params(cfg, model)
+    got, want = flatten(unstack_layers(params, cfg)), expected_params(cfg, model)
     assert got.keys() == want.keys()
     for k in want:
         assert got[k].dtype == np.float32
         np.testing.assert_array_equal(got[k], want[k], err_msg=str(k))
     if case == "qwen2_moe":  # the dense layer is read as a dense MLP, not as experts
-        assert "mlp" in params["layers"][1] and "moe" not in params["layers"][1]
-        assert "moe" in params["layers"][0] and "moe" in params["layers"][2]
+        assert [sorted(layer_params(params, cfg, i)) for i in range(3)] == [
+            ["attn", "attn_norm", "mlp_norm", "moe"], ["attn", "attn_norm", "mlp", "mlp_norm"],
+            ["attn", "attn_norm", "mlp_norm", "moe"]]
+        assert len(params["layers"]) == 3  # three runs: MoE, dense, MoE
     if case == "qwen2_moe_tied":
         assert "lm_head" not in params
 

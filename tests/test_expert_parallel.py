@@ -47,7 +47,9 @@ def run_all(meshes: dict) -> dict[str, np.ndarray]:
     ids = jnp.asarray(rng.integers(1, cfg.vocab_size, (4, 12)), jnp.int32)
     mask = jnp.asarray(np.arange(12)[None] >= np.array([[0], [3], [0], [5]]), jnp.int32)
     moe = host["layers"][0]["moe"]
-    expert_shapes = {tuple(moe[n].shape) for n in ("gate", "up", "down", "gate_bias", "up_bias", "down_bias")}
+    # a gather of the whole layer stack [L, E, ...] or of one scanned layer's [E, ...]
+    expert_shapes = {tuple(moe[n].shape[i:]) for n in ("gate", "up", "down", "gate_bias", "up_bias", "down_bias")
+                     for i in (0, 1)}
     run = jax.jit(forward, static_argnames=("cfg", "return_router", "backend"))
     out = {}
     for name, shape in meshes.items():
@@ -55,7 +57,7 @@ def run_all(meshes: dict) -> dict[str, np.ndarray]:
         params = jax.device_put(host, shd.param_shardings(cfg, mesh))
         batch = jax.device_put((ids, mask), shd.batch_sharding(mesh))
         if name != "one":
-            assert params["layers"][0]["moe"]["gate"].sharding.spec[0] == "model"
+            assert params["layers"][0]["moe"]["gate"].sharding.spec[:2] == (None, "model")  # [layers, experts, ...]
         for backend in BACKENDS:
             with jax.set_mesh(mesh):
                 compiled = run.lower(params, cfg, *batch, return_router=True, backend=backend).compile()

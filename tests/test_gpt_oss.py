@@ -29,6 +29,7 @@ from moe_jax.convert.safetensors_io import CheckpointError
 from moe_jax.models.config import ModelConfig, UnsupportedModelError
 from moe_jax.models.intervention import FORCE
 from moe_jax.models.model import MoeModel
+from moe_jax.models.params import layer_params
 from moe_jax.models.yarn import yarn_inv_freq
 from moe_jax.tiny import tiny_hf_config, write_random_hf_checkpoint
 from test_parity import convert_cli
@@ -287,7 +288,7 @@ def test_mxfp4_checkpoint_converts_through_cli(mxfp4_checkpoint, tmp_path):
     assert err <= TOL and rerr <= TOL
     # the experts are the dequantised values exactly (float32 conversion)
     ex = hf_model.model.layers[1].mlp.experts
-    np.testing.assert_array_equal(np.asarray(model.param_tree["layers"][1]["moe"]["up"]),
+    np.testing.assert_array_equal(np.asarray(layer_params(model.param_tree, model.cfg, 1)["moe"]["up"]),
                                   ex.gate_up_proj.detach().numpy()[..., 1::2])
 
 

@@ -36,8 +36,8 @@ def collect_all(mesh_shapes: dict, devices=None) -> dict[str, np.ndarray]:
         params = jax.device_put(jax.tree.map(jnp.asarray, host_params), tree)
         if mesh.shape["model"] > 1:  # experts really are split over the model axis
             gate = params["layers"][0]["moe"]["gate"]
-            assert gate.sharding.spec[0] == "model", gate.sharding
-            assert gate.addressable_shards[0].data.shape[0] == cfg.num_experts // mesh.shape["model"]
+            assert gate.sharding.spec[:2] == (None, "model"), gate.sharding  # [layers, experts, ...]
+            assert gate.addressable_shards[0].data.shape[1] == cfg.num_experts // mesh.shape["model"]
         step = collect.make_collect_step(cfg, mesh, token_topk=True)
         res = collect.collect_language(step, params, EncodedTexts(ids, masks, np.zeros(len(ids), bool)), cfg=cfg,
                                        mesh=mesh, batch_size=BATCH,

@@ -9,6 +9,7 @@ from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM
 
 from moe_jax.convert.loader import load_params
 from moe_jax.models.config import ModelConfig, UnsupportedModelError
+from moe_jax.models.params import unstack_layers
 from moe_jax.tiny import tiny_hf_config, write_random_hf_checkpoint
 
 FAMILIES = ["qwen2_moe", "qwen3_moe", "olmoe", "phimoe"]
@@ -82,7 +83,7 @@ def test_random_checkpoint_loads_in_transformers(family, variant, tmp_path):
     model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     cfg, params = load_params(path)
-    got, want = flatten(params), expected_params(cfg, model)
+    got, want = flatten(unstack_layers(params, cfg)), expected_params(cfg, model)
     assert got.keys() == want.keys()
     for k in want:
         np.testing.assert_array_equal(got[k], want[k], err_msg=str(k))

@@ -22,7 +22,7 @@ def params_to_hf_tensors(cfg: ModelConfig, params: Any, fused_experts: bool = Fa
     sources = name_map.fused_plan(cfg) if fused_experts else name_map.plan(cfg)
     return {
         s.name: np.ascontiguousarray(name_map.to_hf(
-            s.kind, *(np.asarray(name_map.get_path(params, t)) for t in s.targets), expert=s.expert))
+            s.kind, *(np.asarray(name_map.target_value(params, s, t)) for t in s.targets), expert=s.expert))
         for s in sources
     }
 

@@ -3,18 +3,20 @@
 HF path: ``scan_checkpoint`` checks every file, ``match_checkpoint`` checks every expected tensor
 (names from ``name_map.plan``, shapes from ``config.json``) and rejects unknown extras -- all
 before any tensor data is read. Then tensors are read one at a time, transformed to the param
-layout, cast, and handed to ``place`` (``jax.device_put`` onto their sharding in ``load_params``).
-Per-expert tensors of a layer are written into one stacked ``[E, ...]`` host buffer, placed when
-its last expert arrives. Host memory therefore holds the output (unless placed on devices) plus
-about one layer: the stacked expert buffers of one layer and one raw tensor.
+layout, cast, and handed to a ``Sink``: NumPy on the host, or (``load_params``) each leaf placed
+on its sharding, a run's layer stack allocated on its devices and filled row by row in place.
+Per-expert tensors of a layer are written into one ``[E, ...]`` host buffer, written to its row of
+the stack when its last expert arrives. Host memory therefore holds the output (unless placed on
+devices) plus about one layer: the expert buffers of one layer and one raw tensor.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
 import numpy as np
@@ -29,7 +31,6 @@ log = logging.getLogger(__name__)
 
 # Tensors some checkpoints carry that the model does not need.
 HARMLESS_EXTRAS = (re.compile(r"(^|\.)rotary_emb\.inv_freq$"),)
-Place = Callable[[name_map.Path, np.ndarray], Any]
 _MAX_LISTED = 8
 
 
@@ -95,33 +96,92 @@ def match_checkpoint(ckpt: HFCheckpoint, cfg: ModelConfig) -> list[tuple[name_ma
     return pairs
 
 
+class Sink(NamedTuple):
+    """Where ``assemble`` puts the arrays it builds: the host (NumPy) or devices (``load_params``)."""
+
+    place: Callable[[name_map.Path, np.ndarray], Any]  # a whole leaf
+    empty: Callable[[name_map.Path, tuple[int, ...], np.dtype], Any]  # a layer stack, rows filled later
+    write: Callable[[Any, int, np.ndarray], Any]  # one row into a stack -> the stack
+
+
+def _host_write(stack: np.ndarray, row: int, x: np.ndarray) -> np.ndarray:
+    stack[row] = x
+    return stack
+
+
+HOST = Sink(lambda _, x: x, lambda _p, shape, dtype: np.empty(shape, dtype), _host_write)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _set_row(stack: jax.Array, x: jax.Array, row: jax.Array) -> jax.Array:
+    return jax.lax.dynamic_update_index_in_dim(stack, x.astype(stack.dtype), row, 0)
+
+
+def _row_sharding(s: Any) -> Any:
+    """The sharding of one row of a stack sharded as ``s`` (the leading layer axis is never split)."""
+    if isinstance(s, jax.sharding.NamedSharding):
+        return jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec(*s.spec[1:]))
+    return s
+
+
+def device_sink(shardings: Any) -> Sink:
+    """Places leaves on their sharding from ``shardings`` (see ``name_map.sharding_at``) as they are
+    read; a layer stack is allocated on its devices and filled row by row in place (donated), so
+    the host never holds more than one layer of it."""
+    def empty(path, shape, dtype):
+        s = name_map.sharding_at(shardings, path)
+        return jax.jit(lambda: jax.numpy.zeros(shape, dtype), out_shardings=s)()
+
+    def write(stack, row, x):
+        return _set_row(stack, jax.device_put(x, _row_sharding(stack.sharding)), np.int32(row))
+    return Sink(lambda path, x: jax.device_put(x, name_map.sharding_at(shardings, path)), empty, write)
+
+
 def assemble(cfg: ModelConfig, arrays: Iterable[tuple[name_map.Source, np.ndarray]], dtype: Any,
-             place: Place | None = None) -> dict[str, Any]:
+             sink: Sink = HOST) -> dict[str, Any]:
     """Builds the param tree from ``(source, HF array)`` pairs (in ``plan`` order).
 
-    Each target is cast to ``dtype`` and passed to ``place(path, array)`` as soon as it is complete
-    (per-expert targets when their last expert arrives); the tree holds what ``place`` returns.
+    Each target is cast to ``dtype``. A top-level leaf goes to ``sink.place`` at once; a decoder
+    layer's tensor fills its row of its run's stack (``sink.empty``, ``sink.write``), per-expert
+    tensors first gathered into one ``[E, ...]`` host buffer of that row, written when its last
+    expert arrives. The tree holds what the sink returns.
     """
     dtype = resolve_dtype(dtype)
-    place = place or (lambda _, x: x)
     tree = map_spec(lambda _p, _s: None, cfg)
     shapes = map_spec(lambda _p, s: s[0], cfg)
-    pending: dict[name_map.Path, list] = {}  # stacked expert target -> [buffer, experts filled]
+    stacks: dict[name_map.Path, list] = {}  # stacked target -> [stack, rows written]
+    experts: dict[tuple, list] = {}  # (stacked target, row) -> [[E, ...] buffer, experts filled]
+
+    def write_row(path: name_map.Path, row: int, value: np.ndarray) -> None:
+        shape = name_map.get_path(shapes, path)
+        entry = stacks.setdefault(path, [None, 0])
+        if entry[0] is None:
+            entry[0] = sink.empty(path, shape, dtype)
+        entry[0] = sink.write(entry[0], row, np.ascontiguousarray(value, dtype=dtype))
+        entry[1] += 1
+        if entry[1] == shape[0]:
+            name_map.set_path(tree, path, entry[0])
+            del stacks[path]
+
     for src, x in arrays:
         for path, value in zip(src.targets, name_map.to_params(src.kind, x)):
-            if src.kind != name_map.EXPERT:
-                name_map.set_path(tree, path, place(path, np.ascontiguousarray(value, dtype=dtype)))
-                continue
-            if path not in pending:
-                pending[path] = [np.empty(name_map.get_path(shapes, path), dtype), 0]
-            entry = pending[path]
-            entry[0][src.expert] = value
-            entry[1] += 1
-            if entry[1] == cfg.num_experts:
-                name_map.set_path(tree, path, place(path, entry[0]))
-                del pending[path]
-    if pending:
-        raise CheckpointError(f"incomplete experts for {sorted(pending)[0]}")
+            if src.row is None:
+                name_map.set_path(tree, path, sink.place(path, np.ascontiguousarray(value, dtype=dtype)))
+            elif src.kind != name_map.EXPERT:
+                write_row(path, src.row, value)
+            else:
+                key = (path, src.row)
+                if key not in experts:
+                    experts[key] = [np.empty(name_map.get_path(shapes, path)[1:], dtype), 0]
+                entry = experts[key]
+                entry[0][src.expert] = value
+                entry[1] += 1
+                if entry[1] == cfg.num_experts:
+                    del experts[key]
+                    write_row(path, src.row, entry[0])
+    if experts or stacks:
+        path = sorted(experts)[0][0] if experts else sorted(stacks)[0]
+        raise CheckpointError(f"incomplete layer stack for parameter {'/'.join(map(str, path))}")
     unset = list(_none_paths(tree))
     if unset:
         raise CheckpointError(f"no tensor for parameter {'/'.join(map(str, unset[0]))}")
@@ -165,15 +225,11 @@ def read_source(info: TensorInfo | mxfp4.Packed) -> np.ndarray:
     return mxfp4.read_packed(info) if isinstance(info, mxfp4.Packed) else read_tensor(info)
 
 
-def stream_hf(cfg: ModelConfig, pairs: list, dtype: Any, place: Place | None = None,
+def stream_hf(cfg: ModelConfig, pairs: list, dtype: Any, sink: Sink = HOST,
               desc: str = "loading tensors") -> dict[str, Any]:
     """Reads the matched tensors one by one (tqdm bar) into a param tree."""
     arrays = ((src, read_source(info)) for src, info in tqdm(pairs, desc=desc, unit="tensor"))
-    return assemble(cfg, arrays, dtype, place)
-
-
-def _sharding_place(shardings: Any) -> Place:
-    return lambda path, x: jax.device_put(x, name_map.sharding_at(shardings, path))
+    return assemble(cfg, arrays, dtype, sink)
 
 
 def checkpoint_kind(path: str | os.PathLike) -> str:
@@ -203,4 +259,4 @@ def load_params(path: str | os.PathLike, dtype: Any = "float32", shardings: Any 
     if checkpoint_kind(path) == "converted":
         return orbax_io.restore(path, np_dtype, shardings)
     cfg, _, pairs = open_hf(path)
-    return cfg, stream_hf(cfg, pairs, np_dtype, _sharding_place(shardings))
+    return cfg, stream_hf(cfg, pairs, np_dtype, device_sink(shardings))

@@ -32,7 +32,7 @@ from moe_jax.convert import mxfp4
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.params import layer_spec, param_spec
 
-Path = tuple[Any, ...]  # param-tree path, list indices as int: ("layers", 3, "moe", "gate")
+Path = tuple[Any, ...]  # param-tree path, list indices as int: ("layers", 0, "moe", "gate") (run 0's stack)
 
 # Transform kinds (HF layout -> param layout).
 COPY = "copy"                       # same array
@@ -94,6 +94,8 @@ class Source:
     kind: str  # transform, one of the kinds above
     targets: tuple[Path, ...]  # param leaves written (two for FUSED_GATE_UP*)
     expert: int | None = None  # slice of the stacked target (EXPERT only)
+    # Decoder-layer tensors: the row of the run's stack (targets' leading axis) this tensor fills.
+    row: int | None = None
     # MXFP4-packed: ``names``/``shape`` are the blocks tensor's, these its scales'; the dequantised
     # array has the plain tensor's layout, then ``kind`` applies.
     scales: tuple[str, ...] = ()
@@ -150,10 +152,17 @@ def _fused_transposed(cfg: ModelConfig, available: Mapping[str, tuple[int, ...]]
 
 
 def layer_plan(cfg: ModelConfig, i: int, available: Mapping[str, tuple[int, ...]] | None = None) -> list[Source]:
-    """Sources of decoder layer ``i``. ``available`` (HF name -> shape) selects the expert layout."""
+    """Sources of decoder layer ``i``: targets in its run's stack (``cfg.layer_run``), ``row`` set.
+    ``available`` (HF name -> shape) selects the expert layout."""
+    sources = _layer_sources(cfg, i, available)
+    row = cfg.layer_run(i)[1]
+    return [dataclasses.replace(s, row=row) for s in sources]
+
+
+def _layer_sources(cfg: ModelConfig, i: int, available: Mapping[str, tuple[int, ...]] | None) -> list[Source]:
     moe, router = cfg.family.hf_moe_prefix, cfg.family.hf_router_name
     base = f"model.layers.{i}."
-    prefix: Path = ("layers", i)
+    prefix: Path = ("layers", cfg.layer_run(i)[0])
     fmt = lambda t, **kw: base + t.format(moe=moe, router=router, **kw)  # noqa: E731
     spec = dict(_leaves(layer_spec(cfg, i)))
     out = []
@@ -284,6 +293,12 @@ def get_path(tree: Any, path: Path) -> Any:
     for k in path:
         tree = tree[int(k)] if isinstance(tree, (list, tuple)) else tree[k]
     return tree
+
+
+def target_value(tree: Any, src: Source, path: Path) -> Any:
+    """What ``src`` maps to at its target ``path``: the leaf, or its row for a decoder-layer tensor."""
+    leaf = get_path(tree, path)
+    return leaf if src.row is None else leaf[src.row]
 
 
 def sharding_at(shardings: Any, path: Path) -> Any:

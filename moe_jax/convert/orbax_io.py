@@ -2,7 +2,8 @@
 
 Layout of a converted dir::
 
-    params/          orbax checkpoint of the param tree, one zarr array per leaf (lists round-trip)
+    params/          orbax checkpoint of the param tree (decoder layers stacked per run, see
+                     ``moe_jax.models.params``), one zarr array per leaf (lists round-trip)
     config.json      copy of the HF config
     tokenizer files  copies (tokenizer.json, tokenizer_config.json, ... when present)
     moe_jax.json     {"format", "format_version", "config": ModelConfig.to_dict(), "dtype",
@@ -30,7 +31,9 @@ from moe_jax.models.params import map_spec
 META_FILE = "moe_jax.json"
 PARAMS_DIR = "params"
 FORMAT = "moe_jax.params"
-FORMAT_VERSION = 1
+# 2: decoder layers stacked per run of identical layers (``params["layers"]``: one dict per run,
+# leaves with a leading [layers] axis); 1 had one dict per decoder layer and must be converted again.
+FORMAT_VERSION = 2
 
 
 WRITE_BUFFER_BYTES = 64 * 2**20  # arrays being written at once (at least one, whatever its size)
@@ -86,6 +89,12 @@ def read_meta(path: str) -> dict[str, Any]:
             meta = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot read {meta_path}: {e}") from e
+    if meta.get("format") == FORMAT and isinstance(meta.get("format_version"), int) \
+            and meta["format_version"] < FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was converted by an older moe_jax (format v{meta['format_version']}, one parameter dict "
+            f"per decoder layer); this version stacks the layers (format v{FORMAT_VERSION}). Convert it again: "
+            f"python -m moe_jax.convert --hf_dir={meta.get('source') or '<hf dir>'} --out={path} --overwrite")
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{meta_path}: unknown format {meta.get('format')!r} "
                               f"version {meta.get('format_version')!r} (expected {FORMAT} v{FORMAT_VERSION})")

@@ -159,6 +159,27 @@ class ModelConfig:
     def num_moe_layers(self) -> int:
         return len(self.moe_layer_ids)
 
+    @property
+    def layer_runs(self) -> tuple[tuple[int, int, bool], ...]:
+        """Maximal runs of consecutive decoder layers with the same parameter structure (MoE or
+        dense MLP), as ``(start, stop, is_moe)``: one parameter stack each, scanned as one loop."""
+        runs: list[tuple[int, int, bool]] = []
+        for i, moe in enumerate(self.moe_layers):
+            if runs and runs[-1][2] == moe:
+                runs[-1] = (runs[-1][0], i + 1, moe)
+            else:
+                runs.append((i, i + 1, moe))
+        return tuple(runs)
+
+    def layer_run(self, layer: int) -> tuple[int, int]:
+        """``(run, row)``: the stack holding decoder layer ``layer`` and its row in that stack."""
+        if not 0 <= layer < self.num_layers:
+            raise IndexError(f"decoder layer {layer} out of range [0, {self.num_layers})")
+        for r, (start, stop, _) in enumerate(self.layer_runs):
+            if start <= layer < stop:
+                return r, layer - start
+        raise AssertionError("layer_runs covers every layer")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

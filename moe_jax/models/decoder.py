@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from moe_jax.models import experts as experts_lib
 from moe_jax.models import intervention as iv_lib
@@ -49,41 +50,94 @@ def default_positions(attention_mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0).astype(jnp.int32)
 
 
+class LayerData(NamedTuple):
+    """What differs between the layers of one run, as data scanned alongside the stacked params."""
+
+    layer: jax.Array  # [] int32: decoder-layer index (the KV cache's row)
+    window: jax.Array | None  # [] int32: sliding window in positions (FULL_WINDOW: full); None: no layer slides
+    intervention: iv_lib.Intervention | None  # fields [E]: this MoE layer's row of the intervention
+
+
+FULL_WINDOW = np.iinfo(np.int32).max  # a window no position difference reaches: full causal attention
+
+
+def run_data(cfg: ModelConfig, run: int, intervention: iv_lib.Intervention | None) -> LayerData:
+    """The per-layer data of run ``run`` (``cfg.layer_runs``), every field with a leading ``[n]``."""
+    start, stop, is_moe = cfg.layer_runs[run]
+    ids = range(start, stop)
+    window = None
+    if any(cfg.attention_window(i) is not None for i in range(cfg.num_layers)):
+        window = jnp.asarray([cfg.attention_window(i) or FULL_WINDOW for i in ids], jnp.int32)
+    iv = None
+    if is_moe and intervention is not None:
+        m0 = sum(cfg.moe_layers[:start])  # the run's MoE layers are rows [m0, m0 + n) of the intervention
+        iv = jax.tree.map(lambda f: f[m0:m0 + stop - start], intervention)
+    return LayerData(jnp.arange(start, stop, dtype=jnp.int32), window, iv)
+
+
+def decoder_layer(lp: dict, d: LayerData, x: jax.Array, cache: KVCache | None, cfg: ModelConfig,
+                  rope: tuple[jax.Array, jax.Array], positions: jax.Array, valid: jax.Array,
+                  index: jax.Array | int, backend: str) -> tuple[jax.Array, KVCache | None, RouterOutput | None]:
+    """One decoder layer on ``x [B, S, H]`` with its params ``lp`` (no leading axis) and data ``d``
+    (scalars, intervention fields ``[E]``): ``(x, cache, router output or None for a dense layer)``."""
+    B, S, _ = x.shape
+    a, cache = layers.attention(lp["attn"], layers.norm(lp["attn_norm"], x, cfg), *rope, cfg, positions, valid,
+                                cache=cache, layer=d.layer, index=index, window=d.window)
+    x = x + a
+    h = layers.norm(lp["mlp_norm"], x, cfg)
+    if "moe" not in lp:
+        return x + layers.mlp(lp["mlp"], h), cache, None
+    y, r = moe_block(lp["moe"], h.reshape(B * S, -1), cfg, d.intervention, backend)
+    return x + y.reshape(B, S, -1), cache, r
+
+
 def decoder_layers(params: dict, cfg: ModelConfig, input_ids: jax.Array, positions: jax.Array,
                    valid: jax.Array, *, cache: KVCache | None = None, index: jax.Array | int = 0,
-                   intervention: iv_lib.Intervention | None = None,
-                   backend: str = "auto") -> tuple[jax.Array, list[RouterOutput], KVCache | None]:
+                   intervention: iv_lib.Intervention | None = None, backend: str = "auto",
+                   scan_layers: bool = True) -> tuple[jax.Array, RouterOutput | None, KVCache | None]:
     """The layer stack, shared by ``forward`` and KV-cache prefill/decode (``generate.py``).
+
+    Each run of ``params["layers"]`` is one ``lax.scan`` over its stacked params and per-layer data
+    (``run_data``), carrying the hidden states and the cache (written in place at the layer's row),
+    so the program size does not grow with depth. ``scan_layers=False`` unrolls the same layer
+    function over the rows instead (the reference the scan is tested against).
 
     Args:
       input_ids, positions, valid: ``[B, S]``; ``valid`` marks real tokens.
       cache: None, or a KVCache the S tokens are written to at slots ``[index, index + S)``
         (they attend to every valid slot up to their own).
     Returns:
-      hidden states ``[B, S, H]`` before the final norm, one RouterOutput per MoE layer
-      (``[B*S, ...]``), the updated cache (None without one).
+      hidden states ``[B, S, H]`` before the final norm, the router outputs of the MoE layers
+      stacked (fields ``[moe_layers, B*S, ...]``; None without MoE layers), the updated cache
+      (None without one).
     """
-    B, S = input_ids.shape
     x = params["embed"][input_ids]
-    cos, sin = layers.rope_cos_sin(cfg, positions, x.dtype)
+    rope = layers.rope_cos_sin(cfg, positions, x.dtype)
     if cache is not None:
         cache = kv_cache.write_tokens(cache, positions, valid, index)
     routers = []
-    for i, lp in enumerate(params["layers"]):
-        a, cache = layers.attention(lp["attn"], layers.norm(lp["attn_norm"], x, cfg), cos, sin, cfg,
-                                    positions, valid, cache=cache, layer=i, index=index,
-                                    window=cfg.attention_window(i))
-        x = x + a
-        h = layers.norm(lp["mlp_norm"], x, cfg)
-        if cfg.moe_layers[i]:
-            iv = None if intervention is None else intervention.layer(len(routers))
-            y, r = moe_block(lp["moe"], h.reshape(B * S, -1), cfg, iv, backend)
-            routers.append(r)
-            y = y.reshape(B, S, -1)
+    for run, stack in enumerate(params["layers"]):
+        data = run_data(cfg, run, intervention)
+
+        def body(carry, xs):
+            (x, cache), (lp, d) = carry, xs
+            x, cache, r = decoder_layer(lp, d, x, cache, cfg, rope, positions, valid, index, backend)
+            return (x, cache), r
+
+        if scan_layers:
+            (x, cache), r = jax.lax.scan(body, (x, cache), (stack, data))
         else:
-            y = layers.mlp(lp["mlp"], h)
-        x = x + y
-    return x, routers, cache
+            start, stop, _ = cfg.layer_runs[run]
+            ys = []
+            for row in range(stop - start):
+                (x, cache), y = body((x, cache), jax.tree.map(lambda a: a[row], (stack, data)))
+                ys.append(y)
+            r = None if ys[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *ys)
+        if r is not None:
+            routers.append(r)
+    if not routers:
+        return x, None, cache
+    return x, jax.tree.map(lambda *a: jnp.concatenate(a), *routers), cache
 
 
 def lm_head(params: dict, cfg: ModelConfig, x: jax.Array) -> jax.Array:
@@ -92,10 +146,11 @@ def lm_head(params: dict, cfg: ModelConfig, x: jax.Array) -> jax.Array:
     return x @ params["embed"].T if cfg.tie_word_embeddings else layers.linear(params["lm_head"], x)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "return_router", "compute_logits", "backend"))
+@functools.partial(jax.jit, static_argnames=("cfg", "return_router", "compute_logits", "backend", "scan_layers"))
 def forward(params: dict, cfg: ModelConfig, input_ids: jax.Array, attention_mask: jax.Array | None = None,
             positions: jax.Array | None = None, intervention: iv_lib.Intervention | None = None,
-            return_router: bool = False, compute_logits: bool = True, backend: str = "auto") -> ModelOutput:
+            return_router: bool = False, compute_logits: bool = True, backend: str = "auto",
+            scan_layers: bool = True) -> ModelOutput:
     """Runs the decoder on ``input_ids [B, S]``.
 
     Args:
@@ -105,19 +160,18 @@ def forward(params: dict, cfg: ModelConfig, input_ids: jax.Array, attention_mask
       return_router: also return router logits, top-k indices and weights of every MoE layer.
       compute_logits: False skips the final norm and lm head (routing collection needs neither).
       backend: expert dispatch backend (``experts.BACKENDS``, or ``"auto"``: the fastest exact one here).
+      scan_layers: False unrolls the layers (reference for tests; compile time grows with depth).
     """
     B, S = input_ids.shape
     if attention_mask is None:
         attention_mask = jnp.ones((B, S), jnp.int32)
     if positions is None:
         positions = default_positions(attention_mask)
-    x, routers, _ = decoder_layers(params, cfg, input_ids, positions, attention_mask.astype(bool),
-                                   intervention=intervention, backend=backend)
+    x, r, _ = decoder_layers(params, cfg, input_ids, positions, attention_mask.astype(bool),
+                             intervention=intervention, backend=backend, scan_layers=scan_layers)
     logits = lm_head(params, cfg, x) if compute_logits else None
     if not return_router:
         return ModelOutput(logits)
-
-    def stack(field: str, n: int) -> jax.Array:
-        return jnp.stack([getattr(r, field) for r in routers]).reshape(len(routers), B, S, n)
-    return ModelOutput(logits, stack("logits", cfg.num_experts), stack("topk_idx", cfg.top_k),
-                       stack("topk_weights", cfg.top_k))
+    M = cfg.num_moe_layers
+    return ModelOutput(logits, r.logits.reshape(M, B, S, -1), r.topk_idx.reshape(M, B, S, -1),
+                       r.topk_weights.reshape(M, B, S, -1))

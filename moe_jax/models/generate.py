@@ -105,8 +105,8 @@ def _decode(params, cfg, state, num_steps, stop_token_ids, pad_id, intervention,
         tokens = tokens.at[:, i].set(token)
         state, routers = _feed(params, cfg, state, intervention, backend)
         if return_router:  # the routing of the token just emitted
-            idx = jnp.where(live[None, :, None], jnp.stack([r.topk_idx for r in routers]), -1)
-            w = jnp.where(live[None, :, None], jnp.stack([r.topk_weights for r in routers]), 0.0)
+            idx = jnp.where(live[None, :, None], routers.topk_idx, -1)  # [moe_layers, B, k]
+            w = jnp.where(live[None, :, None], routers.topk_weights, 0.0)
             topk = (topk[0].at[:, :, i].set(idx), topk[1].at[:, :, i].set(w))
         return i + 1, state, tokens, topk
 

@@ -10,7 +10,8 @@ Slots are time order: a prompt fills ``[0, P)`` and decode step ``i`` writes slo
 causality is ``key slot <= query slot`` and the mask needs no cache-length bookkeeping. Positions
 are kept per slot (not derived from slot indices) because left padding makes them differ per row;
 sliding windows compare positions. All layers share one array so that a step is one in-place
-``dynamic_update_slice`` per layer inside ``lax.while_loop``.
+``dynamic_update_slice`` per layer inside ``lax.while_loop``; the decoder's ``lax.scan`` over
+layers carries the cache and indexes its layer row with the scanned (traced) layer index.
 """
 
 from __future__ import annotations
@@ -48,8 +49,16 @@ def write_tokens(cache: KVCache, positions: jax.Array, valid: jax.Array, index: 
         valid=jax.lax.dynamic_update_slice(cache.valid, valid.astype(bool), (0, index)))
 
 
-def write_layer(cache: KVCache, layer: int, k: jax.Array, v: jax.Array, index: jax.Array | int) -> KVCache:
-    """Writes layer ``layer``'s keys/values ``[B, S, K, D]`` at slots ``[index, index + S)``."""
+def write_layer(cache: KVCache, layer: jax.Array | int, k: jax.Array, v: jax.Array,
+                index: jax.Array | int) -> KVCache:
+    """Writes layer ``layer``'s keys/values ``[B, S, K, D]`` at slots ``[index, index + S)`` (``layer``
+    may be traced: the decoder's scan carries the whole cache and writes its row in place)."""
     at = (layer, 0, index, 0, 0)
     return cache._replace(k=jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), at),
                           v=jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), at))
+
+
+def read_layer(cache: KVCache, layer: jax.Array | int) -> tuple[jax.Array, jax.Array]:
+    """Layer ``layer``'s keys and values, ``[B, C, K, D]`` each."""
+    return (jax.lax.dynamic_index_in_dim(cache.k, layer, keepdims=False),
+            jax.lax.dynamic_index_in_dim(cache.v, layer, keepdims=False))

@@ -85,13 +85,14 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def attention_mask(q_slots: jax.Array, q_pos: jax.Array, k_pos: jax.Array, k_valid: jax.Array,
-                   window: int | None = None) -> jax.Array:
+                   window: int | jax.Array | None = None) -> jax.Array:
     """Which keys each query may attend to: ``[B, S, T]`` bool.
 
     ``allowed = key valid & key slot <= query slot & (q_pos - k_pos < window)``. Causality compares
     slots (time order in the sequence or cache, ``q_slots [S]`` against ``arange(T)``), so explicit
     positions never reorder tokens; the optional sliding window compares positions ``[B, S]`` and
-    ``[B, T]``.
+    ``[B, T]``; it may be traced (a scanned per-layer value; a window beyond every position
+    difference, such as int32 max, is full attention).
     """
     causal = jnp.arange(k_pos.shape[1])[None, :] <= q_slots[:, None]  # [S, T]
     allowed = causal[None] & k_valid.astype(bool)[:, None, :]
@@ -101,15 +102,17 @@ def attention_mask(q_slots: jax.Array, q_pos: jax.Array, k_pos: jax.Array, k_val
 
 
 def attention(p: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, cfg: ModelConfig,
-              positions: jax.Array, valid: jax.Array, *, cache: KVCache | None = None, layer: int = 0,
-              index: jax.Array | int = 0, window: int | None = None) -> tuple[jax.Array, KVCache | None]:
+              positions: jax.Array, valid: jax.Array, *, cache: KVCache | None = None,
+              layer: jax.Array | int = 0, index: jax.Array | int = 0,
+              window: jax.Array | int | None = None) -> tuple[jax.Array, KVCache | None]:
     """Causal GQA self-attention of ``x [B, S, H]`` at ``positions [B, S]``; returns ``([B, S, H], cache)``.
 
     Without ``cache`` the S tokens attend to each other (``valid [B, S]``: real tokens). With a
     ``KVCache`` whose positions/validity already hold these tokens at slots ``[index, index + S)``
     (``kv_cache.write_tokens``), this layer's keys and values are written there and the queries
     attend to every valid cached slot; the updated cache is returned. Prefill and decode are the
-    same call. ``window``: sliding window in positions (None: full causal).
+    same call. ``layer`` (the cache row) and ``window`` (sliding window in positions, None: full
+    causal) may be traced, as in the decoder's scan over layers.
     """
     B, S, _ = x.shape
     N, K, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -127,7 +130,8 @@ def attention(p: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, cfg: ModelC
     k_pos, k_valid = positions, valid
     if cache is not None:  # keys keep the rotation they were computed with
         cache = kv_cache.write_layer(cache, layer, k, v, index)
-        k, v, k_pos, k_valid = cache.k[layer], cache.v[layer], cache.positions, cache.valid
+        k, v = kv_cache.read_layer(cache, layer)
+        k_pos, k_valid = cache.positions, cache.valid
     allowed = attention_mask(index + jnp.arange(S), positions, k_pos, k_valid, window)
     # fp32 additive bias, finite so that rows without any allowed key (padding) stay finite
     bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, None, None]  # [B, 1, 1, S, T]

@@ -3,7 +3,8 @@
 Layout (kernels are ``[in, out]`` so that ``y = x @ kernel``)::
 
     {"embed": [vocab, hidden],
-     "layers": [  # one dict per decoder layer
+     "layers": [  # one dict per run of layers (ModelConfig.layer_runs); every leaf below has a
+                  # leading axis [n] over the run's n layers (logical axis "layers", never sharded)
         {"attn_norm": {"scale": [hidden], "bias": [hidden] (LayerNorm only)},
          "attn": {"q": {"kernel": [hidden, heads*head_dim], "bias"?},
                   "k": {"kernel": [hidden, kv_heads*head_dim], "bias"?},
@@ -26,6 +27,11 @@ Layout (kernels are ``[in, out]`` so that ``y = x @ kernel``)::
         ...],
      "final_norm": {"scale": [hidden], "bias"?},
      "lm_head": {"kernel": [hidden, vocab], "bias": [vocab]?}}   # absent when tied to embed
+
+A run is a maximal sequence of consecutive decoder layers with the same structure (MoE or dense
+MLP): most models are one run; Qwen2-MoE's ``mlp_only_layers`` / ``decoder_sparse_step`` make
+several. The decoder scans each run's stack, so compile time does not grow with depth.
+``layer_params(params, cfg, i)`` is decoder layer ``i``'s dict without the leading axis.
 
 Every leaf has a tuple of logical axis names (``logical_axes``) that ``moe_jax.sharding`` maps
 to mesh axes.
@@ -103,11 +109,21 @@ def layer_spec(cfg: ModelConfig, layer: int) -> dict[str, Any]:
     return spec
 
 
+LAYERS_AXIS = "layers"  # logical axis of the leading [n] axis of a run's stacked leaves
+
+
+def run_spec(cfg: ModelConfig, run: int) -> dict[str, Any]:
+    """Spec of run ``run`` (``cfg.layer_runs``): its layers' spec with a leading ``[n]`` axis."""
+    start, stop, _ = cfg.layer_runs[run]
+    return jax.tree.map(lambda s: ((stop - start,) + s[0], (LAYERS_AXIS,) + s[1]), layer_spec(cfg, start),
+                        is_leaf=_is_spec)
+
+
 def param_spec(cfg: ModelConfig) -> dict[str, Any]:
     """Tree of ``(shape, logical_axes)`` leaves describing the full parameter tree."""
     spec: dict[str, Any] = {
         "embed": ((cfg.vocab_size, cfg.hidden_size), ("vocab", "embed")),
-        "layers": [layer_spec(cfg, i) for i in range(cfg.num_layers)],
+        "layers": [run_spec(cfg, r) for r in range(len(cfg.layer_runs))],
         "final_norm": _norm(cfg),
     }
     if not cfg.tie_word_embeddings:
@@ -141,16 +157,41 @@ def logical_axes(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def init_params(cfg: ModelConfig, seed: int = 0, dtype: Any = jnp.float32) -> dict[str, Any]:
-    """Random parameters (normal, std 0.02; norm scales near 1) as NumPy arrays, for demos and tests."""
+    """Random parameters (normal, std 0.02; norm scales near 1) as NumPy arrays, for demos and tests.
+
+    Drawn layer by layer and then stacked, so a seed gives the same values whatever the layout."""
     rng = np.random.default_rng(seed)
 
-    def leaf(path, s):
-        shape, _ = s
-        name = path[-1]
-        base = 1.0 if name == "scale" else 0.0
-        x = base + (0.1 if name == "scale" else 0.02) * rng.standard_normal(shape)
-        return np.asarray(x, dtype=jnp.dtype(dtype))
-    return map_spec(leaf, cfg)
+    def draw(node, name=""):
+        if _is_spec(node):
+            base = 1.0 if name == "scale" else 0.0
+            x = base + (0.1 if name == "scale" else 0.02) * rng.standard_normal(node[0])
+            return np.asarray(x, dtype=jnp.dtype(dtype))
+        return {k: draw(v, k) for k, v in node.items()}
+    spec = param_spec(cfg)
+    out = {"embed": draw(spec["embed"], "embed"),
+           "layers": stack_layers(cfg, [draw(layer_spec(cfg, i)) for i in range(cfg.num_layers)])}
+    return out | {k: draw(v) for k, v in spec.items() if k not in out}
+
+
+def stack_layers(cfg: ModelConfig, layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-decoder-layer dicts (NumPy leaves) -> the runs' stacked dicts (``params["layers"]``)."""
+    if len(layers) != cfg.num_layers:
+        raise ValueError(f"{len(layers)} layer dicts for a model of {cfg.num_layers} layers")
+    return [jax.tree.map(lambda *xs: np.stack(xs), *layers[start:stop]) for start, stop, _ in cfg.layer_runs]
+
+
+def layer_params(params: dict[str, Any], cfg: ModelConfig, layer: int) -> dict[str, Any]:
+    """Decoder layer ``layer``'s parameter dict (its row of its run's stack, leaves without the
+    leading axis): the per-layer view of ``params["layers"]``."""
+    run, row = cfg.layer_run(layer)
+    return jax.tree.map(lambda x: x[row], params["layers"][run])
+
+
+def unstack_layers(params: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
+    """``params`` with ``"layers"`` as one dict per decoder layer (``layer_params``), for tests and
+    tools that compare layer by layer."""
+    return {**params, "layers": [layer_params(params, cfg, i) for i in range(cfg.num_layers)]}
 
 
 def path_str(path: tuple[str, ...]) -> str:
