@@ -105,6 +105,7 @@ def end_labels(ax, lines, fontsize: float = 8) -> None:
         if ok.size:
             ends.append((line, x[ok[-1]], y[ok[-1]]))
     height_pt = ax.get_position().height * ax.figure.get_figheight() * 72
+    fontsize = max(4.0, min(fontsize, 0.8 * height_pt / max(len(ends), 1)))  # many lines: smaller labels
     pos = _spread([(y - ylo) / (yhi - ylo) for _, _, y in ends], 1.25 * fontsize / height_pt, 0.02, 0.98)
     for (line, xe, ye), yf in zip(ends, pos):
         c = line.get_color()
