@@ -184,7 +184,7 @@ def layer_curves(x, curves: Mapping[str, np.ndarray], *, title: str, ylabel: str
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if norm is not None:
-        width = max(len(l.get_label()) for l in lines) * 8 * 0.6 / 72 + 0.35  # end labels, inches
+        width = max(len(l.get_label()) for l in lines) * 8 * 0.55 / 72 + 0.3  # end labels, inches
         sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
         fig.colorbar(sm, ax=ax, pad=width / (0.78 * fig.get_figwidth()), fraction=0.04).set_label(color_label)
     end_labels(ax, lines)
