@@ -19,8 +19,8 @@ planted task experts. Statistics are reduced exactly as the store format documen
 The second command runs the analyze and report stages; ``synthetic_config.py`` points the correlation
 at the planted ``accuracy.json`` beside it (Pearson r about -0.99 over the middle band). The task
 store lies where the collect stage puts task stores (``workdir/tasks/<name>``), so the analyze stage
-finds it without ``analysis.task_stores``. A directory holding anything else than these files of an
-earlier synthetic run is refused: nothing the user owns is replaced.
+finds it without ``analysis.task_stores``. A directory whose stores, ``accuracy.json`` or config were
+not written by a synthetic run is refused: nothing the user owns is replaced.
 """
 
 from __future__ import annotations
