@@ -7,7 +7,7 @@ Below the stages: stage modules and library code import this, never the registry
 from __future__ import annotations
 
 import os
-from typing import Any, Collection
+from typing import Any, Callable, Collection, Iterable
 
 from moe_jax import config_fields
 
@@ -24,6 +24,23 @@ RANDOM_WEIGHTS_WARNING = ("RANDOM WEIGHTS: this model is a tiny randomly initial
 
 class StageError(ValueError):
     """A stage name or stage input is invalid."""
+
+
+def collect_problems(checks: Iterable[Callable[[], Any]]) -> list[str]:
+    """Runs every check of a stage's preflight (cheap, writes nothing) and returns the messages of
+    those that raised: all the problems at once, not only the first. A check may also return a
+    message or a list of messages (problems found without raising); any other value (a check's
+    result, e.g. a plan or a config section) means no problem."""
+    problems = []
+    for check in checks:
+        try:
+            found = check()
+        except (ValueError, OSError, LookupError) as e:  # StageError, MeshError, FileNotFoundError, ...
+            problems.append(str(e).strip("'\""))
+        else:
+            found = [found] if isinstance(found, str) else found if isinstance(found, list) else []
+            problems += [p for p in found if isinstance(p, str)]
+    return problems
 
 
 def default_model_config():

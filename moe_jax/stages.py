@@ -1,5 +1,5 @@
-"""The pipeline: a registry of ``stage(config, workdir)`` functions, the full default config, the
-cheap config check, and ``run_stages``.
+"""The pipeline: a registry of ``stage(config, workdir)`` functions and of their preflight checks,
+the full default config, the cheap config check, and ``run_stages``.
 
 Imported only by the command line (``moe_jax.launch``) and top-level code: stage modules and library
 code never import it (their shared pieces live in ``moe_jax.pipeline``, the workdir layout in
@@ -16,7 +16,7 @@ import os
 from typing import Any, Callable, Sequence
 
 from moe_jax import sharding as shd
-from moe_jax.pipeline import SOURCES, StageError, check_known_fields, default_model_config
+from moe_jax.pipeline import SOURCES, StageError, check_known_fields, collect_problems, default_model_config
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,17 @@ STAGES: dict[str, str] = {
     "analyze": "moe_jax.analysis.stage:run",
     "steer": "moe_jax.steering.stage:run",
     "report": "moe_jax.report.stage:run",
+}
+# Each stage's ``preflight(config, workdir, before) -> [problem, ...]``: cheap checks of its inputs and of
+# what it would replace, given ``before`` (the stages that run earlier in the same run and so produce
+# their outputs first). Nothing is written, downloaded or compiled. A stage without one has no checks.
+PREFLIGHTS: dict[str, str] = {
+    "convert": "moe_jax.convert.stage:preflight",
+    "collect": "moe_jax.routing.stage:preflight",
+    "eval": "moe_jax.eval.stage:preflight",
+    "analyze": "moe_jax.analysis.stage:preflight",
+    "steer": "moe_jax.steering.stage:preflight",
+    "report": "moe_jax.report.stage:preflight",
 }
 
 
@@ -46,10 +57,31 @@ def get_stage(name: str) -> Callable[[Any, str], Any]:
     return getattr(importlib.import_module(module), func)
 
 
+def preflight(config: Any, workdir: str, names: Sequence[str]) -> None:
+    """Runs the preflight of every stage of ``names`` (in order, each knowing which run before it);
+    raises one StageError listing every problem of every stage, with its fix. Writes nothing."""
+    problems = []
+    for i, name in enumerate(names):
+        target = PREFLIGHTS.get(name)
+        if target is None:
+            continue
+        module, func = target.split(":")
+        check = getattr(importlib.import_module(module), func)
+        found = collect_problems([lambda: check(config, workdir, frozenset(names[:i]))])  # a raise: one problem
+        problems += [f"[{name}] {p}" for p in found]
+    if problems:
+        where = f"{workdir} was left as it was" if os.path.exists(workdir) else f"{workdir} was not created"
+        raise StageError(f"the requested stages ({','.join(names)}) cannot run; nothing was written ({where}):\n  "
+                         + "\n  ".join(problems))
+
+
 def run_stages(config: Any, workdir: str, stages: str | Sequence[str] | None = None) -> None:
-    """Runs ``stages`` (default ``config.stages``) in order; every name is checked first."""
+    """Runs ``stages`` (default ``config.stages``) in order. Every name, the config and every stage's
+    preflight (``PREFLIGHTS``) are checked first, before the workdir is created or anything is written;
+    with several processes, process 0 checks (the inputs may live on its host only)."""
     names = parse_stages(config.stages if stages is None else stages)
     check_config(config)
+    shd.run_on_writer(lambda: preflight(config, workdir, names), "checking the requested stages")
     os.makedirs(workdir, exist_ok=True)
     for name in names:
         log.info("stage %s", name)

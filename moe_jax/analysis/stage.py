@@ -33,11 +33,14 @@ from tqdm import tqdm
 from moe_jax.analysis import (accuracy as accuracy_lib, consistency, correlation, divergence, layer_entropy,
                               experts, similarity, tables)
 from moe_jax.analysis.inputs import (Inputs, Skip, check_task_store, config_languages, load_inputs,
-                                     resolve_task_stores, task_language)
+                                     parse_task_stores, resolve_task_stores, task_language)
 from moe_jax.analysis.validate import normalize_band
+from moe_jax import lineage
 from moe_jax import workdir as wd
 from moe_jax.config_fields import check_known_fields
 from moe_jax.routing.store import read_store
+from moe_jax.pipeline import StageError, collect_problems
+from moe_jax.routing.store import read_meta
 
 log = logging.getLogger(__name__)
 
@@ -404,6 +407,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         "primary_metric": cfg.metrics[0], "config": cfg.to_dict(), "skipped": {}, "tables": []}
     state: dict[str, Any] = {"task_stores": resolve_task_stores(config, cfg, workdir),
                              "eval_summary": os.path.join(wd.eval_dir(workdir), "summary.json")}
+    inputs, fingerprint = lineage_record(config, cfg, workdir, state["task_stores"][0])
     os.makedirs(out_dir, exist_ok=True)
     for name, fn in tqdm(ANALYSES, desc="analyze", leave=False):
         try:
@@ -428,6 +432,83 @@ def run(config, workdir: str) -> dict[str, Any]:
         summary["accuracy_coverage"] = state["accuracy_coverage"]
         summary["accuracy_source"] = state["accuracy_source"]
     tables.write_json(os.path.join(out_dir, "summary.json"), summary)
+    lineage.write_stamp(out_dir, inputs, fingerprint)  # last: what the tables above were computed from
     log.info("analyze: wrote %d tables to %s (skipped: %s)", len(summary["tables"]), out_dir,
              sorted(summary["skipped"]) or "none")
     return tables.to_jsonable(summary)
+
+
+# -- provenance and preflight ------------------------------------------------------------------------
+
+def lineage_record(config, cfg, workdir: str, task_stores: dict[str, str]) -> tuple[dict, str]:
+    """What an analysis is computed from (``moe_jax.lineage``): the digests of the routing store, the
+    task stores and the accuracies' file (``analysis.accuracy`` as a path, else the eval stage's
+    summary), and the fingerprint of the analysis settings and requested languages."""
+    paths = {"routing store": wd.routing_dir(workdir)}
+    paths.update({f"task store {name}": path for name, path in task_stores.items()})
+    if isinstance(cfg.accuracy, str) and cfg.accuracy:
+        paths["accuracy file"] = cfg.accuracy
+    elif not cfg.accuracy:
+        paths["eval summary"] = os.path.join(wd.eval_dir(workdir), "summary.json")
+    return (lineage.describe(paths, workdir),
+            lineage.fingerprint({"analysis": cfg.to_dict(), "languages": config_languages(config)}))
+
+
+def _full(config) -> bool:
+    """A whole pipeline config (not the analysis section alone, nor None): enough to rerun the analysis."""
+    return config is not None and hasattr(config, "get") and "analysis" in config
+
+
+def staleness(config, workdir: str) -> list[str]:
+    """What changed since ``workdir/analysis`` was computed ([] = current; nothing there: []). With a
+    whole config, against the inputs and settings it names now; otherwise the recorded inputs only."""
+    out_dir = wd.analysis_dir(workdir)
+    if not os.path.exists(os.path.join(out_dir, "summary.json")):
+        return []
+    stamp = lineage.read_stamp(out_dir)
+    if stamp is None:
+        return [f"no {lineage.STAMP} (computed before provenance was recorded)"]
+    if not _full(config):
+        return lineage.stale(stamp, workdir)
+    cfg = section(config, "analysis", default_config(), FREE_FORM)
+    stores = resolve_task_stores(config, cfg, workdir)[0]
+    return lineage.changed(stamp, *lineage_record(config, cfg, workdir, stores))
+
+
+def ensure_current(config, workdir: str, reader: str) -> None:
+    """Before ``reader`` (a stage) reads ``workdir/analysis``: an analysis computed from other inputs
+    than the current ones (another routing store, e.g. of a previous model) is computed again (with a
+    whole config) or refused, never read."""
+    changed = staleness(config, workdir)
+    if not changed:
+        return
+    msg = f"{wd.analysis_dir(workdir)} was computed from other inputs than the current ones (changed: {', '.join(changed)})"
+    if _full(config):
+        log.warning("%s; %s runs the analyze stage again first", msg, reader)
+        run(config, workdir)
+        return
+    raise StageError(f"{msg}; run the analyze stage again first: python -m moe_jax.launch --config=<your config> "
+                     f"--workdir={workdir} --stages=analyze,{reader}")
+
+
+def preflight(config, workdir: str, before: frozenset[str] = frozenset()) -> list[str]:
+    """The analyze stage's problems, found without reading any array: unknown settings, a missing
+    routing store (when collect does not run first), missing explicit task stores or accuracy file."""
+    def settings():
+        cfg = section(config, "analysis", default_config(), FREE_FORM)
+        problems = [] if cfg.metrics else ["analysis.metrics is empty"]
+        if cfg.routing_statistic not in SEQ_STATISTICS:
+            problems.append(f"analysis.routing_statistic {cfg.routing_statistic!r} is not one of {sorted(SEQ_STATISTICS)}")
+        if isinstance(cfg.accuracy, str) and cfg.accuracy and not os.path.isfile(cfg.accuracy):
+            problems.append(f"analysis.accuracy {cfg.accuracy!r} is not a file")
+        problems += [f"analysis.task_stores: no routing store at {path} (task {name!r})"
+                     for name, path in parse_task_stores(cfg.task_stores).items()
+                     if read_meta(path) is None]
+        return problems
+
+    def store():
+        path = wd.routing_dir(workdir)
+        if "collect" not in before and read_meta(path) is None:
+            return (f"no routing store at {path}; run the collect stage first (e.g. "
+                    "--stages=convert,collect,analyze)")
+    return collect_problems([settings, store])

@@ -9,10 +9,11 @@ import logging
 import os
 from typing import Any
 
+from moe_jax import lineage
 from moe_jax import sharding as shd
 from moe_jax import workdir as wd
 from moe_jax.atomic import atomic_write_json, read_json
-from moe_jax.pipeline import SOURCES, StageError, source_identity
+from moe_jax.pipeline import SOURCES, StageError, collect_problems, source_identity
 
 log = logging.getLogger(__name__)
 
@@ -119,3 +120,57 @@ def write_tiny(config: Any, out_dir: str) -> str:
                                     router_scale=float(spec["router_scale"]))
     atomic_write_json(stamp, spec)
     return out_dir
+
+
+# -- preflight: cheap checks before any stage writes (moe_jax.stages.preflight) ----------------------
+
+def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -> list[str]:
+    """The convert stage's problems, found without writing or downloading anything: a local source
+    directory without its config, weights or tokenizer files, and a ``workdir/checkpoint`` that
+    conversion may not replace (not written by moe_jax)."""
+    from moe_jax.convert.checkpoint import check_out_dir, missing_tokenizer
+
+    m = config.model
+    source = m.hf_dir if m.source == "hf_dir" else wd.tiny_dir(workdir)
+
+    def local_source() -> list[str]:
+        if not m.hf_dir or not os.path.isdir(m.hf_dir):
+            return [f"model.hf_dir {m.hf_dir!r} is not a directory; set --config.model.hf_dir to a local HF "
+                    "checkpoint (config.json, *.safetensors, tokenizer files)"]
+        names = os.listdir(m.hf_dir)
+        problems = [f"{m.hf_dir} has no {what}; it is not a Hugging Face checkpoint directory"
+                    for what, present in (("config.json", "config.json" in names),
+                                          ("*.safetensors file", any(n.endswith(".safetensors") for n in names)))
+                    if not present]
+        return problems + [p for p in [missing_tokenizer(m.hf_dir)] if p]
+
+    checks = [local_source] if m.source == "hf_dir" else []
+    checks.append(lambda: check_out_dir(os.path.abspath(source), os.path.abspath(wd.checkpoint_dir(workdir)),
+                                        overwrite=True))
+    return collect_problems(checks)
+
+
+def checkpoint_problems(config: Any, workdir: str) -> list[str]:
+    """For a stage that reads ``workdir/checkpoint`` when the convert stage does not run before it:
+    the checkpoint exists, is the one ``config.model`` describes, and has its tokenizer."""
+    from moe_jax.convert.checkpoint import missing_tokenizer
+
+    ckpt = wd.checkpoint_dir(workdir)
+    if not os.path.exists(os.path.join(ckpt, "moe_jax.json")):
+        return [f"no converted checkpoint at {ckpt}; run the 'convert' stage first (--stages=convert,...)"]
+    return collect_problems([lambda: converted_identity(config, workdir), lambda: missing_tokenizer(ckpt)])
+
+
+def recorded_model_differences(recorded: Any, config: Any) -> list[str]:
+    """How the model an existing output records differs from ``config.model``: source and dtype
+    (``lineage.model_differences``) and, for a local source, the weights' sha256. [] = the same."""
+    from moe_jax.convert.safetensors_io import scan_checkpoint
+
+    if not isinstance(recorded, dict):
+        return []
+    diffs = lineage.model_differences(recorded, config)
+    if not diffs and config.model.source == "hf_dir" and recorded.get("checkpoint_sha256") \
+            and os.path.isdir(config.model.hf_dir or ""):
+        now = scan_checkpoint(config.model.hf_dir).sha256
+        diffs += lineage.differences(recorded["checkpoint_sha256"], now, f"sha256 of {config.model.hf_dir}")
+    return diffs

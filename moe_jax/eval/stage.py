@@ -23,11 +23,13 @@ import ml_collections
 from ml_collections import config_dict
 from tqdm.auto import tqdm
 
+from moe_jax import lineage
 from moe_jax import workdir as wd
 from moe_jax.atomic import atomic_write, atomic_write_json
 from moe_jax.eval import records as rec
 from moe_jax.eval import tasks as task_lib
-from moe_jax.pipeline import StageError, check_known_fields, model_name, model_warning, source_identity
+from moe_jax.pipeline import (StageError, check_known_fields, collect_problems, model_name, model_warning,
+                              source_identity)
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +119,18 @@ def _sha256_file(path: str | None) -> str | None:
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def scoring_options(opts: Mapping[str, Any]) -> dict[str, Any]:
+    """The eval options that change a record (part of the records' identity)."""
+    return {k: opts[k] for k in ("limit", "fixed_items", "max_length", "max_gen_toks", "apply_chat_template",
+                                 "enable_thinking")}
+
+
 def identity(config: Any, opts: Mapping[str, Any], ckpt_meta: Mapping[str, Any], tokenizer_sha: str) -> dict:
     """What determines the records: model, weights, dtype, tokenizer, scoring and task options."""
     import lm_eval
     return {"model": model_name(config), "model_source": source_identity(config), "dtype": config.model.dtype,
             "checkpoint_sha256": ckpt_meta.get("checkpoint_sha256"), "tokenizer_sha256": tokenizer_sha,
-            "options": {k: opts[k] for k in ("limit", "fixed_items", "max_length", "max_gen_toks",
-                                             "apply_chat_template", "enable_thinking")},
+            "options": scoring_options(opts),
             "steering_sha256": _sha256_file(opts["steering"]), "lm_eval_version": lm_eval.__version__}
 
 
@@ -244,3 +251,38 @@ def format_summary(rows: list[Mapping[str, Any]]) -> str:
     table = [cols] + [tuple(fmt(r[c]) for c in cols) for r in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
     return "\n".join("  ".join(v.rjust(wd_) for v, wd_ in zip(r, widths)) for r in table)
+
+
+# -- preflight: cheap checks before any stage writes (moe_jax.stages.preflight) ----------------------
+
+def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -> list[str]:
+    """The eval stage's problems, found without loading the model or writing: unknown tasks or
+    languages, missing local data files, a missing steering file, the checkpoint (when convert does not
+    run first), and existing records of another model or scoring options (refused unless overwrite)."""
+    from moe_jax.convert.stage import checkpoint_problems
+
+    opts = options(config)
+    checks = [lambda: plan(opts),
+              lambda: records_problem(config, wd.eval_dir(workdir), opts, bool(opts.overwrite), "eval.overwrite")]
+    if opts.steering:
+        checks.append(lambda: None if os.path.isfile(opts.steering) else f"eval.steering {opts.steering!r} is not a file")
+    if "convert" not in before:
+        checks.append(lambda: checkpoint_problems(config, workdir))
+    return collect_problems(checks)
+
+
+def records_problem(config: Any, out_dir: str, opts: Mapping[str, Any], overwrite: bool, flag: str) -> str | None:
+    """A message when ``out_dir`` holds records of another model or scoring options than ``opts``
+    (unless ``overwrite``, the config field ``flag``, is on); else None."""
+    from moe_jax.convert.stage import recorded_model_differences
+
+    ident = (rec.read_manifest(out_dir) or {}).get("identity")
+    if not ident or overwrite:
+        return None
+    then, now = ident.get("options") or {}, scoring_options(opts)
+    diffs = recorded_model_differences(ident, config) + lineage.differences(
+        {k: then[k] for k in now if k in then}, {k: now[k] for k in now if k in then}, "options")
+    if diffs:
+        return (f"{out_dir} holds records of another model or scoring options ({'; '.join(diffs)}); use another "
+                f"--workdir, or --config.{flag}=True to replace them")
+    return None

@@ -14,9 +14,12 @@ from typing import Callable
 import ml_collections
 import numpy as np
 
+from moe_jax.analysis import stage as analysis_stage
 from moe_jax.analysis import tables
+from moe_jax import lineage
 from moe_jax import workdir as wd
 from moe_jax.analysis.stage import section as config_section
+from moe_jax.pipeline import StageError, collect_problems
 from moe_jax.report import formulas, html, plots
 from moe_jax.atomic import atomic_write, read_json
 from moe_jax.routing.store import read_meta
@@ -440,8 +443,17 @@ SECTIONS: tuple[tuple[str, str, Callable[[_Report], list[str]]], ...] = (
 
 
 def run(config, workdir: str) -> str:
-    """Renders ``workdir/report/index.html`` (and the PNGs beside it); returns the HTML path."""
+    """Renders ``workdir/report/index.html`` (and the PNGs beside it); returns the HTML path.
+
+    First the inputs are checked (``moe_jax.lineage``): an analysis computed from other inputs than
+    the current ones is computed again (``analysis.stage.ensure_current``), and outputs of another
+    model than ``config.model`` are refused (``model_problems``). ``report/provenance.json`` records
+    the digests of what the page shows."""
     cfg = config_section(config, "report", default_config())
+    analysis_stage.ensure_current(config, workdir, "report")
+    problems = model_problems(config, workdir)
+    if problems:
+        raise StageError("the report would show outputs of another model than config.model:\n  " + "\n  ".join(problems))
     rep = _Report(workdir, cfg)
     os.makedirs(rep.rdir, exist_ok=True)
     sections = []
@@ -456,5 +468,57 @@ def run(config, workdir: str) -> str:
     for name in os.listdir(rep.rdir):  # figures of an earlier run that this one did not draw
         if name.endswith(".png") and name not in rep.pngs:
             os.remove(os.path.join(rep.rdir, name))
+    lineage.write_stamp(rep.rdir, lineage.describe(shown_inputs(workdir), workdir))
     log.info("report: wrote %s with %d figures", path, len(rep.pngs))
     return path
+
+
+# -- provenance and preflight ------------------------------------------------------------------------
+
+def shown_inputs(workdir: str) -> dict[str, str]:
+    """``{name: path}`` of what the page shows (recorded in ``report/provenance.json``)."""
+    return {"analysis summary": os.path.join(wd.analysis_dir(workdir), "summary.json"),
+            "analysis provenance": os.path.join(wd.analysis_dir(workdir), lineage.STAMP),
+            "routing store": wd.routing_dir(workdir), "eval records": wd.eval_dir(workdir),
+            "eval summary": os.path.join(wd.eval_dir(workdir), "summary.json"),
+            "steer summary": os.path.join(wd.steer_dir(workdir), "summary.json")}
+
+
+# outputs the page shows: (stage, directory, manifest file, key of the model's identity in it or None)
+MODEL_OUTPUTS = (("collect", wd.routing_dir, "meta.json", None), ("eval", wd.eval_dir, "manifest.json", "identity"),
+                 ("steer", lambda w: os.path.join(wd.steer_dir(w), "baseline"), "manifest.json", "identity"))
+
+
+def model_problems(config, workdir: str, skip: frozenset[str] = frozenset()) -> list[str]:
+    """Outputs the page would show (routing store, evaluation, steering sweep; not those of the stages
+    in ``skip``) that record another model than ``config.model``; [] without a model section."""
+    if config is None or not hasattr(config, "get") or "model" not in config:
+        return []
+    problems = []
+    for stage, where, manifest, key in MODEL_OUTPUTS:
+        recorded = read_json(os.path.join(where(workdir), manifest), invalid_ok=True) if stage not in skip else None
+        recorded = (recorded or {}).get(key) if key else recorded
+        diffs = lineage.model_differences(recorded, config) if isinstance(recorded, dict) else []
+        if diffs:
+            overwrite = "" if stage == "collect" else f" --config.{stage}.overwrite=True"
+            problems.append(f"{where(workdir)} holds outputs of another model ({'; '.join(diffs)}); run the "
+                            f"{stage} stage again: python -m moe_jax.launch --config=<your config> --workdir={workdir} "
+                            f"--stages={stage}{overwrite}")
+    return problems
+
+
+def preflight(config, workdir: str, before: frozenset[str] = frozenset()) -> list[str]:
+    """The report stage's problems, found without reading tables: no analysis to show (when analyze
+    does not run first), a stale analysis that cannot be computed again (its routing store is gone),
+    and outputs of another model than ``config.model`` (those of stages not running first)."""
+    def analysis():
+        if "analyze" in before:
+            return None
+        if read_json(os.path.join(wd.analysis_dir(workdir), "summary.json"), invalid_ok=True) is None:
+            return (f"no analysis at {wd.analysis_dir(workdir)}; run the analyze stage first "
+                    "(e.g. --stages=analyze,report)")
+        if analysis_stage.staleness(config, workdir) and read_meta(wd.routing_dir(workdir)) is None:
+            return (f"{wd.analysis_dir(workdir)} is stale and there is no routing store at {wd.routing_dir(workdir)} "
+                    "to compute it again; run the collect stage (e.g. --stages=collect,analyze,report)")
+    return collect_problems([lambda: config_section(config, "report", default_config()), analysis,
+                             lambda: model_problems(config, workdir, before)])

@@ -19,12 +19,13 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
+from moe_jax import lineage
 from moe_jax import sharding as shd
 from moe_jax import workdir as wd
 from moe_jax.data import tokenize as tok_lib
 from moe_jax.data.tokenize import EncodedTexts
 from moe_jax.models.config import ModelConfig
-from moe_jax.pipeline import check_known_fields, model_name, model_warning, source_identity
+from moe_jax.pipeline import check_known_fields, collect_problems, model_name, model_warning, source_identity
 from moe_jax.routing import collect, provenance, store as store_lib
 
 log = logging.getLogger(__name__)
@@ -180,13 +181,7 @@ def build_meta(config: Any, cfg: ModelConfig, ckpt_meta: Mapping[str, Any], toke
     """
     data = config.data if data is None else data
     encoding = dict(encoding)
-    count = encoding.pop("count", None)
-    source = {k: data.get(k) for k in ("source", "split", "path", "data_files", "max_sentences")}
-    if data.get("task"):  # only when set: stores of the other sources keep their fingerprint
-        source["task"] = data.get("task")
-    if count is not None:  # the counted turns of prompt/response pairs: a choice of data, like the corpus
-        source["count"] = count
-    source = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in source.items()}
+    source = data_source(data, encoding.pop("count", None))
     identity = {
         "model_config": cfg.to_dict(), "checkpoint_sha256": ckpt_meta.get("checkpoint_sha256"),
         "model_source": source_identity(config), "dtype": config.model.dtype,
@@ -211,6 +206,16 @@ def build_meta(config: Any, cfg: ModelConfig, ckpt_meta: Mapping[str, Any], toke
     if warning:
         meta["warning"] = warning
     return meta
+
+
+def data_source(data: Any, count: str | None = None) -> dict[str, Any]:
+    """The corpus choice a store records as ``meta["data_source"]`` (part of its fingerprint)."""
+    source = {k: data.get(k) for k in ("source", "split", "path", "data_files", "max_sentences")}
+    if data.get("task"):  # only when set: stores of the other sources keep their fingerprint
+        source["task"] = data.get("task")
+    if count is not None:  # the counted turns of prompt/response pairs: a choice of data, like the corpus
+        source["count"] = count
+    return {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in source.items()}
 
 
 def _text_hash(texts: Sequence[str]) -> str:
@@ -279,3 +284,97 @@ def format_summary(summaries: Mapping[str, Mapping[str, Any]]) -> str:
                                       for lang, s in summaries.items()]
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols) + 1)]
     return "\n".join("  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows)
+
+
+# -- preflight: cheap checks before any stage writes (moe_jax.stages.preflight) ----------------------
+
+LOCAL_SOURCES = ("builtin", "builtin_task", "jsonl", "flores_dir")  # read here; the hub sources are not
+
+
+def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -> list[str]:
+    """The collect stage's problems, found without loading weights or writing: the mesh against the
+    devices and the batch, the checkpoint and its tokenizer (when convert does not run first), every
+    local corpus (read and aligned) or local copy of hub data, and each existing store written for
+    another model or corpus (collect would refuse it, after convert had replaced the checkpoint)."""
+    import jax
+
+    from moe_jax.convert.stage import checkpoint_problems, recorded_model_differences
+    from moe_jax.data import corpora
+    from moe_jax.data.defaults import task_data_configs
+
+    opts = options(config)
+    n = jax.device_count()
+
+    def mesh() -> None:
+        try:
+            shd.check_batch_size(int(opts.batch_size), shd.mesh_axis_sizes(config.mesh.shape, n))
+        except ValueError as e:
+            raise ValueError(f"{e} (config.mesh.shape {dict(config.mesh.shape)} on {n} {jax.default_backend()} "
+                             "device(s))") from None
+
+    def corpus(where: str, data: Any) -> Callable[[], Any]:
+        def check():
+            try:
+                if data.source in LOCAL_SOURCES:
+                    corpora.load_corpus(data)
+                files = data.get("data_files")
+                files = files.to_dict() if hasattr(files, "to_dict") else files
+                files = files.values() if isinstance(files, dict) else [files] if isinstance(files, str) else files
+                missing = [f for f in files or () if not os.path.exists(f)]
+                if missing:
+                    raise FileNotFoundError(f"data_files {missing} do not exist")
+            except (ValueError, OSError) as e:
+                raise type(e)(f"{where} ({data.source}): {e}") from None
+        return check
+
+    def store(key: str, data: Any) -> Callable[[], str | None]:
+        def check() -> str | None:
+            path = os.path.join(workdir, key)
+            meta = store_lib.read_meta(path)
+            if meta is None or opts.overwrite:
+                return None
+            recorded_source = {k: v for k, v in (meta.get("data_source") or {}).items() if k != "count"}
+            diffs = (recorded_model_differences(meta, config)
+                     + lineage.differences(recorded_source, data_source(data), "data_source")
+                     + lineage.differences(bool(meta.get("token_topk")), bool(opts.token_topk), "token_topk"))
+            if diffs:
+                return (f"{path} holds routing statistics of another model or corpus ({'; '.join(diffs)}); use "
+                        "another --workdir, or --config.collect.overwrite=True to replace it (its files are deleted)")
+            return None
+        return check
+
+    def tokenizer() -> list[str]:
+        """The tokenizer collect will use (the checkpoint's, or the local source's that convert copies
+        there): its ids fit the model's embedding, and each existing store was collected with it."""
+        from transformers import AutoTokenizer
+
+        from moe_jax.convert import orbax_io
+        from moe_jax.convert.checkpoint import missing_tokenizer
+        from moe_jax.models.config import load_hf_config
+
+        if "convert" in before:  # hub and tiny sources: the tokenizer appears with the conversion
+            src = config.model.hf_dir if config.model.source == "hf_dir" else None
+            if not src or missing_tokenizer(src):  # reported by the convert stage's preflight
+                return []
+            vocab = load_hf_config(src).vocab_size
+        else:
+            src = wd.checkpoint_dir(workdir)
+            if not os.path.exists(os.path.join(src, orbax_io.META_FILE)) or missing_tokenizer(src):
+                return []  # reported by checkpoint_problems
+            vocab = ModelConfig.from_dict(orbax_io.read_meta(src)["config"]).vocab_size
+        tok = AutoTokenizer.from_pretrained(src)
+        tok_lib.check_tokenizer(tok, vocab)
+        now = provenance.tokenizer_hash(tok)
+        metas = [(os.path.join(workdir, key), store_lib.read_meta(os.path.join(workdir, key))) for key, _, _ in datas]
+        return [f"{path} was collected with another tokenizer (tokenizer_sha256 {meta['tokenizer_sha256']} != "
+                f"{now} of {src}); use another --workdir, or --config.collect.overwrite=True to replace it"
+                for path, meta in metas if meta and meta.get("tokenizer_sha256") not in (None, now)
+                and not opts.overwrite]
+
+    datas = [(wd.ROUTING, "config.data", config.data)] + [
+        (os.path.join(wd.TASKS, name), f"config.tasks.{name}", d) for name, d in task_data_configs(config).items()]
+    checks: list[Callable[[], Any]] = [mesh]
+    if "convert" not in before:
+        checks.append(lambda: checkpoint_problems(config, workdir))
+    checks += [tokenizer] + [corpus(where, d) for _, where, d in datas] + [store(key, d) for key, _, d in datas]
+    return collect_problems(checks)

@@ -29,7 +29,7 @@ from ml_collections import config_dict
 
 from moe_jax import workdir as wd
 from moe_jax.atomic import atomic_write, atomic_write_json, read_json
-from moe_jax.pipeline import StageError, check_known_fields, model_warning
+from moe_jax.pipeline import StageError, check_known_fields, collect_problems, model_warning
 from moe_jax.steering import sweep as sweep_lib
 from moe_jax.steering import targets as tg
 from moe_jax.steering.spec import SteeringSpec
@@ -231,6 +231,55 @@ def _probe(config, tokenizer, languages: Sequence[str], n: int):
                              pad_to_multiple=16)
 
 
+def sweep_options(config: Any, opts: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """``config.eval``'s options with the sweep's subset (steer.tasks, languages, limit) applied."""
+    from moe_jax.eval import stage as eval_stage
+
+    eval_opts = eval_stage.options(config)
+    for key in ("tasks", "languages", "limit"):
+        if opts[key] not in ("", None):
+            eval_opts[key] = opts[key]
+    if eval_opts.steering:
+        raise StageError("eval.steering is set: the steer stage builds its own interventions; clear it")
+    return eval_opts
+
+
+def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -> list[str]:
+    """The steer stage's problems, found without reading arrays or loading the model: settings, the
+    sweep's tasks, languages and local data, the stores it selects targets from (when collect does not
+    run first), the analysis' middle band for ``bands="auto"`` (when analyze does not run first), the
+    checkpoint (when convert does not), and an existing sweep of another model (unless overwrite)."""
+    from moe_jax.convert.stage import checkpoint_problems
+    from moe_jax.eval import stage as eval_stage
+
+    opts = options(config)
+    eval_opts = sweep_options(config, opts)
+
+    def stores() -> list[str]:
+        if "collect" in before:
+            return []
+        paths = [wd.routing_dir(workdir)]
+        if opts.rule == "task":
+            names = list((config.get("tasks") or {}).keys())
+            task = opts.task or (names[0] if names else "")
+            if not task:
+                return ["steer.rule is 'task' but config.tasks names no task corpus (and steer.task is empty)"]
+            paths.append(wd.task_store_dir(workdir, task))
+        return [f"no routing store at {p}; run the collect stage first (e.g. --stages=collect,steer)"
+                for p in paths if not os.path.exists(os.path.join(p, "meta.json"))]
+
+    def bands():  # "auto" reads the analysis: only when the analyze stage does not run first
+        if opts.bands.strip() != "auto" or "analyze" not in before:
+            parse_bands(opts.bands, workdir)
+
+    checks = [lambda: eval_stage.plan(eval_opts), stores, bands,
+              lambda: eval_stage.records_problem(config, os.path.join(wd.steer_dir(workdir), BASELINE), eval_opts,
+                                                 bool(opts.overwrite), "steer.overwrite")]
+    if "convert" not in before:
+        checks.append(lambda: checkpoint_problems(config, workdir))
+    return collect_problems(checks)
+
+
 def run(config: Any, workdir: str) -> dict[str, Any]:
     """The ``steer`` stage; returns the summary (also ``workdir/steer/summary.json``)."""
     from lm_eval.tasks import TaskManager
@@ -246,13 +295,11 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     from moe_jax.routing.store import StoreMismatchError
 
     opts = options(config)
-    eval_opts = eval_stage.options(config)
-    for key in ("tasks", "languages", "limit"):  # the sweep's subset of the evaluation
-        if opts[key] not in ("", None):
-            eval_opts[key] = opts[key]
-    if eval_opts.steering:
-        raise StageError("eval.steering is set: the steer stage builds its own interventions; clear it")
+    eval_opts = sweep_options(config, opts)  # the sweep's subset of the evaluation
     todo = eval_stage.plan(eval_opts)
+    if opts.bands.strip() == "auto":  # the analysis' middle band: never that of other stores
+        from moe_jax.analysis.stage import ensure_current
+        ensure_current(config, workdir, "steer")
     specs, meta, store_data = build_specs(config, workdir, opts)
     ckpt_dir = wd.checkpoint_dir(workdir)
     if not os.path.exists(os.path.join(ckpt_dir, orbax_io.META_FILE)):

@@ -1,0 +1,111 @@
+"""Provenance chain: each stage output records the digests of the inputs it was computed from.
+
+An output directory holds ``provenance.json``::
+
+    {"format": "moe_jax.provenance/1",
+     "inputs": {name: {"path": path (relative to the workdir when inside it), "digest": digest}},
+     "config": fingerprint of the settings that shaped the output}
+
+A reader compares the recorded digests with those of the inputs now (``stale``: from the recorded
+paths alone; ``changed``: against the inputs a config names now) and recomputes the output or refuses
+it, so that e.g. a report never shows the analysis of a previous model's routing store.
+
+Digests (``path_digest``) are cheap: a file's sha256; for a directory with a manifest (a routing store's
+``meta.json``, an evaluation's ``manifest.json``) the fingerprint of the manifest's own fingerprint and
+the sha256 recorded per data file, which the readers verify on read. No file in the directory is
+rehashed here, and volatile manifest fields (code version, timings) do not count.
+
+Below the stages: imports only ``moe_jax.atomic``, ``moe_jax.pipeline`` and the fingerprint helper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Mapping
+
+from moe_jax.atomic import atomic_write_json, read_json
+from moe_jax.pipeline import source_identity
+from moe_jax.routing.provenance import fingerprint
+
+STAMP = "provenance.json"
+FORMAT = "moe_jax.provenance/1"
+# manifest file of a directory input -> its key of per-file records (each with "file_sha256")
+MANIFESTS = (("meta.json", "languages"), ("manifest.json", "files"))
+
+
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def path_digest(path: str) -> str | None:
+    """Digest of an input: a file's sha256, a manifest directory's content fingerprint (module
+    docstring); None when the path does not exist (or is a directory without a manifest)."""
+    if os.path.isfile(path):
+        return file_sha256(path)
+    for name, files_key in MANIFESTS:
+        manifest = read_json(os.path.join(path, name), invalid_ok=True)
+        if isinstance(manifest, dict):
+            files = manifest.get(files_key) or {}
+            return fingerprint({"fingerprint": manifest.get("fingerprint"),
+                                "files": {k: (v or {}).get("file_sha256") for k, v in files.items()}})
+    return None
+
+
+def _stored_path(path: str, root: str) -> str:
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    return path if rel.startswith(os.pardir) else rel
+
+
+def _real_path(stored: str, root: str) -> str:
+    return stored if os.path.isabs(stored) else os.path.join(root, stored)
+
+
+def describe(paths: Mapping[str, str], root: str) -> dict[str, dict[str, Any]]:
+    """``{name: {"path", "digest"}}`` of the inputs ``{name: path}`` (paths under ``root`` kept relative)."""
+    return {name: {"path": _stored_path(p, root), "digest": path_digest(p)} for name, p in paths.items()}
+
+
+def write_stamp(out_dir: str, inputs: Mapping[str, Mapping[str, Any]], config: str | None = None) -> None:
+    """Records ``inputs`` (from ``describe``) and the config fingerprint beside an output."""
+    atomic_write_json(os.path.join(out_dir, STAMP), {"format": FORMAT, "inputs": dict(inputs), "config": config})
+
+
+def read_stamp(out_dir: str) -> dict[str, Any] | None:
+    """The output's record; None when absent, unreadable or of another format (the output predates it)."""
+    stamp = read_json(os.path.join(out_dir, STAMP), invalid_ok=True)
+    return stamp if isinstance(stamp, dict) and stamp.get("format") == FORMAT else None
+
+
+def stale(stamp: Mapping[str, Any], root: str) -> list[str]:
+    """Names of the recorded inputs whose digest differs now (or that are gone)."""
+    return [name for name, rec in stamp["inputs"].items()
+            if path_digest(_real_path(rec["path"], root)) != rec["digest"]]
+
+
+def changed(stamp: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], config: str | None = None) -> list[str]:
+    """What differs between the recorded inputs and the current ``inputs`` (``describe``) and config
+    fingerprint: input names (added, removed, other path or digest) and ``"config"``."""
+    recorded = stamp["inputs"]
+    out = [n for n in dict.fromkeys([*recorded, *inputs]) if recorded.get(n) != inputs.get(n)]
+    return out + (["config"] if stamp.get("config") != config else [])
+
+
+# the fields of a routing store's meta and an evaluation's identity that name the model's weights
+MODEL_FIELDS = ("model_source", "dtype")
+
+
+def differences(recorded: Any, now: Any, name: str) -> list[str]:
+    """``"name.key: recorded != now"`` for each differing leaf of two JSON-like values (dicts descended)."""
+    if isinstance(recorded, Mapping) and isinstance(now, Mapping):
+        return [d for k in dict.fromkeys([*recorded, *now])
+                for d in differences(recorded.get(k), now.get(k), f"{name}.{k}")]
+    return [] if fingerprint(recorded) == fingerprint(now) else [f"{name}: {recorded!r} (recorded) != {now!r} (now)"]
+
+
+def model_differences(recorded: Mapping[str, Any], config: Any) -> list[str]:
+    """How the model an output records (``model_source``, ``dtype``) differs from ``config.model``'s;
+    fields the record lacks are not compared. [] = the same model."""
+    now = {"model_source": source_identity(config), "dtype": config.model.dtype}
+    return [d for k in MODEL_FIELDS if recorded.get(k) is not None for d in differences(recorded[k], now[k], k)]
