@@ -3,8 +3,10 @@
     python -m moe_jax.launch --config=configs/demo.py --workdir=DIR
         [--stages=convert,collect,analyze,report] [--config.collect.batch_size=16 ...]
 
-``--stages`` defaults to ``config.stages``. With ``config.distributed.enabled`` every process runs
-this same command (with its own ``--config.distributed.process_id``); process 0 writes the outputs.
+``--stages`` defaults to ``config.stages``. Every requested stage's inputs are checked before the
+first one writes anything (``moe_jax.stages.preflight``): the problems are listed, exit status 1.
+With ``config.distributed.enabled`` every process runs this same command (with its own
+``--config.distributed.process_id``); process 0 writes the outputs.
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ def main(argv):
     warning = pipeline.model_warning(config) if sharding.is_writer() else None
     if warning:
         print(f"WARNING: {warning}", flush=True)
-    stages.run_stages(config, _WORKDIR.value, names)
+    try:
+        stages.run_stages(config, _WORKDIR.value, names)
+    except pipeline.PreflightError as e:  # every problem, each with its fix: a traceback adds nothing
+        raise SystemExit(f"ERROR: {e}") from None
     if warning:
         print(f"WARNING (again): {warning}", flush=True)
 

@@ -26,6 +26,10 @@ class StageError(ValueError):
     """A stage name or stage input is invalid."""
 
 
+class PreflightError(StageError):
+    """The requested stages cannot run: every problem found before anything was written."""
+
+
 def collect_problems(checks: Iterable[Callable[[], Any]]) -> list[str]:
     """Runs every check of a stage's preflight (cheap, writes nothing) and returns the messages of
     those that raised: all the problems at once, not only the first. A check may also return a

@@ -16,7 +16,8 @@ import os
 from typing import Any, Callable, Sequence
 
 from moe_jax import sharding as shd
-from moe_jax.pipeline import SOURCES, StageError, check_known_fields, collect_problems, default_model_config
+from moe_jax.pipeline import (SOURCES, PreflightError, StageError, check_known_fields, collect_problems,
+                              default_model_config)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def get_stage(name: str) -> Callable[[Any, str], Any]:
 
 def preflight(config: Any, workdir: str, names: Sequence[str]) -> None:
     """Runs the preflight of every stage of ``names`` (in order, each knowing which run before it);
-    raises one StageError listing every problem of every stage, with its fix. Writes nothing."""
+    raises one PreflightError listing every problem of every stage, with its fix. Writes nothing."""
     problems = []
     for i, name in enumerate(names):
         target = PREFLIGHTS.get(name)
@@ -71,7 +72,7 @@ def preflight(config: Any, workdir: str, names: Sequence[str]) -> None:
         problems += [f"[{name}] {p}" for p in found]
     if problems:
         where = f"{workdir} was left as it was" if os.path.exists(workdir) else f"{workdir} was not created"
-        raise StageError(f"the requested stages ({','.join(names)}) cannot run; nothing was written ({where}):\n  "
+        raise PreflightError(f"the requested stages ({','.join(names)}) cannot run; nothing was written ({where}):\n  "
                          + "\n  ".join(problems))
 
 

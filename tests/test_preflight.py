@@ -160,3 +160,19 @@ def test_checkpoint_tokenizer_must_fit_the_model_and_match_the_store(collected, 
     build_tiny_tokenizer(wd.checkpoint_dir(work), vocab_size=2 * c.model.tiny.vocab_size)
     with pytest.raises(stages.StageError, match=r"\[collect\] the tokenizer has 1024 token ids .* has 512 rows"):
         stages.preflight(c, work, ["collect"])
+
+
+def test_launch_lists_the_problems_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    from test_launch import ROOT
+
+    work = str(tmp_path / "new")
+    r = subprocess.run([sys.executable, "-m", "moe_jax.launch", f"--config={ROOT}/configs/demo.py",
+                        f"--workdir={work}", "--stages=analyze,report"], capture_output=True, text=True, cwd=ROOT,
+                       timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert f"[analyze] no routing store at {wd.routing_dir(work)}" in r.stderr
+    assert f"[report] no analysis at {wd.analysis_dir(work)}" not in r.stderr  # analyze runs first
+    assert "Traceback" not in r.stderr and not os.path.exists(work)
