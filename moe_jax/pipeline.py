@@ -57,7 +57,7 @@ def default_model_config():
     m.revision = ""  # source "hub": branch, tag or commit ("" = main)
     m.cache_dir = ""  # source "hub": download cache ("" = the Hugging Face default)
     m.hf_dir = ""  # source "hf_dir": local HF checkpoint directory
-    m.dtype = "bfloat16"  # parameter dtype after conversion: float32 | bfloat16 | float16
+    m.dtype = "auto"  # parameter dtype after conversion: auto (the checkpoint's own) | float32 | bfloat16 | float16
     m.warning = ""  # shown by launch and stored in the routing store's meta ("" = automatic)
     # source "tiny_random": a random model of moe_jax.tiny (plus a tiny tokenizer of vocab_size)
     m.tiny = ml_collections.ConfigDict({"model_type": "qwen2_moe", "seed": 0, "router_scale": 10.0,

@@ -334,10 +334,11 @@ def _read_json(path: str) -> dict[str, Any]:
         raise ModelConfigUnavailable(f"cannot read the model's config.json {path}: {e}") from None
 
 
-def workload(config: Any) -> Workload:
+def workload(config: Any, native_dtype: str = "float32") -> Workload:
+    """``native_dtype``: the checkpoint's own (config.json's), what ``model.dtype`` "auto" means."""
     from moe_jax.convert.loader import resolve_dtype
     e = config.get("eval") or {}
-    return Workload(dtype_bytes=int(np.dtype(resolve_dtype(config.model.dtype)).itemsize),
+    return Workload(dtype_bytes=int(np.dtype(resolve_dtype(config.model.dtype, native_dtype)).itemsize),
                     collect_batch=int(config.collect.batch_size), eval_batch=int(e.get("batch_size") or 1),
                     seq=int(config.data.max_length), max_gen_toks=int(e.get("max_gen_toks") or 0))
 
@@ -348,8 +349,9 @@ def plan_from_config(config: Any, accelerator: str | None = None) -> tuple[Plan,
     p = config.get("plan") or default_config()
     cfg = ModelConfig.from_hf(model_config_json(config))
     acc = get_accelerator(accelerator if accelerator is not None else p.get("accelerator", "auto"))
-    w = workload(config)
-    kwargs = dict(rules=shd.rules_from_config(config.get("mesh")), dtype=config.model.dtype,
+    w = workload(config, cfg.dtype)
+    from moe_jax.convert.loader import resolve_dtype
+    kwargs = dict(rules=shd.rules_from_config(config.get("mesh")), dtype=resolve_dtype(config.model.dtype, cfg.dtype).name,
                   headroom=float(p.get("headroom", 0.9)), model=model_name(config))
     try:
         plan = make_plan(cfg, acc, config.mesh.shape, w, **kwargs)

@@ -78,7 +78,7 @@ def test_cli_converts_multishard_checkpoint(hf_dir, reference, tmp_path):
     # existing --out is refused without --overwrite, replaced with it
     r = run_cli(f"--hf_dir={hf_dir}", f"--out={out}")
     assert r.returncode != 0 and "exists" in r.stderr and "--overwrite" in r.stderr
-    r = run_cli(f"--hf_dir={hf_dir}", f"--out={out}", "--overwrite")  # default dtype bfloat16
+    r = run_cli(f"--hf_dir={hf_dir}", f"--out={out}", "--overwrite", "--dtype=bfloat16")
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "moe_jax.json").read_text())["dtype"] == "bfloat16"
     assert sorted(os.listdir(tmp_path)) == ["out"]  # no temp or old dirs left

@@ -146,6 +146,8 @@ def test_convert_is_skipped_when_up_to_date(converted):
 
 def test_convert_hf_dir_and_reconvert_on_change(tmp_path):
     hf = tiny.write_random_hf_checkpoint(str(tmp_path / "hf"), tiny.tiny_hf_config("olmoe"), seed=1)
+    with open(os.path.join(hf, "tokenizer.json"), "w") as f:  # the convert stage refuses a dir without one
+        f.write("{}")
     config = demo_config(source="hf_dir", hf_dir=hf)
     work = str(tmp_path / "work")
     out = convert_stage.run(config, work)

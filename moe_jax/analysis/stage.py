@@ -11,9 +11,12 @@ reruns: ``config.data.languages`` when set, else the store's ``meta["requested_l
 recorded in the summary (``language_pool``): shared/exclusive labels, the band and similarities
 depend on it.
 
-Analyses whose inputs are missing (no pivot, fewer than 3 languages, no ``token_topk``, no
-accuracies, no task stores) are skipped with a logged message and listed in the summary's
-``skipped``; bad inputs (mismatched shapes, negative distributions) raise a clear error.
+Analyses whose inputs are missing (a store collected without the pivot, fewer than 3 languages, no
+``token_topk``, no accuracies, no task stores) are skipped with a logged message and listed in the
+summary's ``skipped``; bad inputs (mismatched shapes, negative distributions) raise a clear error,
+and so does a missing essential: the pivot requested in ``config.data.languages`` but not in the
+store, or any store file listed in its ``meta.json`` missing or damaged (naming the file and the
+collect command that repairs it).
 
 Layer positions (``layer``) are 0-indexed positions on the store's MoE-layer axis;
 ``decoder_layer`` is the decoder-layer index of that MoE layer (``meta["moe_layer_ids"]``).
@@ -38,9 +41,9 @@ from moe_jax.analysis.validate import normalize_band
 from moe_jax import lineage
 from moe_jax import workdir as wd
 from moe_jax.config_fields import check_known_fields
-from moe_jax.routing.store import read_store
 from moe_jax.pipeline import StageError, collect_problems
 from moe_jax.routing.store import read_meta
+from moe_jax.routing.store import lang_path, read_store, repair_hint
 
 log = logging.getLogger(__name__)
 
@@ -400,7 +403,10 @@ def run(config, workdir: str) -> dict[str, Any]:
     out_dir = wd.analysis_dir(workdir)
     if cfg.routing_statistic not in SEQ_STATISTICS:
         raise ValueError(f"analysis.routing_statistic {cfg.routing_statistic!r} is not one of {sorted(SEQ_STATISTICS)}")
-    inp = load_inputs(store, cfg.pivot, config_languages(config))
+    inp = load_inputs(store, cfg.pivot, config_languages(config))  # a listed file missing or damaged: raises
+    if cfg.pivot in inp.pool.get("missing", ()):  # requested, never collected: the headline analyses need it
+        raise FileNotFoundError(f"the pivot language {cfg.pivot!r} is requested ({inp.pool['source']}) but the "
+                                f"routing store has no {lang_path(store, cfg.pivot)}; {repair_hint(store)}")
     summary: dict[str, Any] = {
         "store": store, "pivot": cfg.pivot, "languages": inp.languages, "language_pool": inp.pool,
         "n_layers": inp.n_layers, "n_experts": inp.n_experts, "top_k": inp.top_k, "moe_layer_ids": inp.layer_ids,

@@ -2,9 +2,12 @@
 
 Order of work, so that bad input never leaves anything behind and a crash never leaves a dir
 that loads as complete:
-1. every check (dtype, --out, config.json, all safetensors headers, tensor names and shapes);
-2. tensors streamed one at a time into the param tree (tqdm bar), then saved with orbax, into a
-   sibling temp dir ``.{out}.tmp-*``; config/tokenizer files copied; ``moe_jax.json`` written last;
+1. every check (dtype, --out, config.json, all safetensors headers, tensor names and shapes,
+   tokenizer files when required);
+2. tensors streamed one at a time into the param tree (tqdm bar; a tensor holding NaN or inf is
+   refused, naming it), then saved with orbax, into a sibling temp dir ``.{out}.tmp-*``;
+   config/tokenizer files copied; ``moe_jax.json`` written last, with the size and sha256 of every
+   other file (``digest``: loads check the sizes, the convert stage the sha256);
 3. the temp dir renamed to ``out`` (an existing ``out`` is moved aside first and removed after).
 On any error the temp dir is removed and an existing ``out`` is untouched.
 
@@ -31,7 +34,7 @@ import time
 import jax
 
 from moe_jax import __version__
-from moe_jax.convert import loader, orbax_io
+from moe_jax.convert import digest, loader, orbax_io
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +43,45 @@ TOKENIZER_FILES = (
     "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",
     "generation_config.json",
 )
+# What transformers' AutoTokenizer loads a tokenizer from (any one of these sets is enough).
+TOKENIZER_SETS = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"), ("vocab.txt",),
+                  ("tiktoken.model",))
 
 
-def convert_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = "bfloat16",
-                       overwrite: bool = False) -> str:
+def missing_tokenizer(path: str) -> str | None:
+    """None when ``path`` holds the files of a tokenizer, else a message naming what transformers
+    looks for (without them it substitutes another tokenizer or fails with an unrelated error)."""
+    if any(all(os.path.isfile(os.path.join(path, f)) for f in files) for files in TOKENIZER_SETS):
+        return None
+    wanted = ", ".join(" + ".join(files) for files in TOKENIZER_SETS)
+    return (f"{path} has no tokenizer files: transformers loads a tokenizer from one of {wanted} (with "
+            "tokenizer_config.json and special_tokens_map.json beside them). Copy the tokenizer files of "
+            f"the model's repository into {path}")
+
+
+def convert_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = "auto",
+                       overwrite: bool = False, require_tokenizer: bool = False) -> str:
     """Converts an HF checkpoint dir into a moe_jax dir at ``out_dir``; returns ``out_dir``.
 
-    Raises (before writing anything) ValueError for an unsupported ``dtype``, an ``out_dir`` that
-    overlaps ``hf_dir`` or that ``overwrite`` may not replace (not written by moe_jax), FileExistsError
-    for an existing ``out_dir`` without ``overwrite``, UnsupportedModelError / CheckpointError for a
-    bad checkpoint (naming the file and tensor).
+    ``dtype`` "auto" (default) keeps the checkpoint's own dtype (``loader.native_dtype``: config.json's
+    ``dtype`` / ``torch_dtype``, else the stored one); a narrower one loses precision for good (a
+    float32 checkpoint converted to bfloat16 gives logits ~1e-2 off the float32 reference, however it
+    is loaded later). Raises (before writing anything) ValueError for an unsupported ``dtype``, an
+    ``out_dir`` that overlaps ``hf_dir`` or that ``overwrite`` may not replace (not written by
+    moe_jax), FileExistsError for an existing ``out_dir`` without ``overwrite`` and, with
+    ``require_tokenizer``, for an ``hf_dir`` without tokenizer files (``missing_tokenizer``),
+    UnsupportedModelError / CheckpointError for a bad checkpoint (naming the file and tensor; a
+    tensor holding NaN or inf is refused as it is read, still before ``out_dir`` changes).
     """
-    np_dtype = loader.resolve_dtype(dtype)
+    loader.resolve_dtype(dtype)
     hf_dir, out_dir = os.path.abspath(os.fspath(hf_dir)), os.path.abspath(os.fspath(out_dir))
     check_out_dir(hf_dir, out_dir, overwrite)
     cfg, ckpt, pairs = loader.open_hf(hf_dir)
+    no_tokenizer = missing_tokenizer(hf_dir)
+    if no_tokenizer and require_tokenizer:
+        raise FileNotFoundError(no_tokenizer)
+    source_dtype = loader.native_dtype(hf_dir, ckpt)
+    np_dtype = loader.resolve_dtype(dtype, source_dtype)
     remove_stale_temps(out_dir)
 
     parent, base = os.path.split(out_dir)
@@ -74,9 +101,10 @@ def convert_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dt
                 shutil.copyfile(src, os.path.join(tmp, name))
         meta = {
             "format": orbax_io.FORMAT, "format_version": orbax_io.FORMAT_VERSION,
-            "config": cfg.to_dict(), "dtype": np_dtype.name, "source": hf_dir,
+            "config": cfg.to_dict(), "dtype": np_dtype.name, "source_dtype": source_dtype.name, "source": hf_dir,
             "checkpoint_sha256": ckpt.sha256, "moe_jax_version": __version__, "num_params": int(num_params),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "files": digest.record_files(tmp),  # checked on load (sizes) and by the convert stage (sha256)
         }
         meta_tmp = os.path.join(tmp, orbax_io.META_FILE + ".tmp")
         with open(meta_tmp, "w") as f:
@@ -86,6 +114,9 @@ def convert_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dt
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if no_tokenizer:
+        log.warning("the conversion %s has no tokenizer (moe_jax.load gives none; the pipeline stages need "
+                    "one): %s", out_dir, no_tokenizer)
     return out_dir
 
 
@@ -105,6 +136,21 @@ def check_out_dir(hf_dir: str, out_dir: str, overwrite: bool) -> None:
     raise ValueError(f"{out_dir} exists and is not a moe_jax conversion (no {orbax_io.META_FILE} with format "
                      f"{orbax_io.FORMAT!r}); --overwrite only replaces a directory moe_jax wrote. "
                      "Remove it yourself or choose another --out")
+
+
+def is_intact(out_dir: str) -> bool:
+    """``out_dir`` is a complete conversion whose recorded files all have their size and sha256
+    (``digest``); a damaged one is logged, naming its files."""
+    try:
+        meta = orbax_io.read_meta(out_dir)
+    except loader.CheckpointError as e:
+        log.warning("%s; it will be converted again", e)
+        return False
+    problems = digest.damage(out_dir, meta.get("files", {}))
+    if problems:
+        log.warning("the converted checkpoint %s is damaged; it will be converted again:\n  %s", out_dir,
+                    "\n  ".join(problems))
+    return not problems
 
 
 def _inside(path: str, parent: str) -> bool:

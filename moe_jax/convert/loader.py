@@ -13,17 +13,20 @@ devices) plus about one layer: the expert buffers of one layer and one raw tenso
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
+from collections import Counter
 from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from moe_jax.convert import mxfp4, name_map, orbax_io
-from moe_jax.convert.safetensors_io import CheckpointError, HFCheckpoint, TensorInfo, read_tensor, scan_checkpoint
+from moe_jax.convert import digest, mxfp4, name_map, orbax_io
+from moe_jax.convert.safetensors_io import (DTYPES, CheckpointError, HFCheckpoint, TensorInfo, read_tensor,
+                                            scan_checkpoint)
 from moe_jax.models.config import SUPPORTED_DTYPES, ModelConfig, load_hf_config
 from moe_jax.models.params import map_spec
 
@@ -34,15 +37,38 @@ HARMLESS_EXTRAS = (re.compile(r"(^|\.)rotary_emb\.inv_freq$"),)
 _MAX_LISTED = 8
 
 
-def resolve_dtype(dtype: Any) -> np.dtype:
-    """``"float32" | "bfloat16" | "float16"`` (or the dtype object) -> NumPy dtype; else ValueError."""
+AUTO = "auto"  # the checkpoint's own dtype (``native_dtype``)
+
+
+def resolve_dtype(dtype: Any, native: Any = None) -> np.dtype | None:
+    """``"float32" | "bfloat16" | "float16"`` (or the dtype object) -> NumPy dtype; ``"auto"`` -> the
+    checkpoint's own dtype ``native`` (None when not given: the name is valid, the dtype comes from the
+    checkpoint later); else ValueError."""
+    if isinstance(dtype, str) and dtype == AUTO:
+        return None if native is None else resolve_dtype(native)
     try:
         d = np.dtype(jax.numpy.dtype(dtype))
     except TypeError:
         d = None
     if d is None or d.name not in SUPPORTED_DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; supported: {', '.join(SUPPORTED_DTYPES)}")
+        raise ValueError(f"unsupported dtype {dtype!r}; supported: {AUTO!r} (the checkpoint's own), "
+                         f"{', '.join(SUPPORTED_DTYPES)}")
     return d
+
+
+def native_dtype(hf_dir: str, ckpt: HFCheckpoint) -> np.dtype:
+    """An HF checkpoint's own dtype: ``dtype`` / ``torch_dtype`` of its config.json when supported, else
+    the float dtype holding most of its stored bytes."""
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        hf = json.load(f)
+    name = str(hf.get("dtype") or hf.get("torch_dtype") or "").replace("torch.", "")
+    if name in SUPPORTED_DTYPES:
+        return resolve_dtype(name)
+    stored = Counter()
+    for t in ckpt.tensors.values():
+        if DTYPES[t.dtype].name in SUPPORTED_DTYPES:  # not MXFP4's U8 blocks
+            stored[t.dtype] += t.nbytes
+    return DTYPES[stored.most_common(1)[0][0]] if stored else np.dtype(np.float32)
 
 
 def _listing(problems: list[str]) -> str:
@@ -250,13 +276,44 @@ def checkpoint_kind(path: str | os.PathLike) -> str:
 def load_params(path: str | os.PathLike, dtype: Any = "float32", shardings: Any = None) -> tuple[ModelConfig, dict]:
     """Loads ``(ModelConfig, params)`` from an HF checkpoint dir or a converted moe_jax dir.
 
-    Leaves are ``jax.Array`` in ``dtype`` (float32 | bfloat16 | float16), each placed on its
-    sharding from ``shardings`` (a tree like the params, or one ``Sharding`` for all leaves, or
-    None for the default device) as soon as it is read. Every check (dtype, config, files,
-    tensor names and shapes) runs before any tensor data is read.
+    Leaves are ``jax.Array`` in ``dtype`` (float32 | bfloat16 | float16, or "auto": the checkpoint's
+    own), each placed on its sharding from ``shardings`` (a tree like the params, or one ``Sharding``
+    for all leaves, or None for the default device) as soon as it is read. Every check (dtype, config,
+    files, tensor names and shapes; for a converted dir, every recorded file present at its size)
+    runs before any tensor data is read. A converted dir loaded in a wider dtype than it was converted
+    to from a wider source (float32 -> bfloat16 -> load as float32) logs a warning: the precision
+    lost in the conversion does not come back.
     """
-    np_dtype = resolve_dtype(dtype)
+    resolve_dtype(dtype)
     if checkpoint_kind(path) == "converted":
+        meta = orbax_io.read_meta(path)
+        check_conversion_files(os.fspath(path), meta, content=False)
+        np_dtype = resolve_dtype(dtype, meta.get("dtype"))
+        warn_precision(os.fspath(path), meta, np_dtype)
         return orbax_io.restore(path, np_dtype, shardings)
-    cfg, _, pairs = open_hf(path)
+    cfg, ckpt, pairs = open_hf(path)
+    np_dtype = resolve_dtype(dtype, native_dtype(os.fspath(path), ckpt))
     return cfg, stream_hf(cfg, pairs, np_dtype, device_sink(shardings))
+
+
+def check_conversion_files(path: str, meta: dict, *, content: bool) -> None:
+    """CheckpointError naming the damaged files of a converted dir (``digest.damage`` against the
+    record in its ``moe_jax.json``; conversions from before the record pass) and the repair."""
+    problems = digest.damage(path, meta.get("files", {}), content=content)
+    if problems:
+        raise CheckpointError(
+            f"the converted checkpoint {path} is damaged ({len(problems)} file(s)):\n  {_listing(problems)}\n"
+            "Convert it again: rerun the convert stage (python -m moe_jax.launch ... --stages=convert), or "
+            f"python -m moe_jax.convert --hf_dir={meta.get('source', '<hf dir>')} --out={path} --overwrite")
+
+
+def warn_precision(path: str, meta: dict, dtype: np.dtype) -> None:
+    """Warns when loading widens a conversion that itself narrowed its source's dtype."""
+    stored, source = meta.get("dtype"), meta.get("source_dtype")
+    width = lambda name: np.dtype(resolve_dtype(name)).itemsize  # noqa: E731
+    if stored is None or dtype.itemsize <= width(stored) or (source is not None and width(source) <= width(stored)):
+        return
+    log.warning("%s was converted to %s from %s weights; loading it as %s does not restore the precision "
+                "lost in the conversion: logits differ from a %s reference of the original weights by about "
+                "1e-2. For %s accuracy convert again with dtype %s (or 'auto', the checkpoint's own)",
+                path, stored, source or "wider (unrecorded)", dtype.name, dtype.name, dtype.name, dtype.name)

@@ -4,7 +4,8 @@
 files before a single tensor byte is read: headers parse, dtypes are supported, every tensor's
 byte range lies inside its file, the index names no missing shard or tensor. ``read_tensor``
 then reads one tensor at a time with ``readinto`` into a fresh array (no mmap, so the page cache
-is not charged to the process and host memory holds one tensor at a time).
+is not charged to the process and host memory holds one tensor at a time), and refuses one that
+holds NaN or inf (``check_finite``, naming the tensor and file).
 
 File format: 8-byte little-endian header length N, N bytes of JSON
 ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``, then the
@@ -176,7 +177,21 @@ def read_tensor(info: TensorInfo) -> np.ndarray:
         got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
     if got != info.nbytes:
         raise CheckpointError(f"{info.file}: file is truncated: read {got} of {info.nbytes} bytes of tensor {info.name!r}")
+    if info.dtype != "U8":
+        check_finite(out, info.name, info.file)
     return out
+
+
+def check_finite(x: np.ndarray, name: str, file: str, chunk: int = 1 << 24) -> None:
+    """CheckpointError naming the tensor when ``x`` holds NaN or inf (checked in chunks of ``chunk``
+    elements: the temporary mask stays small whatever the tensor's size)."""
+    flat = x.reshape(-1)
+    for start in range(0, flat.size, chunk):
+        bad = ~np.isfinite(flat[start:start + chunk])
+        if bad.any():
+            i = start + int(np.argmax(bad))
+            raise CheckpointError(f"{file}: tensor {name!r} holds non-finite values ({flat[i]} at index "
+                                  f"{list(map(int, np.unravel_index(i, x.shape)))}); refusing broken weights")
 
 
 def write_safetensors(path: str, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> int:

@@ -31,7 +31,7 @@ def run(config: Any, workdir: str) -> str:
 
 
 def _convert(config: Any, workdir: str, out: str) -> None:
-    from moe_jax.convert.checkpoint import convert_checkpoint, remove_stale_temps
+    from moe_jax.convert.checkpoint import convert_checkpoint, is_intact, remove_stale_temps
     from moe_jax.convert.safetensors_io import scan_checkpoint
 
     m = config.model
@@ -39,11 +39,12 @@ def _convert(config: Any, workdir: str, out: str) -> None:
     identity = {"source": source_identity(config), "hf_dir": os.path.abspath(hf_dir), "dtype": m.dtype,
                 "checkpoint_sha256": scan_checkpoint(hf_dir).sha256}
     stamp = wd.convert_stamp(workdir)
-    if os.path.exists(os.path.join(out, "moe_jax.json")) and read_json(stamp, invalid_ok=True) == identity:
+    if (os.path.exists(os.path.join(out, "moe_jax.json")) and read_json(stamp, invalid_ok=True) == identity
+            and is_intact(out)):  # every file's sha256 as recorded: a damaged checkpoint is converted again
         log.info("checkpoint %s is up to date (converted from %s)", out, hf_dir)
         remove_stale_temps(out)
         return
-    convert_checkpoint(hf_dir, out, dtype=m.dtype, overwrite=True)
+    convert_checkpoint(hf_dir, out, dtype=m.dtype, overwrite=True, require_tokenizer=True)
     atomic_write_json(stamp, identity)
 
 

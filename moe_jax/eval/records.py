@@ -16,8 +16,9 @@ scored lm-eval filter), for multiple choice ``choices``, ``loglikelihoods`` (one
 
 Each file is written atomically and then recorded in the manifest, so a (task, language) counts as done
 only when its file exists with the recorded size and sha256: an interrupted run redoes exactly the
-unfinished pairs, a damaged file is redone, and a workdir evaluated with another model or other task
-options is refused unless ``overwrite`` (the routing store's conventions, ``moe_jax.routing.store``).
+unfinished pairs, a damaged file is redone (and ``read_records`` refuses it, naming the command that
+redoes it), and a workdir evaluated with another model or other task options is refused unless
+``overwrite`` (the routing store's conventions, ``moe_jax.routing.store``).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from moe_jax import workdir as wd
 from moe_jax.atomic import atomic_write, atomic_write_json, read_json
-from moe_jax.routing.store import StoreMismatchError, file_intact, file_record, remove_temp_files
+from moe_jax.routing.store import StoreMismatchError, file_damage, file_intact, file_record, remove_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ def open_records(eval_dir: str, identity: Mapping[str, Any], fingerprint: str, *
                 if os.path.exists(p):
                     os.remove(p)
     remove_temp_files(eval_dir)
-    for task in {k.split("/")[0] for k in manifest["files"]}:
+    for task in sorted(os.listdir(eval_dir)):  # every task dir: a kill may come before a task's first file is listed
         if os.path.isdir(os.path.join(eval_dir, task)):
             remove_temp_files(os.path.join(eval_dir, task))
     atomic_write_json(os.path.join(eval_dir, MANIFEST), manifest)
@@ -108,13 +110,37 @@ def write_records(eval_dir: str, task: str, language: str, records: Sequence[Map
     atomic_write_json(os.path.join(eval_dir, MANIFEST), manifest)
 
 
+def repair_hint(eval_dir: str) -> str:
+    """The command that redoes a damaged record file of ``eval_dir`` (``workdir/eval`` or
+    ``workdir/steer/<setting>``)."""
+    eval_dir = os.path.abspath(eval_dir)
+    parent = os.path.dirname(eval_dir)
+    if os.path.basename(eval_dir) == wd.EVAL:
+        workdir, stage = parent, "eval"
+    elif os.path.basename(parent) == wd.STEER:
+        workdir, stage = os.path.dirname(parent), "steer"
+    else:
+        return "run the stage that wrote it again to redo it"
+    return (f"run the {stage} stage again to redo it: python -m moe_jax.launch --config=<your config> "
+            f"--workdir={workdir} --stages={stage}")
+
+
 def read_records(eval_dir: str, task: str, language: str) -> list[dict[str, Any]]:
+    """The records of (task, language), checked against the manifest first (listed, present, of the
+    recorded size and sha256): ValueError naming the file and the command that redoes it otherwise."""
     path = record_path(eval_dir, task, language)
+    entry = (read_manifest(eval_dir) or {}).get("files", {}).get(record_key(task, language))
+    if entry is None:
+        raise ValueError(f"{path}: (task, language) ({task}, {language}) is not finished in "
+                         f"{os.path.join(eval_dir, MANIFEST)}; {repair_hint(eval_dir)}")
+    damage = file_damage(path, entry) if os.path.exists(path) else "is missing"
+    if damage:
+        raise ValueError(f"{path} {damage}; {repair_hint(eval_dir)}")
     with open(path, encoding="utf-8") as f:
         try:
             return [json.loads(line) for line in f if line.strip()]
         except ValueError as e:
-            raise ValueError(f"{path}: not valid JSON lines ({e}); rerun the eval stage to redo it") from e
+            raise ValueError(f"{path}: not valid JSON lines ({e}); {repair_hint(eval_dir)}") from e
 
 
 # -- records from lm-eval's logged samples -------------------------------------------------------

@@ -66,13 +66,15 @@ class MoeModel(nnx.Module):
                  allow_over_k: bool = False) -> GenerateOutput:
         """Greedy generation with a KV cache (``generate.generate``) from prompts ``[B, P]`` padded on
         either side (or ``[P]``: one prompt, batch 1), checked first (``check_inputs``).
-        ``stop_token_ids`` None: the tokenizer's eos token when there is one (pass ``[]`` for none).
+        ``stop_token_ids`` None: the tokenizer's eos token when there is one (pass ``[]`` for none);
+        ``max_new_tokens`` a positive int and stop ids in the vocabulary (``check_generation``).
         Padding emitted after a stop is the tokenizer's pad token, else 0."""
         input_ids, attention_mask = check_inputs(self.cfg, input_ids, attention_mask, intervention, allow_over_k)
         tok = self.tokenizer
         if stop_token_ids is None:
             eos = getattr(tok, "eos_token_id", None)
             stop_token_ids = [] if eos is None else [eos]
+        check_generation(self.cfg, max_new_tokens, stop_token_ids)
         pad = getattr(tok, "pad_token_id", None)
         return generate(self.param_tree, self.cfg, input_ids, attention_mask, max_new_tokens=max_new_tokens,
                         stop_token_ids=stop_token_ids, pad_id=0 if pad is None else pad,
@@ -114,13 +116,24 @@ def check_inputs(cfg: ModelConfig, input_ids, attention_mask=None, intervention:
     return jnp.asarray(ids, jnp.int32), mask
 
 
+def check_generation(cfg: ModelConfig, max_new_tokens, stop_token_ids) -> None:
+    """ValueError unless ``max_new_tokens`` is a positive int and every stop id is in ``[0, vocab_size)``."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    bad = [t for t in stop_token_ids if not 0 <= int(t) < cfg.vocab_size]
+    if bad:
+        raise ValueError(f"stop_token_ids holds {bad}, outside the vocabulary [0, {cfg.vocab_size}) of this model")
+
+
 def load(path: str | os.PathLike, dtype: str = "float32", *, shardings: Any = None,
          backend: str = "auto", load_tokenizer: bool = True) -> MoeModel:
     """Loads an HF checkpoint directory or a converted moe_jax directory.
 
     Args:
       path: directory with ``config.json`` + safetensors, or the output of ``moe_jax.convert``.
-      dtype: parameter/activation dtype, "float32" or "bfloat16".
+      dtype: parameter/activation dtype, "float32", "bfloat16", "float16" or "auto" (the checkpoint's
+        own). Loading a conversion that narrowed its source (float32 -> bfloat16) as float32 logs a
+        warning: its logits stay ~1e-2 off the float32 reference.
       shardings: optional tree of ``jax.sharding.Sharding`` matching the params (see
         ``moe_jax.sharding``); each tensor is placed as it is read.
     """

@@ -78,6 +78,7 @@ def run(config: Any, workdir: str) -> dict[str, dict[str, dict]]:
     from transformers import AutoTokenizer
 
     from moe_jax.convert import orbax_io
+    from moe_jax.convert.checkpoint import missing_tokenizer
     from moe_jax.convert.loader import load_params
     from moe_jax.data.defaults import task_data_configs
     from moe_jax.convert.stage import converted_identity
@@ -94,6 +95,9 @@ def run(config: Any, workdir: str) -> dict[str, dict[str, dict]]:
     mesh = shd.make_mesh(config.mesh.shape)
     shd.check_batch_size(int(opts.batch_size), mesh)
     rules = shd.rules_from_config(config.mesh)
+    no_tokenizer = missing_tokenizer(ckpt_dir)
+    if no_tokenizer:  # else transformers substitutes another tokenizer or fails elsewhere
+        raise FileNotFoundError(f"{no_tokenizer}: the convert stage copies them from the model's directory")
     tokenizer = AutoTokenizer.from_pretrained(ckpt_dir)
     tok_lib.check_tokenizer(tokenizer, cfg.vocab_size)
     plan = [_plan_store(wd.ROUTING, None, config.data, workdir, config, cfg, ckpt_meta, tokenizer, opts)]

@@ -29,8 +29,8 @@ all, and it counts as done only once ``meta.json`` lists it (written after the f
 interrupted run resumes at the first missing language. Temp files left by a killed process are
 removed when the store is opened again. Each language's summary records its file's ``file_size``
 and ``file_sha256``, checked on resume and on read: a file damaged later (truncated, replaced, a
-byte changed in place) no longer counts as done, so the next collect run recomputes it, and reading
-it fails with an error naming the file, the language and that command.
+byte changed in place, deleted) no longer counts as done, so the next collect run recomputes it, and
+reading it fails with an error naming the file, the language and that command.
 """
 
 from __future__ import annotations
@@ -243,15 +243,19 @@ def read_language(store: str, lang: str) -> dict[str, np.ndarray]:
 
 
 def read_store(store: str) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
-    """Returns ``(meta, {lang: arrays})`` for every complete language, sorted by code."""
+    """Returns ``(meta, {lang: arrays})`` for every language of ``meta.json``, sorted by code; a listed
+    file that is missing or damaged raises ``CorruptStoreError`` naming it and the repairing command."""
     meta = read_meta(store)
     if meta is None:
         raise FileNotFoundError(f"no routing store at {store} (missing {META})")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{store}: unknown store format {meta.get('format')!r}, expected {FORMAT}")
-    langs = [l for l in sorted(meta.get("languages", {})) if storage.exists(lang_path(store, l))]
+    langs = sorted(meta.get("languages", {}))
     for lang in langs:
         p = lang_path(store, lang)
+        if not storage.exists(p):
+            raise CorruptStoreError(f"{p}: language {lang!r} is listed in {META} but its file is missing; "
+                                    f"{repair_hint(store)}")
         damage = file_damage(p, meta["languages"][lang])
         if damage:
             raise CorruptStoreError(f"{p}: language {lang!r} {damage}; {repair_hint(store)}")

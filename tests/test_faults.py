@@ -1,0 +1,203 @@
+"""Fault injection through the real command line: SIGKILL the convert, collect and eval stages while
+they work, damage their outputs in several ways, rerun, and require the outputs of an uninterrupted
+run bit for bit, no temp files left, and nothing outside the workdir touched.
+
+Kills come from outside (no hook in the code): the test polls the workdir and SIGKILLs the launch's
+process group when a file appears (the conversion's temp dir, the first language file of the routing
+store, the first eval record file). Outputs are compared by sha256 of every file of the workdir,
+except what legitimately differs between two runs (``VOLATILE_FILES``, ``VOLATILE_KEYS``; absolute
+paths inside JSON files are written relative to the workdir first).
+"""
+
+import glob
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from moe_jax.convert import loader
+from moe_jax.convert.safetensors_io import CheckpointError
+from moe_jax.eval import records as rec
+from moe_jax.routing import store
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LANGS = ["eng_Latn", "fra_Latn", "deu_Latn", "spa_Latn"]
+EVAL_LANGS = ["eng_Latn", "fra_Latn"]
+ARGS = ["--config=configs/demo.py", "--stages=convert,collect,eval", f"--config.data.languages={','.join(LANGS)}",
+        "--config.data.max_sentences=6", "--config.tasks={}", "--config.collect.token_topk=False",
+        "--config.eval.tasks=belebele", f"--config.eval.languages={','.join(EVAL_LANGS)}", "--config.eval.limit=3",
+        "--config.plan.check=False"]
+# orbax's files that hold the save's timestamps (also left out of moe_jax.json's "files" record)
+ORBAX_STAMPS = ("params/_CHECKPOINT_METADATA", "params/commit_success.txt")
+VOLATILE_FILES = {f"checkpoint/{p}" for p in ORBAX_STAMPS}
+# wall-clock fields: moe_jax.json "created"; a routing store language's "seconds", "compile_seconds", "tokens_per_s"
+VOLATILE_KEYS = {"created", "seconds", "compile_seconds", "tokens_per_s", *ORBAX_STAMPS}
+TIMEOUT = 240
+
+
+def launch(workdir, *extra):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    env.pop("XLA_FLAGS", None)
+    return subprocess.Popen([sys.executable, "-m", "moe_jax.launch", f"--workdir={workdir}", *ARGS, *extra], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group: the kill reaches any child
+
+
+def finish(proc):
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def kill_when(proc, ready, what):
+    """SIGKILLs ``proc``'s process group as soon as ``ready()`` is true (polled every 5 ms)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (rc {proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _strip(x, workdir):
+    if isinstance(x, dict):
+        return {k: _strip(v, workdir) for k, v in x.items() if k not in VOLATILE_KEYS}
+    if isinstance(x, list):
+        return [_strip(v, workdir) for v in x]
+    return x.replace(workdir, "<workdir>") if isinstance(x, str) else x
+
+
+def digests(workdir):
+    """{path relative to workdir: sha256}, JSON files normalised (``_strip``) first."""
+    out = {}
+    for d, _, names in os.walk(workdir):
+        for name in names:
+            path = os.path.join(d, name)
+            rel = os.path.relpath(path, workdir)
+            if rel in VOLATILE_FILES:
+                continue
+            data = open(path, "rb").read()
+            if name.endswith(".json"):
+                data = json.dumps(_strip(json.loads(data), str(workdir)), sort_keys=True).encode()
+            out[rel] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def leftovers(workdir):
+    """Temp files and dirs of killed writes: atomic_write's ``.NAME.*.tmp``, the conversion's
+    ``.checkpoint.tmp-*`` / ``.checkpoint.old-*``."""
+    found = []
+    for d, dirs, names in os.walk(workdir):
+        found += [os.path.join(d, n) for n in dirs + names if n.startswith(".") and (".tmp" in n or ".old-" in n)]
+    return found
+
+
+def snapshot(path):
+    return {os.path.relpath(os.path.join(d, n), path): (os.path.getsize(os.path.join(d, n)),
+                                                        os.stat(os.path.join(d, n)).st_mtime_ns)
+            for d, _, names in os.walk(path) for n in names}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The reference (uninterrupted) run, started in parallel with the interrupted one: ``(ref, work,
+    sibling snapshot, sibling)``."""
+    base = tmp_path_factory.mktemp("faults")
+    ref, work, sibling = base / "ref", base / "work", base / "sibling"
+    sibling.mkdir()
+    (sibling / "notes.txt").write_text("a user's file beside the workdir\n")
+    before = snapshot(base)
+    reference = launch(ref)
+
+    # 1. killed during the conversion: its temp dir (params being saved) exists
+    proc = launch(work)
+    kill_when(proc, lambda: glob.glob(str(work / ".checkpoint.tmp-*" / "params")), "the conversion's temp dir")
+    assert glob.glob(str(work / ".checkpoint.tmp-*")) and not (work / "checkpoint" / "moe_jax.json").exists()
+    # 2. killed in the collect stage once its first language file is written
+    proc = launch(work)
+    kill_when(proc, lambda: (work / "routing" / f"{LANGS[0]}.npz").exists(), "the first routing language file")
+    assert not glob.glob(str(work / ".checkpoint.tmp-*"))  # the stale temp dir of kill 1 was removed
+    assert set(store.read_meta(str(work / "routing"))["languages"]) < set(LANGS)
+    # 3. killed in the eval stage once its first record file is written
+    proc = launch(work)
+    kill_when(proc, lambda: (work / "eval" / "belebele" / f"{EVAL_LANGS[0]}.jsonl").exists(), "the first eval record")
+    assert set(store.read_meta(str(work / "routing"))["languages"]) == set(LANGS)
+    # 4. to the end
+    finish(launch(work))
+    finish(reference)
+    return ref, work, before, base
+
+
+def test_killed_runs_resume_bit_identical(runs):
+    ref, work, before, base = runs
+    want, got = digests(ref), digests(work)
+    assert sorted(got) == sorted(want)
+    assert {k for k in want if got[k] != want[k]} == set()
+    assert leftovers(work) == [] and leftovers(ref) == []
+    after = snapshot(base)
+    assert {k: v for k, v in after.items() if k.startswith("sibling")} == \
+           {k: v for k, v in before.items() if k.startswith("sibling")}  # nothing outside the workdirs touched
+    assert {k.split(os.sep)[0] for k in after} == {"ref", "work", "sibling"}
+
+
+def _flip(path, offset=None):
+    data = bytearray(open(path, "rb").read())
+    i = len(data) // 2 if offset is None else offset
+    data[i] ^= 0x01
+    open(path, "wb").write(bytes(data))
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _replace(path, other):
+    with open(other, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def test_damaged_files_are_named_and_redone(runs):
+    """Each kind of damage (truncate, same-size byte flip, delete, replace with another file of the
+    same kind) on the routing store, the converted checkpoint and the eval records: readers name the
+    file and the command that repairs it, and that command (here the three stages in one launch)
+    restores the uninterrupted run's outputs."""
+    ref, work, _, _ = runs
+    w = str(work)
+    routing, ckpt, ev = work / "routing", work / "checkpoint", work / "eval" / "belebele"
+    _truncate(routing / f"{LANGS[0]}.npz")
+    _flip(routing / f"{LANGS[1]}.npz")
+    os.remove(routing / f"{LANGS[2]}.npz")
+    _replace(routing / f"{LANGS[3]}.npz", routing / f"{LANGS[1]}.npz")  # another language's (valid) file
+    chunks = sorted(glob.glob(str(ckpt / "params" / "layers.*.attn.k.kernel" / "0.0")))
+    _truncate(chunks[0])
+    _flip(chunks[1])
+    os.remove(chunks[2])
+    _replace(chunks[3], chunks[4])  # another layer's weights: same shape, valid zarr chunk
+    _flip(ev / f"{EVAL_LANGS[0]}.jsonl", offset=5)
+    os.remove(ev / f"{EVAL_LANGS[1]}.jsonl")
+
+    with pytest.raises(store.CorruptStoreError, match=f"--workdir={w} --stages=collect"):
+        store.read_store(str(routing))
+    with pytest.raises(CheckpointError, match="(?s)damaged.*is missing.*--stages=convert"):
+        loader.load_params(str(ckpt))
+    for lang in EVAL_LANGS:
+        with pytest.raises(ValueError, match=f"{lang}.jsonl .*--workdir={w} --stages=eval"):
+            rec.read_records(str(work / "eval"), "belebele", lang)
+
+    out = finish(launch(work))
+    assert "will be converted again" in out and "will be collected again" in out
+    want, got = digests(ref), digests(work)
+    assert sorted(got) == sorted(want)
+    assert {k for k in want if got[k] != want[k]} == set()
+    assert leftovers(work) == []
