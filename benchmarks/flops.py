@@ -6,6 +6,10 @@ optimised HLO instead and sums ``2 * prod(output) * prod(contracted dims)`` over
 multiplying through ``while`` loops by their known trip count, taking the costlier branch of a
 ``conditional``, and following fusions and calls. On a loop-free program it agrees with XLA's own
 count up to the elementwise work (``benchmarks/prefill.py`` prints both).
+
+A loop whose trip count depends on the data (``grouped``'s loops over experts and chunks) has no
+static count: ``dynamic_loops="skip"`` counts it as 0 (the caller adds what it ran, e.g. the rows
+``grouped`` counts inside its loops), ``"raise"`` (default) refuses.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def _parse(hlo: str) -> tuple[dict[str, list[str]], dict[str, dict[str, list[int
     return comps, shapes, entry
 
 
-def _flops(name: str, comps, shapes, memo: dict[str, float]) -> float:
+def _flops(name: str, comps, shapes, memo: dict[str, float], skip_dynamic: bool) -> float:
     if name in memo:
         return memo[name]
     total = 0.0
@@ -62,22 +66,25 @@ def _flops(name: str, comps, shapes, memo: dict[str, float]) -> float:
         if " while(" in s:
             body = re.search(r"body=%?([\w.\-]+)", s).group(1)
             trip = _TRIP.search(s)
-            if trip is None:
+            if trip is None and not skip_dynamic:
                 raise ValueError(f"while loop without a known trip count: {s[:200]}")
-            total += int(trip.group(1)) * _flops(body, comps, shapes, memo)
+            total += int(trip.group(1)) * _flops(body, comps, shapes, memo, skip_dynamic) if trip else 0.0
         elif " conditional(" in s:
             branches = re.search(r"branch_computations=\{([^}]*)\}", s)
             names = re.findall(r"%?([\w.\-]+)", branches.group(1)) if branches else \
                 re.findall(r"(?:true|false)_computation=%?([\w.\-]+)", s)
-            total += max(_flops(b, comps, shapes, memo) for b in names)
+            total += max(_flops(b, comps, shapes, memo, skip_dynamic) for b in names)
         else:
             for callee in re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", s):
-                total += _flops(callee, comps, shapes, memo)
+                total += _flops(callee, comps, shapes, memo, skip_dynamic)
     memo[name] = total
     return total
 
 
-def compiled_flops(compiled) -> float:
-    """Matmul FLOPs of a ``jax.stages.Compiled``, loops counted by trip count."""
+def compiled_flops(compiled, dynamic_loops: str = "raise") -> float:
+    """Matmul FLOPs of a ``jax.stages.Compiled``, loops counted by trip count; ``dynamic_loops``:
+    ``"raise"`` on a loop without a static trip count, or ``"skip"`` it (count 0)."""
+    if dynamic_loops not in ("raise", "skip"):
+        raise ValueError(f"dynamic_loops must be 'raise' or 'skip', got {dynamic_loops!r}")
     comps, shapes, entry = _parse(compiled.as_text())
-    return _flops(entry, comps, shapes, {})
+    return _flops(entry, comps, shapes, {}, dynamic_loops == "skip")

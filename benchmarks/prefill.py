@@ -13,8 +13,11 @@ warm-up), then the best of ``--repeats`` interleaved runs counts (robust to othe
 
 FLOPs: "useful" counts every matmul the model needs with each token's k experts only (attention
 over the full S x S scores, as both sides compute it); "compiled" is the matmul FLOPs of XLA's
-optimised program with loop bodies counted by trip count (``benchmarks/flops.py``); "xla" is XLA's
-own ``cost_analysis()['flops']``, which counts a loop body once (so it undercounts ``grouped``).
+optimised program with loop bodies counted by trip count (``benchmarks/flops.py``); ``grouped``'s
+loops over experts and chunks have data-dependent trip counts, so its expert matmuls count as
+``6 * hidden * width`` per row its loops ran (counted inside them, on this forward's routing) and
+the rest of its program from the HLO; "xla" is XLA's own ``cost_analysis()['flops']``, which
+counts a loop body once (so it undercounts ``grouped``).
 """
 
 from __future__ import annotations
@@ -87,6 +90,23 @@ def tokens(vocab: int, batch: int, seq: int, seed: int = 0) -> tuple[np.ndarray,
     return np.where(mask == 1, rng.integers(1, vocab, (batch, seq)), 0).astype(np.int32), mask
 
 
+def grouped_expert_flops(params, cfg, ids, mask) -> float:
+    """Expert matmul FLOPs ``grouped`` runs in one forward: the rows its chunk loops count, every layer."""
+    rows = []
+
+    def counted(x, idx, w, p, act):
+        y, n = experts.grouped_expert_rows(x, idx, w, p, act)
+        jax.debug.callback(lambda n: rows.append(int(n)), n)
+        return y
+    experts.BACKENDS["grouped_counted"] = counted  # a temporary backend name: a fresh trace of forward
+    try:
+        forward(params, cfg, ids, mask, return_router=True, backend="grouped_counted").logits.block_until_ready()
+        jax.effects_barrier()
+    finally:
+        del experts.BACKENDS["grouped_counted"]
+    return 6.0 * cfg.hidden_size * cfg.expert_width * sum(rows)
+
+
 def best_of(fns: dict, repeats: int) -> dict[str, float]:
     """Best wall time of each function, interleaved so that they share the background load."""
     for fn in fns.values():
@@ -140,7 +160,10 @@ def main() -> None:
             fwd = lambda b=b: forward(params, cfg, jids, jmask, return_router=True, backend=b).logits.block_until_ready()  # noqa: E731
             compiled = jax.jit(forward, static_argnames=("cfg", "return_router", "backend")).lower(
                 params, cfg, jids, jmask, return_router=True, backend=b).compile()
-            print(f"  moe_jax {b:8s} compiled/useful FLOPs {compiled_flops(compiled) / useful:5.2f} "
+            dynamic = experts.resolve(b) == "grouped"
+            flops = compiled_flops(compiled, "skip" if dynamic else "raise") + (
+                grouped_expert_flops(params, cfg, jids, jmask) if dynamic else 0.0)
+            print(f"  moe_jax {b:8s} compiled/useful FLOPs {flops / useful:5.2f} "
                   f"(xla cost analysis {compiled.cost_analysis()['flops'] / useful:5.2f})")
             fns[f"moe_jax {b}"] = fwd
         mesh = shd.make_mesh({"data": -1, "model": 1})

@@ -1,5 +1,5 @@
 """Every expert dispatch backend against a per-token loop: float32 and bfloat16, biases and the
-clamped activation, empty experts, one expert taking every token, blocks that do not divide T*k."""
+clamped activation, empty experts, one expert taking every token, chunks that do not divide T*k."""
 
 import functools
 import sys
@@ -12,8 +12,11 @@ import pytest
 from moe_jax.models import experts
 
 BACKENDS = experts.available_backends()
-# grouped with explicit small blocks: groups span several blocks, and T*k (111) is no multiple of them
-CASES = [(b, {}) for b in BACKENDS] + [("grouped", {"block": 4}), ("grouped", {"block": 8})]
+# grouped with small chunks: groups run as several full chunks of one expert, then the binary tail
+# (4, 2) and a last chunk past the group's end; T*k (111) is no multiple of any chunk
+CASES = [(b, {}) for b in BACKENDS] + [("grouped", {"max_chunk": 8, "min_chunk": 2}),
+                                       ("grouped", {"max_chunk": 4, "min_chunk": 4}),
+                                       ("grouped", {"max_chunk": 16, "min_chunk": 1})]
 
 
 def run(backend, opts, x, idx, w, p, act=experts.swiglu):
@@ -114,15 +117,26 @@ def test_absent_expert_id_adds_nothing(backend, opts):
     np.testing.assert_allclose(np.asarray(y), want, rtol=1e-5, atol=1e-5)
 
 
-def test_grouped_padding_bounds():
-    """The static block count covers every split of the rows (here, exhaustively for 3 experts)."""
-    for rows in range(1, 13):
-        for b in (1, 2, 4, 8):
-            worst = max(-(-a // b) + -(-c // b) + -(-(rows - a - c) // b)
-                        for a in range(rows + 1) for c in range(rows + 1 - a))
-            assert experts.max_blocks(rows, 3, b) >= worst
-    assert experts.block_size(8 * 2048, 64) == 64  # 64 * 64 = 25% of the rows
-    assert experts.block_size(8, 64) == experts.MIN_BLOCK
+@pytest.mark.parametrize("max_chunk,min_chunk", [(8, 2), (128, 8), (4, 4)])
+def test_grouped_rows_counted_by_its_loops(max_chunk, min_chunk):
+    """The rows grouped computes, counted inside its chunk loops, are each group rounded up to
+    min_chunk (so at most T*k + min(E, T*k) * (min_chunk - 1)), and absent ids cost nothing."""
+    x, idx, w, p = problem(61, 3, 6, seed=5)
+    idx[:20, 0] = 6  # 20 assignments to an absent expert (another shard's)
+    w[:20, 0] = 0
+    _, rows = jax.jit(functools.partial(experts.grouped_expert_rows, act=experts.swiglu, max_chunk=max_chunk,
+                                        min_chunk=min_chunk))(jnp.asarray(x), jnp.asarray(idx), jnp.asarray(w), p)
+    sizes = np.bincount(idx.reshape(-1), minlength=7)[:6]
+    assert int(rows) == int(experts.grouped_rows(jnp.asarray(sizes), min_chunk)) == \
+        sum(-(-n // min_chunk) * min_chunk for n in sizes)
+    assert int(rows) <= sizes.sum() + 6 * (min_chunk - 1)
+
+
+def test_chunk_sizes():
+    assert experts.chunk_sizes(128, 8) == (128, 64, 32, 16, 8)
+    assert experts.chunk_sizes(4, 4) == (4,)
+    with pytest.raises(ValueError, match="power of two"):
+        experts.chunk_sizes(24, 8)
 
 
 def test_auto_picks_a_working_backend_on_cpu():
