@@ -10,6 +10,10 @@
     <workdir>/steer/                settings.json, <setting>/ records like eval/, summary.csv (steer)
     <workdir>/report/               index.html and PNGs (report)
 
+Each output records what it was computed from: a store's meta.json and the records' manifest.json
+(model, checkpoint, tokenizer, data, options), analysis/ and report/ a provenance.json of their
+inputs' digests (``moe_jax.lineage``).
+
 Imports nothing heavy: stages and library code use it without pulling in JAX.
 """
 
