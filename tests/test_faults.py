@@ -167,6 +167,16 @@ def _replace(path, other):
         f.write(data)
 
 
+def _chunks(params):
+    """Two chunk files of arrays of one shape (another layer's weights) and the other chunk files."""
+    by_shape = {}
+    for zarray in sorted(glob.glob(str(params / "*" / ".zarray"))):
+        shape = tuple(json.load(open(zarray))["shape"])
+        by_shape.setdefault(shape, []).extend(sorted(glob.glob(os.path.join(os.path.dirname(zarray), "[0-9]*"))))
+    same = next(files for files in by_shape.values() if len(files) >= 2)[:2]
+    return same, [f for files in by_shape.values() for f in files if f not in same]
+
+
 def test_damaged_files_are_named_and_redone(runs):
     """Each kind of damage (truncate, same-size byte flip, delete, replace with another file of the
     same kind) on the routing store, the converted checkpoint and the eval records: readers name the
@@ -179,11 +189,11 @@ def test_damaged_files_are_named_and_redone(runs):
     _flip(routing / f"{LANGS[1]}.npz")
     os.remove(routing / f"{LANGS[2]}.npz")
     _replace(routing / f"{LANGS[3]}.npz", routing / f"{LANGS[1]}.npz")  # another language's (valid) file
-    chunks = sorted(glob.glob(str(ckpt / "params" / "layers.*.attn.k.kernel" / "0.0")))
-    _truncate(chunks[0])
-    _flip(chunks[1])
-    os.remove(chunks[2])
-    _replace(chunks[3], chunks[4])  # another layer's weights: same shape, valid zarr chunk
+    same, others = _chunks(ckpt / "params")
+    _truncate(others[0])
+    _flip(others[1])
+    os.remove(others[2])
+    _replace(same[1], same[0])  # another parameter's chunk of the same shape: a valid zarr chunk
     _flip(ev / f"{EVAL_LANGS[0]}.jsonl", offset=5)
     os.remove(ev / f"{EVAL_LANGS[1]}.jsonl")
 
