@@ -445,15 +445,15 @@ SECTIONS: tuple[tuple[str, str, Callable[[_Report], list[str]]], ...] = (
 def run(config, workdir: str) -> str:
     """Renders ``workdir/report/index.html`` (and the PNGs beside it); returns the HTML path.
 
-    First the inputs are checked (``moe_jax.lineage``): an analysis computed from other inputs than
-    the current ones is computed again (``analysis.stage.ensure_current``), and outputs of another
-    model than ``config.model`` are refused (``model_problems``). ``report/provenance.json`` records
+    First the inputs are checked (``moe_jax.lineage``): outputs of another model than ``config.model``
+    are refused (``model_problems``), and an analysis computed from other inputs than the current ones
+    is computed again (``analysis.stage.ensure_current``). ``report/provenance.json`` records
     the digests of what the page shows."""
     cfg = config_section(config, "report", default_config())
-    analysis_stage.ensure_current(config, workdir, "report")
     problems = model_problems(config, workdir)
     if problems:
         raise StageError("the report would show outputs of another model than config.model:\n  " + "\n  ".join(problems))
+    analysis_stage.ensure_current(config, workdir, "report")
     rep = _Report(workdir, cfg)
     os.makedirs(rep.rdir, exist_ok=True)
     sections = []
