@@ -488,7 +488,8 @@ def ensure_current(config, workdir: str, reader: str) -> None:
     changed = staleness(config, workdir)
     if not changed:
         return
-    msg = f"{wd.analysis_dir(workdir)} was computed from other inputs than the current ones (changed: {', '.join(changed)})"
+    msg = (f"{wd.analysis_dir(workdir)} was computed from other inputs than the current ones "
+           f"(changed: {', '.join(changed)})")
     if _full(config):
         log.warning("%s; %s runs the analyze stage again first", msg, reader)
         run(config, workdir)
@@ -504,7 +505,8 @@ def preflight(config, workdir: str, before: frozenset[str] = frozenset()) -> lis
         cfg = section(config, "analysis", default_config(), FREE_FORM)
         problems = [] if cfg.metrics else ["analysis.metrics is empty"]
         if cfg.routing_statistic not in SEQ_STATISTICS:
-            problems.append(f"analysis.routing_statistic {cfg.routing_statistic!r} is not one of {sorted(SEQ_STATISTICS)}")
+            problems.append(f"analysis.routing_statistic {cfg.routing_statistic!r} is not one of "
+                            f"{sorted(SEQ_STATISTICS)}")
         if isinstance(cfg.accuracy, str) and cfg.accuracy and not os.path.isfile(cfg.accuracy):
             problems.append(f"analysis.accuracy {cfg.accuracy!r} is not a file")
         problems += [f"analysis.task_stores: no routing store at {path} (task {name!r})"

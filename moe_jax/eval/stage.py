@@ -265,7 +265,8 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
     checks = [lambda: plan(opts),
               lambda: records_problem(config, wd.eval_dir(workdir), opts, bool(opts.overwrite), "eval.overwrite")]
     if opts.steering:
-        checks.append(lambda: None if os.path.isfile(opts.steering) else f"eval.steering {opts.steering!r} is not a file")
+        checks.append(lambda: None if os.path.isfile(opts.steering) else
+                      f"eval.steering {opts.steering!r} is not a file")
     if "convert" not in before:
         checks.append(lambda: checkpoint_problems(config, workdir))
     return collect_problems(checks)

@@ -452,7 +452,8 @@ def run(config, workdir: str) -> str:
     cfg = config_section(config, "report", default_config())
     problems = model_problems(config, workdir)
     if problems:
-        raise StageError("the report would show outputs of another model than config.model:\n  " + "\n  ".join(problems))
+        raise StageError("the report would show outputs of another model than config.model:\n  "
+                         + "\n  ".join(problems))
     analysis_stage.ensure_current(config, workdir, "report")
     rep = _Report(workdir, cfg)
     os.makedirs(rep.rdir, exist_ok=True)
