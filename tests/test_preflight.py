@@ -102,7 +102,7 @@ def test_later_stages_may_rely_on_earlier_requested_ones(tmp_path):
     """An empty workdir: the full pipeline passes (each stage's inputs come from an earlier one);
     a stage alone names the missing input and the stage that makes it."""
     work = str(tmp_path / "empty")
-    stages.preflight(small_config(), work, list(stages.STAGES))
+    stages.preflight(demo_config(), work, list(stages.STAGES))
     with pytest.raises(stages.StageError) as e:
         stages.run_stages(small_config(), work, "analyze")
     assert f"[analyze] no routing store at {wd.routing_dir(work)}; run the collect stage first" in str(e.value)
@@ -176,3 +176,14 @@ def test_launch_lists_the_problems_without_a_traceback(tmp_path):
     assert f"[analyze] no routing store at {wd.routing_dir(work)}" in r.stderr
     assert f"[report] no analysis at {wd.analysis_dir(work)}" not in r.stderr  # analyze runs first
     assert "Traceback" not in r.stderr and not os.path.exists(work)
+
+
+def test_steer_task_store_must_be_collected_by_an_earlier_stage(tmp_path):
+    """collect running first writes the stores of config.tasks only: a steer.task outside them is named."""
+    work = str(tmp_path / "empty")
+    c = small_config()  # config.tasks = {}, steer.task = "math"
+    with pytest.raises(stages.StageError) as e:
+        stages.preflight(c, work, ["convert", "collect", "analyze", "steer"])
+    assert str(e.value).count("\n") == 1
+    assert (f"[steer] no routing store at {wd.task_store_dir(work, 'math')}; run the collect stage with task 'math' "
+            "in config.tasks first") in str(e.value)

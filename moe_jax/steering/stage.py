@@ -256,17 +256,18 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
     eval_opts = sweep_options(config, opts)
 
     def stores() -> list[str]:
-        if "collect" in before:
-            return []
-        paths = [wd.routing_dir(workdir)]
+        """The stores targets come from exist, or the collect stage runs first and writes them."""
+        names = list((config.get("tasks") or {}).keys())
+        paths = {wd.routing_dir(workdir): "the collect stage"}
         if opts.rule == "task":
-            names = list((config.get("tasks") or {}).keys())
             task = opts.task or (names[0] if names else "")
             if not task:
                 return ["steer.rule is 'task' but config.tasks names no task corpus (and steer.task is empty)"]
-            paths.append(wd.task_store_dir(workdir, task))
-        return [f"no routing store at {p}; run the collect stage first (e.g. --stages=collect,steer)"
-                for p in paths if not os.path.exists(os.path.join(p, "meta.json"))]
+            paths[wd.task_store_dir(workdir, task)] = (
+                "the collect stage" if task in names else f"the collect stage with task {task!r} in config.tasks")
+        collected = {wd.routing_dir(workdir)} | {wd.task_store_dir(workdir, n) for n in names}
+        return [f"no routing store at {p}; run {how} first (e.g. --stages=collect,steer)" for p, how in paths.items()
+                if not os.path.exists(os.path.join(p, "meta.json")) and not ("collect" in before and p in collected)]
 
     def bands():  # "auto" reads the analysis: only when the analyze stage does not run first
         if opts.bands.strip() != "auto" or "analyze" not in before:
