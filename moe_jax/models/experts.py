@@ -157,18 +157,20 @@ def grouped_rows(sizes: jax.Array, min_chunk: int = MIN_CHUNK) -> jax.Array:
 def grouped_expert_rows(x, idx, w, p, act, max_chunk: int = MAX_CHUNK, min_chunk: int = MIN_CHUNK):
     """``grouped``'s output ``[T, H]`` and the number of expert rows it computed (counted by its loops).
 
-    A loop over the experts that have rows (data-dependent trip count, so at most ``min(E, T*k)``
-    iterations) slices that expert's weights once, then walks its contiguous sorted rows in
-    chunks of static sizes (``chunk_sizes``). The last chunk may run past the group's end into the
-    next expert's rows (recomputed when that expert runs, as experts run in order) or into
-    ``min_chunk`` zero rows appended at the end; rows of an absent id E are zeroed at the end."""
+    A loop over the experts that have rows (data-dependent trip count: at most ``min(E, T*k)``
+    iterations) slices that expert's weights once, then walks its rows (contiguous in the sorted
+    order) in chunks of static sizes (``chunk_sizes``): each chunk gathers its tokens from ``x``,
+    runs the expert and adds the weighted rows into ``[T, H]`` (float32). Only the last chunk may
+    run past the group's end; its rows there get weight 0. An absent id E sorts last, outside
+    every group, so it is never run."""
     T, k = idx.shape
     E, H, _ = p["gate"].shape
     n = T * k
     sizes = [c for c in chunk_sizes(max_chunk, min_chunk) if c <= n] or [min_chunk]  # no group exceeds n rows
     p = {name: jnp.asarray(p[name]) for name in EXPERT_KEYS if name in p}  # sliced by a traced expert id below
     s = SortedAssignments(idx, E)  # an id E (expert parallelism: another shard's expert) sorts last
-    xs = jnp.concatenate([x[s.tokens()], jnp.zeros((min_chunk, H), x.dtype)])  # [n + min_chunk, H]
+    pad = lambda a: jnp.concatenate([a, jnp.zeros((min_chunk,), a.dtype)])  # noqa: E731  the last chunk's overhang
+    tokens, weights = pad(s.tokens().astype(jnp.int32)), pad(w.reshape(-1)[s.order].astype(jnp.float32))
     starts = jnp.cumsum(s.sizes) - s.sizes
     used = s.sizes > 0
     order = jnp.nonzero(used, size=E, fill_value=0)[0]  # experts with rows first, ascending
@@ -179,23 +181,25 @@ def grouped_expert_rows(x, idx, w, p, act, max_chunk: int = MAX_CHUNK, min_chunk
         bg, bu, bd = (_bias(p, name, e) for name in ("gate_bias", "up_bias", "down_bias"))
         end = starts[e] + s.sizes[e]
 
-        def chunk(size, c):
+        def chunk(size, c, last=False):
             pos, y, rows = c
-            xe = jax.lax.dynamic_slice_in_dim(xs, pos, size)
-            out = act(xe @ wg + bg, xe @ wu + bu) @ wd + bd
-            return pos + size, jax.lax.dynamic_update_slice_in_dim(y, out, pos, 0), rows + size
+            tok = jax.lax.dynamic_slice_in_dim(tokens, pos, size)
+            xe = x[tok]
+            out = (act(xe @ wg + bg, xe @ wu + bu) @ wd + bd).astype(jnp.float32)
+            out = out * jax.lax.dynamic_slice_in_dim(weights, pos, size)[:, None]
+            if last:  # rows past the group's end: another expert's (or padding), add nothing
+                out = jnp.where((pos + jnp.arange(size) < end)[:, None], out, 0)
+            return pos + size, y.at[tok].add(out), rows + size
 
         c = (starts[e],) + carry
         c = jax.lax.while_loop(lambda c: end - c[0] >= sizes[0], functools.partial(chunk, sizes[0]), c)
         for size in sizes[1:]:  # then at most one chunk of each smaller size
             c = jax.lax.cond(end - c[0] >= size, functools.partial(chunk, size), lambda c: c, c)
-        c = jax.lax.cond(c[0] < end, functools.partial(chunk, min_chunk), lambda c: c, c)
+        c = jax.lax.cond(c[0] < end, functools.partial(chunk, min_chunk, last=True), lambda c: c, c)
         return c[1:]
 
-    y0 = jnp.zeros((n + min_chunk, H), x.dtype)
-    y, rows = jax.lax.fori_loop(0, jnp.sum(used), expert, (y0, jnp.zeros((), jnp.int32)))
-    y = jnp.where((s.experts < E)[:, None], y[:n], 0)  # an absent id's rows may hold an overhang
-    return s.combine(y, w), rows
+    y, rows = jax.lax.fori_loop(0, jnp.sum(used), expert, (jnp.zeros((T, H), jnp.float32), jnp.zeros((), jnp.int32)))
+    return y.astype(x.dtype), rows
 
 
 def grouped_dispatch(x, idx, w, p, act, max_chunk: int = MAX_CHUNK, min_chunk: int = MIN_CHUNK):
