@@ -35,13 +35,19 @@ ARGS = ["--config=configs/demo.py", "--stages=convert,collect,eval", f"--config.
 # orbax's files that hold the save's timestamps (also left out of moe_jax.json's "files" record)
 ORBAX_STAMPS = ("params/_CHECKPOINT_METADATA", "params/commit_success.txt")
 VOLATILE_FILES = {f"checkpoint/{p}" for p in ORBAX_STAMPS}
-# wall-clock fields: moe_jax.json "created"; a routing store language's "seconds", "compile_seconds", "tokens_per_s"
-VOLATILE_KEYS = {"created", "seconds", "compile_seconds", "tokens_per_s", *ORBAX_STAMPS}
+# wall-clock fields: moe_jax.json "created"; a routing store language's "seconds", "compile_seconds",
+# "tokens_per_s"; the store's "code_version" (version + git commit: in a shared checkout someone may commit
+# between the reference run and the resumed one)
+VOLATILE_KEYS = {"created", "seconds", "compile_seconds", "tokens_per_s", "code_version", *ORBAX_STAMPS}
 TIMEOUT = 240
+CACHE = []  # the module's compilation cache dir (set by the fixture)
 
 
 def launch(workdir, *extra):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    # one compilation cache for every launch of the module (outside the workdirs): later runs skip
+    # most compiles; cached executables compute the same bits
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=CACHE[0],
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     env.pop("XLA_FLAGS", None)
     return subprocess.Popen([sys.executable, "-m", "moe_jax.launch", f"--workdir={workdir}", *ARGS, *extra], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -111,15 +117,16 @@ def runs(tmp_path_factory):
     """The reference (uninterrupted) run, started in parallel with the interrupted one: ``(ref, work,
     sibling snapshot, sibling)``."""
     base = tmp_path_factory.mktemp("faults")
+    CACHE[:] = [str(tmp_path_factory.mktemp("jax_cache"))]
     ref, work, sibling = base / "ref", base / "work", base / "sibling"
     sibling.mkdir()
     (sibling / "notes.txt").write_text("a user's file beside the workdir\n")
     before = snapshot(base)
     reference = launch(ref)
 
-    # 1. killed during the conversion: its temp dir (params being saved) exists
+    # 1. killed during the conversion: its temp dir (tensors being read, params being saved) exists
     proc = launch(work)
-    kill_when(proc, lambda: glob.glob(str(work / ".checkpoint.tmp-*" / "params")), "the conversion's temp dir")
+    kill_when(proc, lambda: glob.glob(str(work / ".checkpoint.tmp-*")), "the conversion's temp dir")
     assert glob.glob(str(work / ".checkpoint.tmp-*")) and not (work / "checkpoint" / "moe_jax.json").exists()
     # 2. killed in the collect stage once its first language file is written
     proc = launch(work)
