@@ -117,6 +117,21 @@ def test_absent_expert_id_adds_nothing(backend, opts):
     np.testing.assert_allclose(np.asarray(y), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend,opts", [c for c in CASES if c[0] == "grouped"])
+def test_overhang_into_the_next_group_leaks_nothing(backend, opts):
+    """grouped's last chunk of expert 1 runs past its group into expert 2's rows; there expert 1
+    overflows to inf (huge tokens), which must not reach the output (inf * 0 would be NaN). (dense
+    runs every expert on every token, so it has no such guarantee.)"""
+    x, idx, w, p = problem(13, 1, 4, seed=6)
+    idx[:, 0] = np.where(np.arange(13) < 5, 1, 2)  # 5 rows for expert 1, then 8 for expert 2
+    x[5:] *= 1e30
+    p["gate"][2] = p["up"][2] = 0  # expert 2 maps the huge tokens to exactly 0
+    y = np.asarray(run(backend, opts, jnp.asarray(x), idx, jnp.asarray(w), p))
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y[:5], loop(x[:5], idx[:5], w[:5], p, np_swiglu), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(y[5:], 0)
+
+
 @pytest.mark.parametrize("max_chunk,min_chunk", [(8, 2), (128, 8), (4, 4)])
 def test_grouped_rows_counted_by_its_loops(max_chunk, min_chunk):
     """The rows grouped computes, counted inside its chunk loops, are each group rounded up to

@@ -11,12 +11,14 @@ clamped form ``(clip(u, -l, l) + 1) * g' * sigmoid(alpha g')`` with ``g' = min(g
 
 - ``dense``: every expert on every token, combined with a [T, E] weight matrix. Reference; cheap
   to compile, E/k times the useful FLOPs.
-- ``grouped``: the T*k assignments sorted by expert, each expert's group padded to a multiple of a
-  block of ``b`` rows, and the blocks run through a ``lax.scan`` whose expert id per block is data
-  (the weights are sliced, never gathered; a block past the last used one is skipped by a
-  ``lax.cond``). At most ``(T*k + E*b) / b`` blocks, so about ``(T*k + E*b) * 6HF`` FLOPs; ``b`` is
-  picked per shape so that the padding stays under a quarter of the useful rows. Portable; the
-  fastest backend on CPU.
+- ``grouped``: the T*k assignments sorted by expert; a loop over the experts that have rows slices
+  each one's weights once (never gathered) and runs its rows in chunks of static sizes (128 rows,
+  then at most one each of 64, 32, 16, 8, then 8 rows over the last < 8), each chunk gathering its
+  tokens and adding its weighted rows into the output. A group of ``n`` rows costs
+  ``ceil(n / 8) * 8`` rows, so about ``(T*k + 4E) * 6HF`` FLOPs; the loops' trip counts are data,
+  so an empty expert costs nothing. Portable; the fastest backend on CPU (there, few large
+  matmuls beat many small ones, and adding each chunk into ``[T, H]`` beats sorting ``[T*k, H]``
+  rows back).
 - ``ragged``: the same sort, then ``jax.lax.ragged_dot`` (on CPU a masked dense product, E times
   the FLOPs and an ``[E, T*k, H]`` temporary: never pick it there).
 - ``tokamax``: the same sort, then ``tokamax.ragged_dot`` (Mosaic kernels on H100-class GPUs and
@@ -227,7 +229,7 @@ def available_backends() -> list[str]:
 @functools.cache
 def _platform_choice(platform: str) -> str:
     """``auto``'s backend on a platform, logged once: tokamax's kernels on GPU/TPU when installed,
-    the scan of blocks otherwise."""
+    the chunked loop over experts (``grouped``) otherwise."""
     choice = "tokamax" if platform in ("gpu", "cuda", "rocm", "tpu") and tokamax_available() else "grouped"
     log.info("expert dispatch backend 'auto' -> %r on %s", choice, platform)
     return choice
