@@ -128,6 +128,8 @@ class Sink(NamedTuple):
     place: Callable[[name_map.Path, np.ndarray], Any]  # a whole leaf
     empty: Callable[[name_map.Path, tuple[int, ...], np.dtype], Any]  # a layer stack, rows filled later
     write: Callable[[Any, int, np.ndarray], Any]  # one row into a stack -> the stack
+    # A writable view of one row of a stack (host), filled expert by expert; None: rows are buffered.
+    row_view: Callable[[Any, int], np.ndarray] | None = None
 
 
 def _host_write(stack: np.ndarray, row: int, x: np.ndarray) -> np.ndarray:
@@ -135,7 +137,8 @@ def _host_write(stack: np.ndarray, row: int, x: np.ndarray) -> np.ndarray:
     return stack
 
 
-HOST = Sink(lambda _, x: x, lambda _p, shape, dtype: np.empty(shape, dtype), _host_write)
+HOST = Sink(lambda _, x: x, lambda _p, shape, dtype: np.empty(shape, dtype), _host_write,
+            lambda stack, row: stack[row])
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -168,9 +171,10 @@ def assemble(cfg: ModelConfig, arrays: Iterable[tuple[name_map.Source, np.ndarra
     """Builds the param tree from ``(source, HF array)`` pairs (in ``plan`` order).
 
     Each target is cast to ``dtype``. A top-level leaf goes to ``sink.place`` at once; a decoder
-    layer's tensor fills its row of its run's stack (``sink.empty``, ``sink.write``), per-expert
-    tensors first gathered into one ``[E, ...]`` host buffer of that row, written when its last
-    expert arrives. The tree holds what the sink returns.
+    layer's tensor fills its row of its run's stack (``sink.empty``, ``sink.write``); per-expert
+    tensors go straight into the row on the host (``sink.row_view``), else into one ``[E, ...]``
+    host buffer of that row, written when its last expert arrives. The tree holds what the sink
+    returns.
     """
     dtype = resolve_dtype(dtype)
     tree = map_spec(lambda _p, _s: None, cfg)
@@ -178,16 +182,22 @@ def assemble(cfg: ModelConfig, arrays: Iterable[tuple[name_map.Source, np.ndarra
     stacks: dict[name_map.Path, list] = {}  # stacked target -> [stack, rows written]
     experts: dict[tuple, list] = {}  # (stacked target, row) -> [[E, ...] buffer, experts filled]
 
-    def write_row(path: name_map.Path, row: int, value: np.ndarray) -> None:
-        shape = name_map.get_path(shapes, path)
-        entry = stacks.setdefault(path, [None, 0])
-        if entry[0] is None:
-            entry[0] = sink.empty(path, shape, dtype)
-        entry[0] = sink.write(entry[0], row, np.ascontiguousarray(value, dtype=dtype))
+    def stack(path: name_map.Path) -> list:
+        if path not in stacks:
+            stacks[path] = [sink.empty(path, name_map.get_path(shapes, path), dtype), 0]
+        return stacks[path]
+
+    def row_done(path: name_map.Path) -> None:
+        entry = stack(path)
         entry[1] += 1
-        if entry[1] == shape[0]:
+        if entry[1] == name_map.get_path(shapes, path)[0]:
             name_map.set_path(tree, path, entry[0])
             del stacks[path]
+
+    def write_row(path: name_map.Path, row: int, value: np.ndarray) -> None:
+        entry = stack(path)
+        entry[0] = sink.write(entry[0], row, np.ascontiguousarray(value, dtype=dtype))
+        row_done(path)
 
     for src, x in arrays:
         for path, value in zip(src.targets, name_map.to_params(src.kind, x)):
@@ -198,13 +208,18 @@ def assemble(cfg: ModelConfig, arrays: Iterable[tuple[name_map.Source, np.ndarra
             else:
                 key = (path, src.row)
                 if key not in experts:
-                    experts[key] = [np.empty(name_map.get_path(shapes, path)[1:], dtype), 0]
+                    buf = (sink.row_view(stack(path)[0], src.row) if sink.row_view
+                           else np.empty(name_map.get_path(shapes, path)[1:], dtype))
+                    experts[key] = [buf, 0]
                 entry = experts[key]
                 entry[0][src.expert] = value
                 entry[1] += 1
                 if entry[1] == cfg.num_experts:
                     del experts[key]
-                    write_row(path, src.row, entry[0])
+                    if sink.row_view:
+                        row_done(path)
+                    else:
+                        write_row(path, src.row, entry[0])
     if experts or stacks:
         path = sorted(experts)[0][0] if experts else sorted(stacks)[0]
         raise CheckpointError(f"incomplete layer stack for parameter {'/'.join(map(str, path))}")
