@@ -27,7 +27,7 @@ from moe_jax.routing import store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANGS = ["eng_Latn", "fra_Latn", "deu_Latn", "spa_Latn"]
-EVAL_LANGS = ["eng_Latn", "fra_Latn"]
+EVAL_LANGS = ["eng_Latn", "fra_Latn", "deu_Latn"]
 ARGS = ["--config=configs/demo.py", "--stages=convert,collect,eval", f"--config.data.languages={','.join(LANGS)}",
         "--config.data.max_sentences=6", "--config.tasks={}", "--config.collect.token_topk=False",
         "--config.eval.tasks=belebele", f"--config.eval.languages={','.join(EVAL_LANGS)}", "--config.eval.limit=3",
@@ -137,6 +137,8 @@ def runs(tmp_path_factory):
     proc = launch(work)
     kill_when(proc, lambda: (work / "eval" / "belebele" / f"{EVAL_LANGS[0]}.jsonl").exists(), "the first eval record")
     assert set(store.read_meta(str(work / "routing"))["languages"]) == set(LANGS)
+    # the record written before the kill, damaged (whether or not the kill came before the manifest listed it)
+    _truncate(work / "eval" / "belebele" / f"{EVAL_LANGS[0]}.jsonl")
     # 4. to the end
     finish(launch(work))
     finish(reference)
@@ -186,7 +188,8 @@ def _chunks(params):
 
 def test_damaged_files_are_named_and_redone(runs):
     """Each kind of damage (truncate, same-size byte flip, delete, replace with another file of the
-    same kind) on the routing store, the converted checkpoint and the eval records: readers name the
+    same kind) on the routing store, the converted checkpoint and the eval records (truncated in the
+    fixture, before the last resumed run): readers name the
     file and the command that repairs it, and that command (here the three stages in one launch)
     restores the uninterrupted run's outputs."""
     ref, work, _, _ = runs
@@ -201,6 +204,7 @@ def test_damaged_files_are_named_and_redone(runs):
     _flip(others[1])
     os.remove(others[2])
     _replace(same[1], same[0])  # another parameter's chunk of the same shape: a valid zarr chunk
+    _replace(ev / f"{EVAL_LANGS[2]}.jsonl", ev / f"{EVAL_LANGS[0]}.jsonl")  # another language's records
     _flip(ev / f"{EVAL_LANGS[0]}.jsonl", offset=5)
     os.remove(ev / f"{EVAL_LANGS[1]}.jsonl")
 
