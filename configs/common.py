@@ -94,7 +94,7 @@ def hub_model_config(hub_id: str, *, batch_size: int = 16, model_axis: int = 1, 
     c.model.source = "hub"
     c.model.hub_id = hub_id
     c.model.name = hub_id
-    c.model.dtype = "bfloat16"
+    c.model.dtype = "bfloat16"  # as the studies ran them ("auto": the checkpoint's own, from its config.json)
     c.data.source = dataset
     c.data.languages = R_LANGUAGES
     c.data.split = {"belebele": "test", "flores_plus": "dev"}[dataset]

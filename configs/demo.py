@@ -31,7 +31,7 @@ ILLUSTRATIVE_ACCURACY = {
 def get_config():
     c = common.default_config()
     c.model.source = "tiny_random"
-    c.model.dtype = "float32"
+    c.model.dtype = "float32"  # the tiny random checkpoint's own dtype ("auto" reads the same)
     # GQA, shared expert, 8 experts top-3; 8 layers of which layer 1 is dense, so the curves have 7 MoE layers.
     c.model.tiny.model_type = "qwen2_moe"
     c.model.tiny.overrides = {"num_hidden_layers": 8, "mlp_only_layers": [1]}
