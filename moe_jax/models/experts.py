@@ -12,8 +12,8 @@ clamped form ``(clip(u, -l, l) + 1) * g' * sigmoid(alpha g')`` with ``g' = min(g
 - ``dense``: every expert on every token, combined with a [T, E] weight matrix. Reference; cheap
   to compile, E/k times the useful FLOPs.
 - ``grouped``: the T*k assignments sorted by expert; a loop over the experts that have rows slices
-  each one's weights once (never gathered) and runs its rows in chunks of static sizes (128 rows,
-  then at most one each of 64, 32, 16, 8, then 8 rows over the last < 8), each chunk gathering its
+  each one's weights once (never gathered) and runs its rows in chunks of static sizes (512 rows,
+  then at most one each of 256, 128, ..., 8, then 8 rows over the last < 8), each chunk gathering its
   tokens and adding its weighted rows into the output. A group of ``n`` rows costs
   ``ceil(n / 8) * 8`` rows, so about ``(T*k + 4E) * 6HF`` FLOPs; the loops' trip counts are data,
   so an empty expert costs nothing. Portable; the fastest backend on CPU (there, few large
@@ -137,7 +137,7 @@ def tokamax_dispatch(x, idx, w, p, act):
 
 # ``grouped`` runs each expert's rows in chunks of MAX_CHUNK rows, then one chunk of each smaller
 # power of two down to MIN_CHUNK that fits, then one MIN_CHUNK chunk over the last < MIN_CHUNK rows.
-MIN_CHUNK, MAX_CHUNK = 8, 128
+MIN_CHUNK, MAX_CHUNK = 8, 512  # on CPU 512 runs ~8% faster than 128 at ~1000 rows per expert, the same below
 
 
 def chunk_sizes(max_chunk: int = MAX_CHUNK, min_chunk: int = MIN_CHUNK) -> tuple[int, ...]:
