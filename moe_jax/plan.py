@@ -13,7 +13,8 @@ Per device it counts (estimates, in bytes; the convert stage makes the same chec
   scores ``T seq h`` in float32, the dense expert dispatch's gate / up / product ``3 T E W`` at the
   dtype (an upper bound: the grouped backends compute about ``3 T k W``), and the router outputs kept
   for every MoE layer ``L T E`` in float32 (``h``, ``kv``, ``E``: heads, kv heads and experts on this
-  device);
+  device), plus one decoder layer's parameters on this device (the layer scan may slice them out of
+  their stack, ``layer_slice_bytes``);
 * evaluation: the same forward at ``eval.batch_size`` plus float32 logits ``T V``, and the KV cache of
   generation ``2 layers rows (seq + max_gen_toks) kv D`` at the dtype.
 
@@ -41,7 +42,7 @@ import numpy as np
 
 from moe_jax import sharding as shd
 from moe_jax.models.config import ModelConfig
-from moe_jax.models.params import param_spec
+from moe_jax.models.params import param_spec, run_spec
 from moe_jax.pipeline import StageError
 
 GiB = 1024 ** 3
@@ -156,6 +157,19 @@ class Workload:
 def parameter_bytes(cfg: ModelConfig, sizes: Mapping[str, int], dtype_bytes: int,
                     rules: Mapping[str, str | None] = shd.DEFAULT_RULES) -> tuple[int, int]:
     """``(total, per device)`` parameter bytes of ``cfg`` on a mesh of axis ``sizes``."""
+    return _spec_bytes(param_spec(cfg), sizes, dtype_bytes, rules)
+
+
+def layer_slice_bytes(cfg: ModelConfig, sizes: Mapping[str, int], dtype_bytes: int,
+                      rules: Mapping[str, str | None] = shd.DEFAULT_RULES) -> int:
+    """Per-device bytes of the largest decoder layer: the layer scan may slice a layer's parameters
+    out of its run's stack into a buffer of their own while it runs."""
+    return max(_spec_bytes(run_spec(cfg, r), sizes, dtype_bytes, rules)[1] // (stop - start)
+               for r, (start, stop, _) in enumerate(cfg.layer_runs))
+
+
+def _spec_bytes(spec: Any, sizes: Mapping[str, int], dtype_bytes: int,
+                rules: Mapping[str, str | None]) -> tuple[int, int]:
     total = per_device = 0
 
     def visit(node):
@@ -172,7 +186,7 @@ def parameter_bytes(cfg: ModelConfig, sizes: Mapping[str, int], dtype_bytes: int
         else:
             for v in node:
                 visit(v)
-    visit(param_spec(cfg))
+    visit(spec)
     return total, per_device
 
 
@@ -198,6 +212,8 @@ def activation_bytes(cfg: ModelConfig, sizes: Mapping[str, int], w: Workload,
         return t, layer + cfg.num_moe_layers * t * cfg.num_experts * 4
     _, collect = forward(w.collect_batch)
     t, ev = forward(w.eval_batch)
+    layer_slice = layer_slice_bytes(cfg, sizes, w.dtype_bytes, rules)
+    collect, ev = collect + layer_slice, ev + layer_slice
     kv_cache = 2 * cfg.num_layers * math.ceil(w.eval_batch / data) * (w.seq + w.max_gen_toks) * kv * cfg.head_dim * a
     return {"collect": collect, "eval": ev + t * cfg.vocab_size * 4, "kv_cache": kv_cache}
 

@@ -59,12 +59,15 @@ def test_activation_estimates_match_hand_computation():
     cfg = ModelConfig.from_hf(RELEASED["Qwen3-30B-A3B"][0])
     a = pl.make_plan(cfg, pl.named_accelerator("v5e-8"), {"data": 1, "model": -1}, WORK).activations
     # 4 heads of 32 per device; 4 kv heads do not split over 8 (all 4 stay); 16 experts of 128
+    # one decoder layer's bf16 parameters on a device: q/o (heads) and k/v (512 = 4 kv heads x 128
+    # columns, divisible by 8) and the experts split 8 ways; norms and the router whole
+    weights = (2048 * 4096 * 2 + 2048 * 512 * 2 + 3 * 128 * 2048 * 768) // 8 + 2 * 128 + 2 * 2048 + 2048 * 128
     t = 16 * 512  # collect: 16 rows on the one data shard
     layer = 4 * t * 2048 * 2 + t * (4 + 2 * 4) * 128 * 2 + t * 512 * 4 * 4 + 3 * t * 16 * 768 * 2
-    assert a["collect"] == layer + 48 * t * 128 * 4
+    assert a["collect"] == layer + 48 * t * 128 * 4 + weights * 2
     t = 8 * 512  # eval: 8 rows, plus float32 logits
     layer = 4 * t * 2048 * 2 + t * (4 + 2 * 4) * 128 * 2 + t * 512 * 4 * 4 + 3 * t * 16 * 768 * 2
-    assert a["eval"] == layer + 48 * t * 128 * 4 + t * 151936 * 4
+    assert a["eval"] == layer + 48 * t * 128 * 4 + t * 151936 * 4 + weights * 2
     assert a["kv_cache"] == 2 * 48 * 8 * (512 + 256) * 4 * 128 * 2
 
 
