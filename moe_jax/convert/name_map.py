@@ -5,7 +5,9 @@ tensor(s) it comes from and the transform between the two layouts. Family differ
 data: ``FamilySpec.hf_moe_prefix`` ("mlp" or "block_sparse_moe") picks the MoE block name and
 the expert projection names; which leaves exist (biases, qk-norms, shared expert, dense layers,
 lm_head) is decided by ``param_spec``. ``plan(cfg, available)`` expands the table into one
-``Source`` per HF tensor, which the loader, the validator and the exporter all share.
+``Source`` per HF tensor, which the loader, the validator and the exporter all share. Decoder layers
+are stacked per run (``ModelConfig.layer_runs``): layer ``i``'s tensors target its run's leaves
+(``("layers", run, ...)``) at row ``Source.row`` of their leading axis.
 
 Expert layouts on disk (both accepted, chosen per layer by what the checkpoint contains):
 - per expert (released checkpoints, ``save_pretrained`` in v4 and v5):
