@@ -281,5 +281,6 @@ def test_task_store_of_another_checkpoint_is_an_error(collected, tmp_path):
     with pytest.raises(ValueError, match="task store 'math' .* was collected from another checkpoint"):
         analysis_stage.run(task_config(), work)
     os.remove(os.path.join(work, "tasks", "math", "eng_Latn.npz"))
-    with pytest.raises(ValueError, match="task store 'math' .* holds no complete language; run the collect stage"):
+    with pytest.raises(ValueError, match="tasks/math/eng_Latn.npz: language 'eng_Latn' is listed in meta.json but its "
+                                         "file is missing; run the collect stage"):
         analysis_stage.run(task_config(), work)

@@ -18,7 +18,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping
 
-_CHUNK = 1 << 24
+_CHUNK = 1 << 20  # per thread: hashing adds at most _THREADS MiB of host memory
 _THREADS = 8  # hashlib releases the GIL: files hash in parallel
 
 
