@@ -222,3 +222,15 @@ def test_damaged_files_are_named_and_redone(runs):
     assert sorted(got) == sorted(want)
     assert {k for k in want if got[k] != want[k]} == set()
     assert leftovers(work) == []
+
+
+def test_leftovers_of_a_killed_overwrite_are_removed(tmp_path):
+    """A kill while ``--overwrite`` removed the replaced conversion leaves ``.OUT.old-*`` (one during the
+    conversion ``.OUT.tmp-*``): the next conversion to OUT removes both, and nothing else."""
+    from moe_jax.convert.checkpoint import remove_stale_temps
+    stale = [tmp_path / ".out.old-ab12cd34", tmp_path / ".out.tmp-x_9y8z7w"]
+    keep = [tmp_path / ".out.old-mine", tmp_path / ".other.tmp-ab12cd34", tmp_path / "out.old-ab12cd34"]
+    for d in stale + keep:
+        (d / "params").mkdir(parents=True)
+    assert sorted(remove_stale_temps(str(tmp_path / "out"))) == sorted(map(str, stale))
+    assert all(d.exists() for d in keep) and not any(d.exists() for d in stale)

@@ -168,9 +168,10 @@ def _is_conversion(path: str) -> bool:
 
 def remove_stale_temps(out_dir: str) -> list[str]:
     """Removes the temp dirs ``.{base}.tmp-XXXXXXXX`` (mkdtemp's naming) that a killed conversion to
-    ``out_dir`` left beside it; returns their paths."""
+    ``out_dir`` left beside it, and ``.{base}.old-XXXXXXXX`` (a replaced conversion, killed before it
+    was removed); returns their paths."""
     parent, base = os.path.split(os.path.abspath(out_dir))
-    pattern = re.compile(re.escape(f".{base}.tmp-") + r"[a-z0-9_]{8}")
+    pattern = re.compile(re.escape(f".{base}.") + r"(tmp|old)-[a-z0-9_]{8}")
     try:
         names = os.listdir(parent)
     except FileNotFoundError:
