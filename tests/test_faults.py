@@ -40,14 +40,15 @@ VOLATILE_FILES = {f"checkpoint/{p}" for p in ORBAX_STAMPS}
 # between the reference run and the resumed one)
 VOLATILE_KEYS = {"created", "seconds", "compile_seconds", "tokens_per_s", "code_version", *ORBAX_STAMPS}
 TIMEOUT = 240
-CACHE = []  # the module's compilation cache dir (set by the fixture)
+CACHE = []  # the module's compilation cache dir and Hugging Face home (set by the fixture)
 
 
 def launch(workdir, *extra):
     # one compilation cache for every launch of the module (outside the workdirs): later runs skip
-    # most compiles; cached executables compute the same bits
+    # most compiles; cached executables compute the same bits. The Hugging Face cache (the eval stage's
+    # data loading caches the demo items there) is the module's own too, so that it is seen.
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=CACHE[0],
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", HF_HOME=CACHE[1])
     env.pop("XLA_FLAGS", None)
     return subprocess.Popen([sys.executable, "-m", "moe_jax.launch", f"--workdir={workdir}", *ARGS, *extra], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -117,7 +118,7 @@ def runs(tmp_path_factory):
     """The reference (uninterrupted) run, started in parallel with the interrupted one: ``(ref, work,
     sibling snapshot, sibling)``."""
     base = tmp_path_factory.mktemp("faults")
-    CACHE[:] = [str(tmp_path_factory.mktemp("jax_cache"))]
+    CACHE[:] = [str(tmp_path_factory.mktemp("jax_cache")), str(base / "hf_home")]
     ref, work, sibling = base / "ref", base / "work", base / "sibling"
     sibling.mkdir()
     (sibling / "notes.txt").write_text("a user's file beside the workdir\n")
@@ -154,7 +155,9 @@ def test_killed_runs_resume_bit_identical(runs):
     after = snapshot(base)
     assert {k: v for k, v in after.items() if k.startswith("sibling")} == \
            {k: v for k, v in before.items() if k.startswith("sibling")}  # nothing outside the workdirs touched
-    assert {k.split(os.sep)[0] for k in after} == {"ref", "work", "sibling"}
+    # outside the workdirs only the Hugging Face cache was written to (datasets' cache of the eval items)
+    assert {k.split(os.sep)[0] for k in after} == {"ref", "work", "sibling", "hf_home"}
+    assert {k.split(os.sep)[1] for k in after if k.startswith("hf_home")} == {"datasets"}
 
 
 def _flip(path, offset=None):
