@@ -237,3 +237,17 @@ def test_leftovers_of_a_killed_overwrite_are_removed(tmp_path):
         (d / "params").mkdir(parents=True)
     assert sorted(remove_stale_temps(str(tmp_path / "out"))) == sorted(map(str, stale))
     assert all(d.exists() for d in keep) and not any(d.exists() for d in stale)
+
+
+def test_damaged_conversion_record_names_the_repair(tmp_path):
+    """``moe_jax.json`` itself damaged: loading says to remove the directory and convert again (nothing
+    else records what moe_jax wrote there, so ``--overwrite`` refuses to delete it)."""
+    from moe_jax import tiny
+    from moe_jax.convert.checkpoint import convert_checkpoint
+    out = convert_checkpoint(tiny.write_random_hf_checkpoint(str(tmp_path / "hf"), tiny.tiny_hf_config("qwen3_moe")),
+                             tmp_path / "out")
+    _truncate(os.path.join(out, "moe_jax.json"))
+    with pytest.raises(CheckpointError, match=f"(?s)cannot read .*moe_jax.json.*remove {out} and convert again"):
+        loader.load_params(out)
+    with pytest.raises(ValueError, match="is not a moe_jax conversion"):
+        convert_checkpoint(tmp_path / "hf", out, overwrite=True)

@@ -301,7 +301,11 @@ def load_params(path: str | os.PathLike, dtype: Any = "float32", shardings: Any 
     """
     resolve_dtype(dtype)
     if checkpoint_kind(path) == "converted":
-        meta = orbax_io.read_meta(path)
+        try:
+            meta = orbax_io.read_meta(path)
+        except CheckpointError as e:  # moe_jax.json itself damaged: nothing records what else was written
+            raise CheckpointError(f"{e}\nThe conversion's record is damaged: remove {os.fspath(path)} and convert "
+                                  "again (the convert stage, or python -m moe_jax.convert)") from None
         check_conversion_files(os.fspath(path), meta, content=False)
         np_dtype = resolve_dtype(dtype, meta.get("dtype"))
         warn_precision(os.fspath(path), meta, np_dtype)

@@ -54,7 +54,10 @@ def sha256_text(text: str) -> str:
 
 
 def read_manifest(eval_dir: str) -> dict[str, Any] | None:
-    m = read_json(os.path.join(eval_dir, MANIFEST))
+    try:
+        m = read_json(os.path.join(eval_dir, MANIFEST))
+    except ValueError as e:
+        raise ValueError(f"{e}; delete it to evaluate every (task, language) of {eval_dir} again") from None
     if m is not None and not isinstance(m, dict):
         raise ValueError(f"{os.path.join(eval_dir, MANIFEST)} holds a {type(m).__name__}, not a JSON object")
     return m
