@@ -190,7 +190,7 @@ def main() -> None:
         load = os.getloadavg()[0]
         best = best_of(fns, a.repeats)
         print(f"  (1-minute load average {load:.1f} before, {os.getloadavg()[0]:.1f} after the timed runs, "
-              f"{os.cpu_count()} cores: other processes share them)")
+              f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} cores for this process; other processes share them)")
         fastest_hf = min(v for k, v in best.items() if k.startswith("transformers"))
         n = a.batch * a.seq
         for name, t in best.items():
