@@ -132,6 +132,50 @@ def test_overhang_into_the_next_group_leaks_nothing(backend, opts):
     np.testing.assert_array_equal(y[5:], 0)
 
 
+def stacked_problem():
+    """Two layers' experts stacked on a leading axis ([2, E, ...]), as a layer scan holds them."""
+    x, idx, w, p0 = problem(29, 3, 8, seed=12, biases=True)
+    p1 = problem(29, 3, 8, seed=13, biases=True)[3]
+    return x, idx, w, (p0, p1), {n: np.stack([p0[n], p1[n]]) for n in p0}
+
+
+@pytest.mark.parametrize("backend,opts", CASES)
+def test_stacked_layers_run_the_named_layer(backend, opts):
+    """``layer=`` (traced, as in a scan) picks that layer's experts out of the stack."""
+    x, idx, w, layers, stacked = stacked_problem()
+    fn = functools.partial(experts.BACKENDS[backend], act=experts.swiglu, **opts) if opts else \
+        functools.partial(experts.dispatch, backend=backend)
+    run_layer = jax.jit(lambda layer: fn(jnp.asarray(x), jnp.asarray(idx), jnp.asarray(w), stacked, layer=layer))
+    for layer, p in enumerate(layers):
+        np.testing.assert_allclose(np.asarray(run_layer(layer)), loop(x, idx, w, p, np_swiglu), rtol=1e-5, atol=1e-5)
+
+
+EXPERT_PARALLEL_STACKED = """
+import jax, jax.numpy as jnp, numpy as np
+from test_dispatch import stacked_problem
+from moe_jax import sharding as shd
+from moe_jax.models import experts
+x, idx, w, layers, stacked = stacked_problem()
+mesh = shd.make_mesh({"data": 1, "model": 4})
+with jax.set_mesh(mesh):
+    for backend in ("grouped", "dense"):
+        y = jax.jit(lambda l: experts.dispatch(jnp.asarray(x), jnp.asarray(idx), jnp.asarray(w), stacked, backend,
+                                               layer=l))(1)
+        np.save(f"{OUT}/{backend}.npy", np.asarray(y))
+"""
+
+
+def test_stacked_layers_expert_parallel(tmp_path):
+    """On 4 devices splitting the experts, ``layer=`` runs each device's experts of that layer."""
+    from simulated_devices import run_on_devices
+    run_on_devices(["-c", f"import sys; sys.path.insert(0, 'tests'); OUT = {str(tmp_path)!r}\n"
+                    + EXPERT_PARALLEL_STACKED], 4)
+    x, idx, w, layers, _ = stacked_problem()
+    for backend in ("grouped", "dense"):
+        np.testing.assert_allclose(np.load(tmp_path / f"{backend}.npy"), loop(x, idx, w, layers[1], np_swiglu),
+                                   rtol=1e-5, atol=1e-5, err_msg=backend)
+
+
 @pytest.mark.parametrize("max_chunk,min_chunk", [(8, 2), (128, 8), (4, 4)])
 def test_grouped_rows_counted_by_its_loops(max_chunk, min_chunk):
     """The rows grouped computes, counted inside its chunk loops, are each group rounded up to
