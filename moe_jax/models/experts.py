@@ -143,7 +143,8 @@ MIN_CHUNK, MAX_CHUNK = 8, 512  # on CPU 512 runs ~8% faster than 128 at ~1000 ro
 def chunk_sizes(max_chunk: int = MAX_CHUNK, min_chunk: int = MIN_CHUNK) -> tuple[int, ...]:
     """``(max_chunk, max_chunk / 2, ..., min_chunk)``: powers of two apart, so a group of ``n`` rows
     runs as ``ceil(n / min_chunk) * min_chunk`` rows."""
-    if min_chunk < 1 or max_chunk < min_chunk or max_chunk % min_chunk or (max_chunk // min_chunk) & (max_chunk // min_chunk - 1):
+    ratio = max_chunk // min_chunk if min_chunk >= 1 and max_chunk % min_chunk == 0 else 0
+    if ratio < 1 or ratio & (ratio - 1):  # not min_chunk times a power of two
         raise ValueError(f"chunks need max_chunk ({max_chunk}) = min_chunk ({min_chunk}) * a power of two")
     sizes = [max_chunk]
     while sizes[-1] > min_chunk:
