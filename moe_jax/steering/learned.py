@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from moe_jax.models import experts as experts_lib
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.decoder import forward
 from moe_jax.models.intervention import Intervention
@@ -55,8 +56,16 @@ def js_divergence(p: jax.Array, q: jax.Array) -> jax.Array:
     return 0.5 * kl(p) + 0.5 * kl(q)
 
 
+def differentiable(backend: str) -> str:
+    """``backend``, or ``dense`` where it resolves to ``grouped``: its loops have data-dependent trip
+    counts, which reverse-mode differentiation cannot go through."""
+    resolved = experts_lib.resolve(backend)
+    return "dense" if resolved == "grouped" else resolved
+
+
 def routing_statistic(params: dict, cfg: ModelConfig, ids, mask, count_mask, bias, backend: str = "auto"):
-    """``[B, L, E]`` mean full-softmax routing of ``ids [B, S]`` with router ``bias [L, E]`` applied."""
+    """``[B, L, E]`` mean full-softmax routing of ``ids [B, S]`` with router ``bias [L, E]`` applied
+    (``backend`` must be differentiable when this is: see ``differentiable``)."""
     zeros = jnp.zeros_like(bias)
     iv = Intervention(bias, zeros, zeros, jnp.zeros(bias.shape, jnp.int32))
     out = forward(params, cfg, ids, mask, intervention=iv, return_router=True, compute_logits=False,
@@ -67,7 +76,7 @@ def routing_statistic(params: dict, cfg: ModelConfig, ids, mask, count_mask, bia
 @functools.partial(jax.jit, static_argnames=("cfg", "backend"))
 def _loss(bias, params, cfg, ids, mask, count_mask, target, band, l2, backend="auto"):
     bias = bias * band[:, None]  # only the band is a free parameter
-    q = routing_statistic(params, cfg, ids, mask, count_mask, bias, backend)
+    q = routing_statistic(params, cfg, ids, mask, count_mask, bias, differentiable(backend))
     div = js_divergence(target, q)  # [B, L]
     div = jnp.sum(div * band, -1) / jnp.maximum(band.sum(), 1.0)
     return jnp.mean(div) + l2 * jnp.sum(jnp.square(bias)), jnp.mean(div)
