@@ -89,8 +89,9 @@ def test_writer_failure_in_convert_stops_both_processes(tmp_path):
     empty = tmp_path / "hf"  # no weights: converting fails on process 0, the only one that converts
     empty.mkdir()
     outs = fail_together(launch_two(tmp_path / "work", "--config.model.source=hf_dir", f"--config.model.hf_dir={empty}"))
-    assert "has neither model.safetensors nor" in outs[1]
-    assert "WriterFailedError: process 0 failed while converting the checkpoint" in outs[0]
+    assert "has no *.safetensors file" in outs[1]  # found by process 0's preflight, before any write
+    assert "WriterFailedError: process 0 failed while checking the requested stages" in outs[0]
+    assert not (tmp_path / "work").exists()
 
 
 def test_writer_failure_in_collect_stops_both_processes(tmp_path):
@@ -103,4 +104,4 @@ def test_writer_failure_in_collect_stops_both_processes(tmp_path):
     (work / "routing" / "meta.json").write_text("{not json")  # process 0 cannot open the store
     outs = fail_together(launch_two(work, "--stages=collect", args=[a for a in ARGS if not a.startswith("--stages")]))
     assert f"{work / 'routing' / 'meta.json'} is not valid JSON" in outs[1]
-    assert "WriterFailedError: process 0 failed while opening the routing store" in outs[0]
+    assert "WriterFailedError: process 0 failed while checking the requested stages" in outs[0]
