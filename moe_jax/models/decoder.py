@@ -35,11 +35,16 @@ class ModelOutput(NamedTuple):
 
 
 def moe_block(p: dict, x: jax.Array, cfg: ModelConfig, iv: iv_lib.Intervention | None,
-              backend: str) -> tuple[jax.Array, RouterOutput]:
-    """Routed experts (+ Qwen2's gated shared expert) on ``x [T, H]``."""
+              backend: str, experts: dict | None = None,
+              row: jax.Array | int | None = None) -> tuple[jax.Array, RouterOutput]:
+    """Routed experts (+ Qwen2's gated shared expert) on ``x [T, H]``.
+
+    ``experts``: the routed experts' leaves stacked over a run's layers (``[L, E, ...]``), of which
+    row ``row`` runs (see ``experts.dispatch``'s ``layer``); None: they are in ``p`` (``[E, ...]``)."""
     z = layers.linear(p["router"], x).astype(jnp.float32)  # gate runs in the model dtype, as the reference
     weights, idx = route(z if iv is None else iv_lib.apply(z, iv), cfg, x.dtype)
-    y = experts_lib.dispatch(x, idx, weights, p, backend, experts_lib.activation(cfg))
+    y = experts_lib.dispatch(x, idx, weights, p if experts is None else experts, backend,
+                             experts_lib.activation(cfg), layer=None if experts is None else row)
     if "shared" in p:
         y = y + jax.nn.sigmoid(x @ p["shared_gate"]["kernel"]) * layers.mlp(p["shared"], x)
     return y, RouterOutput(z, idx, weights)
@@ -77,9 +82,11 @@ def run_data(cfg: ModelConfig, run: int, intervention: iv_lib.Intervention | Non
 
 def decoder_layer(lp: dict, d: LayerData, x: jax.Array, cache: KVCache | None, cfg: ModelConfig,
                   rope: tuple[jax.Array, jax.Array], positions: jax.Array, valid: jax.Array,
-                  index: jax.Array | int, backend: str) -> tuple[jax.Array, KVCache | None, RouterOutput | None]:
+                  index: jax.Array | int, backend: str, experts: dict | None = None,
+                  row: jax.Array | int | None = None) -> tuple[jax.Array, KVCache | None, RouterOutput | None]:
     """One decoder layer on ``x [B, S, H]`` with its params ``lp`` (no leading axis) and data ``d``
-    (scalars, intervention fields ``[E]``): ``(x, cache, router output or None for a dense layer)``."""
+    (scalars, intervention fields ``[E]``): ``(x, cache, router output or None for a dense layer)``.
+    ``experts``/``row``: the run's stacked routed experts and this layer's row in them (``moe_block``)."""
     B, S, _ = x.shape
     a, cache = layers.attention(lp["attn"], layers.norm(lp["attn_norm"], x, cfg), *rope, cfg, positions, valid,
                                 cache=cache, layer=d.layer, index=index, window=d.window)
@@ -87,7 +94,7 @@ def decoder_layer(lp: dict, d: LayerData, x: jax.Array, cache: KVCache | None, c
     h = layers.norm(lp["mlp_norm"], x, cfg)
     if "moe" not in lp:
         return x + layers.mlp(lp["mlp"], h), cache, None
-    y, r = moe_block(lp["moe"], h.reshape(B * S, -1), cfg, d.intervention, backend)
+    y, r = moe_block(lp["moe"], h.reshape(B * S, -1), cfg, d.intervention, backend, experts, row)
     return x + y.reshape(B, S, -1), cache, r
 
 
@@ -118,10 +125,16 @@ def decoder_layers(params: dict, cfg: ModelConfig, input_ids: jax.Array, positio
     routers = []
     for run, stack in enumerate(params["layers"]):
         data = run_data(cfg, run, intervention)
+        start = cfg.layer_runs[run][0]
+        experts = None
+        if "moe" in stack:  # the routed experts stay stacked: dispatch reads only the experts it runs
+            experts = {k: v for k, v in stack["moe"].items() if k in experts_lib.EXPERT_KEYS}
+            stack = {**stack, "moe": {k: v for k, v in stack["moe"].items() if k not in experts}}
 
         def body(carry, xs):
             (x, cache), (lp, d) = carry, xs
-            x, cache, r = decoder_layer(lp, d, x, cache, cfg, rope, positions, valid, index, backend)
+            x, cache, r = decoder_layer(lp, d, x, cache, cfg, rope, positions, valid, index, backend,
+                                        experts, d.layer - start)
             return (x, cache), r
 
         if scan_layers:
