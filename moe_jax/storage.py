@@ -29,8 +29,9 @@ import builtins
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from typing import IO, Any, BinaryIO, Callable, Mapping
+from typing import IO, Any, BinaryIO, Callable, Mapping, Sequence
 
 from etils import epath
 
@@ -68,8 +69,49 @@ def join(p: str | os.PathLike, *parts: str) -> str:
     return os.path.join(os.fspath(p), *parts)
 
 
+def absolute(p: str | os.PathLike) -> str:
+    """``os.path.abspath`` for a local path; a URL as given, without a trailing slash (abspath would
+    turn ``gs://b/x`` into ``$PWD/gs:/b/x``)."""
+    s = os.fspath(p)
+    return s.rstrip("/") if is_remote(s) else os.path.abspath(s)
+
+
 def exists(p: str | os.PathLike) -> bool:
     return path(p).exists() if is_remote(p) else os.path.exists(p)
+
+
+def isdir(p: str | os.PathLike) -> bool:
+    """A local directory, or a ``gs://`` prefix with at least one object under it."""
+    return path(p).is_dir() if is_remote(p) else os.path.isdir(p)
+
+
+def isfile(p: str | os.PathLike) -> bool:
+    return path(p).is_file() if is_remote(p) else os.path.isfile(p)
+
+
+def walk_files(root: str | os.PathLike) -> list[str]:
+    """Sorted paths, relative to ``root`` and joined with "/", of every file under it ([] if none)."""
+    root = os.fspath(root)
+    if is_remote(root):
+        fs, base = _fs(root)
+        base = base.rstrip("/")
+        try:
+            found = fs.find(base)
+        except FileNotFoundError:
+            return []
+        return sorted(f[len(base) + 1:] for f in found if f.startswith(base + "/"))
+    out = []
+    for d, _, names in os.walk(root):
+        out += [os.path.relpath(os.path.join(d, n), root).replace(os.sep, "/") for n in names]
+    return sorted(out)
+
+
+def _fs(url: str):
+    """The fsspec filesystem of a URL and the path it uses for it."""
+    import fsspec
+
+    fs, p = fsspec.core.url_to_fs(url)
+    return fs, p
 
 
 def size(p: str | os.PathLike) -> int:
@@ -126,6 +168,68 @@ def remove(p: str | os.PathLike) -> None:
         path(p).unlink()
     else:
         os.remove(p)
+
+
+def remove_tree(p: str | os.PathLike) -> None:
+    """Deletes a local directory tree or every object under a ``gs://`` prefix. Callers decide first
+    that moe_jax wrote it (the tree is never deleted on a guess)."""
+    if is_remote(p):
+        fs, base = _fs(os.fspath(p))
+        if walk_files(p):
+            fs.rm(base.rstrip("/"), recursive=True)
+    else:
+        shutil.rmtree(p)
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copies one file between any two kinds of path; ``dst`` appears complete or not at all."""
+    with open(src, "rb") as f:
+        atomic_write(dst, lambda out: shutil.copyfileobj(f, out, _CHUNK))
+
+
+def upload_tree(local_dir: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
+    """Copies every file under ``local_dir`` to the same relative path under ``dst``; returns them.
+    For libraries that only write local directories (HF ``save_pretrained``)."""
+    names = walk_files(local_dir)
+    for name in names:
+        copy_file(os.path.join(local_dir, name), join(dst, name))
+    return names
+
+
+def local_dir(src: str | os.PathLike, names: Sequence[str], key: str, *, cache: str | None = None) -> str:
+    """A local directory holding ``names`` from ``src``, for readers that need one (HF tokenizers).
+
+    A local ``src`` is returned as is. A remote one is downloaded once into
+    ``<cache>/<key>/`` (``cache``: ``$MOE_JAX_CACHE`` or ``~/.cache/moe_jax/staged``), where
+    ``key`` names the content (a digest of the files the caller trusts): a later call with the same
+    key reuses it; the directory appears complete (a temp directory renamed into place) or not at
+    all. Names missing from ``src`` are skipped.
+    """
+    if not is_remote(src):
+        return os.fspath(src)
+    if not key or "/" in key or key.startswith("."):
+        raise ValueError(f"local_dir: key must be a plain name (a digest), got {key!r}")
+    cache = cache or os.environ.get("MOE_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "moe_jax",
+                                                                      "staged")
+    out = os.path.join(cache, key)
+    if os.path.isdir(out):
+        return out
+    os.makedirs(cache, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=cache, prefix=f".{key}.", suffix=".tmp")
+    try:
+        for name in names:
+            if exists(join(src, name)):
+                copy_file(join(src, name), os.path.join(tmp, name))
+        os.chmod(tmp, 0o755)
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another process staged the same key first: same content
+            if not os.path.isdir(out):
+                raise
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+    return out
 
 
 def digest(p: str | os.PathLike) -> tuple[int, str]:

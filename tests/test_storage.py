@@ -210,3 +210,39 @@ def test_objects_written_by_another_process_are_seen(gcs_dir):
     subprocess.run([sys.executable, "-c", other_host, gcs_dir], check=True, timeout=120)
     assert storage.listdir(gcs_dir) == ["de.npz", "en.npz", storage.MANIFEST]
     assert storage.read_published(gcs_dir, "de.npz") == b"from the other host"
+
+
+def test_tree_helpers(root, tmp_path):
+    """walk_files / isdir / isfile / copy_file / upload_tree / remove_tree on both kinds of path."""
+    assert storage.walk_files(root) == [] and not storage.isdir(root)
+    src = tmp_path / "src"
+    (src / "params" / "x").mkdir(parents=True)
+    (src / "a.txt").write_bytes(b"A")
+    (src / "params" / "x" / "b.bin").write_bytes(b"B" * 1000)
+    assert storage.upload_tree(str(src), root) == ["a.txt", "params/x/b.bin"]
+    assert storage.walk_files(root) == ["a.txt", "params/x/b.bin"]
+    assert storage.isdir(root) and storage.isdir(storage.join(root, "params")) and not storage.isfile(root)
+    assert storage.isfile(storage.join(root, "a.txt")) and not storage.isdir(storage.join(root, "a.txt"))
+    storage.copy_file(storage.join(root, "params/x/b.bin"), storage.join(root, "c.bin"))
+    assert storage.read_bytes(storage.join(root, "c.bin")) == b"B" * 1000
+    assert storage.absolute(root + "/") == (root if storage.is_remote(root) else os.path.abspath(root))
+    storage.remove_tree(storage.join(root, "params"))
+    assert storage.walk_files(root) == ["a.txt", "c.bin"]
+
+
+def test_local_dir_stages_a_remote_dir_once(gcs_dir, tmp_path):
+    """A remote directory is downloaded into a local cache keyed by content, once; a local one is
+    returned as it is."""
+    storage.atomic_write_bytes(storage.join(gcs_dir, "tokenizer.json"), b"{}")
+    storage.atomic_write_bytes(storage.join(gcs_dir, "vocab.txt"), b"a\nb\n")
+    cache = str(tmp_path / "cache")
+    out = storage.local_dir(gcs_dir, ["tokenizer.json", "vocab.txt", "merges.txt"], "k1", cache=cache)
+    assert out == os.path.join(cache, "k1") and sorted(os.listdir(out)) == ["tokenizer.json", "vocab.txt"]
+    assert open(os.path.join(out, "vocab.txt"), "rb").read() == b"a\nb\n"
+    storage.atomic_write_bytes(storage.join(gcs_dir, "vocab.txt"), b"changed")
+    assert storage.local_dir(gcs_dir, ["vocab.txt"], "k1", cache=cache) == out  # same key: not downloaded again
+    assert open(os.path.join(out, "vocab.txt"), "rb").read() == b"a\nb\n"
+    assert sorted(os.listdir(cache)) == ["k1"]  # no temp directory left
+    assert storage.local_dir(str(tmp_path), ["x"], "k2", cache=cache) == str(tmp_path)
+    with pytest.raises(ValueError, match="plain name"):
+        storage.local_dir(gcs_dir, ["x"], "../up", cache=cache)
