@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Collection, Iterable
 
-from moe_jax import config_fields
+from moe_jax import config_fields, storage
 
 SOURCES = ("tiny_random", "hf_dir", "hub")  # config.model.source
 # Config fields whose keys are user data (task names, languages, HF config keys, mesh axes, logical
@@ -100,4 +100,4 @@ def source_identity(config: Any) -> dict[str, Any]:
         return {"tiny": m.tiny.to_dict()}
     if m.source == "hub":
         return {"hub_id": m.hub_id, "revision": m.get("revision")}
-    return {"hf_dir": os.path.abspath(m.hf_dir)}
+    return {"hf_dir": storage.absolute(m.hf_dir)}

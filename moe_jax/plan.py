@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 
 from moe_jax import sharding as shd
+from moe_jax import storage
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.params import param_spec, run_spec
 from moe_jax.pipeline import StageError
@@ -344,7 +345,7 @@ def model_config_json(config: Any) -> dict[str, Any]:
 
 def _read_json(path: str) -> dict[str, Any]:
     try:
-        with open(path) as f:
+        with storage.open(path, "r") as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise ModelConfigUnavailable(f"cannot read the model's config.json {path}: {e}") from None

@@ -325,12 +325,15 @@ def default_mesh_config():
 
 def default_distributed_config():
     """The ``config.distributed`` section (see ``initialize_distributed``); ``enabled`` is True, False
-    or "auto" (default: on in a multi-host TPU job, off elsewhere)."""
+    or "auto" (default: on in a multi-host TPU job, off elsewhere). ``shared_workdir``: a local
+    ``--workdir`` is a filesystem every host mounts (NFS); without it a local workdir on several hosts
+    is refused (``moe_jax.workdir_hosts``)."""
     import ml_collections
     from ml_collections import config_dict
     return ml_collections.ConfigDict({"enabled": config_dict.FieldReference("auto", field_type=object),
                                       "coordinator_address": "", "num_processes": -1,
-                                      "process_id": -1, "cpu_collectives": "gloo"})
+                                      "process_id": -1, "cpu_collectives": "gloo",
+                                      "shared_workdir": False})
 
 
 def rules_from_config(mesh_cfg: Mapping[str, Any] | None) -> dict[str, str | None]:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-import os
 from typing import Any, Callable, Sequence
 
 from moe_jax import sharding as shd
+from moe_jax import storage, workdir_hosts
 from moe_jax.pipeline import (SOURCES, PreflightError, StageError, check_known_fields, collect_problems,
                               default_model_config)
 
@@ -71,7 +71,7 @@ def preflight(config: Any, workdir: str, names: Sequence[str]) -> None:
         found = collect_problems([lambda: check(config, workdir, frozenset(names[:i]))])  # a raise: one problem
         problems += [f"[{name}] {p}" for p in found]
     if problems:
-        where = f"{workdir} was left as it was" if os.path.exists(workdir) else f"{workdir} was not created"
+        where = f"{workdir} was left as it was" if storage.exists(workdir) else f"{workdir} was not created"
         raise PreflightError(f"the requested stages ({','.join(names)}) cannot run; nothing was written ({where}):\n  "
                          + "\n  ".join(problems))
 
@@ -79,11 +79,14 @@ def preflight(config: Any, workdir: str, names: Sequence[str]) -> None:
 def run_stages(config: Any, workdir: str, stages: str | Sequence[str] | None = None) -> None:
     """Runs ``stages`` (default ``config.stages``) in order. Every name, the config and every stage's
     preflight (``PREFLIGHTS``) are checked first, before the workdir is created or anything is written;
-    with several processes, process 0 checks (the inputs may live on its host only)."""
+    with several processes, every process first checks that they share one workdir
+    (``moe_jax.workdir_hosts``), then process 0 checks the stages (the inputs may live on its host only)."""
     names = parse_stages(config.stages if stages is None else stages)
     check_config(config)
+    workdir_hosts.check_workdir_agreement(workdir, bool(config.distributed.get("shared_workdir", False)))
     shd.run_on_writer(lambda: preflight(config, workdir, names), "checking the requested stages")
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
+    workdir_hosts.check_workdir_visible(workdir)
     for name in names:
         log.info("stage %s", name)
         get_stage(name)(config, workdir)

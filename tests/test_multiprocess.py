@@ -24,11 +24,12 @@ def launch(workdir, *extra, args=ARGS):
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def launch_two(workdir, *extra, args=ARGS):
-    """Processes 1 and 0 of a two-process run (in that order)."""
+def launch_two(workdir, *extra, args=ARGS, workdirs=None):
+    """Processes 1 and 0 of a two-process run (in that order); ``workdirs``: one per process instead."""
     dist = [f"--config.distributed.{k}" for k in (
         "enabled=True", f"coordinator_address=127.0.0.1:{free_port()}", "num_processes=2")]
-    return [launch(workdir, *dist, f"--config.distributed.process_id={i}", *extra, args=args) for i in (1, 0)]
+    workdirs = workdirs or (workdir, workdir)
+    return [launch(workdirs[i], *dist, f"--config.distributed.process_id={i}", *extra, args=args) for i in (1, 0)]
 
 
 def free_port():
@@ -105,3 +106,29 @@ def test_writer_failure_in_collect_stops_both_processes(tmp_path):
     outs = fail_together(launch_two(work, "--stages=collect", args=[a for a in ARGS if not a.startswith("--stages")]))
     assert f"{work / 'routing' / 'meta.json'} is not valid JSON" in outs[1]
     assert "WriterFailedError: process 0 failed while checking the requested stages" in outs[0]
+
+
+def test_different_local_workdirs_are_refused_by_every_process(tmp_path):
+    """Two processes given different local workdirs (as two pod hosts with their own disks would be)
+    both stop before anything is written, saying why and what to use instead."""
+    works = [tmp_path / "work0", tmp_path / "work1"]
+    outs = fail_together(launch_two(None, workdirs=works))
+    for out in outs:
+        assert "were given different workdirs" in out and f"process 0: " in out and str(works[1]) in out, out[-3000:]
+        assert "gs://bucket/prefix" in out
+    assert not works[0].exists() and not works[1].exists()
+
+
+def test_workdir_problem_rules():
+    """Which (host, workdir) combinations of the processes can share one workdir."""
+    from moe_jax.workdir_hosts import workdir_problem
+
+    same_host = [("vm0", "/w"), ("vm0", "/w")]
+    two_hosts = [("vm0", "/w"), ("vm1", "/w")]
+    assert workdir_problem(same_host, False) is None  # one machine, one directory
+    assert workdir_problem([("vm0", "/w")], False) is None
+    assert "local path" in workdir_problem(two_hosts, False) and "2 hosts (vm0, vm1)" in workdir_problem(two_hosts, False)
+    assert workdir_problem(two_hosts, True) is None  # the user says it is NFS (then probed)
+    assert workdir_problem([("vm0", "gs://b/w"), ("vm1", "gs://b/w")], False) is None
+    assert "different workdirs" in workdir_problem([("vm0", "gs://b/w"), ("vm1", "gs://b/v")], True)
+    assert "different workdirs" in workdir_problem([("vm0", "/w"), ("vm0", "/v")], True)

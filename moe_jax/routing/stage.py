@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from moe_jax import lineage
+from moe_jax import lineage, storage
 from moe_jax import sharding as shd
 from moe_jax import workdir as wd
 from moe_jax.data import tokenize as tok_lib
@@ -85,7 +85,7 @@ def run(config: Any, workdir: str) -> dict[str, dict[str, dict]]:
 
     opts = options(config)
     ckpt_dir = wd.checkpoint_dir(workdir)
-    if not os.path.exists(os.path.join(ckpt_dir, orbax_io.META_FILE)):
+    if not storage.exists(storage.join(ckpt_dir, orbax_io.META_FILE)):
         raise FileNotFoundError(f"no converted checkpoint at {ckpt_dir}; run the 'convert' stage first")
     ckpt_meta = orbax_io.read_meta(ckpt_dir)
     # the checkpoint is the one config.model describes (process 0 alone: hf_dir may be on its host only)
@@ -363,7 +363,7 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
             vocab = load_hf_config(src).vocab_size
         else:
             src = wd.checkpoint_dir(workdir)
-            if not os.path.exists(os.path.join(src, orbax_io.META_FILE)) or missing_tokenizer(src):
+            if not storage.exists(storage.join(src, orbax_io.META_FILE)) or missing_tokenizer(src):
                 return []  # reported by checkpoint_problems
             vocab = ModelConfig.from_dict(orbax_io.read_meta(src)["config"]).vocab_size
         tok = AutoTokenizer.from_pretrained(src)
