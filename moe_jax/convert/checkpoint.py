@@ -35,28 +35,9 @@ import jax
 
 from moe_jax import __version__
 from moe_jax.convert import digest, loader, orbax_io
+from moe_jax.convert.tokenizer import TOKENIZER_FILES, TOKENIZER_SETS, missing_tokenizer  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",
-    "generation_config.json",
-)
-# What transformers' AutoTokenizer loads a tokenizer from (any one of these sets is enough).
-TOKENIZER_SETS = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"), ("vocab.txt",),
-                  ("tiktoken.model",))
-
-
-def missing_tokenizer(path: str) -> str | None:
-    """None when ``path`` holds the files of a tokenizer, else a message naming what transformers
-    looks for (without them it substitutes another tokenizer or fails with an unrelated error)."""
-    if any(all(os.path.isfile(os.path.join(path, f)) for f in files) for files in TOKENIZER_SETS):
-        return None
-    wanted = ", ".join(" + ".join(files) for files in TOKENIZER_SETS)
-    return (f"{path} has no tokenizer files: transformers loads a tokenizer from one of {wanted} (with "
-            "tokenizer_config.json and special_tokens_map.json beside them). Copy the tokenizer files of "
-            f"the model's repository into {path}")
 
 
 def convert_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = "auto",

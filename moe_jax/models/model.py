@@ -145,8 +145,11 @@ def load(path: str | os.PathLike, dtype: str = "float32", *, shardings: Any = No
 
 
 def _maybe_tokenizer(path) -> Any:
+    """The checkpoint's tokenizer (local or ``gs://``, see ``convert.tokenizer``), or None without one."""
+    from moe_jax import storage
+    from moe_jax.convert.tokenizer import load_tokenizer
+
     path = os.fspath(path)
-    if not any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+    if not any(storage.exists(storage.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
         return None
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(path)
+    return load_tokenizer(path)
