@@ -75,7 +75,7 @@ def run(config: Any, workdir: str) -> dict[str, dict[str, dict]]:
     Every check (mesh, batch, tokenizer vocabulary, compatibility of every store) runs before the
     weights are loaded or anything is compiled; the model is loaded and compiled once for all stores.
     """
-    from transformers import AutoTokenizer
+    from moe_jax.convert.tokenizer import load_tokenizer
 
     from moe_jax.convert import orbax_io
     from moe_jax.convert.checkpoint import missing_tokenizer
@@ -98,7 +98,7 @@ def run(config: Any, workdir: str) -> dict[str, dict[str, dict]]:
     no_tokenizer = missing_tokenizer(ckpt_dir)
     if no_tokenizer:  # else transformers substitutes another tokenizer or fails elsewhere
         raise FileNotFoundError(f"{no_tokenizer}: the convert stage copies them from the model's directory")
-    tokenizer = AutoTokenizer.from_pretrained(ckpt_dir)
+    tokenizer = load_tokenizer(ckpt_dir)
     tok_lib.check_tokenizer(tokenizer, cfg.vocab_size)
     plan = [_plan_store(wd.ROUTING, None, config.data, workdir, config, cfg, ckpt_meta, tokenizer, opts)]
     plan += [_plan_store(os.path.join(wd.TASKS, name), name, data, workdir, config, cfg, ckpt_meta, tokenizer,
@@ -324,7 +324,7 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
                 files = data.get("data_files")
                 files = files.to_dict() if hasattr(files, "to_dict") else files
                 files = files.values() if isinstance(files, dict) else [files] if isinstance(files, str) else files
-                missing = [f for f in files or () if not os.path.exists(f)]
+                missing = [f for f in files or () if not storage.exists(f)]
                 if missing:
                     raise FileNotFoundError(f"data_files {missing} do not exist")
             except (ValueError, OSError) as e:
@@ -350,7 +350,7 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
     def tokenizer() -> list[str]:
         """The tokenizer collect will use (the checkpoint's, or the local source's that convert copies
         there): its ids fit the model's embedding, and each existing store was collected with it."""
-        from transformers import AutoTokenizer
+        from moe_jax.convert.tokenizer import load_tokenizer
 
         from moe_jax.convert import orbax_io
         from moe_jax.convert.checkpoint import missing_tokenizer
@@ -366,7 +366,7 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
             if not storage.exists(storage.join(src, orbax_io.META_FILE)) or missing_tokenizer(src):
                 return []  # reported by checkpoint_problems
             vocab = ModelConfig.from_dict(orbax_io.read_meta(src)["config"]).vocab_size
-        tok = AutoTokenizer.from_pretrained(src)
+        tok = load_tokenizer(src)
         tok_lib.check_tokenizer(tok, vocab)
         now = provenance.tokenizer_hash(tok)
         metas = [(os.path.join(workdir, key), store_lib.read_meta(os.path.join(workdir, key))) for key, _, _ in datas]
