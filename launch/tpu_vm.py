@@ -13,13 +13,15 @@ Steps (each a subcommand; ``all`` runs them in order and deletes the VM at the e
     config   copy --config to every worker when it is not one of the checkout's configs/
     run      python -m moe_jax.launch on all workers at once (distributed.enabled=auto: a pod slice
              initialises jax.distributed by itself)
-    fetch    scp the report (workdir/report) from worker 0
+    fetch    copy the report (workdir/report) here: from the bucket, or by scp from worker 0
     delete   gcloud compute tpus tpu-vm delete
 
 ``--dry_run`` prints the exact commands, one per line, and runs nothing. A pod slice (more than one
-host) needs a ``--workdir`` that every worker sees (an NFS / Filestore or gcsfuse mount): process 0
-converts the checkpoint and writes the stores; every process reads them. Arguments after ``--`` are
-``--config.*`` overrides for ``moe_jax.plan`` and ``moe_jax.launch``.
+host) needs a ``--workdir`` that every worker reaches: a bucket (``gs://bucket/prefix``; no shared
+filesystem needed), or a filesystem every worker mounts at the same path (NFS / Filestore), which the
+run then declares with ``distributed.shared_workdir=True`` (moe_jax checks it with a probe file).
+Process 0 converts the checkpoint and writes the stores; every process reads them. Arguments after
+``--`` are ``--config.*`` overrides for ``moe_jax.plan`` and ``moe_jax.launch``.
 """
 
 from __future__ import annotations
@@ -98,9 +100,13 @@ def workdir(args, tpu: Slice) -> str:
     if args.workdir:
         return args.workdir
     if tpu.hosts > 1:
-        raise SystemExit(f"{tpu.name} has {tpu.hosts} hosts: give --workdir on a filesystem every worker sees "
-                         "(NFS / Filestore or a gcsfuse mount); process 0 writes there and every process reads")
+        raise SystemExit(f"{tpu.name} has {tpu.hosts} hosts: give --workdir=gs://BUCKET/PREFIX (or a path every "
+                         "worker mounts, NFS / Filestore); process 0 writes there and every process reads")
     return f"runs/{args.name}"
+
+
+def _bucket(path: str) -> bool:
+    return path.startswith("gs://")
 
 
 def commands(args, step: str) -> list[list[str]]:
@@ -128,7 +134,7 @@ def commands(args, step: str) -> list[list[str]]:
                      _tpu(args, "scp", archive, f"{args.name}:~/{ARCHIVE}", "--worker=all")]
         remote = " && ".join([python, *fetch, f"$PY -m venv {venv}",
                               f"{venv}/bin/pip install -q -U pip 'jax[tpu]'",
-                              f"{venv}/bin/pip install -q -e ~/{REMOTE_REPO}"])
+                              f"{venv}/bin/pip install -q -e \"$HOME/{REMOTE_REPO}[gcs]\""])
         return local + [_ssh_all(args, remote)]
     if step == "config":
         remote = _remote_config(args)
@@ -136,12 +142,18 @@ def commands(args, step: str) -> list[list[str]]:
             return [_tpu(args, "scp", args.config, f"{args.name}:~/{REMOTE_REPO}/{remote}", "--worker=all")]
         return []
     if step == "run":
-        launch = ["-m", "moe_jax.launch", f"--config={_remote_config(args)}", f"--workdir={workdir(args, tpu)}",
-                  "--config.distributed.enabled=auto", *([f"--stages={args.stages}"] if args.stages else []),
+        wd = workdir(args, tpu)
+        shared = ["--config.distributed.shared_workdir=True"] if tpu.hosts > 1 and not _bucket(wd) else []
+        launch = ["-m", "moe_jax.launch", f"--config={_remote_config(args)}", f"--workdir={wd}",
+                  "--config.distributed.enabled=auto", *shared, *([f"--stages={args.stages}"] if args.stages else []),
                   *args.overrides]
         return [_ssh_all(args, f"cd ~/{REMOTE_REPO} && ~/{REMOTE_VENV}/bin/python {shlex.join(launch)}")]
     if step == "fetch":
         wd = workdir(args, tpu)
+        if _bucket(wd):
+            return [["gcloud", "storage", "rsync", "--recursive", f"{wd.rstrip('/')}/report",
+                     os.path.join(args.out, args.name)]
+                    + ([f"--project={args.project}"] if args.project else [])]
         src = wd if wd.startswith("/") else f"~/{REMOTE_REPO}/{wd}"
         return [_tpu(args, "scp", "--recurse", f"{args.name}:{src}/report",
                      os.path.join(args.out, args.name), "--worker=0")]
@@ -163,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--zone", required=True, help="e.g. us-west4-a (v5e), us-central2-b (v4)")
     p.add_argument("--accelerator", default="v5e-8", help="v5e-8, v4-8, v5p-8, v6e-8, v4-16 (2 hosts), ...")
     p.add_argument("--config", default="configs/olmoe_1b7b_instruct.py", help="pipeline config file")
-    p.add_argument("--workdir", default="", help="on the workers (default runs/NAME in the checkout; "
-                                                 "a pod slice needs a shared filesystem)")
+    p.add_argument("--workdir", default="", help="gs://BUCKET/PREFIX, or a path on the workers (default "
+                                                 "runs/NAME in the checkout; a pod slice needs a bucket or NFS)")
     p.add_argument("--stages", default="", help="pipeline stages (default: the config's)")
     p.add_argument("--project", default="", help="gcloud project (default: gcloud's)")
     p.add_argument("--runtime", default="", help="TPU software version (default: the generation's image)")

@@ -14,7 +14,7 @@ INSTALL = ("PY=$(python3 -c 'import sys; print(\"python3\" if sys.version_info >
            "{ [ $PY = python3 ] || command -v python3.11 >/dev/null || { sudo apt-get update -q && "
            "sudo apt-get install -yq python3.11 python3.11-venv; }; } && rm -rf ~/moe_jax && mkdir -p ~/moe_jax && "
            "tar -xzf ~/moe_jax_src.tar.gz -C ~/moe_jax && $PY -m venv ~/moe_jax_venv && "
-           "~/moe_jax_venv/bin/pip install -q -U pip 'jax[tpu]' && ~/moe_jax_venv/bin/pip install -q -e ~/moe_jax")
+           "~/moe_jax_venv/bin/pip install -q -U pip 'jax[tpu]' && ~/moe_jax_venv/bin/pip install -q -e \"$HOME/moe_jax[gcs]\"")
 
 
 def dry_run(*args):
@@ -58,6 +58,19 @@ def test_single_vm_v4_with_git_repo_and_keep():
                         f"--stages=convert,collect,analyze,report' {z}")
 
 
+def test_two_host_slice_with_a_bucket_workdir():
+    """The pod recipe: a gs:// workdir needs no shared filesystem; the report is fetched from the bucket."""
+    args = ("--name=pod", "--zone=us-central2-b", "--accelerator=v4-16", "--workdir=gs://my-bucket/runs/qwen3")
+    z = "--zone=us-central2-b"
+    assert dry_run("run", *args, "--config=configs/qwen3_30b_a3b.py") == [
+        "gcloud compute tpus tpu-vm ssh pod --worker=all '--command=cd ~/moe_jax && ~/moe_jax_venv/bin/python "
+        "-m moe_jax.launch --config=configs/qwen3_30b_a3b.py --workdir=gs://my-bucket/runs/qwen3 "
+        f"--config.distributed.enabled=auto' {z}"]
+    assert dry_run("fetch", *args, "--project=p") == [
+        "gcloud storage rsync --recursive gs://my-bucket/runs/qwen3/report tpu_reports/pod --project=p"]
+    assert '-e "$HOME/moe_jax[gcs]"' in dry_run("install", *args)[-1]  # gcsfs on every worker
+
+
 def test_two_host_slice_runs_on_every_worker_with_a_shared_workdir(tmp_path):
     cfg = tmp_path / "mine.py"
     cfg.write_text("")
@@ -71,7 +84,7 @@ def test_two_host_slice_runs_on_every_worker_with_a_shared_workdir(tmp_path):
     assert dry_run("run", *args, "--workdir=/mnt/shared/run") == [
         "gcloud compute tpus tpu-vm ssh pod --worker=all '--command=cd ~/moe_jax && ~/moe_jax_venv/bin/python "
         "-m moe_jax.launch --config=configs/user_mine.py --workdir=/mnt/shared/run "
-        f"--config.distributed.enabled=auto' {z}"]
+        f"--config.distributed.enabled=auto --config.distributed.shared_workdir=True' {z}"]
     assert dry_run("fetch", *args, "--workdir=/mnt/shared/run") == [
         f"gcloud compute tpus tpu-vm scp --recurse pod:/mnt/shared/run/report tpu_reports/pod --worker=0 {z}"]
     # the workers' local disks are not shared: a 2-host slice without --workdir is refused
