@@ -45,9 +45,9 @@ class MoeJaxLM(TemplateLM):
     """lm-eval model over a moe_jax model (HF or converted directory, or an already loaded one).
 
     Args:
-      pretrained: checkpoint directory (``moe_jax.load``); or pass ``model``.
+      pretrained: checkpoint directory, local or ``gs://`` (``moe_jax.load``); or pass ``model``.
       model: a loaded ``MoeModel`` with a tokenizer (``model.tokenizer``).
-      tokenizer: a tokenizer or its directory, instead of the model's.
+      tokenizer: a tokenizer or its directory (local or ``gs://``), instead of the model's.
       dtype: parameter/activation dtype when loading ``pretrained``.
       batch_size: requests per forward pass (int or a string of digits; "auto" is not supported).
       max_length: context window; default the model's ``max_position_embeddings`` (as HFLM).
@@ -87,9 +87,9 @@ class MoeJaxLM(TemplateLM):
             from moe_jax import sharding as shd
             self.params = jax.device_put(self.params, shd.param_shardings(self.cfg, self.mesh))
         self.dispatch = dispatch
-        if isinstance(tokenizer, (str, os.PathLike)):
-            from transformers import AutoTokenizer
-            tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
+        if isinstance(tokenizer, (str, os.PathLike)):  # a directory, local or gs://
+            from moe_jax.convert.tokenizer import load_tokenizer
+            tokenizer = load_tokenizer(tokenizer)
         tokenizer = tokenizer if tokenizer is not None else model.tokenizer
         if tokenizer is None:
             raise ValueError(f"no tokenizer: {pretrained or 'the model'} has none; pass tokenizer=")

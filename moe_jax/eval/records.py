@@ -19,6 +19,12 @@ only when its file exists with the recorded size and sha256: an interrupted run 
 unfinished pairs, a damaged file is redone (and ``read_records`` refuses it, naming the command that
 redoes it), and a workdir evaluated with another model or other task options is refused unless
 ``overwrite`` (the routing store's conventions, ``moe_jax.routing.store``).
+
+``eval_dir`` may be local or ``gs://`` (every access goes through ``moe_jax.storage``). On object
+storage the manifest is the directory's publishing marker: record objects are written first, the
+manifest last, and a reader trusts only the files it names with their digest. A record being
+rewritten is first dropped from the manifest, so a kill between the record and the manifest leaves
+an unlisted object that the next run evaluates again, never one read against a stale entry.
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from moe_jax import storage
 from moe_jax import workdir as wd
 from moe_jax.atomic import atomic_write, atomic_write_json, read_json
-from moe_jax.routing.store import StoreMismatchError, file_damage, file_intact, file_record, remove_temp_files
+from moe_jax.routing.store import StoreMismatchError, file_intact, file_record, remove_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +53,7 @@ def record_key(task: str, language: str) -> str:
 
 
 def record_path(eval_dir: str, task: str, language: str) -> str:
-    return os.path.join(eval_dir, task, f"{language}.jsonl")
+    return storage.join(eval_dir, task, f"{language}.jsonl")
 
 
 def sha256_text(text: str) -> str:
@@ -55,11 +62,11 @@ def sha256_text(text: str) -> str:
 
 def read_manifest(eval_dir: str) -> dict[str, Any] | None:
     try:
-        m = read_json(os.path.join(eval_dir, MANIFEST))
+        m = read_json(storage.join(eval_dir, MANIFEST))
     except ValueError as e:
         raise ValueError(f"{e}; delete it to evaluate every (task, language) of {eval_dir} again") from None
     if m is not None and not isinstance(m, dict):
-        raise ValueError(f"{os.path.join(eval_dir, MANIFEST)} holds a {type(m).__name__}, not a JSON object")
+        raise ValueError(f"{storage.join(eval_dir, MANIFEST)} holds a {type(m).__name__}, not a JSON object")
     return m
 
 
@@ -78,14 +85,14 @@ def open_records(eval_dir: str, identity: Mapping[str, Any], fingerprint: str, *
                 "--config.eval.overwrite=True to replace them")
         else:
             for key in old.get("files", {}):
-                p = os.path.join(eval_dir, key + ".jsonl")
-                if os.path.exists(p):
-                    os.remove(p)
+                p = storage.join(eval_dir, key + ".jsonl")
+                if storage.exists(p):
+                    storage.remove(p)
     remove_temp_files(eval_dir)
-    for task in sorted(os.listdir(eval_dir)):  # every task dir: a kill may come before a task's first file is listed
-        if os.path.isdir(os.path.join(eval_dir, task)):
-            remove_temp_files(os.path.join(eval_dir, task))
-    atomic_write_json(os.path.join(eval_dir, MANIFEST), manifest)
+    for task in storage.listdir(eval_dir):  # every task dir: a kill may come before a task's first file is listed
+        if storage.isdir(storage.join(eval_dir, task)):
+            remove_temp_files(storage.join(eval_dir, task))
+    atomic_write_json(storage.join(eval_dir, MANIFEST), manifest)
     return manifest
 
 
@@ -103,20 +110,25 @@ def is_done(eval_dir: str, task: str, language: str) -> bool:
 
 def write_records(eval_dir: str, task: str, language: str, records: Sequence[Mapping[str, Any]],
                   summary: Mapping[str, Any]) -> None:
-    """Writes one (task, language) file atomically, then records it (size, sha256, summary) in the manifest."""
+    """Writes one (task, language) file atomically, then records it (size, sha256, summary) in the
+    manifest, written last. An existing entry is dropped from the manifest before its file is
+    rewritten: a kill in between leaves the pair unfinished, never a listed entry with new bytes."""
     data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode("utf-8")
-    atomic_write(record_path(eval_dir, task, language), lambda f: f.write(data))
     manifest = read_manifest(eval_dir)
     if manifest is None:
         raise FileNotFoundError(f"{eval_dir} has no {MANIFEST}; call open_records first")
-    manifest["files"][record_key(task, language)] = dict(summary, **file_record(data))
-    atomic_write_json(os.path.join(eval_dir, MANIFEST), manifest)
+    key = record_key(task, language)
+    if manifest["files"].pop(key, None) is not None:
+        atomic_write_json(storage.join(eval_dir, MANIFEST), manifest)
+    atomic_write(record_path(eval_dir, task, language), lambda f: f.write(data))
+    manifest["files"][key] = dict(summary, **file_record(data))
+    atomic_write_json(storage.join(eval_dir, MANIFEST), manifest)
 
 
 def repair_hint(eval_dir: str) -> str:
     """The command that redoes a damaged record file of ``eval_dir`` (``workdir/eval`` or
     ``workdir/steer/<setting>``)."""
-    eval_dir = os.path.abspath(eval_dir)
+    eval_dir = storage.absolute(eval_dir)
     parent = os.path.dirname(eval_dir)
     if os.path.basename(eval_dir) == wd.EVAL:
         workdir, stage = parent, "eval"
@@ -135,15 +147,20 @@ def read_records(eval_dir: str, task: str, language: str) -> list[dict[str, Any]
     entry = (read_manifest(eval_dir) or {}).get("files", {}).get(record_key(task, language))
     if entry is None:
         raise ValueError(f"{path}: (task, language) ({task}, {language}) is not finished in "
-                         f"{os.path.join(eval_dir, MANIFEST)}; {repair_hint(eval_dir)}")
-    damage = file_damage(path, entry) if os.path.exists(path) else "is missing"
-    if damage:
-        raise ValueError(f"{path} {damage}; {repair_hint(eval_dir)}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            return [json.loads(line) for line in f if line.strip()]
-        except ValueError as e:
-            raise ValueError(f"{path}: not valid JSON lines ({e}); {repair_hint(eval_dir)}") from e
+                         f"{storage.join(eval_dir, MANIFEST)}; {repair_hint(eval_dir)}")
+    try:
+        data = storage.read_bytes(path)  # read once: the bytes checked are the bytes parsed
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing; {repair_hint(eval_dir)}") from None
+    got = file_record(data)
+    if got != {k: entry.get(k) for k in got}:
+        raise ValueError(f"{path} has {got['file_size']} bytes with sha256 {got['file_sha256']} but "
+                         f"{entry.get('file_size')} bytes with sha256 {entry.get('file_sha256')} were written "
+                         f"(changed after writing); {repair_hint(eval_dir)}")
+    try:
+        return [json.loads(line) for line in data.decode("utf-8").split("\n") if line.strip()]
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON lines ({e}); {repair_hint(eval_dir)}") from e
 
 
 # -- records from lm-eval's logged samples -------------------------------------------------------

@@ -7,13 +7,13 @@ task configs of ``moe_jax.eval.tasks`` (one per subject), whose logged samples b
 A rerun skips the finished (task, language) pairs. ``summary.csv`` / ``summary.json`` hold per
 (task, language) the accuracy, items, 95% interval (Wilson; ``moe_jax.eval.records.score``) and the
 number of prompts truncated to the model's maximum length, and per task the mean over the
-non-English languages.
+non-English languages. The workdir may be local or ``gs://`` (``moe_jax.storage``); so may the
+steering file and local task data (staged into a local cache for the ``datasets`` library).
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
 import os
@@ -23,7 +23,7 @@ import ml_collections
 from ml_collections import config_dict
 from tqdm.auto import tqdm
 
-from moe_jax import lineage
+from moe_jax import lineage, storage
 from moe_jax import workdir as wd
 from moe_jax.atomic import atomic_write, atomic_write_json
 from moe_jax.eval import records as rec
@@ -113,10 +113,8 @@ def plan(opts: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _sha256_file(path: str | None) -> str | None:
-    if not path:
-        return None
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    """sha256 of a local or ``gs://`` file (None for no file)."""
+    return storage.digest(path)[1] if path else None
 
 
 def scoring_options(opts: Mapping[str, Any]) -> dict[str, Any]:
@@ -162,20 +160,20 @@ def evaluate_pair(lm: Any, item: Mapping[str, Any], opts: Mapping[str, Any], tas
 def run(config: Any, workdir: str) -> dict[str, Any]:
     """The ``eval`` stage; returns the summary (also in ``workdir/eval/summary.json``)."""
     from lm_eval.tasks import TaskManager
-    from transformers import AutoTokenizer
 
     from moe_jax.convert import orbax_io
     from moe_jax.convert.stage import converted_identity
+    from moe_jax.convert.tokenizer import load_tokenizer
     from moe_jax.routing import provenance
 
     opts = options(config)
     todo = plan(opts)
     ckpt_dir = wd.checkpoint_dir(workdir)
-    if not os.path.exists(os.path.join(ckpt_dir, orbax_io.META_FILE)):
+    if not storage.exists(storage.join(ckpt_dir, orbax_io.META_FILE)):
         raise FileNotFoundError(f"no converted checkpoint at {ckpt_dir}; run the 'convert' stage first")
     converted_identity(config, workdir)
     ckpt_meta = orbax_io.read_meta(ckpt_dir)
-    tokenizer = AutoTokenizer.from_pretrained(ckpt_dir)
+    tokenizer = load_tokenizer(ckpt_dir)
     ident = identity(config, opts, ckpt_meta, provenance.tokenizer_hash(tokenizer))
     out_dir = wd.eval_dir(workdir)
     manifest = rec.open_records(out_dir, ident, provenance.fingerprint(ident), overwrite=bool(opts.overwrite))
@@ -235,12 +233,12 @@ def write_summary(config: Any, opts: Mapping[str, Any], out_dir: str, todo: list
     w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
-    atomic_write(os.path.join(out_dir, "summary.csv"), lambda f: f.write(buf.getvalue().encode("utf-8")))
+    atomic_write(storage.join(out_dir, "summary.csv"), lambda f: f.write(buf.getvalue().encode("utf-8")))
     warnings = [w for w in (model_warning(config), DEMO_WARNING if opts["source"] == "demo" else None) if w]
     summary = {"model": model_name(config), "rows": rows, "warnings": warnings,
                "interval": "95% Wilson score interval on the items (stratified normal when subjects differ in size)",
                "languages": {f"{it['task']}/{it['language']}": it["code"] for it in todo}}
-    atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
+    atomic_write_json(storage.join(out_dir, "summary.json"), summary)
     return summary
 
 
@@ -265,7 +263,7 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
     checks = [lambda: plan(opts),
               lambda: records_problem(config, wd.eval_dir(workdir), opts, bool(opts.overwrite), "eval.overwrite")]
     if opts.steering:
-        checks.append(lambda: None if os.path.isfile(opts.steering) else
+        checks.append(lambda: None if storage.isfile(opts.steering) else
                       f"eval.steering {opts.steering!r} is not a file")
     if "convert" not in before:
         checks.append(lambda: checkpoint_problems(config, workdir))

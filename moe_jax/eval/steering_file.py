@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 
+from moe_jax import storage
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.intervention import DEMOTE, FORBID, FORCE, NONE, Intervention
 
@@ -51,11 +52,10 @@ def intervention_from_dict(d: dict, num_moe_layers: int, num_experts: int, sourc
 
 
 def load_intervention(path: str | os.PathLike, cfg: ModelConfig) -> Intervention:
-    """Reads a steering JSON file (module doc), validated against the model config ``cfg``."""
+    """Reads a steering JSON file (module doc; local or ``gs://``), validated against the model config ``cfg``."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
+        d = json.loads(storage.read_bytes(path).decode("utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"steering file {path!r} does not exist") from None
     except json.JSONDecodeError as e:

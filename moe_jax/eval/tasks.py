@@ -26,6 +26,7 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
+from moe_jax import storage
 from moe_jax.data import languages as lang_lib
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -164,22 +165,23 @@ def samples_for(spec: TaskSpec, code: str, limit: int | None) -> dict[str, list[
 def local_file(spec: TaskSpec, code: str, directory: str) -> str:
     """The local data file of one language: ``<directory>/<code>.{jsonl,json,parquet}``."""
     for ext in FILE_EXTENSIONS:
-        path = os.path.join(directory, code + ext)
-        if os.path.exists(path):
+        path = storage.join(directory, code + ext)
+        if storage.exists(path):
             return path
     raise TaskError(f"task {spec.name!r}: no local data for language {code!r} in {directory} "
                     f"(expected {code}.jsonl, {code}.json or {code}.parquet)")
 
 
 def read_rows(path: str) -> list[dict[str, Any]]:
-    """Rows of a JSON lines, JSON (list of objects) or parquet file."""
+    """Rows of a JSON lines, JSON (list of objects) or parquet file (local or ``gs://``)."""
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
-        return pq.read_table(path).to_pylist()
-    with open(path, encoding="utf-8") as f:
-        if path.endswith(".jsonl"):
-            return [json.loads(line) for line in f if line.strip()]
-        data = json.load(f)
+        with storage.open(path, "rb") as f:
+            return pq.read_table(f).to_pylist()
+    text = storage.read_bytes(path).decode("utf-8")
+    if path.endswith(".jsonl"):
+        return [json.loads(line) for line in text.split("\n") if line.strip()]
+    data = json.loads(text)
     return data if isinstance(data, list) else list(data.get("data", data.get("rows", [])))
 
 
@@ -219,10 +221,20 @@ def task_configs(spec: TaskSpec, code: str, data_file: str | None = None) -> lis
             cfg.pop(key, None)
         if data_file is not None:
             cfg.update(dataset_path="parquet" if data_file.endswith(".parquet") else "json", dataset_name=None,
-                       dataset_kwargs={"data_files": {"test": os.path.abspath(data_file)}}, test_split="test",
+                       dataset_kwargs={"data_files": {"test": local_data_file(data_file)}}, test_split="test",
                        training_split=None, validation_split=None, fewshot_split=None)
         out.append(cfg)
     return out
+
+
+def local_data_file(path: str) -> str:
+    """The absolute local path of a task data file for ``datasets`` (which reads local files): a
+    ``gs://`` file is staged once into a local cache keyed by its sha256 (``storage.local_dir``)."""
+    if not storage.is_remote(path):
+        return os.path.abspath(path)
+    name = os.path.basename(path)
+    key = f"eval-data-{storage.digest(path)[1]}-{name}"  # the name too: two languages may share content
+    return os.path.join(storage.local_dir(os.path.dirname(path), [name], key), name)
 
 
 def language_table(spec: TaskSpec, languages: Mapping[str, str]) -> str:

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from moe_jax import storage
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.intervention import DEMOTE, FORBID, FORCE, Intervention, check_mode_counts
 
@@ -104,9 +105,9 @@ class SteeringSpec:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SteeringSpec":
+        """A spec from a JSON file, local or ``gs://``."""
         try:
-            with open(path) as f:
-                return cls.from_json(f.read())
+            return cls.from_json(storage.read_bytes(path).decode("utf-8"))
         except json.JSONDecodeError as err:
             raise SteeringSpecError(f"{os.fspath(path)} is not valid JSON: {err}") from None
         except SteeringSpecError as err:

@@ -12,6 +12,9 @@ eval tasks and languages of ``config.eval``, with paired statistics against the 
 3. ``workdir/steer/summary.csv``: per setting, task and language (and the non-English pool) the
    baseline and steered accuracy, the change with a paired bootstrap 95% interval, the exact
    McNemar p-value, and the fraction of tokens whose top-k changed in the steered layers.
+
+The workdir may be local or ``gs://``: every read and write goes through ``moe_jax.storage``, and
+each setting's records follow ``moe_jax.eval.records`` (data objects first, the manifest last).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 import time
 from typing import Any, Mapping, Sequence
 
@@ -27,6 +29,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
+from moe_jax import storage
 from moe_jax import workdir as wd
 from moe_jax.atomic import atomic_write, atomic_write_json, read_json
 from moe_jax.pipeline import StageError, check_known_fields, collect_problems, model_warning
@@ -94,7 +97,7 @@ def _names(value) -> list[str]:
 def parse_bands(spec: str, workdir: str) -> tuple[tuple[int, int], ...]:
     """``"auto"`` (the analysis' middle band, in decoder layers) or ``"lo-hi,lo-hi"``."""
     if spec.strip() == "auto":
-        summary = read_json(os.path.join(wd.analysis_dir(workdir), "summary.json"))
+        summary = read_json(storage.join(wd.analysis_dir(workdir), "summary.json"))
         band = (summary or {}).get("middle_band")
         if not band:
             raise StageError(f"steer.bands is 'auto' but {wd.analysis_dir(workdir)}/summary.json has no middle band; "
@@ -114,7 +117,7 @@ def parse_bands(spec: str, workdir: str) -> tuple[tuple[int, int], ...]:
 
 def _store(path: str, what: str):
     from moe_jax.routing.store import read_store
-    if not os.path.exists(os.path.join(path, "meta.json")):
+    if not storage.exists(storage.join(path, "meta.json")):
         raise StageError(f"no routing store at {path} ({what}); run the 'collect' stage first")
     return read_store(path)
 
@@ -267,14 +270,14 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
                 "the collect stage" if task in names else f"the collect stage with task {task!r} in config.tasks")
         collected = {wd.routing_dir(workdir)} | {wd.task_store_dir(workdir, n) for n in names}
         return [f"no routing store at {p}; run {how} first (e.g. --stages=collect,steer)" for p, how in paths.items()
-                if not os.path.exists(os.path.join(p, "meta.json")) and not ("collect" in before and p in collected)]
+                if not storage.exists(storage.join(p, "meta.json")) and not ("collect" in before and p in collected)]
 
     def bands():  # "auto" reads the analysis: only when the analyze stage does not run first
         if opts.bands.strip() != "auto" or "analyze" not in before:
             parse_bands(opts.bands, workdir)
 
     checks = [lambda: eval_stage.plan(eval_opts), stores, bands,
-              lambda: eval_stage.records_problem(config, os.path.join(wd.steer_dir(workdir), BASELINE), eval_opts,
+              lambda: eval_stage.records_problem(config, storage.join(wd.steer_dir(workdir), BASELINE), eval_opts,
                                                  bool(opts.overwrite), "steer.overwrite")]
     if "convert" not in before:
         checks.append(lambda: checkpoint_problems(config, workdir))
@@ -284,10 +287,10 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
 def run(config: Any, workdir: str) -> dict[str, Any]:
     """The ``steer`` stage; returns the summary (also ``workdir/steer/summary.json``)."""
     from lm_eval.tasks import TaskManager
-    from transformers import AutoTokenizer
 
     from moe_jax.convert import orbax_io
     from moe_jax.convert.stage import converted_identity
+    from moe_jax.convert.tokenizer import load_tokenizer
     from moe_jax.eval import records as rec
     from moe_jax.eval import stage as eval_stage
     from moe_jax.eval.harness import MoeJaxLM
@@ -303,14 +306,14 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         ensure_current(config, workdir, "steer")
     specs, meta, store_data = build_specs(config, workdir, opts)
     ckpt_dir = wd.checkpoint_dir(workdir)
-    if not os.path.exists(os.path.join(ckpt_dir, orbax_io.META_FILE)):
+    if not storage.exists(storage.join(ckpt_dir, orbax_io.META_FILE)):
         raise FileNotFoundError(f"no converted checkpoint at {ckpt_dir}; run the 'convert' stage first")
     converted_identity(config, workdir)
     ckpt_meta = orbax_io.read_meta(ckpt_dir)
     if ckpt_meta.get("checkpoint_sha256") != meta.get("checkpoint_sha256"):
         raise StageError(f"the routing store {wd.routing_dir(workdir)} was collected from another checkpoint; "
                          "run the 'collect' stage again")
-    tokenizer = AutoTokenizer.from_pretrained(ckpt_dir)
+    tokenizer = load_tokenizer(ckpt_dir)
     model = load(ckpt_dir, dtype=config.model.dtype)
     for s in specs:  # every setting fits the model before anything is evaluated
         try:
@@ -321,8 +324,8 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         specs.append(_learned_spec(config, store_data, opts, model, tokenizer,
                                    parse_bands(opts["bands"], workdir)[0]))
     out_dir = wd.steer_dir(workdir)
-    os.makedirs(out_dir, exist_ok=True)
-    atomic_write_json(os.path.join(out_dir, "settings.json"), [s.to_dict() for s in specs])
+    storage.makedirs(out_dir)
+    atomic_write_json(storage.join(out_dir, "settings.json"), [s.to_dict() for s in specs])
 
     base_ident = eval_stage.identity(config, eval_opts, ckpt_meta, provenance.tokenizer_hash(tokenizer))
     neutral = model.no_intervention()
@@ -333,7 +336,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     task_manager = TaskManager(include_defaults=False)
     compiles, t0 = {}, time.perf_counter()
     for name, spec, iv in settings:
-        sdir = os.path.join(out_dir, name)
+        sdir = storage.join(out_dir, name)
         ident = dict(base_ident, steering=None if spec is None else spec.to_dict())
         try:
             rec.open_records(sdir, ident, provenance.fingerprint(ident), overwrite=bool(opts.overwrite))
@@ -382,8 +385,8 @@ def summarize(out_dir: str, todo, settings, model, probe: Mapping[str, np.ndarra
         for task in dict.fromkeys(it["task"] for it in todo):
             pool_b, pool_s = [], []
             for it in (i for i in todo if i["task"] == task):
-                base = rec.read_records(os.path.join(out_dir, BASELINE), task, it["language"])
-                mine = rec.read_records(os.path.join(out_dir, name), task, it["language"])
+                base = rec.read_records(storage.join(out_dir, BASELINE), task, it["language"])
+                mine = rec.read_records(storage.join(out_dir, name), task, it["language"])
                 r = sweep_lib.compare_records(base, mine, n_boot=n_boot, where=f"{name}/{task}/{it['language']}")
                 rows.append(_row(name, spec, task, it["language"], r, changed, n_targets))
                 if it["language"] != PIVOT:
@@ -407,5 +410,5 @@ def _write_summary(out_dir: str, summary: Mapping[str, Any]) -> None:
     w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     w.writeheader()
     w.writerows(summary["rows"])
-    atomic_write(os.path.join(out_dir, "summary.csv"), lambda f: f.write(buf.getvalue().encode("utf-8")))
-    atomic_write_json(os.path.join(out_dir, "summary.json"), dict(summary))
+    atomic_write(storage.join(out_dir, "summary.csv"), lambda f: f.write(buf.getvalue().encode("utf-8")))
+    atomic_write_json(storage.join(out_dir, "summary.json"), dict(summary))

@@ -1,0 +1,165 @@
+"""Eval and steer outputs on a ``gs://`` workdir (local GCS emulator): the records / manifest layer
+(same bytes as a local directory, resume after a kill between a record and its manifest, damage
+named with the command that redoes it), task data and steering files read from ``gs://``."""
+
+import json
+import os
+
+import pytest
+
+from moe_jax import storage
+from moe_jax.eval import records as rec
+from moe_jax.eval import steering_file, tasks
+from moe_jax.routing.store import StoreMismatchError
+from moe_jax.steering.spec import SteeringSpec
+
+IDENT = {"model": "tiny", "options": {"limit": 2}}
+PAIRS = [("belebele", "eng_Latn"), ("belebele", "fra_Latn"), ("mgsm", "eng_Latn")]
+
+
+def _records(task, lang, salt=0):
+    return [{"task": task, "language": lang, "lm_eval_task": f"{task}_{lang}", "doc_id": i,
+             "extracted": "A", "target": "A" if (i + salt) % 2 else "B", "correct": bool((i + salt) % 2),
+             "response": "ü\u2028é"}  # non-ASCII and a Unicode line separator stay inside one JSON line
+            for i in range(3)]
+
+
+def _fill(eval_dir):
+    rec.open_records(eval_dir, IDENT, "fp1")
+    for task, lang in PAIRS:
+        records = _records(task, lang)
+        rec.write_records(eval_dir, task, lang, records, rec.score(records))
+
+
+@pytest.fixture
+def local_and_gcs(tmp_path, gcs_dir):
+    """The same records written under a local workdir and a ``gs://`` one."""
+    local, remote = str(tmp_path / "work" / "eval"), storage.join(gcs_dir, "eval")
+    _fill(local)
+    _fill(remote)
+    return local, remote
+
+
+def test_same_objects_as_a_local_directory(local_and_gcs):
+    local, remote = local_and_gcs
+    names = storage.walk_files(local)
+    assert names == storage.walk_files(remote) == sorted(
+        ["manifest.json", "belebele/eng_Latn.jsonl", "belebele/fra_Latn.jsonl", "mgsm/eng_Latn.jsonl"])
+    for name in names:
+        assert storage.read_bytes(storage.join(remote, name)) == storage.read_bytes(os.path.join(local, name)), name
+    for task, lang in PAIRS:
+        assert rec.is_done(remote, task, lang)
+        assert rec.read_records(remote, task, lang) == _records(task, lang)
+    # a reopen with the same fingerprint keeps every finished pair
+    rec.open_records(remote, IDENT, "fp1")
+    assert all(rec.is_done(remote, t, l) for t, l in PAIRS)
+
+
+def _kill_before_final_manifest(monkeypatch):
+    """Makes the next ``write_records`` die after its record object, before the manifest that lists it."""
+    real = rec.atomic_write_json
+
+    def write_json(p, obj):
+        if obj["files"] and storage.exists(rec.record_path(os.path.dirname(p), "mgsm", "eng_Latn")) \
+                and "mgsm/eng_Latn" in obj["files"]:
+            raise KeyboardInterrupt("killed")  # the final manifest write of mgsm/eng_Latn
+        real(p, obj)
+    monkeypatch.setattr(rec, "atomic_write_json", write_json)
+
+
+def test_kill_between_record_and_manifest(gcs_dir, monkeypatch):
+    eval_dir = storage.join(gcs_dir, "eval")
+    rec.open_records(eval_dir, IDENT, "fp1")
+    for task, lang in PAIRS[:2]:
+        rec.write_records(eval_dir, task, lang, _records(task, lang), rec.score(_records(task, lang)))
+    with monkeypatch.context() as m:
+        _kill_before_final_manifest(m)
+        with pytest.raises(KeyboardInterrupt):
+            rec.write_records(eval_dir, "mgsm", "eng_Latn", _records("mgsm", "eng_Latn"), {"accuracy": 0.5})
+    path = rec.record_path(eval_dir, "mgsm", "eng_Latn")
+    assert storage.exists(path)  # the object is there, complete ...
+    assert not rec.is_done(eval_dir, "mgsm", "eng_Latn")  # ... but unlisted: the rerun redoes it
+    with pytest.raises(ValueError, match=f"{path}: .* is not finished in {eval_dir}/manifest.json; run the eval "
+                                         f"stage again .*--workdir={gcs_dir} --stages=eval"):
+        rec.read_records(eval_dir, "mgsm", "eng_Latn")
+    assert all(rec.is_done(eval_dir, t, l) for t, l in PAIRS[:2])  # the finished pairs are kept
+
+    # the rerun: reopen, redo the unlisted pair
+    rec.open_records(eval_dir, IDENT, "fp1")
+    rec.write_records(eval_dir, "mgsm", "eng_Latn", _records("mgsm", "eng_Latn"), {"accuracy": 0.5})
+    assert rec.read_records(eval_dir, "mgsm", "eng_Latn") == _records("mgsm", "eng_Latn")
+
+
+def test_a_rewrite_killed_midway_never_pairs_the_old_entry_with_new_bytes(gcs_dir, monkeypatch):
+    eval_dir = storage.join(gcs_dir, "steer", "soft-x")
+    _fill(eval_dir)
+    with monkeypatch.context() as m:
+        _kill_before_final_manifest(m)
+        with pytest.raises(KeyboardInterrupt):  # new bytes (salt 1) for a listed pair
+            rec.write_records(eval_dir, "mgsm", "eng_Latn", _records("mgsm", "eng_Latn", 1), {"accuracy": 0.1})
+    assert "mgsm/eng_Latn" not in rec.read_manifest(eval_dir)["files"]  # dropped before the rewrite
+    assert not rec.is_done(eval_dir, "mgsm", "eng_Latn")
+    with pytest.raises(ValueError, match=f"not finished.*--workdir={gcs_dir} --stages=steer"):
+        rec.read_records(eval_dir, "mgsm", "eng_Latn")
+
+
+def test_damage_is_named_with_the_repairing_command(local_and_gcs):
+    _, remote = local_and_gcs
+    workdir = os.path.dirname(remote)
+    path = rec.record_path(remote, "belebele", "fra_Latn")
+    data = storage.read_bytes(path)
+    storage.atomic_write_bytes(path, data.replace(b'"correct": true', b'"correct": fals'))  # same size
+    assert not rec.is_done(remote, "belebele", "fra_Latn") and rec.is_done(remote, "belebele", "eng_Latn")
+    with pytest.raises(ValueError, match=f"{path} has {len(data)} bytes with sha256 .* were written \\(changed "
+                                         f"after writing\\); run the eval stage again to redo it: .*"
+                                         f"--workdir={workdir} --stages=eval"):
+        rec.read_records(remote, "belebele", "fra_Latn")
+    storage.remove(path)
+    with pytest.raises(ValueError, match=f"{path} is missing; run the eval stage"):
+        rec.read_records(remote, "belebele", "fra_Latn")
+    storage.atomic_write_bytes(storage.join(remote, "manifest.json"), b"{not json")
+    with pytest.raises(ValueError, match=f"{remote}/manifest.json is not valid JSON.*delete it to evaluate"):
+        rec.read_records(remote, "belebele", "eng_Latn")
+
+
+def test_other_fingerprint_refused_then_replaced(local_and_gcs):
+    _, remote = local_and_gcs
+    with pytest.raises(StoreMismatchError, match="--config.eval.overwrite=True"):
+        rec.open_records(remote, IDENT, "fp2")
+    assert rec.is_done(remote, "mgsm", "eng_Latn")
+    rec.open_records(remote, IDENT, "fp2", overwrite=True)  # deletes the records it replaces
+    assert storage.walk_files(remote) == ["manifest.json"]
+    assert rec.read_manifest(remote)["files"] == {} and rec.read_manifest(remote)["fingerprint"] == "fp2"
+
+
+def test_task_data_and_steering_files_on_gcs(gcs_dir, tmp_path):
+    from moe_jax.models.config import ModelConfig
+    from moe_jax.tiny import tiny_hf_config
+
+    spec = tasks.get_task("belebele")
+    demo = os.path.join(tasks.DEMO_DIR, "belebele")
+    name = sorted(os.listdir(demo))[0]
+    storage.upload_tree(demo, storage.join(gcs_dir, "data"))
+    found = tasks.local_file(spec, name.rsplit(".", 1)[0], storage.join(gcs_dir, "data"))
+    assert found == storage.join(gcs_dir, "data", name)
+    assert tasks.read_rows(found) == tasks.read_rows(os.path.join(demo, name))
+    assert tasks.check_local_file(spec, found) > 0
+    os.environ["MOE_JAX_CACHE"] = str(tmp_path / "cache")
+    try:
+        staged = tasks.local_data_file(found)
+    finally:
+        del os.environ["MOE_JAX_CACHE"]
+    assert staged.startswith(str(tmp_path / "cache")) and open(staged, "rb").read() == open(os.path.join(demo, name), "rb").read()
+
+    cfg = ModelConfig.from_hf(tiny_hf_config("qwen2_moe"))  # MoE layers (0, 2), 8 experts
+    s = SteeringSpec("bias", ((0, 1, 1.0), (2, 3, 0.5)), lam=2.0, name="b")
+    p = storage.join(gcs_dir, "steer.json")
+    storage.atomic_write_bytes(p, s.to_json().encode())
+    assert SteeringSpec.load(p) == s
+    iv = steering_file.load_intervention(p, cfg)
+    assert iv.bias[0, 1] == 2.0 and iv.bias[1, 3] == 1.0 and iv.bias.sum() == 3.0
+    with pytest.raises(FileNotFoundError, match=f"steering file '{gcs_dir}/none.json' does not exist"):
+        steering_file.load_intervention(storage.join(gcs_dir, "none.json"), cfg)
+    storage.atomic_write_bytes(p, b"{bad")
+    with pytest.raises(ValueError, match=f"steering file '{p}' is not valid JSON"):
+        steering_file.load_intervention(p, cfg)
