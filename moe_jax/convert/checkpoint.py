@@ -16,6 +16,15 @@ empty one, and never one that overlaps the input: a user's own files are never d
 of an earlier killed conversion to the same ``out`` (``.{out}.tmp-XXXXXXXX``) are removed, with a
 log line, by the next one.
 
+On ``gs://`` (no rename, no directories) steps 2-3 differ: once the tensors are read and checked,
+a marker object ``moe_jax.partial.json`` is written into the prefix first, then what an earlier
+conversion (or an interrupted one) left there is deleted (``moe_jax.json`` first), then params,
+config and tokenizer files and ``moe_jax.json`` are written in place, and the marker removed last.
+A prefix with the marker, or without ``moe_jax.json``, is never loaded; the next conversion to it
+replaces it (a marker is ours), while a prefix holding anything else is refused. An error removes
+what was written; a kill leaves the marker. Unlike a local ``--overwrite``, the replaced
+conversion is gone before the new one is complete.
+
 Peak host memory: the output tree (in the target dtype) plus about one layer: the stacked expert
 buffers of the layer being read (``3 * E * H * I`` target-dtype elements) and one raw tensor in
 the stored dtype. Measured in ``tests/test_convert_memory.py``.
@@ -33,11 +42,13 @@ import time
 
 import jax
 
-from moe_jax import __version__
+from moe_jax import __version__, storage
 from moe_jax.convert import digest, loader, orbax_io
 from moe_jax.convert.tokenizer import TOKENIZER_FILES, TOKENIZER_SETS, missing_tokenizer  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
+
+PARTIAL_FORMAT = "moe_jax.partial"  # the marker's "format": what the writer of the prefix was
 
 
 def convert_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = "auto",
@@ -55,7 +66,7 @@ def convert_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dt
     tensor holding NaN or inf is refused as it is read, still before ``out_dir`` changes).
     """
     loader.resolve_dtype(dtype)
-    hf_dir, out_dir = os.path.abspath(os.fspath(hf_dir)), os.path.abspath(os.fspath(out_dir))
+    hf_dir, out_dir = storage.absolute(hf_dir), storage.absolute(out_dir)
     check_out_dir(hf_dir, out_dir, overwrite)
     cfg, ckpt, pairs = loader.open_hf(hf_dir)
     no_tokenizer = missing_tokenizer(hf_dir)
@@ -63,8 +74,20 @@ def convert_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dt
         raise FileNotFoundError(no_tokenizer)
     source_dtype = loader.native_dtype(hf_dir, ckpt)
     np_dtype = loader.resolve_dtype(dtype, source_dtype)
-    remove_stale_temps(out_dir)
+    info = {"source": hf_dir, "checkpoint_sha256": ckpt.sha256, "source_dtype": source_dtype.name}
+    if storage.is_remote(out_dir):
+        _convert_remote(cfg, pairs, np_dtype, info, out_dir)
+    else:
+        _convert_local(cfg, pairs, np_dtype, info, out_dir)
+    if no_tokenizer:
+        log.warning("the conversion %s has no tokenizer (moe_jax.load gives none; the pipeline stages need "
+                    "one): %s", out_dir, no_tokenizer)
+    return out_dir
 
+
+def _convert_local(cfg, pairs, np_dtype, info: dict, out_dir: str) -> None:
+    """Writes into a sibling temp dir, renamed to ``out_dir`` once complete (see the module docstring)."""
+    remove_stale_temps(out_dir)
     parent, base = os.path.split(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-")
@@ -73,55 +96,120 @@ def convert_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dt
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0o700 would stick to the final dir
     try:
         params = loader.stream_hf(cfg, pairs, np_dtype, desc=f"converting to {np_dtype.name}")
-        orbax_io.save_tree(os.path.join(tmp, orbax_io.PARAMS_DIR), params)
-        num_params = sum(x.size for x in jax.tree.leaves(params))
-        del params
-        for name in ("config.json",) + TOKENIZER_FILES:
-            src = os.path.join(hf_dir, name)
-            if os.path.isfile(src):
-                shutil.copyfile(src, os.path.join(tmp, name))
-        meta = {
-            "format": orbax_io.FORMAT, "format_version": orbax_io.FORMAT_VERSION,
-            "config": cfg.to_dict(), "dtype": np_dtype.name, "source_dtype": source_dtype.name, "source": hf_dir,
-            "checkpoint_sha256": ckpt.sha256, "moe_jax_version": __version__, "num_params": int(num_params),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "files": digest.record_files(tmp),  # checked on load (sizes) and by the convert stage (sha256)
-        }
-        meta_tmp = os.path.join(tmp, orbax_io.META_FILE + ".tmp")
-        with open(meta_tmp, "w") as f:
-            json.dump(meta, f, indent=2)
-        os.replace(meta_tmp, os.path.join(tmp, orbax_io.META_FILE))  # last: marks the dir complete
+        _write(tmp, cfg, params, np_dtype, info)
         _install(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if no_tokenizer:
-        log.warning("the conversion %s has no tokenizer (moe_jax.load gives none; the pipeline stages need "
-                    "one): %s", out_dir, no_tokenizer)
-    return out_dir
+
+
+def _convert_remote(cfg, pairs, np_dtype, info: dict, out_dir: str) -> None:
+    """Object storage has no rename: writes straight into ``out_dir``, marked by ``PARTIAL_FILE``
+    (first) until ``moe_jax.json`` (last) is written. What an earlier conversion or an interrupted
+    one left there is deleted only once the new parameters are read and checked. A failure removes
+    what this conversion wrote (the marker last); a kill leaves the marker, which ``load`` refuses
+    and the next conversion to ``out_dir`` replaces."""
+    params = loader.stream_hf(cfg, pairs, np_dtype, desc=f"converting to {np_dtype.name}")
+    marker = storage.join(out_dir, orbax_io.PARTIAL_FILE)
+    storage.atomic_write_json(marker, {"format": PARTIAL_FORMAT, "writer": "moe_jax.convert", "source": info["source"],
+                                       "moe_jax_version": __version__,
+                                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    try:
+        _clear_remote(out_dir)
+        _write(out_dir, cfg, params, np_dtype, info)
+        storage.remove(marker)
+    except BaseException:
+        log.warning("conversion into %s failed; removing what it wrote", out_dir)
+        _clear_remote(out_dir)
+        storage.remove(marker)
+        raise
+
+
+def _clear_remote(out_dir: str) -> None:
+    """Deletes every object under ``out_dir`` but the partial marker (``moe_jax.json`` first: from
+    then on nothing there looks complete, even without the marker)."""
+    names = storage.listdir(out_dir)
+    if orbax_io.META_FILE in names:
+        storage.remove(storage.join(out_dir, orbax_io.META_FILE))
+    for name in names:
+        if name not in (orbax_io.META_FILE, orbax_io.PARTIAL_FILE):
+            target = storage.join(out_dir, name)
+            if storage.isfile(target):
+                storage.remove(target)
+            else:
+                storage.remove_tree(target)
+
+
+def _write(dest: str, cfg, params: dict, np_dtype, info: dict) -> None:
+    """Params (orbax), config and tokenizer files, then ``moe_jax.json`` (with every file's record) last."""
+    orbax_io.save_tree(storage.join(dest, orbax_io.PARAMS_DIR), params)
+    num_params = sum(x.size for x in jax.tree.leaves(params))
+    for name in ("config.json",) + TOKENIZER_FILES:
+        src = storage.join(info["source"], name)
+        if storage.isfile(src):
+            storage.copy_file(src, storage.join(dest, name))
+    meta = {
+        "format": orbax_io.FORMAT, "format_version": orbax_io.FORMAT_VERSION,
+        "config": cfg.to_dict(), "dtype": np_dtype.name, "source_dtype": info["source_dtype"],
+        "source": info["source"], "checkpoint_sha256": info["checkpoint_sha256"], "moe_jax_version": __version__,
+        "num_params": int(num_params), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        # checked on load (sizes) and by the convert stage (sha256)
+        "files": digest.record_files(dest, skip=(orbax_io.PARTIAL_FILE,)),
+    }
+    storage.atomic_write_bytes(storage.join(dest, orbax_io.META_FILE), json.dumps(meta, indent=2).encode())
 
 
 def check_out_dir(hf_dir: str, out_dir: str, overwrite: bool) -> None:
     """Refuses an ``out_dir`` that overlaps ``hf_dir`` (equal, inside or containing it), and an
-    existing one without ``overwrite`` or that moe_jax did not write (no ``moe_jax.json`` of its format)."""
-    real_in, real_out = os.path.realpath(hf_dir), os.path.realpath(out_dir)
-    if real_out == real_in or _inside(real_out, real_in) or _inside(real_in, real_out):
-        rel = "is" if real_out == real_in else "is inside" if _inside(real_out, real_in) else "contains"
-        raise ValueError(f"output dir {out_dir} {rel} the input dir {hf_dir}; choose an --out outside it")
+    existing one without ``overwrite`` or that moe_jax did not write (no ``moe_jax.json`` of its format).
+    A ``gs://`` prefix left by an interrupted conversion (its ``PARTIAL_FILE``) is replaced without
+    ``overwrite``, as the local temp dirs of one are removed; one holding anything else is refused."""
+    if storage.is_remote(hf_dir) == storage.is_remote(out_dir):
+        # URLs have no links to resolve: compared as given
+        real_in, real_out = ((hf_dir.rstrip("/"), out_dir.rstrip("/")) if storage.is_remote(out_dir)
+                             else (os.path.realpath(hf_dir), os.path.realpath(out_dir)))
+        if real_out == real_in or _inside(real_out, real_in) or _inside(real_in, real_out):
+            rel = "is" if real_out == real_in else "is inside" if _inside(real_out, real_in) else "contains"
+            raise ValueError(f"output dir {out_dir} {rel} the input dir {hf_dir}; choose an --out outside it")
+    if storage.is_remote(out_dir):
+        _check_remote_out_dir(out_dir, overwrite)
+        return
     if not os.path.lexists(out_dir):
         return
     if not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
     if os.path.isdir(out_dir) and not os.path.islink(out_dir) and (not os.listdir(out_dir) or _is_conversion(out_dir)):
         return
+    _refuse_foreign(out_dir)
+
+
+def _check_remote_out_dir(out_dir: str, overwrite: bool) -> None:
+    names = storage.listdir(out_dir)
+    if not names:
+        return
+    if orbax_io.PARTIAL_FILE in names and _is_ours(storage.join(out_dir, orbax_io.PARTIAL_FILE), PARTIAL_FORMAT):
+        log.warning("%s holds an incomplete conversion (%s: interrupted, or being written); it will be replaced",
+                    out_dir, orbax_io.PARTIAL_FILE)
+        return
+    if not _is_conversion(out_dir):
+        _refuse_foreign(out_dir, names)
+    if not overwrite:
+        raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
+
+
+def _refuse_foreign(out_dir: str, names: list[str] | None = None) -> None:
+    held = f" (it holds {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})" if names else ""
     raise ValueError(f"{out_dir} exists and is not a moe_jax conversion (no {orbax_io.META_FILE} with format "
-                     f"{orbax_io.FORMAT!r}); --overwrite only replaces a directory moe_jax wrote. "
+                     f"{orbax_io.FORMAT!r}){held}; --overwrite only replaces a directory moe_jax wrote. "
                      "Remove it yourself or choose another --out")
 
 
 def is_intact(out_dir: str) -> bool:
     """``out_dir`` is a complete conversion whose recorded files all have their size and sha256
     (``digest``); a damaged one is logged, naming its files."""
+    if storage.exists(storage.join(out_dir, orbax_io.PARTIAL_FILE)):
+        log.warning("%s is an incomplete conversion (%s); it will be converted again", out_dir, orbax_io.PARTIAL_FILE)
+        return False
     try:
         meta = orbax_io.read_meta(out_dir)
     except loader.CheckpointError as e:
@@ -135,22 +223,28 @@ def is_intact(out_dir: str) -> bool:
 
 
 def _inside(path: str, parent: str) -> bool:
-    return path.startswith(parent.rstrip(os.sep) + os.sep)
+    return path.startswith(parent.rstrip(os.sep) + os.sep)  # os.sep is "/" where URLs are used
 
 
 def _is_conversion(path: str) -> bool:
+    return _is_ours(storage.join(path, orbax_io.META_FILE), orbax_io.FORMAT)
+
+
+def _is_ours(path: str, fmt: str) -> bool:
+    """``path`` is a JSON object whose "format" is ``fmt`` (a file moe_jax wrote)."""
     try:
-        with open(os.path.join(path, orbax_io.META_FILE)) as f:
-            meta = json.load(f)
+        meta = storage.read_json(path)
     except (OSError, ValueError):
         return False
-    return isinstance(meta, dict) and meta.get("format") == orbax_io.FORMAT
+    return isinstance(meta, dict) and meta.get("format") == fmt
 
 
 def remove_stale_temps(out_dir: str) -> list[str]:
     """Removes the temp dirs ``.{base}.tmp-XXXXXXXX`` (mkdtemp's naming) that a killed conversion to
     ``out_dir`` left beside it, and ``.{base}.old-XXXXXXXX`` (a replaced conversion, killed before it
-    was removed); returns their paths."""
+    was removed); returns their paths. Nothing to do on ``gs://`` (a conversion is written in place)."""
+    if storage.is_remote(out_dir):
+        return []
     parent, base = os.path.split(os.path.abspath(out_dir))
     pattern = re.compile(re.escape(f".{base}.") + r"(tmp|old)-[a-z0-9_]{8}")
     try:

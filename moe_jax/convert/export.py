@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from moe_jax import storage
 from moe_jax.atomic import atomic_write_json
 from moe_jax.convert import name_map
 from moe_jax.convert.safetensors_io import INDEX_FILE, SINGLE_FILE, write_safetensors
@@ -44,7 +45,7 @@ def write_hf_checkpoint(out_dir: str | os.PathLike, hf_config: Mapping[str, Any]
     ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json`` (written last).
 
     ``fused_experts=True`` rewrites per-expert tensors into the fused layout first (all tensors of
-    a checkpoint of ``hf_config`` must be present). Returns ``out_dir``.
+    a checkpoint of ``hf_config`` must be present). ``out_dir``: local or ``gs://``. Returns ``out_dir``.
     """
     out_dir = os.fspath(out_dir)
     if fused_experts:
@@ -56,18 +57,18 @@ def write_hf_checkpoint(out_dir: str | os.PathLike, hf_config: Mapping[str, Any]
     names = list(tensors)
     if not 1 <= num_shards <= len(names):
         raise ValueError(f"num_shards={num_shards} must be in [1, {len(names)}] (number of tensors)")
-    os.makedirs(out_dir, exist_ok=True)
-    atomic_write_json(os.path.join(out_dir, "config.json"), dict(hf_config))
+    storage.makedirs(out_dir)
+    atomic_write_json(storage.join(out_dir, "config.json"), dict(hf_config))
     if num_shards == 1:
-        write_safetensors(os.path.join(out_dir, SINGLE_FILE), tensors)
+        write_safetensors(storage.join(out_dir, SINGLE_FILE), tensors)
         return out_dir
     weight_map, total = {}, 0
     groups = _split(names, [np.asarray(tensors[n]).nbytes for n in names], num_shards)
     for i, group in enumerate(groups):
         file = f"model-{i + 1:05d}-of-{num_shards:05d}.safetensors"
-        total += write_safetensors(os.path.join(out_dir, file), {n: tensors[n] for n in group})
+        total += write_safetensors(storage.join(out_dir, file), {n: tensors[n] for n in group})
         weight_map.update({n: file for n in group})
-    atomic_write_json(os.path.join(out_dir, INDEX_FILE), {"metadata": {"total_size": total}, "weight_map": weight_map})
+    atomic_write_json(storage.join(out_dir, INDEX_FILE), {"metadata": {"total_size": total}, "weight_map": weight_map})
     return out_dir
 
 

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from moe_jax import storage
 from moe_jax.convert import digest, mxfp4, name_map, orbax_io
 from moe_jax.convert.safetensors_io import (DTYPES, CheckpointError, HFCheckpoint, TensorInfo, read_tensor,
                                             scan_checkpoint)
@@ -59,8 +60,7 @@ def resolve_dtype(dtype: Any, native: Any = None) -> np.dtype | None:
 def native_dtype(hf_dir: str, ckpt: HFCheckpoint) -> np.dtype:
     """An HF checkpoint's own dtype: ``dtype`` / ``torch_dtype`` of its config.json when supported, else
     the float dtype holding most of its stored bytes."""
-    with open(os.path.join(hf_dir, "config.json")) as f:
-        hf = json.load(f)
+    hf = json.loads(storage.read_bytes(storage.join(hf_dir, "config.json")))
     name = str(hf.get("dtype") or hf.get("torch_dtype") or "").replace("torch.", "")
     if name in SUPPORTED_DTYPES:
         return resolve_dtype(name)
@@ -274,15 +274,24 @@ def stream_hf(cfg: ModelConfig, pairs: list, dtype: Any, sink: Sink = HOST,
 
 
 def checkpoint_kind(path: str | os.PathLike) -> str:
-    """``"converted"`` or ``"hf"``; raises for a missing dir or an incomplete conversion."""
+    """``"converted"`` or ``"hf"`` (local or ``gs://``); raises for a missing dir or an incomplete
+    conversion (no ``moe_jax.json``, or still carrying the ``moe_jax.partial.json`` of a write into a
+    ``gs://`` prefix that has not finished), naming the command that converts it again."""
     path = os.fspath(path)
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")
-    if os.path.exists(os.path.join(path, orbax_io.META_FILE)):
+    partial = storage.join(path, orbax_io.PARTIAL_FILE)
+    if storage.exists(partial):
+        source = (storage.read_json(partial, invalid_ok=True) or {}).get("source") or "<hf dir>"
+        raise CheckpointError(f"{path} is an incomplete moe_jax conversion ({orbax_io.PARTIAL_FILE}: it is being "
+                              f"written, or its conversion was interrupted); convert again: rerun the convert stage "
+                              f"(python -m moe_jax.launch ... --stages=convert), or python -m moe_jax.convert "
+                              f"--hf_dir={source} --out={path}")
+    if storage.exists(storage.join(path, orbax_io.META_FILE)):
         return "converted"
-    if os.path.isdir(os.path.join(path, orbax_io.PARAMS_DIR)):
+    if storage.isdir(storage.join(path, orbax_io.PARAMS_DIR)):
         raise CheckpointError(f"{path} is an incomplete moe_jax conversion (no {orbax_io.META_FILE}); convert again")
-    if os.path.exists(os.path.join(path, "config.json")):
+    if storage.exists(storage.join(path, "config.json")):
         return "hf"
     raise FileNotFoundError(f"{path} is neither an HF checkpoint (config.json + safetensors) "
                             f"nor a converted moe_jax dir ({orbax_io.META_FILE})")

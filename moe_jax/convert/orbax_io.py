@@ -7,28 +7,38 @@ Layout of a converted dir::
     config.json      copy of the HF config
     tokenizer files  copies (tokenizer.json, tokenizer_config.json, ... when present)
     moe_jax.json     {"format", "format_version", "config": ModelConfig.to_dict(), "dtype",
-                      "source", "checkpoint_sha256", "moe_jax_version", "num_params"}
+                      "source", "checkpoint_sha256", "moe_jax_version", "num_params", "files"}
 
 ``moe_jax.json`` is written last: a dir without it is not a complete conversion and is refused.
+On ``gs://`` (no rename) the conversion is written straight into its prefix, marked by
+``moe_jax.partial.json`` from its first object until after ``moe_jax.json``: a prefix carrying the
+marker is refused too (``loader.checkpoint_kind``).
+
+Chunking (what a host of a pod reads): every leaf is one zarr array; the routed-expert stacks
+(``EXPERT_STACKS``: ``moe/gate|up|down[_bias]``, ``[layers, E, ...]``) have one chunk per expert
+(``shard_axes``), further split to at most ``chunk_bytes``; other leaves are split to about 1/32
+along their largest axes. Restoring onto an expert-sharded mesh, a host reads only the chunks of
+the experts its devices hold.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from moe_jax import storage
 from moe_jax.convert import name_map
 from moe_jax.convert.safetensors_io import CheckpointError
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.params import map_spec
 
 META_FILE = "moe_jax.json"
+PARTIAL_FILE = "moe_jax.partial.json"  # on gs://: a conversion being written into this prefix
 PARAMS_DIR = "params"
 FORMAT = "moe_jax.params"
 # 2: decoder layers stacked per run of identical layers (``params["layers"]``: one dict per run,
@@ -72,10 +82,13 @@ class _BoundedNumpyHandler(ocp.type_handlers.NumpyHandler):
 
 
 def save_tree(path: str, tree: Any, max_bytes_in_flight: int = WRITE_BUFFER_BYTES) -> None:
-    """Writes the param tree (NumPy or jax arrays) as an orbax checkpoint at ``path`` (must not exist).
+    """Writes the param tree (NumPy or jax arrays) as an orbax checkpoint at ``path`` (local or
+    ``gs://``; must not exist).
 
+    Chunks (``save_args``): the routed-expert stacks one per expert, so a host restoring some experts
+    reads only their chunks; every chunk at most ``chunk_bytes`` of its leaf.
     Host memory beyond the tree: about ``max(max_bytes_in_flight, largest leaf)`` of leaves in
-    flight, encoded in chunks (``chunk_bytes``), not copied. Orbax's
+    flight, encoded in chunks, not copied. Orbax's
     defaults would add about one more copy of the tree (NumPy leaves deep-copied, OCDBT buffering
     every array until commit), so this writes one zarr array per leaf (no OCDBT), uncopied.
     """
@@ -89,16 +102,35 @@ def save_tree(path: str, tree: Any, max_bytes_in_flight: int = WRITE_BUFFER_BYTE
     me = jax.process_index()
     solo = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
     with ocp.Checkpointer(handler, multiprocessing_options=solo) as ckptr:
-        save_args = jax.tree.map(lambda x: ocp.SaveArgs(chunk_byte_size=chunk_bytes(x.nbytes)), tree)
-        ckptr.save(os.path.abspath(path), args=ocp.args.PyTreeSave(tree, save_args=save_args))
+        ckptr.save(storage.absolute(path), args=ocp.args.PyTreeSave(tree, save_args=save_args(tree)))
+
+
+# The routed-expert stacks of the param tree: ``layers[run]["moe"][name]``, ``[layers, E, ...]``
+# (``params.layer_spec``: logical axis "expert" right after the stack's layers axis, the axis expert
+# parallelism splits). tests/test_convert_gcs.py checks this against the spec of every family.
+EXPERT_STACKS, EXPERT_AXIS = ("gate", "up", "down", "gate_bias", "up_bias", "down_bias"), 1
+
+
+def expert_axes(path: tuple) -> tuple[int, ...]:
+    """The axes of the leaf at ``path`` (a tuple of keys) stored one chunk per index: ``(EXPERT_AXIS,)``
+    for a routed-expert stack, else ``()``."""
+    keys = tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
+    is_stack = len(keys) == 4 and keys[0] == "layers" and keys[2] == "moe" and keys[3] in EXPERT_STACKS
+    return (EXPERT_AXIS,) if is_stack else ()
+
+
+def save_args(tree: Any) -> Any:
+    """``ocp.SaveArgs`` per leaf: chunks of at most ``chunk_bytes``, and one per expert of a
+    routed-expert stack (orbax's ``shard_axes`` splits an axis down to size 1)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: ocp.SaveArgs(chunk_byte_size=chunk_bytes(x.nbytes), shard_axes=expert_axes(p)), tree)
 
 
 def read_meta(path: str) -> dict[str, Any]:
-    meta_path = os.path.join(path, META_FILE)
+    meta_path = storage.join(path, META_FILE)
     try:
-        with open(meta_path) as f:
-            meta = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+        meta = json.loads(storage.read_bytes(meta_path))
+    except (OSError, ValueError) as e:  # missing, unreadable, not JSON (or not UTF-8)
         raise CheckpointError(f"cannot read {meta_path}: {e}") from e
     if meta.get("format") == FORMAT and isinstance(meta.get("format_version"), int) \
             and meta["format_version"] < FORMAT_VERSION:
@@ -123,7 +155,7 @@ def restore(path: str, dtype: np.dtype, shardings: Any = None) -> tuple[ModelCon
         s = name_map.sharding_at(shardings, tuple(int(k) if k.isdigit() else k for k in p))
         return jax.ShapeDtypeStruct(spec[0], dtype, sharding=s or default)
 
-    params_dir = os.path.abspath(os.path.join(path, PARAMS_DIR))
+    params_dir = storage.absolute(storage.join(path, PARAMS_DIR))
     try:
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(params_dir, map_spec(target, cfg))

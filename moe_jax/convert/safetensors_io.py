@@ -10,6 +10,8 @@ holds NaN or inf (``check_finite``, naming the tensor and file).
 File format: 8-byte little-endian header length N, N bytes of JSON
 ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``, then the
 data; offsets are relative to the end of the header.
+
+Paths are local or ``gs://`` (``moe_jax.storage``: reads seek within the object).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Mapping
 import ml_dtypes
 import numpy as np
 
+from moe_jax import storage
 from moe_jax.atomic import atomic_write
 
 DTYPES: dict[str, np.dtype] = {
@@ -46,7 +49,7 @@ class CheckpointError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class TensorInfo:
     name: str
-    file: str  # absolute path of the safetensors file
+    file: str  # absolute path (or URL) of the safetensors file
     dtype: str  # safetensors code: F32 | F16 | BF16
     shape: tuple[int, ...]
     start: int  # absolute byte offset of the data in the file
@@ -62,7 +65,7 @@ class HFCheckpoint:
     """A scanned HF checkpoint directory: tensor index and a hash of its headers."""
 
     path: str
-    files: tuple[str, ...]  # safetensors files (absolute), sorted
+    files: tuple[str, ...]  # safetensors files (absolute paths or URLs), sorted
     tensors: dict[str, TensorInfo]
     sha256: str  # over the index, every header and sampled data bytes (identifies the weights cheaply)
 
@@ -73,8 +76,8 @@ class HFCheckpoint:
 def read_header(path: str) -> tuple[dict[str, TensorInfo], bytes]:
     """Parses and checks one safetensors header; returns its tensors and the raw header bytes."""
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
+        size = storage.size(path)
+        with storage.open(path, "rb") as f:
             raw_len = f.read(8)
             if len(raw_len) < 8:
                 raise CheckpointError(f"{path}: file too short ({size} bytes) to be safetensors")
@@ -108,18 +111,17 @@ def read_header(path: str) -> tuple[dict[str, TensorInfo], bytes]:
         if data_start + end > size:
             raise CheckpointError(f"{path}: file is truncated: tensor {name!r} ends at byte {data_start + end} "
                                   f"but the file has {size} bytes")
-        out[name] = TensorInfo(name, os.path.abspath(path), dtype, shape, data_start + begin, nbytes)
+        out[name] = TensorInfo(name, storage.absolute(path), dtype, shape, data_start + begin, nbytes)
     return out, raw_len + raw
 
 
 def scan_checkpoint(path: str | os.PathLike) -> HFCheckpoint:
     """Indexes every tensor of an HF checkpoint dir (single file or sharded), checking all files."""
-    path = os.path.abspath(os.fspath(path))
-    index_path = os.path.join(path, INDEX_FILE)
+    path = storage.absolute(path)
+    index_path = storage.join(path, INDEX_FILE)
     digest = hashlib.sha256()
-    if os.path.exists(index_path):
-        with open(index_path, "rb") as f:
-            raw_index = f.read()
+    if storage.exists(index_path):
+        raw_index = storage.read_bytes(index_path)
         digest.update(raw_index)
         try:
             weight_map = json.loads(raw_index)["weight_map"]
@@ -131,10 +133,10 @@ def scan_checkpoint(path: str | os.PathLike) -> HFCheckpoint:
         for name, file in weight_map.items():
             by_file.setdefault(file, []).append(name)
         for file, names in sorted(by_file.items()):
-            if not os.path.exists(os.path.join(path, file)):
+            if not storage.exists(storage.join(path, file)):
                 raise CheckpointError(f"{index_path} names shard {file!r} (e.g. for tensor {names[0]!r}), "
                                       f"which does not exist in {path}")
-    elif os.path.exists(os.path.join(path, SINGLE_FILE)):
+    elif storage.exists(storage.join(path, SINGLE_FILE)):
         by_file = None
     else:
         raise CheckpointError(f"{path} has neither {SINGLE_FILE} nor {INDEX_FILE}")
@@ -142,7 +144,7 @@ def scan_checkpoint(path: str | os.PathLike) -> HFCheckpoint:
     files = sorted(by_file) if by_file is not None else [SINGLE_FILE]
     tensors: dict[str, TensorInfo] = {}
     for file in files:
-        full = os.path.join(path, file)
+        full = storage.join(path, file)
         infos, raw_header = read_header(full)
         digest.update(file.encode() + b"\0" + raw_header + _sample_data(full, 8 + len(raw_header)))
         if by_file is None:
@@ -152,16 +154,16 @@ def scan_checkpoint(path: str | os.PathLike) -> HFCheckpoint:
             if name not in infos:
                 raise CheckpointError(f"{index_path} maps tensor {name!r} to {full}, whose header lacks it")
             tensors[name] = infos[name]
-    return HFCheckpoint(path, tuple(os.path.join(path, f) for f in files), tensors, digest.hexdigest())
+    return HFCheckpoint(path, tuple(storage.join(path, f) for f in files), tensors, digest.hexdigest())
 
 
 def _sample_data(path: str, data_start: int, samples: int = 16, width: int = 256) -> bytes:
     """``samples`` evenly spaced slices of the data section: two checkpoints with the same headers
     but other weights (fine-tunes, seeds) hash differently, at the cost of a few reads per file."""
-    size = os.path.getsize(path) - data_start
+    size = storage.size(path) - data_start
     if size <= 0:
         return b""
-    with open(path, "rb") as f:
+    with storage.open(path, "rb") as f:
         out = []
         for i in range(samples):
             f.seek(data_start + (size - min(width, size)) * i // max(samples - 1, 1))
@@ -172,7 +174,7 @@ def _sample_data(path: str, data_start: int, samples: int = 16, width: int = 256
 def read_tensor(info: TensorInfo) -> np.ndarray:
     """Reads one tensor into a new array of its stored dtype."""
     out = np.empty(info.shape, dtype=info.np_dtype)
-    with open(info.file, "rb") as f:
+    with storage.open(info.file, "rb") as f:
         f.seek(info.start)
         got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
     if got != info.nbytes:

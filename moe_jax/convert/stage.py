@@ -6,10 +6,9 @@ stage makes that the checkpoint is the one ``config.model`` describes (``convert
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
-from moe_jax import lineage
+from moe_jax import lineage, storage
 from moe_jax import sharding as shd
 from moe_jax import workdir as wd
 from moe_jax.atomic import atomic_write_json, read_json
@@ -36,10 +35,10 @@ def _convert(config: Any, workdir: str, out: str) -> None:
 
     m = config.model
     hf_dir = resolve_source(config, workdir)
-    identity = {"source": source_identity(config), "hf_dir": os.path.abspath(hf_dir), "dtype": m.dtype,
+    identity = {"source": source_identity(config), "hf_dir": storage.absolute(hf_dir), "dtype": m.dtype,
                 "checkpoint_sha256": scan_checkpoint(hf_dir).sha256}
     stamp = wd.convert_stamp(workdir)
-    if (os.path.exists(os.path.join(out, "moe_jax.json")) and read_json(stamp, invalid_ok=True) == identity
+    if (storage.exists(storage.join(out, "moe_jax.json")) and read_json(stamp, invalid_ok=True) == identity
             and is_intact(out)):  # every file's sha256 as recorded: a damaged checkpoint is converted again
         log.info("checkpoint %s is up to date (converted from %s)", out, hf_dir)
         remove_stale_temps(out)
@@ -78,7 +77,7 @@ def resolve_source(config: Any, workdir: str) -> str:
     if m.source not in SOURCES:
         raise StageError(f"model.source {m.source!r} is not one of {SOURCES}")
     if m.source == "hf_dir":
-        if not m.hf_dir or not os.path.isdir(m.hf_dir):
+        if not m.hf_dir or not storage.isdir(m.hf_dir):
             raise FileNotFoundError(f"model.hf_dir {m.hf_dir!r} is not a directory")
         return m.hf_dir
     if m.source == "hub":
@@ -111,7 +110,7 @@ def write_tiny(config: Any, out_dir: str) -> str:
     from moe_jax.data.tiny_tokenizer import build_tiny_tokenizer
 
     spec = config.model.tiny.to_dict()
-    stamp = os.path.join(out_dir, "moe_jax_tiny.json")
+    stamp = storage.join(out_dir, "moe_jax_tiny.json")
     if read_json(stamp, invalid_ok=True) == spec:
         return out_dir
     tokenizer = build_tiny_tokenizer(out_dir, vocab_size=int(spec["vocab_size"]))
@@ -135,10 +134,10 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
     source = m.hf_dir if m.source == "hf_dir" else wd.tiny_dir(workdir)
 
     def local_source() -> list[str]:
-        if not m.hf_dir or not os.path.isdir(m.hf_dir):
+        if not m.hf_dir or not storage.isdir(m.hf_dir):
             return [f"model.hf_dir {m.hf_dir!r} is not a directory; set --config.model.hf_dir to a local HF "
                     "checkpoint (config.json, *.safetensors, tokenizer files)"]
-        names = os.listdir(m.hf_dir)
+        names = storage.listdir(m.hf_dir)
         problems = [f"{m.hf_dir} has no {what}; it is not a Hugging Face checkpoint directory"
                     for what, present in (("config.json", "config.json" in names),
                                           ("*.safetensors file", any(n.endswith(".safetensors") for n in names)))
@@ -146,7 +145,7 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
         return problems + [p for p in [missing_tokenizer(m.hf_dir)] if p]
 
     checks = [local_source] if m.source == "hf_dir" else []
-    checks.append(lambda: check_out_dir(os.path.abspath(source), os.path.abspath(wd.checkpoint_dir(workdir)),
+    checks.append(lambda: check_out_dir(storage.absolute(source), storage.absolute(wd.checkpoint_dir(workdir)),
                                         overwrite=True))
     return collect_problems(checks)
 
@@ -157,7 +156,7 @@ def checkpoint_problems(config: Any, workdir: str) -> list[str]:
     from moe_jax.convert.checkpoint import missing_tokenizer
 
     ckpt = wd.checkpoint_dir(workdir)
-    if not os.path.exists(os.path.join(ckpt, "moe_jax.json")):
+    if not storage.exists(storage.join(ckpt, "moe_jax.json")):
         return [f"no converted checkpoint at {ckpt}; run the 'convert' stage first (--stages=convert,...)"]
     return collect_problems([lambda: converted_identity(config, workdir), lambda: missing_tokenizer(ckpt)])
 
@@ -171,7 +170,7 @@ def recorded_model_differences(recorded: Any, config: Any) -> list[str]:
         return []
     diffs = lineage.model_differences(recorded, config)
     if not diffs and config.model.source == "hf_dir" and recorded.get("checkpoint_sha256") \
-            and os.path.isdir(config.model.hf_dir or ""):
+            and config.model.hf_dir and storage.isdir(config.model.hf_dir):
         now = scan_checkpoint(config.model.hf_dir).sha256
         diffs += lineage.differences(recorded["checkpoint_sha256"], now, f"sha256 of {config.model.hf_dir}")
     return diffs

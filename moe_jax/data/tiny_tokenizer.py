@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from typing import Iterable
 
+from moe_jax import storage
+
 # Qwen2 / Qwen3 pre-tokenisation pattern (numbers split digit by digit).
 QWEN_SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                       r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -59,7 +61,8 @@ def build_tiny_tokenizer(out_dir: str, texts: Iterable[str] | None = None, vocab
     and returns it loaded back through ``AutoTokenizer`` (a fast tokenizer).
 
     Files already in ``out_dir`` (a checkpoint's config and weights) are kept; the tokenizer files
-    are written to a temporary directory first and moved in one by one (each move atomic).
+    are written to a temporary directory first and moved in one by one (each move atomic); a
+    ``gs://`` ``out_dir`` gets them uploaded one object each from a local temporary directory.
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -71,17 +74,26 @@ def build_tiny_tokenizer(out_dir: str, texts: Iterable[str] | None = None, vocab
     fast = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=IM_END, pad_token=PAD_TOKEN,
                                    model_max_length=32768)
     fast.chat_template = CHAT_TEMPLATE
+    if storage.is_remote(out_dir):  # HF writes only local dirs: save locally, then upload each file
+        with tempfile.TemporaryDirectory(prefix="moe_jax-tokenizer-") as tmp:
+            _save(fast, tmp)
+            storage.upload_tree(tmp, out_dir)
+            return AutoTokenizer.from_pretrained(tmp)
     os.makedirs(out_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=out_dir, prefix=".tokenizer.")
     try:
-        # save_jinja_files=False keeps the template inside tokenizer_config.json (one file to read).
-        fast.save_pretrained(tmp, save_jinja_files=False)
-        _portable_config(os.path.join(tmp, "tokenizer_config.json"))
+        _save(fast, tmp)
         for name in sorted(os.listdir(tmp)):
             os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return AutoTokenizer.from_pretrained(out_dir)
+
+
+def _save(fast, directory: str) -> None:
+    # save_jinja_files=False keeps the template inside tokenizer_config.json (one file to read).
+    fast.save_pretrained(directory, save_jinja_files=False)
+    _portable_config(os.path.join(directory, "tokenizer_config.json"))
 
 
 def _portable_config(path: str) -> None:

@@ -13,6 +13,8 @@ import math
 import os
 from typing import Any, Mapping
 
+from moe_jax import storage
+
 
 class UnsupportedModelError(ValueError):
     """The checkpoint's ``model_type`` (or one of its options) is not supported."""
@@ -360,15 +362,14 @@ def _yarn(hf: Mapping[str, Any], rope: Mapping[str, Any]) -> YarnConfig:
 
 
 def load_hf_config(path: str | os.PathLike) -> ModelConfig:
-    """Reads ``config.json`` from a checkpoint directory (or the file itself)."""
+    """Reads ``config.json`` from a checkpoint directory (or the file itself), local or ``gs://``."""
     path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, "config.json")
-    if not os.path.exists(path):
+    if storage.isdir(path):
+        path = storage.join(path, "config.json")
+    if not storage.exists(path):
         raise FileNotFoundError(f"no config.json at {path}")
     try:
-        with open(path) as f:
-            hf = json.load(f)
+        hf = json.loads(storage.read_bytes(path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
     return ModelConfig.from_hf(hf)
