@@ -163,3 +163,92 @@ def test_task_data_and_steering_files_on_gcs(gcs_dir, tmp_path):
     storage.atomic_write_bytes(p, b"{bad")
     with pytest.raises(ValueError, match=f"steering file '{p}' is not valid JSON"):
         steering_file.load_intervention(p, cfg)
+
+
+# -- the eval and steer stages with a gs:// workdir --------------------------------------------------
+
+def _stage_config():
+    from test_steer_stage import _config
+
+    c = _config()
+    c.model.tiny.overrides = {}  # the default tiny model (3 layers): fast
+    c.tasks = {"math": dict(c.tasks["math"])}
+    c.data.max_sentences = 8
+    c.data.languages = "eng_Latn,fra_Latn"  # the languages evaluated: a small store
+    c.steer.update(methods="soft", controls="", bands="0-2")  # explicit band: no analyze stage needed
+    c.steer.learned.enabled = False
+    return c
+
+
+@pytest.fixture(scope="module")
+def stage_runs(gcs_bucket, tmp_path_factory):
+    """A workdir converted and collected locally, uploaded to gs://, then eval + steer run on the gs://
+    copy (killed once in the eval stage between a record and the manifest, resumed) and on the local
+    one: ``(config, local workdir, gs:// workdir, pairs evaluated by the resumed run, cwd)``."""
+    from moe_jax import stages
+    from moe_jax.eval import stage as eval_stage
+
+    config = _stage_config()
+    base = tmp_path_factory.mktemp("stages")
+    local, remote = str(base / "work"), f"{gcs_bucket}/stages-{os.getpid()}"
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("MOE_JAX_CACHE", str(base / "cache"))  # the staged tokenizer: not the user's cache
+        m.chdir(base)  # a URL taken for a local path would show up here as ./gs:
+        stages.run_stages(config, local, "convert,collect")
+        storage.upload_tree(local, remote)
+        with m.context() as k:  # the eval stage dies after its second record, before the manifest lists it
+            k.setattr(rec, "atomic_write_json", _dies_listing(rec.atomic_write_json, "belebele/fra_Latn"))
+            with pytest.raises(KeyboardInterrupt):
+                stages.run_stages(config, remote, "eval")
+        evaluated, real = [], eval_stage.evaluate_pair
+        m.setattr(eval_stage, "evaluate_pair", lambda lm, it, *a: evaluated.append(it["language"]) or real(lm, it, *a))
+        stages.run_stages(config, remote, "eval,steer")
+        m.setattr(eval_stage, "evaluate_pair", real)
+        stages.run_stages(config, local, "eval,steer")
+    return config, local, remote, evaluated, base
+
+
+def _dies_listing(write_json, key):
+    def write(p, obj):
+        if key in obj.get("files", {}):
+            raise KeyboardInterrupt(f"killed before {p} lists {key}")
+        write_json(p, obj)
+    return write
+
+
+def test_stages_on_gcs_write_what_a_local_workdir_holds(stage_runs):
+    _, local, remote, evaluated, cwd = stage_runs
+    # the resumed eval redid only the pair whose record the kill left unlisted; steer then ran its
+    # baseline and one setting over both languages
+    assert evaluated == ["fra_Latn"] + ["eng_Latn", "fra_Latn"] * 2
+    for d in ("eval", "steer"):
+        names = storage.walk_files(os.path.join(local, d))
+        assert names == storage.walk_files(storage.join(remote, d))
+        assert len([n for n in names if n.endswith(".jsonl")]) == (2 if d == "eval" else 4)
+        for name in names:
+            mine, theirs = storage.read_bytes(storage.join(remote, d, name)), storage.read_bytes(os.path.join(local, d, name))
+            if name == "summary.json" and d == "steer":  # timing and compile counts differ between runs
+                mine, theirs = ({k: v for k, v in json.loads(x).items() if k not in ("seconds", "compiles",
+                                "settings_that_compiled")} for x in (mine, theirs))
+            assert mine == theirs, f"{d}/{name}"
+    assert not os.path.exists(os.path.join(cwd, "gs:"))
+
+
+def test_damaged_record_on_gcs_is_named_and_redone(stage_runs):
+    from moe_jax import stages
+    from moe_jax.eval import stage as eval_stage
+
+    config, local, remote, _, _ = stage_runs
+    out = storage.join(remote, "eval")
+    path = rec.record_path(out, "belebele", "eng_Latn")
+    good = storage.read_bytes(path)
+    storage.atomic_write_bytes(path, good[:-5])
+    with pytest.raises(ValueError, match=f"{path} has .* were written .*--workdir={remote} --stages=eval"):
+        rec.read_records(out, "belebele", "eng_Latn")
+    evaluated, real = [], eval_stage.evaluate_pair
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(eval_stage, "evaluate_pair", lambda lm, it, *a: evaluated.append(it["language"]) or real(lm, it, *a))
+        stages.run_stages(config, remote, "eval")
+    assert evaluated == ["eng_Latn"] and storage.read_bytes(path) == good
+    assert rec.read_records(out, "belebele", "eng_Latn") == rec.read_records(os.path.join(local, "eval"), "belebele",
+                                                                             "eng_Latn")
