@@ -15,16 +15,24 @@ Digests (``path_digest``) are cheap: a file's sha256; for a directory with a man
 the sha256 recorded per data file, which the readers verify on read. No file in the directory is
 rehashed here, and volatile manifest fields (code version, timings) do not count.
 
-Below the stages: imports only ``moe_jax.atomic``, ``moe_jax.pipeline`` and the fingerprint helper.
+An output directory is published like ``moe_jax.storage.publish``: its data files first, then
+``provenance.json`` LAST, which also records each data file's size and sha256 (``"files"``); a rerun
+first removes the old ``provenance.json``. So on a local path and on ``gs://`` (no rename, no
+directories) alike, a reader trusts only a directory whose ``provenance.json`` exists, and only the
+files it names with their recorded digest (``read_output``).
+
+Paths may be local or ``gs://`` URLs (``moe_jax.storage``).
+
+Below the stages: imports only ``moe_jax.storage``, ``moe_jax.pipeline`` and the fingerprint helper.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any, Mapping
 
-from moe_jax.atomic import atomic_write_json, read_json
+from moe_jax import storage
+from moe_jax.storage import DigestMismatchError, UnpublishedError, atomic_write_json, read_json
 from moe_jax.pipeline import source_identity
 from moe_jax.routing.provenance import fingerprint
 
@@ -35,17 +43,16 @@ MANIFESTS = (("meta.json", "languages"), ("manifest.json", "files"))
 
 
 def file_sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return storage.digest(path)[1]
 
 
 def path_digest(path: str) -> str | None:
     """Digest of an input: a file's sha256, a manifest directory's content fingerprint (module
     docstring); None when the path does not exist (or is a directory without a manifest)."""
-    if os.path.isfile(path):
+    if storage.isfile(path):
         return file_sha256(path)
     for name, files_key in MANIFESTS:
-        manifest = read_json(os.path.join(path, name), invalid_ok=True)
+        manifest = read_json(storage.join(path, name), invalid_ok=True)
         if isinstance(manifest, dict):
             files = manifest.get(files_key) or {}
             return fingerprint({"fingerprint": manifest.get("fingerprint"),
@@ -54,12 +61,16 @@ def path_digest(path: str) -> str | None:
 
 
 def _stored_path(path: str, root: str) -> str:
+    """``path`` relative to ``root`` when inside it (local or ``gs://``), else as given."""
+    if storage.is_remote(path) or storage.is_remote(root):
+        base = storage.absolute(root) + "/"
+        return path[len(base):] if storage.absolute(path).startswith(base) else path
     rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
     return path if rel.startswith(os.pardir) else rel
 
 
 def _real_path(stored: str, root: str) -> str:
-    return stored if os.path.isabs(stored) else os.path.join(root, stored)
+    return stored if os.path.isabs(stored) or storage.is_remote(stored) else storage.join(root, stored)
 
 
 def describe(paths: Mapping[str, str], root: str) -> dict[str, dict[str, Any]]:
@@ -67,15 +78,68 @@ def describe(paths: Mapping[str, str], root: str) -> dict[str, dict[str, Any]]:
     return {name: {"path": _stored_path(p, root), "digest": path_digest(p)} for name, p in paths.items()}
 
 
-def write_stamp(out_dir: str, inputs: Mapping[str, Mapping[str, Any]], config: str | None = None) -> None:
-    """Records ``inputs`` (from ``describe``) and the config fingerprint beside an output."""
-    atomic_write_json(os.path.join(out_dir, STAMP), {"format": FORMAT, "inputs": dict(inputs), "config": config})
+def unpublish(out_dir: str) -> None:
+    """Removes ``out_dir``'s ``provenance.json`` (if any) before its files are rewritten: until the new
+    one is written last, no reader trusts the directory (module docstring)."""
+    stamp = storage.join(out_dir, STAMP)
+    if storage.exists(stamp):
+        storage.remove(stamp)
+
+
+def write_stamp(out_dir: str, inputs: Mapping[str, Mapping[str, Any]], config: str | None = None,
+                files: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Records ``inputs`` (from ``describe``), the config fingerprint and, when given, the output's
+    files (``{name relative to out_dir: storage.record(bytes)}``) beside an output; call it last."""
+    stamp = {"format": FORMAT, "inputs": dict(inputs), "config": config}
+    if files is not None:
+        stamp["files"] = {name: dict(files[name]) for name in sorted(files)}
+    atomic_write_json(storage.join(out_dir, STAMP), stamp)
 
 
 def read_stamp(out_dir: str) -> dict[str, Any] | None:
     """The output's record; None when absent, unreadable or of another format (the output predates it)."""
-    stamp = read_json(os.path.join(out_dir, STAMP), invalid_ok=True)
+    stamp = read_json(storage.join(out_dir, STAMP), invalid_ok=True)
     return stamp if isinstance(stamp, dict) and stamp.get("format") == FORMAT else None
+
+
+def damaged(stamp: Mapping[str, Any], out_dir: str, names: list[str] | None = None) -> list[str]:
+    """Of the files ``stamp`` records (or of ``names`` among them), those missing or whose size or
+    sha256 differs now, as ``"name (why)"``; [] for a stamp that records no files (older outputs)."""
+    files = stamp.get("files") or {}
+    out = []
+    for name in (files if names is None else [n for n in names if n in files]):
+        path = storage.join(out_dir, name)
+        if not storage.exists(path):
+            out.append(f"{name} (missing)")
+        elif list(storage.digest(path)) != [files[name]["size"], files[name]["sha256"]]:
+            out.append(f"{name} (changed after it was written)")
+    return out
+
+
+def read_output(out_dir: str, name: str) -> bytes:
+    """The bytes of ``out_dir/name`` if the directory's ``provenance.json`` names it and they match its
+    record. ``UnpublishedError``: no ``provenance.json`` (an unfinished write) or a file it does not
+    name; ``DigestMismatchError``: damaged since. A stamp that records no files (written before files
+    were recorded) vouches for every file, as it did then."""
+    path = storage.join(out_dir, name)
+    stamp = read_stamp(out_dir)
+    if stamp is None:
+        raise UnpublishedError(f"{path}: {storage.join(out_dir, STAMP)} is missing (the run writing "
+                               f"{out_dir} did not finish); run that stage again")
+    if "files" not in stamp:
+        return storage.read_bytes(path)
+    rec = stamp["files"].get(name)
+    if rec is None:
+        raise UnpublishedError(f"{path} is not among the files {storage.join(out_dir, STAMP)} records")
+    try:
+        data = storage.read_bytes(path)
+    except FileNotFoundError as e:
+        raise DigestMismatchError(f"{path} is recorded in {STAMP} but missing; run that stage again") from e
+    got = storage.record(data)
+    if got != {"size": rec["size"], "sha256": rec["sha256"]}:
+        raise DigestMismatchError(f"{path} has {got['size']} bytes with sha256 {got['sha256']}, but {rec['size']} "
+                                  f"bytes with sha256 {rec['sha256']} were written; run that stage again")
+    return data
 
 
 def stale(stamp: Mapping[str, Any], root: str) -> list[str]:

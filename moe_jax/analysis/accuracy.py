@@ -5,7 +5,7 @@
 * CSV file with a header: a language column (``language``, ``lang`` or ``code``) and an accuracy
   column (``accuracy``, ``acc`` or ``score``).
 
-Any scale works (fractions or percent) as long as it is one scale for all languages. A language
+The file may be local or on ``gs://`` (``moe_jax.storage``). Any scale works (fractions or percent) as long as it is one scale for all languages. A language
 listed twice (two CSV rows, two JSON keys) is an error. ``to_flores`` maps the keys to FLORES codes
 (MGSM / Global-MMLU report ISO 639-1 codes: ``bn`` -> ``ben_Beng``), so that they match the store.
 """
@@ -13,11 +13,13 @@ listed twice (two CSV rows, two JSON keys) is an error. ``to_flores`` maps the k
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 from typing import Any, Iterable, Mapping
 
+from moe_jax import storage
 from moe_jax.data import languages as lang_lib
 
 LANG_COLUMNS = ("language", "lang", "code")
@@ -37,8 +39,7 @@ def _check(values: Mapping[str, Any], source: str) -> dict[str, float]:
 
 
 def _read_csv(path: str) -> dict[str, float]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(io.StringIO(storage.read_bytes(path).decode("utf-8"), newline="")))
     if not rows:
         return {}
     cols = {c.strip().lower(): c for c in rows[0]}
@@ -76,11 +77,10 @@ def load_accuracy(spec) -> dict[str, float]:
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"accuracy must be a dict or a path to a CSV/JSON file, got {type(spec).__name__}")
     path = os.fspath(spec)
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise FileNotFoundError(f"accuracy file {path} does not exist")
     if path.lower().endswith(".json"):
-        with open(path) as f:
-            data = json.load(f, object_pairs_hook=_no_duplicate_keys(path))
+        data = json.loads(storage.read_bytes(path), object_pairs_hook=_no_duplicate_keys(path))
         if isinstance(data, Mapping) and isinstance(data.get("accuracy"), Mapping):
             data = data["accuracy"]
         if not isinstance(data, Mapping):
@@ -97,10 +97,10 @@ EVAL_TASK = "belebele"  # the eval stage's task whose accuracies the correlation
 def from_eval_summary(path: str, task: str = EVAL_TASK) -> dict[str, float]:
     """``{FLORES code: accuracy}`` of one task in the eval stage's ``summary.json`` ({} when the file
     or the task is absent; the per-task mean row is left out)."""
-    if not os.path.exists(path):
+    summary = storage.read_json(path)
+    if summary is None:
         return {}
-    with open(path) as f:
-        rows = json.load(f).get("rows", [])
+    rows = summary.get("rows", [])
     return {r["language"]: float(r["accuracy"]) for r in rows
             if r.get("task") == task and r.get("language") != "mean_non_english"}
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 
 import numpy as np
 
+from moe_jax import storage
 from moe_jax import workdir as wd
 from moe_jax.analysis.validate import check_consistent
 from moe_jax.routing.store import read_meta, read_store
@@ -137,8 +137,7 @@ def resolve_task_stores(config, cfg, workdir: str) -> tuple[dict[str, str], str]
     if explicit:
         return explicit, "analysis.task_stores"
     root = wd.tasks_dir(workdir)
-    found = sorted(n for n in (os.listdir(root) if os.path.isdir(root) else [])
-                   if read_meta(os.path.join(root, n)) is not None)
+    found = sorted(n for n in storage.listdir(root) if read_meta(storage.join(root, n)) is not None)
     tasks = config.get("tasks") if hasattr(config, "get") else None
     if tasks is not None:
         names = list(tasks.to_dict() if hasattr(tasks, "to_dict") else tasks)
@@ -146,7 +145,7 @@ def resolve_task_stores(config, cfg, workdir: str) -> tuple[dict[str, str], str]
         if missing:
             log.warning("analyze: no task store under %s for %s (run the collect stage)", root, missing)
         found = [n for n in names if n in found]
-    return {n: os.path.join(root, n) for n in found}, root
+    return {n: storage.join(root, n) for n in found}, root
 
 
 def check_task_store(task: str, path: str, tmeta: dict, inp: Inputs) -> None:

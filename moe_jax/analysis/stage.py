@@ -20,12 +20,18 @@ collect command that repairs it).
 
 Layer positions (``layer``) are 0-indexed positions on the store's MoE-layer axis;
 ``decoder_layer`` is the decoder-layer index of that MoE layer (``meta["moe_layer_ids"]``).
+
+The workdir may be local or ``gs://`` (every read and write goes through ``moe_jax.storage``).
+``analysis/`` is published like a manifest directory: the old ``provenance.json`` is removed first,
+then the tables and ``summary.json`` are written, then ``provenance.json`` LAST, recording the inputs'
+digests and each file's size and sha256 (``moe_jax.lineage``). Readers (``staleness``, the report and
+steer stages) trust ``analysis/`` only with its ``provenance.json`` and check ``summary.json`` against it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 from typing import Any, Callable
 
 import ml_collections
@@ -38,7 +44,7 @@ from moe_jax.analysis import (accuracy as accuracy_lib, consistency, correlation
 from moe_jax.analysis.inputs import (Inputs, Skip, check_task_store, config_languages, load_inputs,
                                      parse_task_stores, resolve_task_stores, task_language)
 from moe_jax.analysis.validate import normalize_band
-from moe_jax import lineage
+from moe_jax import lineage, storage
 from moe_jax import workdir as wd
 from moe_jax.config_fields import check_known_fields
 from moe_jax.pipeline import StageError, collect_problems
@@ -48,6 +54,7 @@ from moe_jax.routing.store import lang_path, read_store, repair_hint
 log = logging.getLogger(__name__)
 
 FREE_FORM = ("accuracy", "task_stores")  # mapping fields whose inner keys are the user's (languages, tasks)
+SUMMARY = "summary.json"
 def default_config() -> ml_collections.ConfigDict:
     """The ``config.analysis`` section (every field documented inline)."""
     c = ml_collections.ConfigDict()
@@ -412,9 +419,11 @@ def run(config, workdir: str) -> dict[str, Any]:
         "n_layers": inp.n_layers, "n_experts": inp.n_experts, "top_k": inp.top_k, "moe_layer_ids": inp.layer_ids,
         "primary_metric": cfg.metrics[0], "config": cfg.to_dict(), "skipped": {}, "tables": []}
     state: dict[str, Any] = {"task_stores": resolve_task_stores(config, cfg, workdir),
-                             "eval_summary": os.path.join(wd.eval_dir(workdir), "summary.json")}
+                             "eval_summary": storage.join(wd.eval_dir(workdir), "summary.json")}
     inputs, fingerprint = lineage_record(config, cfg, workdir, state["task_stores"][0])
-    os.makedirs(out_dir, exist_ok=True)
+    lineage.unpublish(out_dir)  # from here until the last write, no reader trusts analysis/
+    storage.makedirs(out_dir)
+    files: dict[str, dict] = {}  # {file name: record} for provenance.json
     for name, fn in tqdm(ANALYSES, desc="analyze", leave=False):
         try:
             tabs, piece = fn(inp, cfg, state)
@@ -423,22 +432,22 @@ def run(config, workdir: str) -> dict[str, Any]:
             summary["skipped"][name] = str(e)
             continue
         for tname, records in tabs.items():
-            tables.write_table(out_dir, tname, records)
+            files.update(tables.write_table(out_dir, tname, records))
             summary["tables"].append(tname)
         summary.update(piece)
     for name in set(TABLES) - set(summary["tables"]):  # a skipped analysis leaves no stale table behind
         for ext in ("csv", "json"):
-            stale = os.path.join(out_dir, f"{name}.{ext}")
-            if os.path.exists(stale):
-                os.remove(stale)
+            stale = storage.join(out_dir, f"{name}.{ext}")
+            if storage.exists(stale):
+                storage.remove(stale)
     if "curves" in state and "band" in state:
         s, e = state["band"]
         summary["band_divergence"] = {l: float(v[s: e + 1].mean()) for l, v in state["curves"].items()}
     if "accuracy_coverage" in state:
         summary["accuracy_coverage"] = state["accuracy_coverage"]
         summary["accuracy_source"] = state["accuracy_source"]
-    tables.write_json(os.path.join(out_dir, "summary.json"), summary)
-    lineage.write_stamp(out_dir, inputs, fingerprint)  # last: what the tables above were computed from
+    files[SUMMARY] = tables.write_json(storage.join(out_dir, SUMMARY), summary)
+    lineage.write_stamp(out_dir, inputs, fingerprint, files)  # last: what the files above were computed from
     log.info("analyze: wrote %d tables to %s (skipped: %s)", len(summary["tables"]), out_dir,
              sorted(summary["skipped"]) or "none")
     return tables.to_jsonable(summary)
@@ -455,7 +464,7 @@ def lineage_record(config, cfg, workdir: str, task_stores: dict[str, str]) -> tu
     if isinstance(cfg.accuracy, str) and cfg.accuracy:
         paths["accuracy file"] = cfg.accuracy
     elif not cfg.accuracy:
-        paths["eval summary"] = os.path.join(wd.eval_dir(workdir), "summary.json")
+        paths["eval summary"] = storage.join(wd.eval_dir(workdir), "summary.json")
     return (lineage.describe(paths, workdir),
             lineage.fingerprint({"analysis": cfg.to_dict(), "languages": config_languages(config)}))
 
@@ -469,16 +478,24 @@ def staleness(config, workdir: str) -> list[str]:
     """What changed since ``workdir/analysis`` was computed ([] = current; nothing there: []). With a
     whole config, against the inputs and settings it names now; otherwise the recorded inputs only."""
     out_dir = wd.analysis_dir(workdir)
-    if not os.path.exists(os.path.join(out_dir, "summary.json")):
+    if not storage.exists(storage.join(out_dir, SUMMARY)):
         return []
     stamp = lineage.read_stamp(out_dir)
-    if stamp is None:
+    if stamp is None:  # also a run that did not finish: it removes the stamp first, writes it last
         return [f"no {lineage.STAMP} (computed before provenance was recorded)"]
+    damaged = [f"analysis/{d}" for d in lineage.damaged(stamp, out_dir, [SUMMARY])]
     if not _full(config):
-        return lineage.stale(stamp, workdir)
+        return damaged + lineage.stale(stamp, workdir)
     cfg = section(config, "analysis", default_config(), FREE_FORM)
     stores = resolve_task_stores(config, cfg, workdir)[0]
-    return lineage.changed(stamp, *lineage_record(config, cfg, workdir, stores))
+    return damaged + lineage.changed(stamp, *lineage_record(config, cfg, workdir, stores))
+
+
+def read_output(workdir: str, name: str = SUMMARY) -> Any:
+    """The JSON value of ``workdir/analysis/<name>`` as the last finished analyze run wrote it: only
+    a file its ``provenance.json`` names, with the recorded digest (``lineage.read_output`` raises
+    otherwise, naming the file)."""
+    return json.loads(lineage.read_output(wd.analysis_dir(workdir), name))
 
 
 def ensure_current(config, workdir: str, reader: str) -> None:
@@ -507,7 +524,7 @@ def preflight(config, workdir: str, before: frozenset[str] = frozenset()) -> lis
         if cfg.routing_statistic not in SEQ_STATISTICS:
             problems.append(f"analysis.routing_statistic {cfg.routing_statistic!r} is not one of "
                             f"{sorted(SEQ_STATISTICS)}")
-        if isinstance(cfg.accuracy, str) and cfg.accuracy and not os.path.isfile(cfg.accuracy):
+        if isinstance(cfg.accuracy, str) and cfg.accuracy and not storage.isfile(cfg.accuracy):
             problems.append(f"analysis.accuracy {cfg.accuracy!r} is not a file")
         problems += [f"analysis.task_stores: no routing store at {path} (task {name!r})"
                      for name, path in parse_task_stores(cfg.task_stores).items()

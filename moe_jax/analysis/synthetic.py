@@ -21,6 +21,10 @@ at the planted ``accuracy.json`` beside it (Pearson r about -0.99 over the middl
 store lies where the collect stage puts task stores (``workdir/tasks/<name>``), so the analyze stage
 finds it without ``analysis.task_stores``. A directory whose stores, ``accuracy.json`` or config were
 not written by a synthetic run is refused: nothing the user owns is replaced.
+
+The directory may be a bucket (``gs://bucket/prefix``, through ``moe_jax.storage``): the config
+written there names that URL instead of its own location; copy it to a local file to launch it
+(the command is printed).
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 
 import numpy as np
 
+from moe_jax import storage
 from moe_jax.routing import store as store_lib
 
 # (code, weight w_x, family, planted accuracy): accuracy falls as the language-specific weight grows.
@@ -201,7 +205,7 @@ import os
 from moe_jax.stages import default_config
 
 WARNING = {warning!r}
-HERE = os.path.dirname(os.path.abspath(__file__))
+{_HERE}
 
 
 def get_config():
@@ -215,30 +219,32 @@ def get_config():
 """
 
 
+_HERE = "HERE = os.path.dirname(os.path.abspath(__file__))"
+CONFIG_TEXT = CONFIG_TEXT.replace("{_HERE}", _HERE)
+
+
 def _refuse_foreign(paths: dict[str, str], accuracy: dict[str, float]) -> None:
     """Raises FileExistsError when a path of ``paths`` holds something a synthetic run did not write
     (another model's store, the user's own accuracy file or config): write_demo replaces only its own."""
     for key in ("routing", "task_math"):
         path = paths[key]
-        if not os.path.isdir(path) or not os.listdir(path):
+        if not storage.listdir(path):
             continue
         meta = store_lib.read_meta(path)
         if meta is None or meta.get("model") != "synthetic":
             what = f"the routing statistics of {meta.get('model')!r}" if meta else "files that are not a routing store"
             raise FileExistsError(f"{path} holds {what}, not a synthetic store: choose another directory "
                                   "(a synthetic run replaces only its own stores)")
-    if os.path.exists(paths["accuracy"]):
-        with open(paths["accuracy"]) as f:
-            try:
-                same = json.load(f) == accuracy
-            except ValueError:
-                same = False
+    if storage.exists(paths["accuracy"]):
+        try:
+            same = json.loads(storage.read_bytes(paths["accuracy"])) == accuracy
+        except ValueError:
+            same = False
         if not same:
             raise FileExistsError(f"{paths['accuracy']} exists and does not hold the planted accuracies: choose "
                                   "another directory (a synthetic run replaces only its own files)")
-    if os.path.exists(paths["config"]):
-        with open(paths["config"]) as f:
-            if not f.read().startswith(_CONFIG_MARK):
+    if storage.exists(paths["config"]):
+        if not storage.read_bytes(paths["config"]).startswith(_CONFIG_MARK.encode()):
                 raise FileExistsError(f"{paths['config']} exists and was not written by a synthetic run: choose "
                                       "another directory")
 
@@ -252,15 +258,16 @@ def write_demo(workdir: str, spec: SyntheticSpec = SyntheticSpec()) -> dict[str,
     an earlier synthetic run."""
     from moe_jax import workdir as wd
     from moe_jax.analysis.tables import write_json
-    from moe_jax.atomic import atomic_write
     paths = {"routing": wd.routing_dir(workdir), "task_math": wd.task_store_dir(workdir, "math"),
-             "accuracy": os.path.join(workdir, "accuracy.json"), "config": os.path.join(workdir, CONFIG_NAME)}
+             "accuracy": storage.join(workdir, "accuracy.json"), "config": storage.join(workdir, CONFIG_NAME)}
     _refuse_foreign(paths, spec.accuracy())
     write_synthetic_store(paths["routing"], spec)
     write_synthetic_task_store(paths["task_math"], spec)
     write_json(paths["accuracy"], spec.accuracy())
     text = CONFIG_TEXT.replace("{warning!r}", repr(spec.warning))
-    atomic_write(paths["config"], lambda f: f.write(text.encode()))
+    if storage.is_remote(workdir):  # launch reads a local config file: a copy of this one names the bucket
+        text = text.replace(_HERE, f"HERE = {storage.absolute(workdir)!r}  # the synthetic workdir (a bucket)")
+    storage.atomic_write_bytes(paths["config"], text.encode())
     return paths
 
 
@@ -281,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(1, f"error: {e}\n")
     for k, v in paths.items():
         print(f"{k}: {v}")
-    print(f"next: python -m moe_jax.launch --config={paths['config']} --workdir={args.workdir}")
+    if storage.is_remote(args.workdir):
+        print(f"next: gcloud storage cp {paths['config']} . && "
+              f"python -m moe_jax.launch --config={CONFIG_NAME} --workdir={args.workdir}")
+    else:
+        print(f"next: python -m moe_jax.launch --config={paths['config']} --workdir={args.workdir}")
     return 0
 
 

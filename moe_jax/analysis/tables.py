@@ -1,7 +1,9 @@
 """Analysis tables as CSV (for people and pandas) and JSON (for the report), written atomically.
 
 A table is a list of records (dicts with the same keys). ``write_table(dir, name, records)``
-writes ``name.csv`` and ``name.json``; ``read_table`` reads the JSON back.
+writes ``name.csv`` and ``name.json``; ``read_table`` reads the JSON back. Paths may be local or
+``gs://`` URLs (``moe_jax.storage``). The writers return each file's ``storage.record`` (size and
+sha256 of the bytes written), which the analyze stage records in ``provenance.json``.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ import dataclasses
 import io
 import json
 import math
-import os
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from moe_jax.atomic import atomic_write, read_json
+from moe_jax import storage
+from moe_jax.storage import read_json
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -36,17 +38,22 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_json(path: str, obj: Any) -> None:
-    """Indented JSON; a list of records is written one record per line."""
+def write_json(path: str, obj: Any) -> dict[str, Any]:
+    """Indented JSON; a list of records is written one record per line. Returns the file's record."""
     obj = to_jsonable(obj)
     if isinstance(obj, list) and all(isinstance(r, dict) for r in obj):
         text = "[\n" + ",\n".join(json.dumps(r, allow_nan=False) for r in obj) + "\n]\n"
     else:
         text = json.dumps(obj, indent=1, allow_nan=False)
-    atomic_write(path, lambda f: f.write(text.encode()))
+    return _write(path, text.encode())
 
 
-def write_csv(path: str, records: Iterable[Mapping[str, Any]], columns: list[str] | None = None) -> None:
+def _write(path: str, data: bytes) -> dict[str, Any]:
+    storage.atomic_write_bytes(path, data)
+    return storage.record(data)
+
+
+def write_csv(path: str, records: Iterable[Mapping[str, Any]], columns: list[str] | None = None) -> dict[str, Any]:
     records = [to_jsonable(r) for r in records]
     if columns is None:
         columns = list(records[0]) if records else []
@@ -56,18 +63,16 @@ def write_csv(path: str, records: Iterable[Mapping[str, Any]], columns: list[str
     for r in records:
         w.writerow({k: ("" if r.get(k) is None else
                         " ".join(map(str, r[k])) if isinstance(r.get(k), list) else r[k]) for k in columns})
-    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+    return _write(path, buf.getvalue().encode())
 
 
-def write_table(directory: str, name: str, records: list[Mapping[str, Any]]) -> list[str]:
-    """Writes ``name.csv`` and ``name.json`` (a list of records) under ``directory``; returns their paths."""
-    paths = [os.path.join(directory, f"{name}.{ext}") for ext in ("csv", "json")]
-    write_csv(paths[0], records)
-    write_json(paths[1], list(records))
-    return paths
+def write_table(directory: str, name: str, records: list[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Writes ``name.csv`` and ``name.json`` (a list of records) under ``directory``; returns
+    ``{file name: record}`` of the two."""
+    return {f"{name}.csv": write_csv(storage.join(directory, f"{name}.csv"), records),
+            f"{name}.json": write_json(storage.join(directory, f"{name}.json"), list(records))}
 
 
 def read_table(directory: str, name: str) -> list[dict] | None:
     """Records of table ``name`` (from its JSON), or None when the table was not written."""
-    path = os.path.join(directory, f"{name}.json")
-    return read_json(path)
+    return read_json(storage.join(directory, f"{name}.json"))

@@ -34,9 +34,9 @@ def png_bytes(fig, path: str | None = None, dpi: int = 110, stamp: str | None = 
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
     plt.close(fig)
     data = buf.getvalue()
-    if path is not None:
-        from moe_jax.atomic import atomic_write
-        atomic_write(path, lambda f: f.write(data))
+    if path is not None:  # local or gs:// (no savefig to a path: matplotlib writes local files only)
+        from moe_jax.storage import atomic_write_bytes
+        atomic_write_bytes(path, data)
     return data
 
 

@@ -3,29 +3,34 @@
 Called by ``moe_jax.launch`` as ``run(config, workdir)`` after ``analyze``; ``config`` is the full run
 config (its ``report`` section is used) or the section itself. The page is static and
 self-contained (figures embedded as base64 PNG); the same figures are saved next to it as PNG.
+
+The workdir may be local or ``gs://`` (``moe_jax.storage``). The page reads ``analysis/`` only as
+its ``provenance.json`` records it (``analysis.stage.read_output``). ``report/`` is published the same
+way: the old ``report/provenance.json`` is removed first, then the PNGs, CSV copies and
+``index.html`` are written, and ``provenance.json`` LAST, recording what the page shows and each
+file's size and sha256.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Callable
 
 import ml_collections
 import numpy as np
 
 from moe_jax.analysis import stage as analysis_stage
-from moe_jax.analysis import tables
-from moe_jax import lineage
+from moe_jax import lineage, storage
 from moe_jax import workdir as wd
 from moe_jax.analysis.stage import section as config_section
 from moe_jax.pipeline import StageError, collect_problems
 from moe_jax.report import formulas, html, plots
-from moe_jax.atomic import atomic_write, read_json
+from moe_jax.atomic import read_json
 from moe_jax.routing.store import read_meta
 
 log = logging.getLogger(__name__)
 
+PAGE = "index.html"
 METRIC_LABELS = {"entropy_normalized_js": "entropy-normalised JS divergence", "js_divergence": "JS divergence (nats)",
                  "kl_divergence": "KL divergence (nats)", "cosine_distance": "cosine distance"}
 
@@ -42,12 +47,13 @@ class _Report:
     """Reads the analysis output once; each ``_section_*`` method returns page blocks."""
 
     def __init__(self, workdir: str, cfg):
+        self.workdir = workdir
         self.adir = wd.analysis_dir(workdir)
         self.rdir = wd.report_dir(workdir)
-        path = os.path.join(self.adir, "summary.json")
-        if not os.path.exists(path):
+        path = storage.join(self.adir, analysis_stage.SUMMARY)
+        if not storage.exists(path):
             raise FileNotFoundError(f"{path} does not exist: run the analyze stage first")
-        self.s = read_json(path)
+        self.s = analysis_stage.read_output(workdir)
         self.meta = read_meta(self.s["store"]) or read_meta(wd.routing_dir(workdir)) or {}
         self.cfg = cfg
         self.x = np.asarray(self.s["moe_layer_ids"])
@@ -56,14 +62,14 @@ class _Report:
         acc = self.table("accuracy") or []
         self.accuracy = {r["language"]: r["accuracy"] for r in acc}
         self.eval_dir = wd.eval_dir(workdir)
-        self.eval = read_json(os.path.join(wd.eval_dir(workdir), "summary.json"))  # None without an eval stage
+        self.eval = read_json(storage.join(wd.eval_dir(workdir), "summary.json"))  # None without an eval stage
         self.steer_dir = wd.steer_dir(workdir)
-        self.steer = read_json(os.path.join(self.steer_dir, "summary.json"))  # None without a steer stage
-        self.pngs: list[str] = []
+        self.steer = read_json(storage.join(self.steer_dir, "summary.json"))  # None without a steer stage
+        self.files: dict[str, dict] = {}  # {path under report/: storage.record} for provenance.json
 
     def table(self, name: str):
         """Records of a table the last analyze run wrote (None for skipped analyses)."""
-        return tables.read_table(self.adir, name) if name in self.s.get("tables", []) else None
+        return analysis_stage.read_output(self.workdir, f"{name}.json") if name in self.s.get("tables", []) else None
 
     def curves(self, records, value: str, key: str = "language", **where) -> dict[str, np.ndarray]:
         """``{key value: [layers]}`` of ``value`` from layer records matching ``where``."""
@@ -75,9 +81,9 @@ class _Report:
 
     def fig(self, fig, name: str, caption: str, math: tuple[str, ...] = ()) -> str:
         """Saves and embeds ``fig``; ``math`` names the formulas (``formulas.FORMULAS``) shown in the caption."""
-        png = plots.png_bytes(fig, os.path.join(self.rdir, f"{name}.png"), self.cfg.dpi,
+        png = plots.png_bytes(fig, storage.join(self.rdir, f"{name}.png"), self.cfg.dpi,
                               stamp=self.meta.get("warning") or None)
-        self.pngs.append(f"{name}.png")
+        self.files[f"{name}.png"] = storage.record(png)
         return html.figure(png, f"{name}.png", caption, formulas.block(*math) if math else "")
 
     def band_text(self) -> str:
@@ -271,7 +277,7 @@ class _Report:
         if not self.steer or not self.steer.get("rows"):
             return []
         rows, s = self.steer["rows"], self.steer
-        specs = {d["name"]: d for d in read_json(os.path.join(self.steer_dir, "settings.json")) or []}
+        specs = {d["name"]: d for d in read_json(storage.join(self.steer_dir, "settings.json")) or []}
         blocks = [html.paragraph(w, cls="note") for w in s.get("warnings", [])]
         blocks.append(html.paragraph(
             f"{len(specs)} settings and the baseline, evaluated on the same items; compiled programs per setting: "
@@ -334,27 +340,30 @@ class _Report:
         return blocks
 
     def downloads(self) -> list[str]:
-        links = [(name, os.path.relpath(path, self.rdir)) for name, path in self.csv_files()]
+        links = self.csv_files()
         if not links:
             return []
         items = "".join(f'<li><a href="{html.esc(rel)}">{html.text(name)}</a></li>' for name, rel in links)
         return [html.paragraph("Tables as CSV, copied beside this page (relative links):"), f"<ul>{items}</ul>"]
 
+    def write(self, name: str, data: bytes) -> bytes:
+        """Writes ``report/<name>`` (``name`` relative, "/"-separated) and records it; returns ``data``."""
+        storage.atomic_write_bytes(storage.join(self.rdir, *name.split("/")), data)
+        self.files[name] = storage.record(data)
+        return data
+
     def csv_files(self) -> list[tuple[str, str]]:
-        """``(label, path in report/csv)`` of every analysis, eval and steer CSV, copied there."""
+        """``(label, path relative to report/)`` of every analysis, eval and steer CSV, copied to report/csv."""
         out = []
-        sources = [(f"analysis/{n}", os.path.join(self.adir, n)) for n in sorted(os.listdir(self.adir))
+        sources = [(f"analysis/{n}", storage.join(self.adir, n)) for n in storage.listdir(self.adir)
                    if n.endswith(".csv")]
-        sources += [(f"{sub}/summary.csv", os.path.join(d, "summary.csv"))
+        sources += [(f"{sub}/summary.csv", storage.join(d, "summary.csv"))
                     for sub, d in (("eval", self.eval_dir), ("steer", self.steer_dir))]
         for label, src in sources:
-            if os.path.exists(src):
-                dst = os.path.join(self.rdir, "csv", label.replace("/", "_"))
-                os.makedirs(os.path.dirname(dst), exist_ok=True)
-                with open(src, "rb") as f:
-                    data = f.read()
-                atomic_write(dst, lambda fh, data=data: fh.write(data))
-                out.append((label, dst))
+            if storage.exists(src):
+                rel = "csv/" + label.replace("/", "_")
+                self.write(rel, storage.read_bytes(src))
+                out.append((label, rel))
         return out
 
     def correlation(self) -> list[str]:
@@ -456,7 +465,8 @@ def run(config, workdir: str) -> str:
                          + "\n  ".join(problems))
     analysis_stage.ensure_current(config, workdir, "report")
     rep = _Report(workdir, cfg)
-    os.makedirs(rep.rdir, exist_ok=True)
+    lineage.unpublish(rep.rdir)  # from here until the last write, no reader trusts report/
+    storage.makedirs(rep.rdir)
     sections = []
     for title, anchor, fn in SECTIONS:
         blocks = fn(rep)
@@ -464,13 +474,14 @@ def run(config, workdir: str) -> str:
             sections.append((title, anchor, blocks))
     warning = rep.meta.get("warning")
     doc = html.page(cfg.title, sections, warning=str(warning) if warning else None, intro=rep.intro())
-    path = os.path.join(rep.rdir, "index.html")
-    atomic_write(path, lambda f: f.write(doc.encode("utf-8")))
-    for name in os.listdir(rep.rdir):  # figures of an earlier run that this one did not draw
-        if name.endswith(".png") and name not in rep.pngs:
-            os.remove(os.path.join(rep.rdir, name))
-    lineage.write_stamp(rep.rdir, lineage.describe(shown_inputs(workdir), workdir))
-    log.info("report: wrote %s with %d figures", path, len(rep.pngs))
+    rep.write(PAGE, doc.encode("utf-8"))
+    pngs = [n for n in rep.files if n.endswith(".png")]
+    for name in storage.listdir(rep.rdir):  # figures of an earlier run that this one did not draw
+        if name.endswith(".png") and name not in rep.files:
+            storage.remove(storage.join(rep.rdir, name))
+    lineage.write_stamp(rep.rdir, lineage.describe(shown_inputs(workdir), workdir), files=rep.files)  # last
+    path = storage.join(rep.rdir, PAGE)
+    log.info("report: wrote %s with %d figures", path, len(pngs))
     return path
 
 
@@ -478,16 +489,16 @@ def run(config, workdir: str) -> str:
 
 def shown_inputs(workdir: str) -> dict[str, str]:
     """``{name: path}`` of what the page shows (recorded in ``report/provenance.json``)."""
-    return {"analysis summary": os.path.join(wd.analysis_dir(workdir), "summary.json"),
-            "analysis provenance": os.path.join(wd.analysis_dir(workdir), lineage.STAMP),
+    return {"analysis summary": storage.join(wd.analysis_dir(workdir), "summary.json"),
+            "analysis provenance": storage.join(wd.analysis_dir(workdir), lineage.STAMP),
             "routing store": wd.routing_dir(workdir), "eval records": wd.eval_dir(workdir),
-            "eval summary": os.path.join(wd.eval_dir(workdir), "summary.json"),
-            "steer summary": os.path.join(wd.steer_dir(workdir), "summary.json")}
+            "eval summary": storage.join(wd.eval_dir(workdir), "summary.json"),
+            "steer summary": storage.join(wd.steer_dir(workdir), "summary.json")}
 
 
 # outputs the page shows: (stage, directory, manifest file, key of the model's identity in it or None)
 MODEL_OUTPUTS = (("collect", wd.routing_dir, "meta.json", None), ("eval", wd.eval_dir, "manifest.json", "identity"),
-                 ("steer", lambda w: os.path.join(wd.steer_dir(w), "baseline"), "manifest.json", "identity"))
+                 ("steer", lambda w: storage.join(wd.steer_dir(w), "baseline"), "manifest.json", "identity"))
 
 
 def model_problems(config, workdir: str, skip: frozenset[str] = frozenset()) -> list[str]:
@@ -497,7 +508,7 @@ def model_problems(config, workdir: str, skip: frozenset[str] = frozenset()) -> 
         return []
     problems = []
     for stage, where, manifest, key in MODEL_OUTPUTS:
-        recorded = read_json(os.path.join(where(workdir), manifest), invalid_ok=True) if stage not in skip else None
+        recorded = read_json(storage.join(where(workdir), manifest), invalid_ok=True) if stage not in skip else None
         recorded = (recorded or {}).get(key) if key else recorded
         diffs = lineage.model_differences(recorded, config) if isinstance(recorded, dict) else []
         if diffs:
@@ -515,7 +526,7 @@ def preflight(config, workdir: str, before: frozenset[str] = frozenset()) -> lis
     def analysis():
         if "analyze" in before:
             return None
-        if read_json(os.path.join(wd.analysis_dir(workdir), "summary.json"), invalid_ok=True) is None:
+        if read_json(storage.join(wd.analysis_dir(workdir), "summary.json"), invalid_ok=True) is None:
             return (f"no analysis at {wd.analysis_dir(workdir)}; run the analyze stage first "
                     "(e.g. --stages=analyze,report)")
         if analysis_stage.staleness(config, workdir) and read_meta(wd.routing_dir(workdir)) is None:
