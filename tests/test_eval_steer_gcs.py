@@ -252,3 +252,24 @@ def test_damaged_record_on_gcs_is_named_and_redone(stage_runs):
     assert evaluated == ["eng_Latn"] and storage.read_bytes(path) == good
     assert rec.read_records(out, "belebele", "eng_Latn") == rec.read_records(os.path.join(local, "eval"), "belebele",
                                                                              "eng_Latn")
+
+
+def test_lm_eval_model_from_a_gcs_checkpoint(stage_runs, tmp_path, monkeypatch):
+    """``--model moe_jax --model_args pretrained=gs://...,steering=gs://...`` scores as the local checkpoint does."""
+    from lm_eval.api.instance import Instance
+
+    from moe_jax import workdir as wd
+    from moe_jax.eval.harness import MoeJaxLM
+
+    _, local, remote, _, _ = stage_runs
+    monkeypatch.setenv("MOE_JAX_CACHE", str(tmp_path / "cache"))
+    spec = json.loads(storage.read_bytes(storage.join(remote, "steer", "settings.json")))[0]  # the soft setting
+    for work in (remote, local):
+        storage.atomic_write_json(storage.join(work, "steer.json"), spec)
+    reqs = [Instance("loglikelihood", {}, ("The answer is", " B"), 0)]
+    scores = []
+    for work in (remote, local):
+        lm = MoeJaxLM(pretrained=wd.checkpoint_dir(work), steering=storage.join(work, "steer.json"), batch_size=1)
+        scores.append(lm.loglikelihood(reqs, disable_tqdm=True))
+    assert os.listdir(tmp_path / "cache")  # the remote tokenizer was staged into the test's cache
+    assert scores[0] == scores[1]
