@@ -166,6 +166,12 @@ def test_killed_or_failed_conversion_on_gcs(converted, gcs_dir, monkeypatch):
     assert storage.walk_files(out) == []  # the replaced conversion and the failed one: gone, marker last
     with pytest.raises(FileNotFoundError, match="does not exist"):
         loader.load_params(out)
+    monkeypatch.setattr(storage, "remove_tree", fail)  # the clean-up failing too: the first error, marker kept
+    with pytest.raises(RuntimeError, match="storage went away"):
+        convert_checkpoint(hf, out)
+    assert orbax_io.PARTIAL_FILE in storage.listdir(out)
+    with pytest.raises(CheckpointError, match="incomplete moe_jax conversion"):
+        loader.load_params(out)
 
 
 def test_prefix_with_foreign_objects_is_refused_and_untouched(converted, gcs_dir):

@@ -120,8 +120,13 @@ def _convert_remote(cfg, pairs, np_dtype, info: dict, out_dir: str) -> None:
         storage.remove(marker)
     except BaseException:
         log.warning("conversion into %s failed; removing what it wrote", out_dir)
-        _clear_remote(out_dir)
-        storage.remove(marker)
+        try:
+            _clear_remote(out_dir)
+            storage.remove(marker)
+        except Exception as e:  # storage itself failing: keep the error that stopped the conversion
+            log.warning("could not remove what the failed conversion wrote into %s (%s: %s); its %s stays, "
+                        "so it is never loaded and the next conversion replaces it", out_dir, type(e).__name__, e,
+                        orbax_io.PARTIAL_FILE)
         raise
 
 
