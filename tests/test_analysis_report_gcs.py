@@ -154,6 +154,10 @@ def test_gcs_damaged_outputs_are_not_trusted(analysed):
     storage.remove(table)
     with pytest.raises(storage.DigestMismatchError, match=f"{table} is recorded in provenance.json but missing"):
         analysis_stage.read_output(work, "divergence.json")
+    stamp = lineage.read_stamp(adir)  # an analysis from before files were recorded: read as it was then
+    del stamp["files"]
+    storage.atomic_write_json(storage.join(adir, lineage.STAMP), stamp)
+    assert analysis_stage.staleness(c, work) == [] and analysis_stage.read_output(work)["pivot"] == "eng_Latn"
 
 
 def test_gcs_unfinished_analysis_is_not_trusted(analysed, monkeypatch):
@@ -180,8 +184,11 @@ def test_gcs_unfinished_analysis_is_not_trusted(analysed, monkeypatch):
         analysis_stage.read_output(work)
     with pytest.raises(StageError, match="run the analyze stage again first"):
         report_stage.run(None, work)
+    storage.atomic_write_bytes(storage.join(adir, "stray.csv"), b"a,b\n")  # no analysis wrote it
     report_stage.run(c, work)  # computes it again, then shows it
     assert analysis_stage.staleness(c, work) == [] and lineage.read_stamp(adir)["files"]
+    copied = storage.listdir(storage.join(wd.report_dir(work), "csv"))
+    assert "analysis_divergence.csv" in copied and "analysis_stray.csv" not in copied
 
 
 def test_gcs_synthetic_demo_config_names_the_bucket(runs, tmp_path):

@@ -354,16 +354,18 @@ class _Report:
 
     def csv_files(self) -> list[tuple[str, str]]:
         """``(label, path relative to report/)`` of every analysis, eval and steer CSV, copied to report/csv."""
+        stamp = lineage.read_stamp(self.adir) or {}
+        names = sorted(stamp.get("files") or storage.listdir(self.adir))  # the analysis' own, when recorded
+        found = [(f"analysis/{n}", lineage.read_output(self.adir, n)) for n in names if n.endswith(".csv")]
+        for sub, d in (("eval", self.eval_dir), ("steer", self.steer_dir)):
+            path = storage.join(d, "summary.csv")
+            if storage.exists(path):
+                found.append((f"{sub}/summary.csv", storage.read_bytes(path)))
         out = []
-        sources = [(f"analysis/{n}", storage.join(self.adir, n)) for n in storage.listdir(self.adir)
-                   if n.endswith(".csv")]
-        sources += [(f"{sub}/summary.csv", storage.join(d, "summary.csv"))
-                    for sub, d in (("eval", self.eval_dir), ("steer", self.steer_dir))]
-        for label, src in sources:
-            if storage.exists(src):
-                rel = "csv/" + label.replace("/", "_")
-                self.write(rel, storage.read_bytes(src))
-                out.append((label, rel))
+        for label, data in found:
+            rel = "csv/" + label.replace("/", "_")
+            self.write(rel, data)
+            out.append((label, rel))
         return out
 
     def correlation(self) -> list[str]:
