@@ -132,7 +132,7 @@ def test_other_fingerprint_refused_then_replaced(local_and_gcs):
     assert rec.read_manifest(remote)["files"] == {} and rec.read_manifest(remote)["fingerprint"] == "fp2"
 
 
-def test_task_data_and_steering_files_on_gcs(gcs_dir, tmp_path):
+def test_task_data_and_steering_files_on_gcs(gcs_dir, tmp_path, monkeypatch):
     from moe_jax.models.config import ModelConfig
     from moe_jax.tiny import tiny_hf_config
 
@@ -144,12 +144,12 @@ def test_task_data_and_steering_files_on_gcs(gcs_dir, tmp_path):
     assert found == storage.join(gcs_dir, "data", name)
     assert tasks.read_rows(found) == tasks.read_rows(os.path.join(demo, name))
     assert tasks.check_local_file(spec, found) > 0
-    os.environ["MOE_JAX_CACHE"] = str(tmp_path / "cache")
-    try:
-        staged = tasks.local_data_file(found)
-    finally:
-        del os.environ["MOE_JAX_CACHE"]
+    monkeypatch.setenv("MOE_JAX_CACHE", str(tmp_path / "cache"))
+    staged = tasks.local_data_file(found)
     assert staged.startswith(str(tmp_path / "cache")) and open(staged, "rb").read() == open(os.path.join(demo, name), "rb").read()
+    code = name.rsplit(".", 1)[0]
+    (cfg,) = tasks.task_configs(spec, code, found)  # what lm-eval's datasets loader is given: the staged copy
+    assert cfg["dataset_kwargs"]["data_files"]["test"] == staged and cfg["dataset_path"] == "json"
 
     cfg = ModelConfig.from_hf(tiny_hf_config("qwen2_moe"))  # MoE layers (0, 2), 8 experts
     s = SteeringSpec("bias", ((0, 1, 1.0), (2, 3, 0.5)), lam=2.0, name="b")
