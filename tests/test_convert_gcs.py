@@ -68,19 +68,21 @@ def converted(hf_local, gcs_bucket, tmp_path_factory):
     storage.upload_tree(hf_local, hf_remote)
     local = convert_checkpoint(hf_local, str(tmp_path_factory.mktemp("conv") / "ckpt"))
     remote = convert_checkpoint(hf_remote, storage.join(root, "ckpt"))
-    return {"hf_remote": hf_remote, "local": local, "remote": remote, "root": root}
+    return {"hf_local": hf_local, "hf_remote": hf_remote, "local": local, "remote": remote, "root": root}
 
 
 def test_gcs_conversion_loads_like_the_local_one(converted, tmp_path):
     from moe_jax import load
     from moe_jax.convert import loader, orbax_io
     from moe_jax.convert.checkpoint import is_intact
+    from moe_jax.convert.safetensors_io import scan_checkpoint
 
     remote, local = converted["remote"], converted["local"]
     names = storage.listdir(remote)
     assert orbax_io.META_FILE in names and orbax_io.PARTIAL_FILE not in names and orbax_io.PARAMS_DIR in names
     meta = orbax_io.read_meta(remote)
     assert meta["source"] == converted["hf_remote"]
+    assert meta["checkpoint_sha256"] == scan_checkpoint(converted["hf_local"]).sha256  # same bytes sampled
     # the record names every object but itself, with the sizes listed on the bucket
     assert sorted(meta["files"]) == [n for n in storage.walk_files(remote) if n != orbax_io.META_FILE]
     assert is_intact(remote)  # every object's sha256 as recorded
