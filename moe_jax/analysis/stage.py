@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 FREE_FORM = ("accuracy", "task_stores")  # mapping fields whose inner keys are the user's (languages, tasks)
 SUMMARY = "summary.json"
+
+
 def default_config() -> ml_collections.ConfigDict:
     """The ``config.analysis`` section (every field documented inline)."""
     c = ml_collections.ConfigDict()
