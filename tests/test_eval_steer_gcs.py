@@ -273,3 +273,27 @@ def test_lm_eval_model_from_a_gcs_checkpoint(stage_runs, tmp_path, monkeypatch):
         scores.append(lm.loglikelihood(reqs, disable_tqdm=True))
     assert os.listdir(tmp_path / "cache")  # the remote tokenizer was staged into the test's cache
     assert scores[0] == scores[1]
+
+
+def test_preflight_on_gcs_refuses_other_options_and_missing_inputs(stage_runs):
+    from moe_jax import stages
+
+    config, _, remote, _, _ = stage_runs
+    other = _stage_config()
+    other.eval.max_gen_toks = 5  # other scoring options than the records on gs:// hold
+    with pytest.raises(stages.PreflightError) as e:
+        stages.preflight(other, remote, ["eval", "steer"])
+    msg = str(e.value)
+    assert f"[eval] {remote}/eval holds records of another model or scoring options" in msg
+    assert f"[steer] {remote}/steer/baseline holds records" in msg and "--config.steer.overwrite=True" in msg
+    other = _stage_config()
+    other.eval.steering = storage.join(remote, "none.json")
+    with pytest.raises(stages.PreflightError, match=f"eval.steering '{remote}/none.json' is not a file"):
+        stages.preflight(other, remote, ["eval"])
+    empty = storage.join(remote, "empty")  # no checkpoint, no stores: each named, nothing written
+    with pytest.raises(stages.PreflightError) as e:
+        stages.preflight(config, empty, ["steer"])
+    assert f"({empty} was not created)" in str(e.value)
+    assert f"no routing store at {empty}/routing;" in str(e.value) and f"no converted checkpoint at {empty}/checkpoint" \
+        in str(e.value)
+    assert not storage.exists(empty)
