@@ -176,6 +176,26 @@ def test_killed_or_failed_conversion_on_gcs(converted, gcs_dir, monkeypatch):
         loader.load_params(out)
 
 
+def test_gcs_content_check_compares_md5s_without_reading(converted, gcs_dir, monkeypatch):
+    """On gs:// the record keeps GCS's md5 of each object: the convert stage's content check reads a
+    listing, not the checkpoint; an object replaced by other bytes of the same size is named."""
+    from moe_jax.convert import digest, orbax_io
+    from moe_jax.convert.checkpoint import convert_checkpoint, is_intact
+
+    out = convert_checkpoint(converted["hf_remote"], storage.join(gcs_dir, "ckpt"))
+    record = orbax_io.read_meta(out)["files"]
+    assert record and all(set(r) == {"size", "sha256", "md5"} for r in record.values())
+    real = digest.sha256_file
+    monkeypatch.setattr(digest, "sha256_file", lambda p: pytest.fail(f"read {p}") if storage.is_remote(p) else real(p))
+    assert is_intact(out)
+    chunk = next(n for n in sorted(record) if n.startswith("params/layers.0.moe.gate/"))
+    data = storage.read_bytes(storage.join(out, chunk))
+    storage.atomic_write_bytes(storage.join(out, chunk), bytes(b ^ 1 for b in data))
+    assert digest.damage(out, record) == [f"{chunk} changed after it was written (md5 "
+                                          f"{digest.listing(out)[chunk]['md5']}, {record[chunk]['md5']} was written)"]
+    assert not is_intact(out)
+
+
 def test_prefix_with_foreign_objects_is_refused_and_untouched(converted, gcs_dir):
     from moe_jax.convert.checkpoint import convert_checkpoint
 

@@ -10,8 +10,9 @@ flipped in a compressed parameter chunk otherwise loads silently as NaN or wrong
   once): the convert stage checks this before it declares a checkpoint up to date, and reconverts
   a damaged one.
 
-Local directories and ``gs://`` prefixes alike (``moe_jax.storage``); on object storage the sizes
-come from one listing.
+Local directories and ``gs://`` prefixes alike (``moe_jax.storage``). On object storage the sizes
+come from one listing, and the record also keeps each object's md5 as GCS computed it on upload:
+the content check compares those (a listing) instead of downloading the checkpoint again.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def file_sizes(root: str) -> dict[str, int]:
-    """``{relative path ("/"-joined): size}`` of every file under ``root``, local or ``gs://`` ({} if
-    none). On object storage one listing gives every size (not a request per object)."""
+def listing(root: str) -> dict[str, dict[str, Any]]:
+    """``{relative path ("/"-joined): {"size"[, "md5"]}}`` of every file under ``root`` ({} if none).
+    On ``gs://`` one listing gives every size and the md5 GCS computed on upload (``md5Hash``; absent
+    for composed objects), not a request per object."""
     root = os.fspath(root)
     if storage.is_remote(root):
         import fsspec
@@ -48,31 +50,37 @@ def file_sizes(root: str) -> dict[str, int]:
             found = fs.find(base, detail=True)
         except FileNotFoundError:
             return {}
-        return {p[len(base) + 1:]: int(info["size"]) for p, info in found.items() if p.startswith(base + "/")}
-    return {rel: os.path.getsize(os.path.join(root, rel)) for rel in storage.walk_files(root)}
+        return {p[len(base) + 1:]: {"size": int(info["size"]), **({"md5": info["md5Hash"]} if info.get("md5Hash") else {})}
+                for p, info in found.items() if p.startswith(base + "/")}
+    return {rel: {"size": os.path.getsize(os.path.join(root, rel))} for rel in storage.walk_files(root)}
 
 
 def record_files(root: str, skip: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
-    """``{relative path: {"size", "sha256"}}`` of every file under ``root`` except ``skip``."""
-    sizes = file_sizes(root)
-    paths = sorted(p for p in sizes if p not in skip)
+    """``{relative path: {"size", "sha256"[, "md5"]}}`` of every file under ``root`` except ``skip``
+    (``md5``: GCS's, on ``gs://``: lets ``damage`` check the content without reading it)."""
+    found = listing(root)
+    paths = sorted(p for p in found if p not in skip)
     with ThreadPoolExecutor(_THREADS) as pool:
         digests = list(pool.map(lambda p: sha256_file(storage.join(root, p)), paths))
-    return {p: {"size": sizes[p], "sha256": h} for p, h in zip(paths, digests)}
+    return {p: {**found[p], "sha256": h} for p, h in zip(paths, digests)}
 
 
 def damage(root: str, record: Mapping[str, Mapping[str, Any]], *, content: bool = True) -> list[str]:
     """How the files under ``root`` differ from ``record``: one line per missing, resized or (with
-    ``content``) changed file; ``[]`` when intact. Files not in the record are ignored."""
+    ``content``) changed file; ``[]`` when intact. Files not in the record are ignored. An object
+    whose record and listing both carry GCS's md5 is compared by it (no bytes read); others are hashed."""
     problems, to_hash = [], []
-    sizes = file_sizes(root)
+    found = listing(root)
     for rel, want in sorted(record.items()):
-        size = sizes.get(rel)
-        if size is None:
+        got = found.get(rel)
+        if got is None:
             problems.append(f"{rel} is missing")
             continue
-        if size != want["size"]:
-            problems.append(f"{rel} has {size} bytes, {want['size']} were written")
+        if got["size"] != want["size"]:
+            problems.append(f"{rel} has {got['size']} bytes, {want['size']} were written")
+        elif content and want.get("md5") and got.get("md5"):
+            if got["md5"] != want["md5"]:
+                problems.append(f"{rel} changed after it was written (md5 {got['md5']}, {want['md5']} was written)")
         elif content:
             to_hash.append(rel)
     with ThreadPoolExecutor(_THREADS) as pool:
