@@ -297,3 +297,23 @@ def test_preflight_on_gcs_refuses_other_options_and_missing_inputs(stage_runs):
     assert f"no routing store at {empty}/routing;" in str(e.value) and f"no converted checkpoint at {empty}/checkpoint" \
         in str(e.value)
     assert not storage.exists(empty)
+
+
+def test_auto_band_read_only_as_the_analysis_publishes_it(gcs_dir):
+    from moe_jax import lineage
+    from moe_jax import workdir as wd
+    from moe_jax.pipeline import StageError
+    from moe_jax.steering.stage import parse_bands
+
+    adir = wd.analysis_dir(gcs_dir)
+    with pytest.raises(StageError, match="has no middle band; run the 'analyze' stage first"):
+        parse_bands("auto", gcs_dir)  # no analysis at all
+    data = json.dumps({"middle_band": {"decoder_layers": [2, 5]}}).encode()
+    storage.atomic_write_bytes(storage.join(adir, "summary.json"), data)
+    with pytest.raises(storage.UnpublishedError, match="provenance.json is missing"):
+        parse_bands("auto", gcs_dir)  # an analyze run killed before its provenance.json
+    lineage.write_stamp(adir, {}, "fp", {"summary.json": storage.record(data)})
+    assert parse_bands("auto", gcs_dir) == ((2, 5),)
+    storage.atomic_write_bytes(storage.join(adir, "summary.json"), data.replace(b"5", b"7"))
+    with pytest.raises(storage.DigestMismatchError, match=f"{adir}/summary.json has"):
+        parse_bands("auto", gcs_dir)  # changed after the analysis published it

@@ -31,7 +31,7 @@ from ml_collections import config_dict
 
 from moe_jax import storage
 from moe_jax import workdir as wd
-from moe_jax.atomic import atomic_write, atomic_write_json, read_json
+from moe_jax.atomic import atomic_write, atomic_write_json
 from moe_jax.pipeline import StageError, check_known_fields, collect_problems, model_warning
 from moe_jax.steering import sweep as sweep_lib
 from moe_jax.steering import targets as tg
@@ -95,10 +95,13 @@ def _names(value) -> list[str]:
 
 
 def parse_bands(spec: str, workdir: str) -> tuple[tuple[int, int], ...]:
-    """``"auto"`` (the analysis' middle band, in decoder layers) or ``"lo-hi,lo-hi"``."""
+    """``"auto"`` (the analysis' middle band, in decoder layers) or ``"lo-hi,lo-hi"``. The analysis'
+    summary is read only as its ``provenance.json`` publishes it (``storage.UnpublishedError`` or
+    ``DigestMismatchError`` otherwise: an analyze run that did not finish, or a damaged summary)."""
     if spec.strip() == "auto":
-        summary = read_json(storage.join(wd.analysis_dir(workdir), "summary.json"))
-        band = (summary or {}).get("middle_band")
+        from moe_jax.analysis.stage import read_output
+        found = storage.exists(storage.join(wd.analysis_dir(workdir), "summary.json"))
+        band = (read_output(workdir) if found else {}).get("middle_band")
         if not band:
             raise StageError(f"steer.bands is 'auto' but {wd.analysis_dir(workdir)}/summary.json has no middle band; "
                              "run the 'analyze' stage first or give steer.bands='lo-hi' in decoder layers")
@@ -274,7 +277,10 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
 
     def bands():  # "auto" reads the analysis: only when the analyze stage does not run first
         if opts.bands.strip() != "auto" or "analyze" not in before:
-            parse_bands(opts.bands, workdir)
+            try:
+                parse_bands(opts.bands, workdir)
+            except (storage.UnpublishedError, storage.DigestMismatchError):
+                pass  # an unfinished or damaged analysis: run() computes it again first (ensure_current)
 
     checks = [lambda: eval_stage.plan(eval_opts), stores, bands,
               lambda: eval_stage.records_problem(config, storage.join(wd.steer_dir(workdir), BASELINE), eval_opts,
