@@ -95,8 +95,8 @@ def _convert_local(cfg, pairs, np_dtype, info: dict, out_dir: str) -> None:
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0o700 would stick to the final dir
     try:
-        params = loader.stream_hf(cfg, pairs, np_dtype, desc=f"converting to {np_dtype.name}")
-        _write(tmp, cfg, params, np_dtype, info)
+        _write(tmp, cfg, [loader.stream_hf(cfg, pairs, np_dtype, desc=f"converting to {np_dtype.name}")], np_dtype,
+               info)
         _install(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -109,7 +109,7 @@ def _convert_remote(cfg, pairs, np_dtype, info: dict, out_dir: str) -> None:
     one left there is deleted only once the new parameters are read and checked. A failure removes
     what this conversion wrote (the marker last); a kill leaves the marker, which ``load`` refuses
     and the next conversion to ``out_dir`` replaces."""
-    params = loader.stream_hf(cfg, pairs, np_dtype, desc=f"converting to {np_dtype.name}")
+    params = [loader.stream_hf(cfg, pairs, np_dtype, desc=f"converting to {np_dtype.name}")]
     marker = storage.join(out_dir, orbax_io.PARTIAL_FILE)
     storage.atomic_write_json(marker, {"format": PARTIAL_FORMAT, "writer": "moe_jax.convert", "source": info["source"],
                                        "moe_jax_version": __version__,
@@ -145,14 +145,20 @@ def _clear_remote(out_dir: str) -> None:
                 storage.remove_tree(target)
 
 
-def _write(dest: str, cfg, params: dict, np_dtype, info: dict) -> None:
-    """Params (orbax), config and tokenizer files, then ``moe_jax.json`` (with every file's record) last."""
-    orbax_io.save_tree(storage.join(dest, orbax_io.PARAMS_DIR), params)
-    num_params = sum(x.size for x in jax.tree.leaves(params))
+def _write(dest: str, cfg, params: list, np_dtype, info: dict) -> None:
+    """Params (orbax), config and tokenizer files, then ``moe_jax.json`` (with every file's record) last.
+    ``params``: ``[tree]``, emptied once saved, so that the tree is freed before the files are hashed
+    (the hashing threads' buffers would otherwise add to the peak: ~50 MB in test_convert_memory)."""
+    orbax_io.save_tree(storage.join(dest, orbax_io.PARAMS_DIR), params[0])
+    num_params = sum(x.size for x in jax.tree.leaves(params.pop()))
+    # Local to local: shutil.copyfile, as before. storage.copy_file reads 16 MiB at a time; one such
+    # buffer raises glibc's mmap threshold, and the save's later buffers then stay on the heap:
+    # +40-50 MB peak in test_convert_memory.
+    local = not (storage.is_remote(info["source"]) or storage.is_remote(dest))
     for name in ("config.json",) + TOKENIZER_FILES:
         src = storage.join(info["source"], name)
         if storage.isfile(src):
-            storage.copy_file(src, storage.join(dest, name))
+            (shutil.copyfile if local else storage.copy_file)(src, storage.join(dest, name))
     meta = {
         "format": orbax_io.FORMAT, "format_version": orbax_io.FORMAT_VERSION,
         "config": cfg.to_dict(), "dtype": np_dtype.name, "source_dtype": info["source_dtype"],
