@@ -233,7 +233,9 @@ def read_language(store: str, lang: str) -> dict[str, np.ndarray]:
     if not storage.exists(p):
         raise FileNotFoundError(f"store {store} has no statistics for language {lang!r}")
     try:
-        with storage.open(p, "rb") as f, np.load(f, allow_pickle=False) as z:
+        # an object is read whole: np.load's seeks would each be a ranged request (~50 per language)
+        src = io.BytesIO(storage.read_bytes(p)) if storage.is_remote(p) else storage.open(p, "rb")
+        with src as f, np.load(f, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         check_arrays(lang, arrays)
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as e:
