@@ -18,16 +18,17 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Pipeline config file (configs/*.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every stage's inputs and outputs.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every stage's inputs and outputs: a local path or gs://bucket/prefix.")
 _STAGES = flags.DEFINE_list("stages", None, "Comma-separated stages (default: config.stages).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 class _QuietLibraries(logging.Filter):
-    """Drops orbax's and XLA backend probing's chatter below ERROR (dozens of lines per save, and a
-    warning about OCDBT merges we do not use); errors still show, and failures raise anyway."""
+    """Drops orbax's, gcsfs's and XLA backend probing's chatter below ERROR (dozens of lines per save,
+    a warning about OCDBT merges we do not use, a line per gs:// object opened); errors still show, and
+    failures raise anyway."""
 
-    NOISY = ("/orbax/", "/jax/_src/xla_bridge.py")
+    NOISY = ("/orbax/", "/jax/_src/xla_bridge.py", "/gcsfs/")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.ERROR or not any(n in record.pathname for n in self.NOISY)
