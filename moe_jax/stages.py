@@ -83,6 +83,10 @@ def run_stages(config: Any, workdir: str, stages: str | Sequence[str] | None = N
     (``moe_jax.workdir_hosts``), then process 0 checks the stages (the inputs may live on its host only)."""
     names = parse_stages(config.stages if stages is None else stages)
     check_config(config)
+    try:
+        storage.path(workdir)  # a URL's scheme and bucket name, gcsfs installed
+    except (ValueError, ImportError) as e:
+        raise PreflightError(f"--workdir: {e}") from None
     workdir_hosts.check_workdir_agreement(workdir, bool(config.distributed.get("shared_workdir", False)))
     shd.run_on_writer(lambda: preflight(config, workdir, names), "checking the requested stages")
     storage.makedirs(workdir)

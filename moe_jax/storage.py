@@ -29,6 +29,7 @@ import builtins
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import IO, Any, BinaryIO, Callable, Mapping, Sequence
@@ -53,10 +54,21 @@ def is_remote(p: str | os.PathLike) -> bool:
     return "://" in os.fspath(p)
 
 
+# Google Cloud Storage bucket names (tensorstore, which orbax writes arrays with, refuses others late)
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
+
+
 def path(p: str | os.PathLike) -> epath.Path:
-    """A pathlib-like path for a local path or a ``gs://`` URL (fails early for ``gs://`` without gcsfs)."""
+    """A pathlib-like path for a local path or a ``gs://`` URL (fails early for ``gs://`` without gcsfs
+    or with an invalid bucket name)."""
     s = os.fspath(p)
+    if is_remote(s) and not s.startswith("gs://"):
+        raise ValueError(f"{s}: the only URLs moe_jax reads and writes are gs://bucket/prefix")
     if s.startswith("gs://"):
+        bucket = s[len("gs://"):].split("/", 1)[0]
+        if not _BUCKET.fullmatch(bucket):
+            raise ValueError(f"{s}: {bucket!r} is not a valid GCS bucket name (3 to 63 characters: lowercase "
+                             "letters, digits, '-', '_', '.'; starting and ending with a letter or digit)")
         try:
             import gcsfs  # noqa: F401  (epath imports it lazily, with a less helpful message)
         except ImportError as e:
@@ -110,6 +122,7 @@ def _fs(url: str):
     """The fsspec filesystem of a URL and the path it uses for it."""
     import fsspec
 
+    path(url)  # checks the scheme, the bucket name and that gcsfs is installed
     fs, p = fsspec.core.url_to_fs(url)
     return fs, p
 

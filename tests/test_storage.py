@@ -113,8 +113,8 @@ def test_damaged_or_missing_object_is_caught_by_its_digest(root):
 
 def test_gs_path_without_gcsfs_names_the_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "gcsfs", None)  # as if not installed
-    with pytest.raises(ImportError, match=r"gs://b/x: gs:// paths need gcsfs: pip install 'moe_jax\[gcs\]'"):
-        storage.path("gs://b/x")
+    with pytest.raises(ImportError, match=r"gs://bkt/x: gs:// paths need gcsfs: pip install 'moe_jax\[gcs\]'"):
+        storage.path("gs://bkt/x")
 
 
 ORBAX_ON_TWO_DEVICES = textwrap.dedent("""
@@ -246,3 +246,14 @@ def test_local_dir_stages_a_remote_dir_once(gcs_dir, tmp_path):
     assert storage.local_dir(str(tmp_path), ["x"], "k2", cache=cache) == str(tmp_path)
     with pytest.raises(ValueError, match="plain name"):
         storage.local_dir(gcs_dir, ["x"], "../up", cache=cache)
+
+
+@pytest.mark.parametrize("url, message", [("gs://b/x", "'b' is not a valid GCS bucket name"),
+                                          ("gs://My_Bucket/x", "'My_Bucket' is not a valid GCS bucket name"),
+                                          ("gs:///x", "'' is not a valid GCS bucket name"),
+                                          ("s3://bucket/x", "the only URLs moe_jax reads and writes are gs://")])
+def test_bad_urls_are_named(url, message):
+    for call in (storage.path, storage.exists, storage.walk_files):
+        with pytest.raises(ValueError, match=message):
+            call(url)
+    storage.path("gs://moe-jax_test.v2/x")  # valid: no error
