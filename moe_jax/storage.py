@@ -28,6 +28,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -385,3 +386,6 @@ def _configure_gcsfs() -> None:
 
 
 _configure_gcsfs()
+# fsspec logs one INFO line per object opened for reading ("AdaptiveReadaheadCache enabled"): at absl's
+# INFO level that floods a run's log, and fills the pipe of a parent that does not drain it (blocking the run).
+logging.getLogger("fsspec.caching").setLevel(logging.WARNING)
