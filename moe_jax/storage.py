@@ -39,7 +39,7 @@ from etils import epath
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "moe_jax.manifest/1"
-_CHUNK = 1 << 24  # bytes hashed at a time (objects can be GBs)
+_CHUNK = 1 << 20  # bytes read at a time when hashing or copying (objects can be GBs)
 
 
 class UnpublishedError(FileNotFoundError):

@@ -1,34 +1,107 @@
-"""The offline demo end to end through the real command line, plus a rerun and a foreign-model refusal."""
+"""The offline demo end to end through the real command line: on a local workdir and, unchanged, on a
+``gs://`` workdir (a local GCS emulator). The gs:// run is killed during the conversion, the collect
+stage and the eval stage, and resumed: nothing half-published is ever visible, no temp object is left,
+and its outputs equal the local run's bit for bit (JSON normalised as in test_faults). Then a local
+rerun finds everything done and a foreign model is refused. One test: the local run is both the demo
+under test and the gs:// run's reference (the suite runs the demo once per workdir kind)."""
 
+import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 
 import numpy as np
+import pytest
 
+from moe_jax import storage
 from moe_jax.routing import store
+from test_faults import VOLATILE_FILES, _strip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 420
+CACHE = []  # the test's compilation cache and Hugging Face home
 
 
-def launch(workdir, *extra, timeout=300):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+def start(workdir, *extra):
+    """The demo (``configs/demo.py``) in its own process group; stdout and stderr go to files (a pipe
+    nobody reads while the test polls storage would fill and stall the run)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=CACHE[0],
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", HF_HOME=CACHE[1])
     env.pop("XLA_FLAGS", None)
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "moe_jax.launch", "--config=configs/demo.py", f"--workdir={workdir}",
-                           *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    return proc, time.perf_counter() - t0
+    logs = [tempfile.TemporaryFile("w+") for _ in range(2)]
+    proc = subprocess.Popen([sys.executable, "-m", "moe_jax.launch", "--config=configs/demo.py", f"--workdir={workdir}",
+                             *extra], cwd=ROOT, env=env, stdout=logs[0], stderr=logs[1], text=True,
+                            start_new_session=True)
+    proc.logs = logs
+    return proc
 
 
-def test_demo_end_to_end(tmp_path):
-    proc, _ = launch(tmp_path)  # its wall time is measured outside the test suite (README)
+def output(proc):
+    """``(stdout, stderr)`` of an ended ``start``."""
+    texts = []
+    for f in proc.logs:
+        f.seek(0)
+        texts.append(f.read())
+        f.close()
+    return texts
+
+
+def ended(proc):
+    """``CompletedProcess`` of a ``start``, once it ends."""
+    proc.wait(timeout=TIMEOUT)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, *output(proc))
+
+
+def finish(proc):
+    done = ended(proc)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return done
+
+
+def kill_when(proc, ready, what):
+    """SIGKILLs ``proc``'s process group as soon as ``ready()`` is true (polled every 20 ms)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (rc {proc.returncode}) before {what}:\n{''.join(output(proc))[-3000:]}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=TIMEOUT)
+    output(proc)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def digests(root):
+    """{path under root: sha256} of every file or object, JSON normalised (workdir written as <workdir>)."""
+    out = {}
+    for rel in storage.walk_files(root):
+        if rel in VOLATILE_FILES:
+            continue
+        data = storage.read_bytes(storage.join(root, rel))
+        if rel.endswith(".json"):
+            data = json.dumps(_strip(json.loads(data), str(root)), sort_keys=True).encode()
+        out[rel] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def _npz_written(routing):
+    return any(n.endswith(".npz") for n in storage.listdir(routing))
+
+
+def check_demo_outputs(root, proc):
+    """The demo's outputs under ``root`` (a local dir or a gs:// prefix) and its console output."""
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "WARNING: RANDOM WEIGHTS" in proc.stdout and "meaningless" in proc.stdout
+    root = str(root)
 
-    meta, data = store.read_store(str(tmp_path / "routing"))
+    meta, data = store.read_store(storage.join(root, "routing"))
     langs = ["arb_Arab", "ben_Beng", "deu_Latn", "eng_Latn", "fra_Latn", "hin_Deva", "jpn_Jpan", "rus_Cyrl",
              "spa_Latn", "swh_Latn", "tha_Thai", "zho_Hans"]
     assert list(data) == langs
@@ -45,18 +118,18 @@ def test_demo_end_to_end(tmp_path):
         assert a["seq_ids"].tolist() == data["eng_Latn"]["seq_ids"].tolist()
     assert "ILLUSTRATIVE PLACEHOLDERS" in meta["warning"]  # the demo's accuracies are invented
     for task in ("math", "medicine"):  # the shipped English task corpora, collected like the main corpus
-        tmeta, tdata = store.read_store(str(tmp_path / "tasks" / task))
+        tmeta, tdata = store.read_store(storage.join(root, "tasks", task))
         assert list(tdata) == ["eng_Latn"] and tmeta["task"] == task and tmeta["template"] == meta["template"]
         assert tdata["eng_Latn"]["seq_mean_probs"].shape[1:] == (len(meta["moe_layer_ids"]), 8)
         assert tmeta["languages"]["eng_Latn"]["sequences"] >= 40
 
-    summary = json.loads((tmp_path / "analysis" / "summary.json").read_text())
+    summary = storage.read_json(storage.join(root, "analysis", "summary.json"))
     assert summary["skipped"] == {}  # every analysis ran, so every report section is there
     assert list(summary["task_experts"]["tasks"]) == ["math", "medicine"]
     assert len(summary["correlation"]["languages"]) == 11  # the non-pivot languages with a (placeholder) accuracy
     assert summary["accuracy_source"] == "analysis.accuracy"  # the placeholders, not the eval stage's
     # the eval stage on the shipped DEMO sets (two languages per task), flagged as a random model on demo items
-    ev = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    ev = storage.read_json(storage.join(root, "eval", "summary.json"))
     assert [(r["task"], r["language"]) for r in ev["rows"]] == [
         ("mgsm", "eng_Latn"), ("mgsm", "zho_Hans"), ("mgsm", "mean_non_english"), ("gmmlu_medical", "eng_Latn"),
         ("gmmlu_medical", "deu_Latn"), ("gmmlu_medical", "mean_non_english"), ("belebele", "eng_Latn"),
@@ -64,11 +137,11 @@ def test_demo_end_to_end(tmp_path):
     assert [r["n"] for r in ev["rows"] if r["language"] != "mean_non_english"] == [5, 5, 7, 7, 5, 5]
     assert any("DEMO DATA" in w for w in ev["warnings"]) and "evaluation accuracies are those of a random model" in proc.stdout
     # the steering sweep: baseline, soft, hard, mask, a random control and a learned bias, one compile
-    st = json.loads((tmp_path / "steer" / "summary.json").read_text())
+    st = storage.read_json(storage.join(root, "steer", "summary.json"))
     assert [n.split("-")[0] for n in st["settings"]] == ["baseline", "soft", "hard", "mask", "soft", "learned"]
     assert "-random-" in st["settings"][4] and st["settings_that_compiled"] == ["baseline"]
     assert "every accuracy change of this sweep is noise" in proc.stdout
-    page = (tmp_path / "report" / "index.html").read_text()
+    page = storage.read_bytes(storage.join(root, "report", "index.html")).decode()
     for section in ("Divergence from the pivot", "Routing entropy", "Token consistency", "Language similarity",
                     "Expert specialisation", "Evaluation accuracy", "Correlation with accuracy", "Router steering",
                     "Downloads", "Run metadata"):
@@ -77,14 +150,76 @@ def test_demo_end_to_end(tmp_path):
     for png in ("correlation_scatter", "correlation_by_layer", "experts_task_math", "experts_task_medicine",
                 "accuracy_mgsm", "accuracy_gmmlu_medical", "accuracy_belebele", "steer_heatmap_belebele",
                 "steer_controls_belebele", "steer_targets"):
-        assert os.path.getsize(tmp_path / "report" / f"{png}.png") > 0 and f"{png}.png" in page, png
+        assert storage.size(storage.join(root, "report", f"{png}.png")) > 0 and f"{png}.png" in page, png
+
+
+def _leaves(x, key=""):
+    """{path of a JSON leaf: value}."""
+    items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else None
+    if items is None:
+        return {key: x}
+    return {k: v for name, sub in items for k, v in _leaves(sub, f"{key}/{name}").items()}
+
+
+def kill_and_resume(work):
+    """The demo on ``work`` (gs://) killed three times, then run to the end: ``(final run, what each kill left)``."""
+    ckpt, routing, records = (storage.join(work, d) for d in ("checkpoint", "routing", "eval"))
+    seen = {}
+    # 1. killed while the conversion writes its objects (no moe_jax.json yet: nothing a reader trusts)
+    kill_when(start(work), lambda: any(f.startswith("params/") for f in storage.walk_files(ckpt)),
+              "the conversion's objects")
+    seen["convert"] = storage.walk_files(ckpt)
+    # 2. killed once the collect stage has written its first language object
+    kill_when(start(work), lambda: any(n.endswith(".npz") for n in storage.listdir(routing)),
+              "the first routing language object")
+    seen["collect"] = (sorted(n for n in storage.listdir(routing) if n.endswith(".npz")),
+                       sorted((store.read_meta(routing) or {}).get("languages", {})))
+    seen["collect_store"] = store.read_store(routing)  # what a reader sees after the kill: listed and intact
+    # 3. killed once the eval stage has written its first record object
+    kill_when(start(work), lambda: any(f.endswith(".jsonl") for f in storage.walk_files(records)),
+              "the first eval record")
+    return finish(start(work)), seen
+
+
+def test_demo_end_to_end(tmp_path, gcs_bucket):
+    CACHE[:] = [str(tmp_path / "jax_cache"), str(tmp_path / "hf_home")]
+    ref, work = str(tmp_path / "demo"), f"{gcs_bucket}/demo-{uuid.uuid4().hex[:8]}"
+    reference = start(ref)  # its wall time is measured outside the test suite (README)
+    final, seen = kill_and_resume(work)
+    check_demo_outputs(ref, finish(reference))
+    check_demo_outputs(work, final)  # every assertion, read from the bucket
+
+    # the kills left nothing a reader trusts half-written
+    assert "moe_jax.json" not in seen["convert"]  # the conversion's record is written last
+    npz, listed = seen["collect"]
+    assert set(listed) <= {n[:-len(".npz")] for n in npz}  # the manifest (meta.json) names only complete objects
+    meta, data = seen["collect_store"]
+    assert sorted(data) == listed and all(a["seq_mean_probs"].size for a in data.values())
+
+    # the resumed gs:// run wrote what the local run wrote
+    want, got = digests(ref), digests(work)
+    assert sorted(got) == sorted(want)
+    names = [os.path.basename(f) for f in storage.walk_files(work)]
+    assert not [n for n in names if n.startswith(".") and (".tmp" in n or ".old-" in n)
+                or n in ("moe_jax.partial.json", ".moe_jax_shared_probe")]  # no temp, partial or probe objects
+    differ = {k for k in want if got[k] != want[k]}
+    # index.html and analysis/summary.json show where they were written (summary.json is equal once the
+    # workdir is normalised); the records of their digests differ with them, and on gs:// a conversion's
+    # record also keeps each object's GCS md5 (its content check compares md5s from one listing)
+    assert differ <= {"report/index.html", "analysis/provenance.json", "report/provenance.json",
+                      "checkpoint/moe_jax.json"}, sorted(differ)
+    for rel in differ - {"report/index.html"}:
+        a = _leaves(_strip(storage.read_json(storage.join(ref, rel)), ref))
+        b = _leaves(_strip(storage.read_json(storage.join(work, rel)), work))
+        keys = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+        assert keys and {k.rsplit("/", 1)[1] for k in keys} <= {"sha256", "size", "digest", "md5"}, (rel, keys)
 
     # A rerun finds everything done; a different random model is refused and leaves the store as it was.
-    before = (tmp_path / "routing" / "meta.json").read_bytes()
-    proc, _ = launch(tmp_path, "--stages=convert,collect")
+    before = storage.read_bytes(storage.join(ref, "routing", "meta.json"))
+    proc = ended(start(ref, "--stages=convert,collect"))
     assert proc.returncode == 0 and "already holds every language" in proc.stderr
-    proc, _ = launch(tmp_path, "--stages=convert,collect", "--config.model.tiny.seed=1")
+    proc = ended(start(ref, "--stages=convert,collect", "--config.model.tiny.seed=1"))
     assert proc.returncode != 0 and "routing holds routing statistics of another model" in proc.stderr  # preflight
     assert "--config.collect.overwrite=True" in proc.stderr
-    assert (tmp_path / "routing" / "meta.json").read_bytes() == before
+    assert storage.read_bytes(storage.join(ref, "routing", "meta.json")) == before
     assert json.loads(before)["model_source"]["tiny"]["seed"] == 0

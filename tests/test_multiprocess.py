@@ -1,6 +1,7 @@
 """Two local processes (jax.distributed over 127.0.0.1, gloo CPU collectives) produce the same store
-as one process, through the real entry point ``python -m moe_jax.launch``; when process 0 fails in
-work only it does, both processes stop with an error instead of waiting for each other forever."""
+as one process, through the real entry point ``python -m moe_jax.launch``, on one local workdir and on
+one gs:// workdir (a local GCS emulator); processes given different workdirs are refused; when process
+0 fails in work only it does, both processes stop with an error instead of waiting for each other forever."""
 
 import os
 import socket
@@ -44,31 +45,39 @@ def finish(proc, timeout=240):
     return out
 
 
-def test_two_processes_write_the_same_store_as_one(tmp_path):
-    single = launch(tmp_path / "one")
-    procs = launch_two(tmp_path / "two")
+def finish_all(procs):
     try:
-        outs = [finish(p) for p in procs]
+        return [finish(p) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+
+
+def test_two_processes_write_the_same_store_as_one(tmp_path, gcs_dir):
+    """On one local workdir, then on one gs:// workdir (no shared filesystem: each process reads what
+    process 0 published in the bucket)."""
+    single = launch(tmp_path / "one")
+    outs = finish_all(launch_two(tmp_path / "two"))
     finish(single)
     assert "written to" in outs[1] and "written to" not in outs[0]  # process 0 reports, process 1 only computes
+    outs = finish_all(launch_two(gcs_dir))
+    assert "written to" in outs[1] and "written to" not in outs[0]
 
     meta1, one = store.read_store(str(tmp_path / "one" / "routing"))
-    meta2, two = store.read_store(str(tmp_path / "two" / "routing"))
-    assert list(one) == list(two) == ["eng_Latn", "fra_Latn", "hin_Deva"]
-    assert meta1["fingerprint"] == meta2["fingerprint"]
-    for lang in one:
-        assert set(one[lang]) == set(two[lang])
-        for key, ref in one[lang].items():
-            if ref.dtype.kind == "f":
-                np.testing.assert_allclose(two[lang][key], ref, atol=1e-5, rtol=1e-5, err_msg=f"{lang}/{key}")
-            else:
-                np.testing.assert_array_equal(two[lang][key], ref, err_msg=f"{lang}/{key}")
-        strip = lambda s: {k: v for k, v in s.items() if k not in TIMING}
-        assert strip(meta1["languages"][lang]) == strip(meta2["languages"][lang])
+    for where in (str(tmp_path / "two" / "routing"), f"{gcs_dir}/routing"):
+        meta2, two = store.read_store(where)
+        assert list(one) == list(two) == ["eng_Latn", "fra_Latn", "hin_Deva"], where
+        assert meta1["fingerprint"] == meta2["fingerprint"]
+        for lang in one:
+            assert set(one[lang]) == set(two[lang])
+            for key, ref in one[lang].items():
+                if ref.dtype.kind == "f":
+                    np.testing.assert_allclose(two[lang][key], ref, atol=1e-5, rtol=1e-5, err_msg=f"{where} {lang}/{key}")
+                else:
+                    np.testing.assert_array_equal(two[lang][key], ref, err_msg=f"{where} {lang}/{key}")
+            strip = lambda s: {k: v for k, v in s.items() if k not in TIMING}
+            assert strip(meta1["languages"][lang]) == strip(meta2["languages"][lang])
 
 
 def fail_together(procs, timeout=150):

@@ -151,9 +151,9 @@ def _write(dest: str, cfg, params: list, np_dtype, info: dict) -> None:
     (the hashing threads' buffers would otherwise add to the peak: ~50 MB in test_convert_memory)."""
     orbax_io.save_tree(storage.join(dest, orbax_io.PARAMS_DIR), params[0])
     num_params = sum(x.size for x in jax.tree.leaves(params.pop()))
-    # Local to local: shutil.copyfile, as before. storage.copy_file reads 16 MiB at a time; one such
-    # buffer raises glibc's mmap threshold, and the save's later buffers then stay on the heap:
-    # +40-50 MB peak in test_convert_memory.
+    # Local to local: shutil.copyfile (in-kernel), as before. Python-level read buffers of 16 MiB raised
+    # glibc's mmap threshold and kept the save's later buffers on the heap: +40-50 MB peak measured in
+    # test_convert_memory (storage reads 1 MiB at a time since).
     local = not (storage.is_remote(info["source"]) or storage.is_remote(dest))
     for name in ("config.json",) + TOKENIZER_FILES:
         src = storage.join(info["source"], name)
