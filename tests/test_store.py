@@ -40,6 +40,17 @@ def test_round_trip(tmp_path):
         assert data["fra_Latn"][k].dtype == v.dtype
 
 
+def test_reopening_a_store_rewrites_its_meta_only_when_something_changes(tmp_path):
+    """A rerun (same fingerprint, newer code) does not rewrite a finished store; a new field does."""
+    store.open_store(str(tmp_path), {"fingerprint": "x", "code_version": "0.1+aaa"})
+    store.write_language(str(tmp_path), "fra_Latn", arrays(), {"sequences": 3})
+    before = (tmp_path / "meta.json").read_bytes()
+    meta = store.open_store(str(tmp_path), {"fingerprint": "x", "code_version": "0.1+bbb"})
+    assert (tmp_path / "meta.json").read_bytes() == before and meta["code_version"] == "0.1+aaa"
+    meta = store.open_store(str(tmp_path), {"fingerprint": "x", "code_version": "0.1+bbb", "note": "n"})
+    assert json.loads((tmp_path / "meta.json").read_text())["note"] == "n" and list(meta["languages"]) == ["fra_Latn"]
+
+
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     store.open_store(str(tmp_path), {"fingerprint": "x"})
     real = np.savez

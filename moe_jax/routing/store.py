@@ -106,6 +106,10 @@ def open_store(store: str, meta: Mapping[str, Any], *, fingerprint_keys: tuple[s
                 "use another directory, or overwrite=True (--config.collect.overwrite=True) to replace it")
         if same:
             meta["languages"] = old.get("languages", {})
+            if {k: v for k, v in meta.items() if k != "code_version"} == \
+                    {k: v for k, v in old.items() if k != "code_version"}:
+                remove_temp_files(store)
+                return old  # nothing to record: a finished store is not rewritten by a rerun
         else:
             for lang in old.get("languages", {}):
                 if storage.exists(lang_path(store, lang)):
