@@ -8,73 +8,23 @@ under test and the gs:// run's reference (the suite runs the demo once per workd
 import hashlib
 import json
 import os
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 import uuid
 
 import numpy as np
-import pytest
 
+import cli_runs
 from moe_jax import storage
 from moe_jax.routing import store
 from test_faults import VOLATILE_FILES, _strip
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT = 420
 CACHE = []  # the test's compilation cache and Hugging Face home
 
 
 def start(workdir, *extra):
-    """The demo (``configs/demo.py``) in its own process group; stdout and stderr go to files (a pipe
-    nobody reads while the test polls storage would fill and stall the run)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=CACHE[0],
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", HF_HOME=CACHE[1])
-    env.pop("XLA_FLAGS", None)
-    logs = [tempfile.TemporaryFile("w+") for _ in range(2)]
-    proc = subprocess.Popen([sys.executable, "-m", "moe_jax.launch", "--config=configs/demo.py", f"--workdir={workdir}",
-                             *extra], cwd=ROOT, env=env, stdout=logs[0], stderr=logs[1], text=True,
-                            start_new_session=True)
-    proc.logs = logs
-    return proc
-
-
-def output(proc):
-    """``(stdout, stderr)`` of an ended ``start``."""
-    texts = []
-    for f in proc.logs:
-        f.seek(0)
-        texts.append(f.read())
-        f.close()
-    return texts
-
-
-def ended(proc):
-    """``CompletedProcess`` of a ``start``, once it ends."""
-    proc.wait(timeout=TIMEOUT)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, *output(proc))
-
-
-def finish(proc):
-    done = ended(proc)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    return done
-
-
-def kill_when(proc, ready, what):
-    """SIGKILLs ``proc``'s process group as soon as ``ready()`` is true (polled every 20 ms)."""
-    deadline = time.monotonic() + TIMEOUT
-    while not ready():
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (rc {proc.returncode}) before {what}:\n{''.join(output(proc))[-3000:]}")
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=TIMEOUT)
-    output(proc)
-    assert proc.returncode == -signal.SIGKILL
+    """The demo (``configs/demo.py``) on ``workdir``; every launch of the test shares one compilation
+    cache and one Hugging Face home (outside the workdirs)."""
+    return cli_runs.start(["--config=configs/demo.py", f"--workdir={workdir}", *extra], {
+        "JAX_COMPILATION_CACHE_DIR": CACHE[0], "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "HF_HOME": CACHE[1]})
 
 
 def digests(root):
@@ -166,19 +116,19 @@ def kill_and_resume(work):
     ckpt, routing, records = (storage.join(work, d) for d in ("checkpoint", "routing", "eval"))
     seen = {}
     # 1. killed while the conversion writes its objects (no moe_jax.json yet: nothing a reader trusts)
-    kill_when(start(work), lambda: any(f.startswith("params/") for f in storage.walk_files(ckpt)),
+    cli_runs.kill_when(start(work), lambda: any(f.startswith("params/") for f in storage.walk_files(ckpt)),
               "the conversion's objects")
     seen["convert"] = storage.walk_files(ckpt)
     # 2. killed once the collect stage has written its first language object
-    kill_when(start(work), lambda: any(n.endswith(".npz") for n in storage.listdir(routing)),
+    cli_runs.kill_when(start(work), lambda: any(n.endswith(".npz") for n in storage.listdir(routing)),
               "the first routing language object")
     seen["collect"] = (sorted(n for n in storage.listdir(routing) if n.endswith(".npz")),
                        sorted((store.read_meta(routing) or {}).get("languages", {})))
     seen["collect_store"] = store.read_store(routing)  # what a reader sees after the kill: listed and intact
     # 3. killed once the eval stage has written its first record object
-    kill_when(start(work), lambda: any(f.endswith(".jsonl") for f in storage.walk_files(records)),
+    cli_runs.kill_when(start(work), lambda: any(f.endswith(".jsonl") for f in storage.walk_files(records)),
               "the first eval record")
-    return finish(start(work)), seen
+    return cli_runs.finish(start(work)), seen
 
 
 def test_demo_end_to_end(tmp_path, gcs_bucket):
@@ -186,7 +136,7 @@ def test_demo_end_to_end(tmp_path, gcs_bucket):
     ref, work = str(tmp_path / "demo"), f"{gcs_bucket}/demo-{uuid.uuid4().hex[:8]}"
     reference = start(ref)  # its wall time is measured outside the test suite (README)
     final, seen = kill_and_resume(work)
-    check_demo_outputs(ref, finish(reference))
+    check_demo_outputs(ref, cli_runs.finish(reference))
     check_demo_outputs(work, final)  # every assertion, read from the bucket
 
     # the kills left nothing a reader trusts half-written
@@ -216,9 +166,9 @@ def test_demo_end_to_end(tmp_path, gcs_bucket):
 
     # A rerun finds everything done; a different random model is refused and leaves the store as it was.
     before = storage.read_bytes(storage.join(ref, "routing", "meta.json"))
-    proc = ended(start(ref, "--stages=convert,collect"))
+    proc = cli_runs.ended(start(ref, "--stages=convert,collect"))
     assert proc.returncode == 0 and "already holds every language" in proc.stderr
-    proc = ended(start(ref, "--stages=convert,collect", "--config.model.tiny.seed=1"))
+    proc = cli_runs.ended(start(ref, "--stages=convert,collect", "--config.model.tiny.seed=1"))
     assert proc.returncode != 0 and "routing holds routing statistics of another model" in proc.stderr  # preflight
     assert "--config.collect.overwrite=True" in proc.stderr
     assert storage.read_bytes(storage.join(ref, "routing", "meta.json")) == before

@@ -13,19 +13,15 @@ import glob
 import hashlib
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
+from cli_runs import finish, kill_when, start
 from moe_jax.convert import loader
 from moe_jax.convert.safetensors_io import CheckpointError
 from moe_jax.eval import records as rec
 from moe_jax.routing import store
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANGS = ["eng_Latn", "fra_Latn", "deu_Latn", "spa_Latn"]
 EVAL_LANGS = ["eng_Latn", "fra_Latn", "deu_Latn"]
 ARGS = ["--config=configs/demo.py", "--stages=convert,collect,eval", f"--config.data.languages={','.join(LANGS)}",
@@ -39,7 +35,6 @@ VOLATILE_FILES = {f"checkpoint/{p}" for p in ORBAX_STAMPS}
 # "tokens_per_s"; the store's "code_version" (version + git commit: in a shared checkout someone may commit
 # between the reference run and the resumed one)
 VOLATILE_KEYS = {"created", "seconds", "compile_seconds", "tokens_per_s", "code_version", *ORBAX_STAMPS}
-TIMEOUT = 240
 CACHE = []  # the module's compilation cache dir and Hugging Face home (set by the fixture)
 
 
@@ -47,31 +42,8 @@ def launch(workdir, *extra):
     # one compilation cache for every launch of the module (outside the workdirs): later runs skip
     # most compiles; cached executables compute the same bits. The Hugging Face cache (the eval stage's
     # data loading caches the demo items there) is the module's own too, so that it is seen.
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=CACHE[0],
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", HF_HOME=CACHE[1])
-    env.pop("XLA_FLAGS", None)
-    return subprocess.Popen([sys.executable, "-m", "moe_jax.launch", f"--workdir={workdir}", *ARGS, *extra], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # its own process group: the kill reaches any child
-
-
-def finish(proc):
-    out, _ = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 0, out[-4000:]
-    return out
-
-
-def kill_when(proc, ready, what):
-    """SIGKILLs ``proc``'s process group as soon as ``ready()`` is true (polled every 5 ms)."""
-    deadline = time.monotonic() + TIMEOUT
-    while not ready():
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (rc {proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == -signal.SIGKILL
+    return start([f"--workdir={workdir}", *ARGS, *extra], {
+        "JAX_COMPILATION_CACHE_DIR": CACHE[0], "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "HF_HOME": CACHE[1]})
 
 
 def _strip(x, workdir):
@@ -219,7 +191,8 @@ def test_damaged_files_are_named_and_redone(runs):
         with pytest.raises(ValueError, match=f"{lang}.jsonl .*--workdir={w} --stages=eval"):
             rec.read_records(str(work / "eval"), "belebele", lang)
 
-    out = finish(launch(work))
+    done = finish(launch(work))
+    out = done.stdout + done.stderr
     assert "will be converted again" in out and "will be collected again" in out
     want, got = digests(ref), digests(work)
     assert sorted(got) == sorted(want)

@@ -123,7 +123,7 @@ def test_different_local_workdirs_are_refused_by_every_process(tmp_path):
     works = [tmp_path / "work0", tmp_path / "work1"]
     outs = fail_together(launch_two(None, workdirs=works))
     for out in outs:
-        assert "were given different workdirs" in out and f"process 0: " in out and str(works[1]) in out, out[-3000:]
+        assert "were given different workdirs" in out and "process 0: " in out and str(works[1]) in out, out[-3000:]
         assert "gs://bucket/prefix" in out
     assert not works[0].exists() and not works[1].exists()
 
