@@ -180,7 +180,7 @@ def _stage_config():
     return c
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def stage_runs(gcs_bucket, tmp_path_factory):
     """A workdir converted and collected locally, uploaded to gs://, then eval + steer run on the gs://
     copy (killed once in the eval stage between a record and the manifest, resumed) and on the local
@@ -216,7 +216,7 @@ def _dies_listing(write_json, key):
     return write
 
 
-def test_stages_on_gcs_write_what_a_local_workdir_holds(stage_runs):
+def _stages_on_gcs_write_what_a_local_workdir_holds(stage_runs):
     _, local, remote, evaluated, cwd = stage_runs
     # the resumed eval redid only the pair whose record the kill left unlisted; steer then ran its
     # baseline and one setting over both languages
@@ -234,7 +234,7 @@ def test_stages_on_gcs_write_what_a_local_workdir_holds(stage_runs):
     assert not os.path.exists(os.path.join(cwd, "gs:"))
 
 
-def test_damaged_record_on_gcs_is_named_and_redone(stage_runs):
+def _damaged_record_on_gcs_is_named_and_redone(stage_runs):
     from moe_jax import stages
     from moe_jax.eval import stage as eval_stage
 
@@ -254,7 +254,7 @@ def test_damaged_record_on_gcs_is_named_and_redone(stage_runs):
                                                                              "eng_Latn")
 
 
-def test_lm_eval_model_from_a_gcs_checkpoint(stage_runs, tmp_path, monkeypatch):
+def _lm_eval_model_from_a_gcs_checkpoint(stage_runs, tmp_path, monkeypatch):
     """``--model moe_jax --model_args pretrained=gs://...,steering=gs://...`` scores as the local checkpoint does."""
     from lm_eval.api.instance import Instance
 
@@ -275,7 +275,7 @@ def test_lm_eval_model_from_a_gcs_checkpoint(stage_runs, tmp_path, monkeypatch):
     assert scores[0] == scores[1]
 
 
-def test_preflight_on_gcs_refuses_other_options_and_missing_inputs(stage_runs):
+def _preflight_on_gcs_refuses_other_options_and_missing_inputs(stage_runs):
     from moe_jax import stages
 
     config, _, remote, _, _ = stage_runs
@@ -297,6 +297,16 @@ def test_preflight_on_gcs_refuses_other_options_and_missing_inputs(stage_runs):
     assert f"no routing store at {empty}/routing;" in str(e.value) and f"no converted checkpoint at {empty}/checkpoint" \
         in str(e.value)
     assert not storage.exists(empty)
+
+
+def test_eval_and_steer_stages_on_a_gcs_workdir(stage_runs, tmp_path, monkeypatch):
+    """One test over the module's stage runs (built once; tests of one module may run on two workers):
+    outputs equal a local workdir's, preflight on gs://, lm-eval from a gs:// checkpoint, then a
+    damaged record named and redone (last: it rewrites a record)."""
+    _stages_on_gcs_write_what_a_local_workdir_holds(stage_runs)
+    _preflight_on_gcs_refuses_other_options_and_missing_inputs(stage_runs)
+    _lm_eval_model_from_a_gcs_checkpoint(stage_runs, tmp_path, monkeypatch)
+    _damaged_record_on_gcs_is_named_and_redone(stage_runs)
 
 
 def test_auto_band_read_only_as_the_analysis_publishes_it(gcs_dir):
