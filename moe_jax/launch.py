@@ -41,7 +41,7 @@ def main(argv):
 
     config = _CONFIG.value
     try:
-        names = stages.parse_stages(_STAGES.value if _STAGES.value else config.stages)
+        names = stages.parse_stages(config.stages if _STAGES.value is None else _STAGES.value)  # --stages= is [], an error
     except pipeline.StageError as e:
         raise app.UsageError(str(e)) from None
     sharding.initialize_distributed(config.get("distributed"))

@@ -43,14 +43,31 @@ PREFLIGHTS: dict[str, str] = {
 
 
 def parse_stages(spec: str | Sequence[str]) -> list[str]:
-    """``"convert,collect"`` or a list -> validated names (unknown names listed with the known ones)."""
-    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]
-    unknown = [n for n in names if n not in STAGES]
+    """``"convert,collect"`` or a list -> validated names. Refused, each with the valid order: an empty
+    list or an empty name (``--stages=``, ``a,,b``), an unknown name, a name given twice, names out of
+    the pipeline's order (a stage reads what the earlier ones write: ``report,analyze`` would report
+    the old analysis)."""
+    raw = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
+    order = ",".join(STAGES)
+    fix = f"stages run in this order: {order}; give a subset of them in that order, e.g. --stages={order}"
+    if not any(raw):
+        raise StageError(f"no stages given ({_shown(spec)}); {fix}")
+    if not all(raw):
+        raise StageError(f"an empty stage name in {_shown(spec)}; {fix}")
+    unknown = [n for n in raw if n not in STAGES]
     if unknown:
-        raise StageError(f"unknown stage(s) {unknown}; known stages: {', '.join(STAGES)}")
-    if not names:
-        raise StageError(f"no stages given; known stages: {', '.join(STAGES)}")
-    return names
+        raise StageError(f"unknown stage(s) {unknown}; known stages: {', '.join(STAGES)} ({fix})")
+    twice = sorted({n for n in raw if raw.count(n) > 1}, key=list(STAGES).index)
+    if twice:
+        raise StageError(f"stage(s) {twice} given more than once in {_shown(spec)}; {fix}")
+    ordered = sorted(raw, key=list(STAGES).index)
+    if raw != ordered:
+        raise StageError(f"stages {_shown(spec)} are out of order (here: --stages={','.join(ordered)}); {fix}")
+    return raw
+
+
+def _shown(spec: str | Sequence[str]) -> str:
+    return repr(spec if isinstance(spec, str) else ",".join(spec))
 
 
 def get_stage(name: str) -> Callable[[Any, str], Any]:
