@@ -15,7 +15,7 @@ import math
 from typing import Any, Callable, Sequence
 
 from moe_jax import sharding as shd
-from moe_jax import storage, workdir_hosts
+from moe_jax import storage, storage_reach, workdir_hosts
 from moe_jax.pipeline import (SOURCES, PreflightError, StageError, check_known_fields, collect_problems,
                               default_model_config)
 
@@ -102,7 +102,8 @@ def run_stages(config: Any, workdir: str, stages: str | Sequence[str] | None = N
     check_config(config)
     try:
         storage.path(workdir)  # a URL's scheme and bucket name, gcsfs installed
-    except (ValueError, ImportError) as e:
+        storage_reach.check_reachable(workdir)  # one bounded request, before the clients' long retry chains
+    except (ValueError, ImportError, storage_reach.StorageUnreachableError) as e:
         raise PreflightError(f"--workdir: {e}") from None
     workdir_hosts.check_workdir_agreement(workdir, bool(config.distributed.get("shared_workdir", False)))
     shd.run_on_writer(lambda: preflight(config, workdir, names), "checking the requested stages")
