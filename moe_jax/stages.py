@@ -9,13 +9,14 @@ never breaks another.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
 from typing import Any, Callable, Sequence
 
 from moe_jax import sharding as shd
-from moe_jax import storage, storage_reach, workdir_hosts
+from moe_jax import storage, storage_reach, workdir_hosts, workdir_lock
 from moe_jax.pipeline import (SOURCES, PreflightError, StageError, check_known_fields, collect_problems,
                               default_model_config)
 
@@ -97,7 +98,8 @@ def run_stages(config: Any, workdir: str, stages: str | Sequence[str] | None = N
     """Runs ``stages`` (default ``config.stages``) in order. Every name, the config and every stage's
     preflight (``PREFLIGHTS``) are checked first, before the workdir is created or anything is written;
     with several processes, every process first checks that they share one workdir
-    (``moe_jax.workdir_hosts``), then process 0 checks the stages (the inputs may live on its host only)."""
+    (``moe_jax.workdir_hosts``), then process 0 checks the stages (the inputs may live on its host only) and takes every requested
+    stage's lock (``moe_jax.workdir_lock``: a second run writing the same stage is refused, naming the first)."""
     names = parse_stages(config.stages if stages is None else stages)
     check_config(config)
     try:
@@ -109,9 +111,11 @@ def run_stages(config: Any, workdir: str, stages: str | Sequence[str] | None = N
     shd.run_on_writer(lambda: preflight(config, workdir, names), "checking the requested stages")
     storage.makedirs(workdir)
     workdir_hosts.check_workdir_visible(workdir)
-    for name in names:
-        log.info("stage %s", name)
-        get_stage(name)(config, workdir)
+    with contextlib.ExitStack() as held:  # process 0 writes, so it holds the stages' locks
+        shd.run_on_writer(lambda: held.enter_context(workdir_lock.hold(workdir, names)), "locking the stages")
+        for name in names:
+            log.info("stage %s", name)
+            get_stage(name)(config, workdir)
 
 
 def default_config():

@@ -277,7 +277,12 @@ def atomic_write(p: str | os.PathLike, write_fn: Callable[[BinaryIO], Any], mode
             raise
         f.close()
         return
-    p = os.fspath(p)
+    _local_publish(os.fspath(p), write_fn, mode, os.replace)
+
+
+def _local_publish(p: str, write_fn: Callable[[BinaryIO], Any], mode: int, place: Callable[[str, str], Any]) -> None:
+    """Writes a temp file beside local ``p`` with ``write_fn``, fsyncs it, and ``place(tmp, p)``s it
+    (``os.replace``: over ``p``; ``os.link``: only where nothing is); the temp file never stays."""
     d = os.path.dirname(os.path.abspath(p))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(p) + ".", suffix=".tmp")
@@ -287,11 +292,24 @@ def atomic_write(p: str | os.PathLike, write_fn: Callable[[BinaryIO], Any], mode
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)  # mkstemp creates 0600; outputs are meant to be shared
-        os.replace(tmp, p)
-    except BaseException:
+        place(tmp, p)
+    finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise
+
+
+def create_exclusive(p: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``p`` only if nothing is there yet, else ``FileExistsError``; ``p`` appears
+    complete or not at all. Locally a complete temp file hard-linked to ``p`` (a link never replaces
+    a file). On GCS one upload with ``ifGenerationMatch=0`` (create-only, enforced by the service);
+    the GCS emulator ignores that precondition, so an existence check before the upload stands in."""
+    if is_remote(p):
+        if exists(p):
+            raise FileExistsError(os.fspath(p))
+        fs, key = _fs(os.fspath(p))
+        fs.pipe_file(key, data, mode="create")
+        return
+    _local_publish(os.fspath(p), lambda f: f.write(data), 0o644, os.link)
 
 
 def atomic_write_bytes(p: str | os.PathLike, data: bytes) -> None:

@@ -9,6 +9,7 @@
     <workdir>/eval/                 per-item records <task>/<language>.jsonl, manifest.json, summary.csv (eval)
     <workdir>/steer/                settings.json, <setting>/ records like eval/, summary.csv (steer)
     <workdir>/report/               index.html and PNGs (report)
+    <workdir>/.locks/<stage>.lock   who writes that stage's outputs now (``moe_jax.workdir_lock``)
 
 Each output records what it was computed from: a store's meta.json and the records' manifest.json
 (model, checkpoint, tokenizer, data, options), analysis/ and report/ a provenance.json of their
@@ -30,6 +31,7 @@ ANALYSIS = "analysis"
 EVAL = "eval"
 STEER = "steer"
 REPORT = "report"
+LOCKS = ".locks"
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -71,3 +73,8 @@ def steer_dir(workdir: str) -> str:
 
 def report_dir(workdir: str) -> str:
     return os.path.join(workdir, REPORT)
+
+
+def lock_path(workdir: str, stage: str) -> str:
+    """The lock of one stage's outputs: held while a run writes them."""
+    return os.path.join(workdir, LOCKS, f"{stage}.lock")
