@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import logging
 import math
+import os
 from typing import Any, Callable, Sequence
 
 from moe_jax import sharding as shd
@@ -107,6 +108,7 @@ def run_stages(config: Any, workdir: str, stages: str | Sequence[str] | None = N
         storage_reach.check_reachable(workdir)  # one bounded request, before the clients' long retry chains
     except (ValueError, ImportError, storage_reach.StorageUnreachableError) as e:
         raise PreflightError(f"--workdir: {e}") from None
+    check_workdir_is_directory(workdir)
     workdir_hosts.check_workdir_agreement(workdir, bool(config.distributed.get("shared_workdir", False)))
     shd.run_on_writer(lambda: preflight(config, workdir, names), "checking the requested stages")
     storage.makedirs(workdir)
@@ -116,6 +118,19 @@ def run_stages(config: Any, workdir: str, stages: str | Sequence[str] | None = N
         for name in names:
             log.info("stage %s", name)
             get_stage(name)(config, workdir)
+
+
+def check_workdir_is_directory(workdir: str) -> None:
+    """A local workdir that is a file (or lies under one) is one clear error, not one per stage."""
+    if storage.is_remote(workdir):
+        return  # object storage has no files that block a prefix
+    here = os.path.abspath(workdir)
+    while not os.path.exists(here) and os.path.dirname(here) != here:
+        here = os.path.dirname(here)
+    if not os.path.isdir(here):
+        what = "is a file" if here == os.path.abspath(workdir) else f"lies under {here}, which is a file"
+        raise PreflightError(f"--workdir={workdir} {what}, not a directory; nothing was written. Give a directory "
+                             "(a missing one is created), e.g. a new path beside it")
 
 
 def default_config():

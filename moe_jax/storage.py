@@ -26,6 +26,7 @@ application-default chain.
 from __future__ import annotations
 
 import builtins
+import errno
 import hashlib
 import json
 import logging
@@ -293,9 +294,20 @@ def _local_publish(p: str, write_fn: Callable[[BinaryIO], Any], mode: int, place
             os.fsync(f.fileno())
         os.chmod(tmp, mode)  # mkstemp creates 0600; outputs are meant to be shared
         place(tmp, p)
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        hint = _WRITE_HINTS.get(e.errno, "")
+        raise OSError(e.errno, f"{e.strerror or e} (writing {p}{'; ' + hint if hint else ''})", p) from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+# what a failed local write needs (the OS names neither the file nor the limit: "File too large")
+_WRITE_HINTS = {errno.EFBIG: "a file size limit: `ulimit -f` of this shell, or the filesystem's largest file",
+                errno.ENOSPC: "the disk is full: free space there, or use another --workdir",
+                errno.EDQUOT: "the disk quota is used up: free space there, or use another --workdir"}
 
 
 def create_exclusive(p: str | os.PathLike, data: bytes) -> None:

@@ -1,6 +1,7 @@
 """Bad input gets an error that names the culprit (file, line, field, value) and the fix, before
 anything is written: the stage list, task files, eval and steering options, the workdir itself."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,7 +9,8 @@ import sys
 import pytest
 
 from moe_jax import stages
-from moe_jax.pipeline import StageError
+from moe_jax.eval import tasks
+from moe_jax.pipeline import PreflightError, StageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORDER = "convert,collect,eval,analyze,steer,report"
@@ -43,3 +45,101 @@ def test_empty_stages_flag_is_refused_not_all_six(tmp_path):
     assert out.returncode != 0
     assert "no stages given" in out.stderr and ORDER in out.stderr
     assert not (tmp_path / "w").exists()
+
+
+# ------------------------------------------------------------------------------------------ task files
+
+def _belebele_row(**over):
+    row = {"flores_passage": "p", "question": "q", "mc_answer1": "a", "mc_answer2": "b", "mc_answer3": "c",
+           "mc_answer4": "d", "correct_answer_num": "2"}
+    return {**row, **over}
+
+
+def test_garbled_jsonl_names_the_file_and_its_line(tmp_path):
+    path = tmp_path / "eng_Latn.jsonl"
+    path.write_text(json.dumps(_belebele_row()) + "\n\n" + '{"question": "q", "mc_answer1": ' + "\n")
+    with pytest.raises(tasks.TaskError, match=rf"{path}, line 3: not valid JSON \(Expecting value at column \d+\); "
+                                              "fix it: each line of a .jsonl file is one JSON object"):
+        tasks.check_local_file(tasks.get_task("belebele"), str(path))
+    path.write_text(json.dumps(_belebele_row()) + "\n[1, 2]\n")
+    with pytest.raises(tasks.TaskError, match=rf"{path}, line 2: a JSON list, not an object"):
+        tasks.check_local_file(tasks.get_task("belebele"), str(path))
+
+
+def test_garbled_json_file_names_the_file(tmp_path):
+    path = tmp_path / "de.json"
+    path.write_text('[{"question": "q",\n "answer": }]')
+    with pytest.raises(tasks.TaskError, match=rf"{path}: not valid JSON \(Expecting value at line 2 column 12\)"):
+        tasks.check_local_file(tasks.get_task("mgsm"), str(path))
+
+
+@pytest.mark.parametrize("task, row, message", [
+    ("belebele", _belebele_row(correct_answer_num="5"),
+     r"line 2: correct_answer_num is '5'; task 'belebele' needs one of '1', '2', '3', '4'"),
+    ("belebele", _belebele_row(correct_answer_num=2), r"line 2: correct_answer_num is 2; task 'belebele' needs one of"),
+    ("gmmlu_medical", {"subject": "virology", "question": "q", "option_a": "a", "option_b": "b", "option_c": "c",
+                       "option_d": "d", "answer": "E"}, r"line 2: answer is 'E'; task 'gmmlu_medical' needs one of 'A'"),
+    ("mgsm", {"question": "q", "answer": None, "answer_number": "seven"},
+     r"line 2: answer_number is 'seven'; task 'mgsm' needs a number"),
+])
+def test_task_values_out_of_range_are_named_with_the_allowed_ones(tmp_path, task, row, message):
+    """Used to pass the check and fail inside lm-eval's jinja templates (``list.index``), naming nothing."""
+    good = {"belebele": _belebele_row(), "mgsm": {"question": "q", "answer": None, "answer_number": 7},
+            "gmmlu_medical": {**row, "answer": "A"}}[task]
+    path = tmp_path / "x.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(tasks.TaskError, match=f"{path}, {message}"):
+        tasks.check_local_file(tasks.get_task(task), str(path))
+
+
+def test_demo_files_as_local_data_lack_the_fixed_items():
+    """The demo's Global-MMLU file (one item per subject) given as eval.source='local': lm-eval's
+    ``AssertionError: Elements of --samples should be in the interval [0,k-1]`` before; now the file,
+    the subject, the count and the two ways out."""
+    spec = tasks.get_task("gmmlu_medical")
+    path = tasks.local_file(spec, "en", os.path.join(tasks.DEMO_DIR, "gmmlu_medical"))
+    with pytest.raises(tasks.TaskError, match=rf"{path}: task 'gmmlu_medical' evaluates fixed items .* subject "
+                                              r"'clinical_knowledge', but the file has 1 row\(s\) of it.*full Global-MMLU "
+                                              r"test split, or set eval.fixed_items=False.*eval.source='demo'"):
+        tasks.check_fixed_items(spec, "en", path, None)
+    tasks.check_fixed_items(tasks.get_task("belebele"), "eng_Latn", "unused.jsonl", None)  # no fixed items: no check
+
+
+def test_a_file_with_every_fixed_item_passes(tmp_path):
+    spec = tasks.get_task("gmmlu_medical")
+    need = {s: max(v) + 1 for s, v in tasks.fixed_items(spec.items_file).items()}
+    path = tmp_path / "en.jsonl"
+    path.write_text("".join(json.dumps({"subject": s, "question": "q", "option_a": "a", "option_b": "b",
+                                        "option_c": "c", "option_d": "d", "answer": "A"}) + "\n"
+                            for s, n in need.items() for _ in range(n)))
+    tasks.check_fixed_items(spec, "en", str(path), None)
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(line + "\n" for line in path.read_text().splitlines()[1:]))  # one row fewer
+    first = next(iter(need))
+    with pytest.raises(tasks.TaskError, match=f"subject '{first}', but the file has {need[first] - 1} row"):
+        tasks.check_fixed_items(spec, "en", str(short), None)
+    tasks.check_fixed_items(spec, "en", str(short), 1)  # eval.limit=1: only the first fixed item of each subject
+
+
+# ------------------------------------------------------------------------------------------ the workdir
+
+def test_workdir_that_is_a_file_is_one_clear_error(tmp_path):
+    f = tmp_path / "results.txt"
+    f.write_text("mine\n")
+    for workdir, what in ((f, "is a file"), (f / "run", f"lies under {f}, which is a file")):
+        with pytest.raises(PreflightError, match=f"--workdir={workdir} {what}, not a directory; nothing was written"):
+            stages.run_stages(stages.default_config(), str(workdir), "report")
+    assert f.read_text() == "mine\n"
+
+
+def test_file_too_large_names_the_file_and_the_limit(tmp_path):
+    """``OSError: [Errno 27] File too large`` named no file; a write past ``ulimit -f`` now names both."""
+    target = tmp_path / "eval" / "records.jsonl"
+    code = ("import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1])); "
+            f"from moe_jax import storage; storage.atomic_write_bytes({str(target)!r}, b'x' * 100000)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert f"File too large (writing {target}; a file size limit: `ulimit -f`" in last, last
+    assert not target.exists() and os.listdir(target.parent) == []  # no temp file left

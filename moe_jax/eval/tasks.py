@@ -60,6 +60,10 @@ class TaskSpec:
     subjects: tuple[str, ...] = ()  # one lm-eval task per subject; score = unweighted mean over them
     items_file: str | None = None  # {subject: fixed doc indices}, applied through simple_evaluate's samples=
     description: str = ""
+    # values a local file's field must take for lm-eval's prompt and target (any other fails deep inside
+    # lm-eval's templates): {field: allowed values}, and fields that must be numbers
+    choices: Mapping[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    numbers: tuple[str, ...] = ()
 
     @property
     def metric_name(self) -> str:
@@ -89,16 +93,19 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {t.name: t for t in (
     TaskSpec("mgsm", "mgsm/direct/mgsm_direct_{code}.yaml", MGSM_LANGUAGES, "iso639_1",
              "exact_match,flexible-extract", ("question", "answer", "answer_number"),
-             description="MGSM direct, 0-shot, greedy generation; last number of the response vs the answer"),
+             description="MGSM direct, 0-shot, greedy generation; last number of the response vs the answer",
+             numbers=("answer_number",)),
     TaskSpec("gmmlu_medical", "global_mmlu/full/{code}/global_mmlu_full_{code}_{subject}.yaml", GMMLU_LANGUAGES,
              "iso639_1", "acc,none",
              ("subject", "question", "option_a", "option_b", "option_c", "option_d", "answer"),
              subjects=MEDICAL_SUBJECTS, items_file=os.path.join(DATA_DIR, "gmmlu_medical_samples.json"),
-             description="Global-MMLU medical subset, 0-shot log-likelihood multiple choice, 60 fixed items per subject"),
+             description="Global-MMLU medical subset, 0-shot log-likelihood multiple choice, 60 fixed items per subject",
+             choices={"answer": ("A", "B", "C", "D")}),
     TaskSpec("belebele", "belebele/belebele_{code}.yaml", lang_lib.BELEBELE_LANGUAGES, "flores", "acc,none",
              ("flores_passage", "question", "mc_answer1", "mc_answer2", "mc_answer3", "mc_answer4",
               "correct_answer_num"),
-             description="Belebele, 0-shot log-likelihood multiple choice"),
+             description="Belebele, 0-shot log-likelihood multiple choice",
+             choices={"correct_answer_num": ("1", "2", "3", "4")}),
 )}
 
 
@@ -174,28 +181,90 @@ def local_file(spec: TaskSpec, code: str, directory: str) -> str:
 
 def read_rows(path: str) -> list[dict[str, Any]]:
     """Rows of a JSON lines, JSON (list of objects) or parquet file (local or ``gs://``)."""
+    return [row for _, row in _located_rows(path)]
+
+
+def _located_rows(path: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(where, row)`` of every row: ``where`` is "line N" in a .jsonl file (blank lines skipped), else
+    "row N" (from 0). Text that is not JSON, or a row that is not an object, is a TaskError naming the
+    file and the line."""
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
         with storage.open(path, "rb") as f:
-            return pq.read_table(f).to_pylist()
-    text = storage.read_bytes(path).decode("utf-8")
+            return [(f"row {i}", r) for i, r in enumerate(pq.read_table(f).to_pylist())]
+    raw = storage.read_bytes(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise TaskError(f"{path}, line {line}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as "
+                        "UTF-8") from None
     if path.endswith(".jsonl"):
-        return [json.loads(line) for line in text.split("\n") if line.strip()]
-    data = json.loads(text)
-    return data if isinstance(data, list) else list(data.get("data", data.get("rows", [])))
+        out = []
+        for n, line in enumerate(text.split("\n"), 1):
+            if line.strip():
+                out.append((f"line {n}", _json(line, f"{path}, line {n}", "each line of a .jsonl file is one "
+                                                                           "JSON object")))
+        rows = out
+    else:
+        data = _json(text, path, "a .json task file is a list of row objects (or {\"data\": [...]})")
+        data = data if isinstance(data, list) else list(data.get("data", data.get("rows", [])))
+        rows = [(f"row {i}", r) for i, r in enumerate(data)]
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise TaskError(f"{path}, {where}: a JSON {type(row).__name__}, not an object with the task's fields")
+    return rows
+
+
+def _json(text: str, where: str, layout: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        at = f"line {e.lineno} column {e.colno}" if "line" not in where else f"column {e.colno}"
+        raise TaskError(f"{where}: not valid JSON ({e.msg} at {at}); fix it: {layout}") from None
 
 
 def check_local_file(spec: TaskSpec, path: str) -> int:
-    """Every row has every field the task's prompt and target use; returns the row count."""
-    rows = read_rows(path)
+    """Every row has every field the task's prompt and target use, with values they accept; returns
+    the row count."""
+    rows = _located_rows(path)
     if not rows:
         raise TaskError(f"{path}: no rows (task {spec.name!r})")
-    for i, row in enumerate(rows):
+    for i, (where, row) in enumerate(rows):
         missing = [f for f in spec.fields if f not in row]
         if missing:
             raise TaskError(f"{path}: row {i} lacks field(s) {missing} that task {spec.name!r} needs "
-                            f"(fields: {', '.join(spec.fields)})")
+                            f"(fields: {', '.join(spec.fields)}; {where})")
+        for field, allowed in spec.choices.items():
+            if row[field] not in allowed:
+                raise TaskError(f"{path}, {where}: {field} is {row[field]!r}; task {spec.name!r} needs one of "
+                                f"{', '.join(repr(a) for a in allowed)} (lm-eval's prompt indexes its choices by it)")
+        for field in spec.numbers:
+            if isinstance(row[field], bool) or not isinstance(row[field], (int, float)):
+                raise TaskError(f"{path}, {where}: {field} is {row[field]!r}; task {spec.name!r} needs a number "
+                                "(the answer the response's last number is compared with)")
     return len(rows)
+
+
+def check_fixed_items(spec: TaskSpec, code: str, path: str, limit: int | None) -> None:
+    """A local file holds the task's fixed items (``samples_for``: positions among each subject's rows):
+    else a TaskError naming the file, the subject, how many rows it has and how many the items need,
+    instead of lm-eval's assertion deep in ``simple_evaluate``. No-op for a task without fixed items."""
+    samples = samples_for(spec, code, limit)
+    if not samples:
+        return
+    counts: dict[str, int] = {}
+    for row in read_rows(path):
+        counts[row.get("subject")] = counts.get(row.get("subject"), 0) + 1
+    for subject, task in zip(spec.subjects, spec.lm_eval_tasks(code)):
+        need = max(samples[task], default=-1) + 1
+        if counts.get(subject, 0) < need:
+            raise TaskError(
+                f"{path}: task {spec.name!r} evaluates fixed items of each subject (eval.fixed_items=True), up to "
+                f"position {need - 1} of subject {subject!r}, but the file has {counts.get(subject, 0)} row(s) of it. "
+                "Give the full Global-MMLU test split, or set eval.fixed_items=False to evaluate the file's own rows"
+                + (" (eval.source='demo' does that for the shipped demo files)" if DEMO_DIR in os.path.abspath(path)
+                   else ""))
 
 
 def lm_eval_task_dir() -> str:
