@@ -143,3 +143,40 @@ def test_file_too_large_names_the_file_and_the_limit(tmp_path):
     last = out.stderr.strip().splitlines()[-1]
     assert f"File too large (writing {target}; a file size limit: `ulimit -f`" in last, last
     assert not target.exists() and os.listdir(target.parent) == []  # no temp file left
+
+
+# ------------------------------------------------------------------------------------------ notebooks
+
+def run_config_cell(notebook, **params):
+    """The notebook's parameters cell, ``params`` as papermill injects them, then its configuration cell
+    (the one that builds ``config``): the namespace after them."""
+    import nbformat
+    nb = nbformat.read(os.path.join(ROOT, "notebooks", notebook), as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    (params_cell,) = [c.source for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    (config_cell,) = [c for c in code if 'config_module("common")' in c]
+    ns = {"os": os, "CHECKOUT": ROOT}
+    exec(params_cell, ns)
+    ns.update(params)
+    exec(config_cell, ns)
+    return ns
+
+
+@pytest.mark.parametrize("notebook", ["01_routing_quickstart.ipynb", "02_steering.ipynb"])
+def test_notebook_without_english_stops_in_its_configuration_cell(notebook):
+    """Used to run every stage and fail later with ``KeyError: 'middle_band'``."""
+    with pytest.raises(ValueError, match=r"languages = \['fra_Latn', 'zho_Hans'\] lacks eng_Latn \(English\).*"
+                                         r"Add it first, e.g. languages = \['eng_Latn', 'fra_Latn', 'zho_Hans'\]"):
+        run_config_cell(notebook, smoke=True, languages=["fra_Latn", "zho_Hans"])
+
+
+def test_notebook_smoke_mode_says_what_it_changes(capsys):
+    ns = run_config_cell("02_steering.ipynb", smoke=True, tau=0.3, limit=50)
+    out = capsys.readouterr().out
+    assert "smoke mode: tau = 0.1 instead of the 0.3 given" in out
+    assert "smoke mode: limit = None instead of the 50 given" in out
+    assert ns["tau"] == 0.1 and ns["config"].eval.limit is None
+    ns = run_config_cell("02_steering.ipynb", smoke=True, tau=0.05, limit=None)  # nothing changed: nothing said
+    assert "smoke mode" not in capsys.readouterr().out and ns["tau"] == 0.05
+    ns = run_config_cell("02_steering.ipynb", smoke=False, tau=0.3, limit=50)  # the real run keeps them
+    assert "smoke mode" not in capsys.readouterr().out and ns["config"].eval.limit == 50 and ns["tau"] == 0.3
