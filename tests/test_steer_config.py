@@ -41,7 +41,7 @@ def test_demo_sweep_and_bad_options():
                                                                                "belebele")
     c = load("demo")
     c.steer.rule = "language"
-    with pytest.raises(StageError, match=r"steer.rule 'language' is not 'task' or 'shared'"):
+    with pytest.raises(StageError, match=r"steer.rule 'language' is not one of \['task', 'shared', 'exclusive'\]"):
         stage.options(c)
     c = load("demo")
     c.steer.statistic = "counts"

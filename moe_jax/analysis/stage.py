@@ -48,6 +48,7 @@ from moe_jax import lineage, storage
 from moe_jax import workdir as wd
 from moe_jax.config_fields import check_known_fields
 from moe_jax.pipeline import StageError, collect_problems
+from moe_jax.routing import statistic_table as stat_table
 from moe_jax.routing.store import read_meta
 from moe_jax.routing.store import lang_path, read_store, repair_hint
 
@@ -80,6 +81,10 @@ def default_config() -> ml_collections.ConfigDict:
     # "" = automatic bands (all, and early / middle / late around the middle band); or "name:start-end,..."
     c.similarity_bands = ""
     c.cluster_method = "average"  # scipy.cluster.hierarchy.linkage method
+    # the statistic and pooling the expert rules (task, language, shared/exclusive) select from
+    # (moe_jax.routing.statistic_table); "" = each rule's published default (docs/methods.md#pooling)
+    c.statistic = ""  # topk_freq | gate_weight | topk_weight | mean_probs
+    c.pooling = ""  # token | sequence
     c.experts = ml_collections.ConfigDict({
         "task_tau": 0.3,  # task expert when Delta > task_tau (docs/methods.md#task-and-language-experts)
         "language_tau": 0.3,  # language expert when Delta (language - pivot) > language_tau
@@ -114,14 +119,12 @@ def section(config, name: str, defaults: ml_collections.ConfigDict,
 
 # -- analyses: each returns {table name: records} and a summary piece, or raises Skip ------------
 
-SEQ_STATISTICS = {"mean_probs": "seq_mean_probs", "topk_weight": "seq_topk_weight"}
-
-
 def seq_statistic(inp: Inputs, cfg) -> str:
     """The store key of ``analysis.routing_statistic``; refuses a store collected before it existed."""
-    if cfg.routing_statistic not in SEQ_STATISTICS:
-        raise ValueError(f"analysis.routing_statistic {cfg.routing_statistic!r} is not one of {sorted(SEQ_STATISTICS)}")
-    key = SEQ_STATISTICS[cfg.routing_statistic]
+    if cfg.routing_statistic not in stat_table.DISTRIBUTIONS:
+        raise ValueError(f"analysis.routing_statistic {cfg.routing_statistic!r} is not one of "
+                         f"{sorted(stat_table.DISTRIBUTIONS)}")
+    key = stat_table.STATISTICS[cfg.routing_statistic].seq_key
     missing = [l for l in inp.languages if key not in inp.data[l]]
     if missing:
         raise ValueError(f"analysis.routing_statistic={cfg.routing_statistic!r}: the store {inp.store} has no {key} "
@@ -262,20 +265,32 @@ def _similarity(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
                             "languages": inp.languages}})
 
 
+def rule_statistic(cfg, rule: str, data: dict, where: str) -> tuple[dict, dict]:
+    """``({language: [layers, experts]}, {"statistic", "pooling"})``: ``analysis.statistic`` x
+    ``analysis.pooling`` (or ``rule``'s published default) of every language of ``data``."""
+    statistic, pooling = stat_table.resolve(rule, cfg.statistic, cfg.pooling, "analysis")
+    for lang, arrays in data.items():
+        stat_table.check_available(arrays, statistic, pooling, f"{where} ({lang})",
+                                   "run the collect stage again with collect.overwrite=True")
+    return ({l: stat_table.pooled(a, statistic, pooling) for l, a in data.items()},
+            {"statistic": statistic, "pooling": pooling})
+
+
 def _language_experts(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
     inp.require_pivot("language experts")
-    res = experts.language_experts(inp.get("seq_topk_freq"), inp.pivot, cfg.experts.language_tau)
+    freqs, how = rule_statistic(cfg, "language", {l: inp.data[l] for l in inp.languages}, inp.store)
+    res = experts.language_experts(freqs, inp.pivot, cfg.experts.language_tau)
     state["language_experts"] = res
     rows = [dict(language=lang, **inp.layer_cols(l), expert=e, delta=r.scores[l, e], is_expert=bool(r.mask[l, e]))
             for lang, r in res.items() for l in range(inp.n_layers) for e in range(inp.n_experts)]
     return {"experts_language": rows}, {"language_experts": {
-        "tau": cfg.experts.language_tau, "count": {l: int(r.mask.sum()) for l, r in res.items()}}}
+        "tau": cfg.experts.language_tau, **how, "count": {l: int(r.mask.sum()) for l, r in res.items()}}}
 
 
 def _shared_exclusive(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
     if len(inp.languages) < 2:
         raise Skip("shared/exclusive experts: need at least 2 languages in the pool")
-    freqs = {l: a["topk_counts"] / a["token_totals"][:, None] for l, a in zip(inp.languages, map(inp.data.get, inp.languages))}
+    freqs, how = rule_statistic(cfg, "shared", {l: inp.data[l] for l in inp.languages}, inp.store)
     r = experts.shared_exclusive_experts(freqs, cfg.experts.shared_top_k, cfg.experts.shared_thr)
     rows = []
     for x, lang in enumerate(r.languages):
@@ -284,7 +299,7 @@ def _shared_exclusive(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
             rows.append(dict(language=lang, **inp.layer_cols(int(l)), expert=int(e), freq=freqs[lang][l, e],
                              share=r.share[x, l, e], label=label))
     return {"experts_pool": rows}, {"shared_exclusive": {
-        "pool": list(r.languages), "top_k": r.top_k, "thr": r.thr,
+        "pool": list(r.languages), "top_k": r.top_k, "thr": r.thr, **how,
         "n_shared": int(r.shared_mask.sum()),
         "n_exclusive": {l: int(r.exclusive_mask[x].sum()) for x, l in enumerate(r.languages)}}}
 
@@ -304,8 +319,9 @@ def _task_experts(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
             raise ValueError(f"task store {task!r} ({path}) holds no complete language; run the collect stage")
         check_task_store(task, path, tmeta, inp)
         lang = task_language(task, path, tdata, inp)
-        generic = inp.data[lang]["seq_topk_freq"]
-        res = experts.task_experts(tdata[lang]["seq_topk_freq"], generic, cfg.experts.task_tau)
+        generic, how = rule_statistic(cfg, "task", {lang: inp.data[lang]}, inp.store)
+        task_freq, _ = rule_statistic(cfg, "task", {lang: tdata[lang]}, path)
+        res = experts.task_experts(task_freq[lang], generic[lang], cfg.experts.task_tau)
         rows += [dict(task=task, **inp.layer_cols(l), expert=e, delta=res.scores[l, e], is_expert=bool(res.mask[l, e]))
                  for l in range(inp.n_layers) for e in range(inp.n_experts)]
         targets = dict(lang_sets)
@@ -320,7 +336,7 @@ def _task_experts(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
                              for l in range(inp.n_layers)]
             n_both = int(ov["n_both"].sum()) if other == "any" else n_both
         summary[task] = {"store": path, "dataset": tmeta.get("dataset"), "language": lang,
-                         "generic_language": lang, "n_task_experts": int(res.mask.sum()),
+                         "generic_language": lang, **how, "n_task_experts": int(res.mask.sum()),
                          "n_also_language_experts": n_both}
     tabs = {"experts_task": rows}
     if overlap_rows:
@@ -410,8 +426,11 @@ def run(config, workdir: str) -> dict[str, Any]:
         raise ValueError("analysis.metrics is empty")
     store = wd.routing_dir(workdir)
     out_dir = wd.analysis_dir(workdir)
-    if cfg.routing_statistic not in SEQ_STATISTICS:
-        raise ValueError(f"analysis.routing_statistic {cfg.routing_statistic!r} is not one of {sorted(SEQ_STATISTICS)}")
+    if cfg.routing_statistic not in stat_table.DISTRIBUTIONS:
+        raise ValueError(f"analysis.routing_statistic {cfg.routing_statistic!r} is not one of "
+                         f"{sorted(stat_table.DISTRIBUTIONS)}")
+    for rule in ("task", "shared"):  # unknown statistic or pooling: refused before anything is written
+        stat_table.resolve(rule, cfg.statistic, cfg.pooling, "analysis")
     inp = load_inputs(store, cfg.pivot, config_languages(config))  # a listed file missing or damaged: raises
     if cfg.pivot in inp.pool.get("missing", ()):  # requested, never collected: the headline analyses need it
         raise FileNotFoundError(f"the pivot language {cfg.pivot!r} is requested ({inp.pool['source']}) but the "
@@ -523,9 +542,13 @@ def preflight(config, workdir: str, before: frozenset[str] = frozenset()) -> lis
     def settings():
         cfg = section(config, "analysis", default_config(), FREE_FORM)
         problems = [] if cfg.metrics else ["analysis.metrics is empty"]
-        if cfg.routing_statistic not in SEQ_STATISTICS:
+        if cfg.routing_statistic not in stat_table.DISTRIBUTIONS:
             problems.append(f"analysis.routing_statistic {cfg.routing_statistic!r} is not one of "
-                            f"{sorted(SEQ_STATISTICS)}")
+                            f"{sorted(stat_table.DISTRIBUTIONS)}")
+        try:
+            stat_table.resolve("task", cfg.statistic, cfg.pooling, "analysis")
+        except ValueError as e:
+            problems.append(str(e))
         if isinstance(cfg.accuracy, str) and cfg.accuracy and not storage.isfile(cfg.accuracy):
             problems.append(f"analysis.accuracy {cfg.accuracy!r} is not a file")
         problems += [f"analysis.task_stores: no routing store at {path} (task {name!r})"

@@ -10,8 +10,11 @@ For each token with logits ``z [E]`` of MoE layer ``l``::
     z'[e] = min(z')                     where mode[l, e] == DEMOTE      (hard steering: forced down)
     z'[e] = FORBIDDEN                   where mode[l, e] == FORBID      (masking: the token re-routes)
 
-``std`` is the population standard deviation over all E logits of the token. Sources and the
-steering methods built on it: docs/methods.md#router-interventions.
+``std`` is the population standard deviation over all E logits of the token. Where ``abs_bf16[l, e]``
+is set, the proportional edit is done in bfloat16 as the published steering does it (the vector
+``abs_scale`` already holds bf16 values): ``z'[e] = bf16(bf16(z) + bf16(abs_scale * |bf16(z)|))``, each
+rounding to nearest even on the float32 bits (explicit, so XLA cannot fuse it away). Sources and
+the steering methods built on it: docs/methods.md#router-interventions.
 """
 
 from __future__ import annotations
@@ -37,12 +40,13 @@ class Intervention(NamedTuple):
     # float32 std of the per-token Gaussian offset of a FORCEd logit instead of the margin (0: margin)
     force_noise: jax.Array | None = None
     noise_seed: jax.Array | None = None  # int32, the same in every entry of a layer: seeds that noise
+    abs_bf16: jax.Array | None = None  # int32, 1: the proportional edit of (l, e) is done in bfloat16
 
     @classmethod
     def none(cls, num_moe_layers: int, num_experts: int) -> "Intervention":
         z = np.zeros((num_moe_layers, num_experts), np.float32)
         i = np.zeros((num_moe_layers, num_experts), np.int32)
-        return cls(z, z.copy(), z.copy(), i, z.copy(), i.copy())
+        return cls(z, z.copy(), z.copy(), i, z.copy(), i.copy(), i.copy())
 
     def layer(self, i: int) -> "Intervention":
         """The ``[experts]`` slice of MoE layer ``i``."""
@@ -91,6 +95,10 @@ def apply(z: jax.Array, iv: Intervention) -> jax.Array:
     z = z.astype(jnp.float32)
     std = jnp.std(z, axis=-1, keepdims=True)
     out = z + iv.bias + iv.std_scale * std + iv.abs_scale * jnp.abs(z)
+    if iv.abs_bf16 is not None:
+        zb = round_bf16(z)
+        in_bf16 = round_bf16(zb + round_bf16(iv.abs_scale * jnp.abs(zb)))
+        out = jnp.where(iv.abs_bf16 != 0, in_bf16 + iv.bias + iv.std_scale * std, out)
     top = jnp.max(out, axis=-1, keepdims=True)
     forced = top + _FORCE_MARGIN * jnp.maximum(1.0, jnp.abs(top))
     if iv.force_noise is not None:
@@ -109,3 +117,12 @@ def _token_normal(z: jax.Array, seed: jax.Array) -> jax.Array:
     base = jax.random.key(seed)
     keys = jax.vmap(lambda h: jax.random.fold_in(base, h))(token_hash)
     return jax.vmap(lambda k: jax.random.normal(k, (z.shape[-1],)))(keys)
+
+
+def round_bf16(x):
+    """float32 -> float32 holding the nearest bfloat16 (ties to even), on the bits; NumPy or JAX arrays."""
+    xp = jnp if isinstance(x, jax.Array) else np
+    x = xp.asarray(x, xp.float32)
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32) if xp is jnp else x.view(np.uint32)
+    bits = (bits + xp.uint32(0x7FFF) + ((bits >> 16) & xp.uint32(1))) & xp.uint32(0xFFFF0000)
+    return jax.lax.bitcast_convert_type(bits, jnp.float32) if xp is jnp else bits.view(np.float32)

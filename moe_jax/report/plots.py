@@ -409,3 +409,71 @@ def delta_vs_lambda(series: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarra
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
     return fig
+
+
+def masking_grid(languages: Sequence[str], bands: Sequence[tuple[int, int]], delta, low, high, *, title: str,
+                 p=None):
+    """The masking table: accuracy change ``delta [languages, bands]`` (rows: languages; columns: the
+    masked layer ranges), each cell annotated with its paired interval ``[low, high]`` (and McNemar
+    ``p [languages, bands]`` when given); diverging colours around 0, grey where a cell has no value."""
+    d, lo, hi = (np.asarray(v, float) for v in (delta, low, high))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.9 * len(bands) + 2.5), max(2.6, 0.55 * len(languages) + 1.6)))
+    lim = np.nanmax(np.abs(d)) if np.isfinite(d).any() and np.nanmax(np.abs(d)) > 0 else 1.0
+    cmap = plt.get_cmap("RdBu").with_extremes(bad="0.85")
+    im = ax.imshow(np.ma.masked_invalid(d), aspect="auto", cmap=cmap, vmin=-lim, vmax=lim, interpolation="nearest")
+    fig.colorbar(im, ax=ax, pad=0.01, fraction=0.05).set_label("accuracy change (masked - baseline)")
+    for (i, j), v in np.ndenumerate(d):
+        if not np.isfinite(v):
+            continue
+        text = f"{v:+.3f}\n[{lo[i, j]:+.3f}, {hi[i, j]:+.3f}]"
+        if p is not None and np.isfinite(np.asarray(p, float)[i, j]):
+            text += f"\np={float(np.asarray(p)[i, j]):.2g}"
+        ax.text(j, i, text, ha="center", va="center", fontsize=7.5,
+                color="white" if abs(v) > 0.6 * lim else "black")
+    ax.set_xticks(np.arange(len(bands)), [f"layers {a}-{b}" for a, b in bands], fontsize=8)
+    ax.set_yticks(np.arange(len(languages)), list(languages), fontsize=8)
+    ax.set(title=title, xlabel="masked layer range (decoder layers, inclusive)", ylabel="language")
+    return fig
+
+
+def depth_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], *, title: str, ylabel: str,
+                 bands: Mapping[str, tuple[float, float]] | None = None, xlabel: str = "relative depth"):
+    """One line per model over relative depth: ``curves {model: (x [layers] in (0, 1], y [layers])}``;
+    ``bands {model: (lo, hi)}`` (relative depth) shaded in the model's colour, so models of different
+    depths share one axis."""
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    palette = plt.get_cmap("tab10")
+    for i, (name, (x, y)) in enumerate(curves.items()):
+        colour = palette(i % 10)
+        ax.plot(x, y, color=colour, lw=2.0, ms=5, label=name, gid=f"model:{name}", **line_style(i))
+        if bands and name in bands:
+            lo, hi = bands[name]
+            ax.axvspan(lo, hi, color=colour, alpha=0.12, lw=0, label=f"{name}: middle band")
+    ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2)
+    ax.set_title(title, pad=8 + 13 * -(-2 * len(curves) // 2))
+    return fig
+
+
+def alignment_panels(panels: Mapping[str, tuple[np.ndarray, np.ndarray, Sequence[str], str]], *, title: str,
+                     xlabel: str = "middle-band divergence from English", ylabel: str = "accuracy"):
+    """One scatter per model: ``panels {model: (divergence [n], accuracy [n], language labels, note)}``,
+    the note (r and its interval) under the model's name."""
+    n = max(len(panels), 1)
+    fig, axes = plt.subplots(1, n, figsize=(4.4 * n, 4.0), squeeze=False)
+    for ax, (name, (x, y, labels, note)) in zip(axes[0], panels.items()):
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        ax.scatter(x, y, color="#4c72b0", zorder=3)
+        for xi, yi, lab in zip(x, y, labels):
+            ax.annotate(lab, (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=7)
+        if len(x) >= 2 and np.ptp(x) > 0:
+            slope, icept = np.polyfit(x, y, 1)
+            xs = np.linspace(x.min(), x.max(), 10)
+            ax.plot(xs, slope * xs + icept, color="#c44e52", lw=1, ls="--")
+        ax.set_title(f"{name}\n{note}", fontsize=9)
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

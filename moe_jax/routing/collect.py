@@ -60,6 +60,7 @@ class LanguageAccumulator:
         self.seq_mean_probs = np.zeros((N, L, E), np.float32)
         self.seq_topk_freq = np.zeros((N, L, E), np.float32)
         self.seq_topk_weight = np.zeros((N, L, E), np.float32)
+        self.seq_gate_weight = np.zeros((N, L, E), np.float32)
         self.seq_token_entropy = np.zeros((N, L), np.float32)
         self.topk_counts = np.zeros((L, E), np.int64)
         self.gate_weight_sums = np.zeros((L, E), np.float64)
@@ -79,6 +80,7 @@ class LanguageAccumulator:
         self.seq_mean_probs[r] = out["seq_mean_probs"][valid]
         self.seq_topk_freq[r] = out["seq_topk_freq"][valid]
         self.seq_topk_weight[r] = out["seq_topk_weight"][valid]
+        self.seq_gate_weight[r] = out["seq_gate_weight"][valid]
         self.seq_token_entropy[r] = out["seq_token_entropy"][valid]
         self.topk_counts += np.asarray(out["topk_counts"], np.int64)
         self.gate_weight_sums += np.asarray(out["gate_weight_sums"], np.float64)
@@ -99,6 +101,7 @@ class LanguageAccumulator:
             "seq_mean_probs": self.seq_mean_probs,
             "seq_topk_freq": self.seq_topk_freq,
             "seq_topk_weight": self.seq_topk_weight,
+            "seq_gate_weight": self.seq_gate_weight,
             "seq_token_entropy": self.seq_token_entropy,
             "topk_counts": self.topk_counts,
             "gate_weight_sums": self.gate_weight_sums,

@@ -29,6 +29,8 @@ def routing_statistics(router_logits: jax.Array, topk_idx: jax.Array, topk_weigh
       seq_topk_freq      ``[B, L, E]``  float32  fraction of counted tokens whose top-k holds e
       seq_topk_weight    ``[B, L, E]``  float32  mean over counted tokens of softmax(z) kept on the token's
                                                  top-k experts and renormalised over them (0 elsewhere)
+      seq_gate_weight    ``[B, L, E]``  float32  mean over counted tokens of the routing weight the model gives e
+                                                 (``topk_weights`` as it routes; 0 off the top-k)
       seq_token_entropy  ``[B, L]``     float32  mean over counted tokens of H(softmax(z)) in nats
       topk_counts        ``[L, E]``     int32    batch total of top-k activations
       gate_weight_sums   ``[L, E]``     float32  batch total of routing weights per expert
@@ -58,13 +60,15 @@ def routing_statistics(router_logits: jax.Array, topk_idx: jax.Array, topk_weigh
     kept = kept / jnp.maximum(jnp.sum(kept, axis=-1, keepdims=True), jnp.finfo(jnp.float32).tiny)
     topk_weight = jnp.sum(kept, axis=2) / denom[None, :, None]  # [L, B, E]
     w = topk_weights.astype(jnp.float32)[..., None]
-    gate_sums = jnp.sum(jnp.where(hit, w, 0.0), axis=(1, 2, 3))  # [L, E]
+    seq_gate = jnp.sum(jnp.where(hit, w, 0.0), axis=(2, 3))  # [L, B, E]
+    gate_sums = jnp.sum(seq_gate, axis=1)  # [L, E]
 
     out = {
         "seq_lengths": n,
         "seq_mean_probs": jnp.transpose(mean_probs, (1, 0, 2)),
         "seq_topk_freq": jnp.transpose(seq_counts.astype(jnp.float32) / denom[None, :, None], (1, 0, 2)),
         "seq_topk_weight": jnp.transpose(topk_weight, (1, 0, 2)),
+        "seq_gate_weight": jnp.transpose(seq_gate / denom[None, :, None], (1, 0, 2)),
         "seq_token_entropy": jnp.transpose(entropy, (1, 0)),
         "topk_counts": jnp.sum(seq_counts, axis=1, dtype=jnp.int32),
         "gate_weight_sums": gate_sums,

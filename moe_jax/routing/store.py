@@ -16,6 +16,9 @@ Arrays of ``<lang>.npz`` (N sequences, L MoE layers, E experts, k top-k):
     seq_topk_weight    [N, L, E]  float32  mean over counted tokens of softmax(z) restricted to the token's
                                            top-k and renormalised over it (rows sum to 1); absent in
                                            stores written before it existed
+    seq_gate_weight    [N, L, E]  float32  mean over counted tokens of the routing weight the model gives e
+                                           (0 off the top-k); with seq_lengths, the per-sequence weight sums
+                                           (moe_jax.routing.statistic_table); absent in older stores
     seq_token_entropy  [N, L]     float32  mean over counted tokens of the entropy of softmax(z) (nats)
     topk_counts        [L, E]     int64    language total of top-k activations
     gate_weight_sums   [L, E]     float64  language total of the routing weights given to e
@@ -186,7 +189,8 @@ def remove_temp_files(directory: str) -> None:
 
 # key -> (dims, kind): dims name the axes (N sequences, L layers, E experts, T tokens, k top-k)
 SHAPES = {"seq_ids": ("N", "U"), "seq_lengths": ("N", "i"), "seq_mean_probs": ("NLE", "f"),
-          "seq_topk_freq": ("NLE", "f"), "seq_topk_weight": ("NLE", "f"), "seq_token_entropy": ("NL", "f"), "topk_counts": ("LE", "i"),
+          "seq_topk_freq": ("NLE", "f"), "seq_topk_weight": ("NLE", "f"), "seq_gate_weight": ("NLE", "f"),
+          "seq_token_entropy": ("NL", "f"), "topk_counts": ("LE", "i"),
           "gate_weight_sums": ("LE", "f"), "token_totals": ("L", "i"), "token_topk": ("TLk", "i")}
 
 

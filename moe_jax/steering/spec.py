@@ -14,7 +14,9 @@ method                    edit of target expert e (all other experts unchanged)
                           token, seeded by ``seed``, which orders the forced experts) or ``z_e = min(z)``
                           (lam < 0: forced down)
 ``mask``                  ``z_e = -1e9``: the token re-routes to the next best experts
-``proportional``          ``z_e += lam * w_e * |z_e|``
+``proportional``          ``z_e += lam * w_e * |z_e|``; with ``vector_dtype="bfloat16"`` as published:
+                          ``z_e = bf16(bf16(z_e) + bf16(v_e * |bf16(z_e)|))``,
+                          ``v_e = bf16(lam * bf16(w_e))`` (float32 products, round to nearest even)
 ``bias``                  ``z_e += lam * w_e``
 ========================  =====================================================================
 """
@@ -30,9 +32,10 @@ import numpy as np
 
 from moe_jax import storage
 from moe_jax.models.config import ModelConfig
-from moe_jax.models.intervention import DEMOTE, FORBID, FORCE, Intervention, check_mode_counts
+from moe_jax.models.intervention import DEMOTE, FORBID, FORCE, Intervention, check_mode_counts, round_bf16
 
 METHODS = ("soft", "hard", "mask", "proportional", "bias")
+VECTOR_DTYPES = ("float32", "bfloat16")  # bfloat16: the proportional edit rounded as published
 # method -> the Intervention field that carries lam * weight (None: a mode instead)
 _SCALED_FIELD = {"soft": "std_scale", "proportional": "abs_scale", "bias": "bias", "hard": None, "mask": None}
 
@@ -53,6 +56,7 @@ class SteeringSpec:
     noise: float = 0.0  # hard: std of a per-token Gaussian offset added to the margin (the study: 1e-6)
     seed: int = 0  # hard with noise: seeds the per-token draws
     provenance: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    vector_dtype: str = "float32"  # proportional: "bfloat16" holds the vector and does the edit in bf16
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -69,6 +73,8 @@ class SteeringSpec:
             raise SteeringSpecError(f"steering targets repeat (layer, expert) pairs {dup}")
         if not np.isfinite(self.lam) or not all(np.isfinite(w) for _, _, w in targets):
             raise SteeringSpecError("steering lam and weights must be finite")
+        if self.vector_dtype not in VECTOR_DTYPES:
+            raise SteeringSpecError(f"steering vector_dtype {self.vector_dtype!r} is not one of {VECTOR_DTYPES}")
         if not (np.isfinite(self.noise) and self.noise >= 0):
             raise SteeringSpecError(f"steering noise must be a finite std >= 0, got {self.noise}")
         object.__setattr__(self, "targets", targets)
@@ -84,6 +90,8 @@ class SteeringSpec:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["targets"] = [list(t) for t in self.targets]
+        if d["vector_dtype"] == "float32":  # the default: specs written before the option stay identical
+            del d["vector_dtype"]
         return d
 
     @classmethod
@@ -118,7 +126,8 @@ class SteeringSpec:
         moe_ids = cfg.moe_layer_ids
         L, E = cfg.num_moe_layers, cfg.num_experts
         iv = Intervention.none(L, E)
-        arrays = {f: getattr(iv, f) for f in ("bias", "std_scale", "abs_scale", "force_noise")}
+        arrays = {f: getattr(iv, f) for f in ("bias", "std_scale", "abs_scale", "force_noise", "abs_bf16")}
+        in_bf16 = self.method == "proportional" and self.vector_dtype == "bfloat16"
         mode = iv.mode
         for layer, expert, weight in self.targets:
             if layer not in moe_ids:
@@ -128,7 +137,10 @@ class SteeringSpec:
                 raise SteeringSpecError(f"steering target expert {expert} at layer {layer} is outside 0..{E - 1}")
             row = moe_ids.index(layer)
             field = _SCALED_FIELD[self.method]
-            if field is not None:
+            if in_bf16:
+                arrays[field][row, expert] = round_bf16(np.float32(self.lam) * round_bf16(np.float32(weight)))
+                arrays["abs_bf16"][row, expert] = 1
+            elif field is not None:
                 arrays[field][row, expert] = self.lam * weight
             else:
                 mode[row, expert] = FORBID if self.method == "mask" else (FORCE if self.lam >= 0 else DEMOTE)

@@ -33,9 +33,10 @@ from moe_jax import storage
 from moe_jax import workdir as wd
 from moe_jax.atomic import atomic_write, atomic_write_json
 from moe_jax.pipeline import StageError, check_known_fields, collect_problems, model_warning
+from moe_jax.routing import statistic_table as stat_table
 from moe_jax.steering import sweep as sweep_lib
 from moe_jax.steering import targets as tg
-from moe_jax.steering.spec import SteeringSpec
+from moe_jax.steering.spec import VECTOR_DTYPES, SteeringSpec
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ BASELINE = "baseline"
 PIVOT = "eng_Latn"
 RANDOM_SWEEP_WARNING = ("RANDOM MODEL: the weights are random, so every accuracy change of this sweep is noise; "
                         "it shows the machinery, not an effect of steering.")
-STATISTICS = {"topk_freq": "seq_topk_freq", "topk_weight": "seq_topk_weight", "mean_probs": "seq_mean_probs"}
+RULES = ("task", "shared", "exclusive")
 SUMMARY_COLUMNS = ("setting", "method", "rule", "task", "language", "n", "baseline", "steered", "delta",
                    "ci_low", "ci_high", "b", "c", "p_mcnemar", "topk_changed", "targets")
 
@@ -54,12 +55,24 @@ def default_config() -> ml_collections.ConfigDict:
     c.tasks = ""  # eval tasks of the sweep, e.g. "mgsm"; "" = config.eval.tasks
     c.languages = ""  # e.g. "eng_Latn,fra_Latn"; "" = config.eval.languages
     c.limit = config_dict.placeholder(int)  # items per lm-eval task; None = config.eval.limit
-    c.rule = "task"  # "task": task store vs generic store; "shared": experts shared with a dominant language
+    # "task": task store vs generic store; "shared": experts shared with a dominant language;
+    # "exclusive": experts exclusive to steer.exclusive_languages (the published masking: methods="mask")
+    c.rule = "task"
     c.task = ""  # rule "task": name of the task store (config.tasks); "" = the first one
-    c.shared_languages = ""  # rule "shared": "eng_Latn,zho_Hans" (dominant first); "" = every store language
+    # rules "shared" / "exclusive": the language pool, "eng_Latn,zho_Hans" ("shared": dominant first);
+    # "" = every store language
+    c.shared_languages = ""
     c.shared_top_k = 20
     c.shared_thr = 0.7
-    c.statistic = "topk_freq"  # per-sequence store statistic for target selection: topk_freq | topk_weight | mean_probs
+    c.exclusive_languages = ""  # rule "exclusive": target languages; "" = the sweep's non-pivot languages
+    c.exclusive_top_k = 15
+    c.exclusive_thr = 0.4
+    c.exclusive_combine = "sum"  # several targets: "sum" of their shares > thr (published) or "any" one share
+    # target selection's statistic x pooling (moe_jax.routing.statistic_table); "" = the rule's published
+    # default (docs/methods.md#pooling)
+    c.statistic = ""  # topk_freq | gate_weight | topk_weight | mean_probs
+    c.pooling = ""  # token | sequence
+    c.vector_dtype = "float32"  # proportional: "bfloat16" rounds vector, product and edit as published
     c.methods = "soft,hard"  # soft | hard | mask | proportional | bias
     c.lambdas = (0.5,)  # soft / proportional / bias strengths; hard forces on, mask needs none
     c.taus = (0.3,)
@@ -81,10 +94,17 @@ def options(config: Any) -> ml_collections.ConfigDict:
     opts, section = default_config(), config.get("steer") or {}
     check_known_fields(section, opts, "config.steer")
     opts.update(section.to_dict() if hasattr(section, "to_dict") else section)
-    if opts.rule not in ("task", "shared"):
-        raise StageError(f"steer.rule {opts.rule!r} is not 'task' or 'shared'")
-    if opts.statistic not in STATISTICS:
-        raise StageError(f"steer.statistic {opts.statistic!r} is not one of {sorted(STATISTICS)}")
+    if opts.rule not in RULES:
+        raise StageError(f"steer.rule {opts.rule!r} is not one of {list(RULES)}")
+    try:
+        stat_table.resolve(opts.rule, opts.statistic, opts.pooling, "steer")
+    except ValueError as e:
+        raise StageError(str(e)) from None
+    if opts.exclusive_combine not in tg.EXCLUSIVE_COMBINE:
+        raise StageError(f"steer.exclusive_combine {opts.exclusive_combine!r} is not one of "
+                         f"{list(tg.EXCLUSIVE_COMBINE)}")
+    if opts.vector_dtype not in VECTOR_DTYPES:
+        raise StageError(f"steer.vector_dtype {opts.vector_dtype!r} is not one of {list(VECTOR_DTYPES)}")
     return opts
 
 
@@ -125,31 +145,34 @@ def _store(path: str, what: str):
     return read_store(path)
 
 
-def _statistic(arrays: Mapping[str, np.ndarray], key: str, where: str) -> np.ndarray:
-    if key not in arrays:
-        raise StageError(f"{where} has no {key!r} (collected before it existed): run the 'collect' stage "
-                         "again with collect.overwrite=True, or choose another steer.statistic")
-    return arrays[key]
+def _pooled(arrays: Mapping[str, np.ndarray], how: tuple[str, str], where: str) -> np.ndarray:
+    """``[moe_layers, experts]``: the statistic x pooling ``how`` of one store language."""
+    try:
+        stat_table.check_available(arrays, *how, where, "run the 'collect' stage again with "
+                                   "collect.overwrite=True, or choose another steer.statistic / steer.pooling")
+    except stat_table.StatisticUnavailable as e:
+        raise StageError(str(e)) from None
+    return stat_table.pooled(arrays, *how)
 
 
 def build_specs(config: Any, workdir: str, opts: Mapping[str, Any]) -> tuple[list[SteeringSpec], dict, dict]:
     """The sweep's settings from the stores; returns them and the main store's metadata and arrays."""
     meta, data = _store(wd.routing_dir(workdir), "generic text")
     ids = tuple(meta["moe_layer_ids"])
-    key = STATISTICS[opts["statistic"]]
+    how = stat_table.resolve(opts["rule"], opts["statistic"], opts["pooling"], "steer")
     if PIVOT not in data:
         raise StageError(f"the routing store {wd.routing_dir(workdir)} has no {PIVOT} (the pivot language)")
-    generic = _statistic(data[PIVOT], key, f"{wd.routing_dir(workdir)}/{PIVOT}")
+    generic = _pooled(data[PIVOT], how, f"{wd.routing_dir(workdir)}/{PIVOT}")
     others = [l for l in data if l != PIVOT]
     # language control: the non-pivot languages' mean statistic against the pivot's
-    multilingual = np.mean([_statistic(data[l], key, l).mean(0) for l in others], 0) if others else None
+    multilingual = np.mean([_pooled(data[l], how, l) for l in others], 0) if others else None
 
     def language_select(tau, band):
         if multilingual is None:
             raise tg.EmptySelectionError("no non-pivot language in the store")
         return tg.language_targets(multilingual, generic, ids, band, tau, language="non-pivot mean", pivot=PIVOT)
 
-    provenance = {"statistic": opts["statistic"], "store": meta.get("fingerprint")}
+    provenance = {"statistic": how[0], "pooling": how[1], "store": meta.get("fingerprint")}
     if opts["rule"] == "task":
         names = list((config.get("tasks") or {}).keys())
         task = opts["task"] or (names[0] if names else "")
@@ -158,7 +181,7 @@ def build_specs(config: Any, workdir: str, opts: Mapping[str, Any]) -> tuple[lis
         tmeta, tdata = _store(wd.task_store_dir(workdir, task), f"task corpus {task!r}")
         if PIVOT not in tdata:
             raise StageError(f"the task store {task!r} has no {PIVOT} texts")
-        task_freq = _statistic(tdata[PIVOT], key, f"task store {task}")
+        task_freq = _pooled(tdata[PIVOT], how, f"task store {task}")
 
         def select(tau, band):
             return tg.task_targets(task_freq, generic, ids, band, tau)
@@ -168,21 +191,45 @@ def build_specs(config: Any, workdir: str, opts: Mapping[str, Any]) -> tuple[lis
         missing = [l for l in langs if l not in data]
         if missing:
             raise StageError(f"steer.shared_languages {missing} are not in the routing store ({sorted(data)})")
-        freqs = {l: _statistic(data[l], key, l).mean(0) for l in langs}
+        freqs = {l: _pooled(data[l], how, l) for l in langs}
+        if opts["rule"] == "shared":
+            def select(tau, band):  # tau plays no role: the share threshold decides
+                return tg.shared_targets(freqs, ids, band, int(opts["shared_top_k"]), float(opts["shared_thr"]))
+        else:
+            of = exclusive_languages(config, opts, langs)
 
-        def select(tau, band):  # tau plays no role: the share threshold decides
-            return tg.shared_targets(freqs, ids, band, int(opts["shared_top_k"]), float(opts["shared_thr"]))
-        rule = "shared"
+            def select(tau, band):  # tau plays no role: the share threshold decides
+                return tg.exclusive_targets(freqs, of, ids, band, int(opts["exclusive_top_k"]),
+                                            float(opts["exclusive_thr"]), str(opts["exclusive_combine"]))
+        rule = opts["rule"]
     grid = sweep_lib.Grid(methods=tuple(_names(opts["methods"])), lambdas=tuple(float(x) for x in opts["lambdas"]),
                           taus=tuple(float(x) for x in opts["taus"]), bands=parse_bands(opts["bands"], workdir),
                           controls=tuple(_names(opts["controls"])), seed=int(opts["seed"]),
-                          top_k=int(meta["top_k"]))
+                          top_k=int(meta["top_k"]), vector_dtype=str(opts["vector_dtype"]))
     try:
         specs = sweep_lib.build_settings(select, grid, ids, rule, language_select=language_select,
                                          provenance=provenance)
     except (tg.EmptySelectionError, ValueError) as e:
         raise StageError(f"steer: {e}") from None
     return specs, meta, data
+
+
+def exclusive_languages(config: Any, opts: Mapping[str, Any], pool: Sequence[str]) -> list[str]:
+    """Rule "exclusive": ``steer.exclusive_languages``, or the sweep's non-pivot languages in the pool."""
+    given = _names(opts["exclusive_languages"])
+    if given:
+        outside = [l for l in given if l not in pool]
+        if outside:
+            raise StageError(f"steer.exclusive_languages {outside} are not in the language pool {list(pool)} "
+                             "(steer.shared_languages, or every store language)")
+        return given
+    from moe_jax.eval import stage as eval_stage
+    sweep = list(dict.fromkeys(it["language"] for it in eval_stage.plan(sweep_options(config, opts))))
+    of = [l for l in sweep if l != PIVOT and l in pool]
+    if not of:
+        raise StageError(f"steer.rule is 'exclusive' but none of the sweep's non-pivot languages {sweep} is in the "
+                         f"language pool {list(pool)}; give steer.exclusive_languages")
+    return of
 
 
 def _learned_spec(config, data, opts, model, tokenizer, band) -> SteeringSpec:

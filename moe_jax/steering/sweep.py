@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -40,6 +41,7 @@ class Grid:
     controls: tuple[str, ...] = ("random",)
     seed: int = 0
     top_k: int = 0  # the model's top-k: hard settings force at most this many experts per layer (0: no cap)
+    vector_dtype: str = "float32"  # proportional settings: "bfloat16" rounds as published (SteeringSpec)
 
     def __post_init__(self):
         unknown = [c for c in self.controls if c not in CONTROLS]
@@ -60,6 +62,31 @@ def setting_name(method: str, rule: str, tau: float, band: tuple[int, int], lam:
     return f"{method}-{rule}-tau{_fmt(tau)}-L{band[0]}_{band[1]}{lam_part}"
 
 
+def band_of(setting: str) -> tuple[int, int] | None:
+    """The band ``(lo, hi)`` of a setting named by ``setting_name`` (None for another name)."""
+    m = re.search(r"-L(\d+)_(\d+)(?:-|$)", setting)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def band_table(rows: Sequence[Mapping[str, Any]], rule: str = "exclusive", method: str = "mask",
+               task: str | None = None) -> dict[str, Any]:
+    """The published masking table from the steer summary's rows: accuracy change per language
+    (``languages``, rows) per steered band (``bands``, columns) of the ``rule`` x ``method`` settings,
+    with the paired interval and McNemar p: ``delta``, ``low``, ``high``, ``p`` ``[languages, bands]``
+    (NaN where a cell has no row). ``task``: the task's rows only (None: the first task)."""
+    mine = [r for r in rows if r.get("rule") == rule and r.get("method") == method and band_of(r["setting"])]
+    task = task if task is not None else (mine[0]["task"] if mine else None)
+    mine = [r for r in mine if r["task"] == task]
+    bands = sorted({band_of(r["setting"]) for r in mine})
+    languages = list(dict.fromkeys(r["language"] for r in mine))
+    out = {k: np.full((len(languages), len(bands)), np.nan) for k in ("delta", "low", "high", "p")}
+    for r in mine:
+        i, j = languages.index(r["language"]), bands.index(band_of(r["setting"]))
+        for k, col in (("delta", "delta"), ("low", "ci_low"), ("high", "ci_high"), ("p", "p_mcnemar")):
+            out[k][i, j] = float(r[col])
+    return {"task": task, "languages": languages, "bands": bands, **out}
+
+
 def _specs(targets: tg.Targets, rule: str, tau: float, band, grid: Grid, methods=None, lambdas=None,
            **provenance) -> list[SteeringSpec]:
     out = []
@@ -68,7 +95,7 @@ def _specs(targets: tg.Targets, rule: str, tau: float, band, grid: Grid, methods
         t = tg.cap_per_layer(targets, grid.top_k) if method == "hard" and grid.top_k else targets
         for lam in (lambdas or grid.lambdas) if method in LAMBDA_METHODS else (FIXED_LAMBDA[method],):
             out.append(SteeringSpec.from_targets(method, t, lam, name=setting_name(method, rule, tau, band, lam),
-                                                 provenance=provenance))
+                                                 provenance=provenance, vector_dtype=grid.vector_dtype))
     return out
 
 

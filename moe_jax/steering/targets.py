@@ -12,7 +12,8 @@ Every rule returns a ``Targets``: a boolean ``mask [moe_layers, experts]``, the 
 * ``shared_targets`` / ``exclusive_targets``: per language keep the top-k experts by frequency, share
   each expert's mass across the languages, ``p_x = f_x / sum_x' f_x'``; shared experts (every share
   ``< thr``) weighted by the first (dominant) language's share, or experts exclusive to the given
-  languages (share ``> thr``), e.g. for masking.
+  languages, e.g. for masking: the SUM of their shares ``> thr`` (the published rule), or, as an
+  option, any one of their shares ``> thr``. Top-k ties keep the lowest expert id.
 * controls: ``random_targets`` (the same number of random experts per layer, seeded) and
   ``shifted_band`` (the same rule in an early or late band of the same width).
 
@@ -129,20 +130,30 @@ def shared_targets(freqs: Mapping[str, np.ndarray], moe_layer_ids: Sequence[int]
                      f"no expert has every share below thr={thr} among {langs} (top_k={se.top_k})")
 
 
+EXCLUSIVE_COMBINE = ("sum", "any")
+
+
 def exclusive_targets(freqs: Mapping[str, np.ndarray], of: Sequence[str], moe_layer_ids: Sequence[int],
-                      band: tuple[int, int] | None, top_k: int = 15, thr: float = 0.4) -> Targets:
-    """Experts exclusive (share ``> thr``) to any language of ``of`` within the pool ``freqs``."""
+                      band: tuple[int, int] | None, top_k: int = 15, thr: float = 0.4,
+                      combine: str = "sum") -> Targets:
+    """Experts exclusive to the languages ``of`` within the pool ``freqs`` (``{language: [moe_layers,
+    experts]}``): ``combine="sum"`` (published) where the sum of their shares ``> thr``; ``"any"``
+    where any one of their shares ``> thr``. Scores: that sum, or the largest share."""
+    if combine not in EXCLUSIVE_COMBINE:
+        raise ValueError(f"exclusive_targets: combine {combine!r} is not one of {list(EXCLUSIVE_COMBINE)}")
     se = shared_exclusive_experts(freqs, top_k=top_k, thr=thr)
     unknown = [l for l in of if l not in se.languages]
     if unknown or not of:
         raise ValueError(f"exclusive_targets: languages {list(of) or '[]'} must be a non-empty subset "
                          f"of the pool {list(se.languages)}")
     rows = [se.languages.index(l) for l in of]
-    share = se.share[rows].max(0)
-    mask = se.exclusive_mask[rows].any(0)
+    share = se.share[rows].sum(0) if combine == "sum" else se.share[rows].max(0)
+    mask = share > thr
     return _restrict(mask, share, np.ones_like(share), moe_layer_ids, band, "exclusive",
-                     {"languages": list(se.languages), "of": list(of), "top_k": se.top_k, "thr": float(thr)},
-                     f"no expert of {list(of)} has a share above thr={thr} (top_k={se.top_k})")
+                     {"languages": list(se.languages), "of": list(of), "top_k": se.top_k, "thr": float(thr),
+                      "combine": combine},
+                     f"no expert of {list(of)} has a {'summed ' if combine == 'sum' else ''}share above "
+                     f"thr={thr} (top_k={se.top_k})")
 
 
 def random_targets(like: Targets, seed: int = 0, exclude_targets: bool = True) -> Targets:
