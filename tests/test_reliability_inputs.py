@@ -180,3 +180,27 @@ def test_notebook_smoke_mode_says_what_it_changes(capsys):
     assert "smoke mode" not in capsys.readouterr().out and ns["tau"] == 0.05
     ns = run_config_cell("02_steering.ipynb", smoke=False, tau=0.3, limit=50)  # the real run keeps them
     assert "smoke mode" not in capsys.readouterr().out and ns["config"].eval.limit == 50 and ns["tau"] == 0.3
+
+
+# ------------------------------------------------------------------------------------------ steering options
+
+def test_unknown_steering_method_is_named_with_the_known_ones():
+    """``steer.methods=turbo`` used to end in a bare ``KeyError: 'turbo'`` while building the settings."""
+    from moe_jax.steering import sweep
+    with pytest.raises(ValueError, match=r"unknown steering method\(s\) \['turbo'\] \(steer.methods\); known: soft, "
+                                         "hard, mask, proportional, bias"):
+        sweep.Grid(methods=("soft", "turbo"), bands=((0, 1),))
+
+
+@pytest.mark.parametrize("tau", [-0.1, 1.0])
+def test_tau_outside_0_1_is_refused_naming_steer_taus(tau):
+    """A negative tau selected nearly every expert, and the error came later from the random control."""
+    import numpy as np
+
+    from moe_jax.steering import targets as tg
+    rng = np.random.default_rng(0)
+    task, generic = rng.random((2, 3, 8)) / 8  # [moe_layers, experts] shares
+    with pytest.raises(ValueError, match=rf"tau is {tau}: the task targets .* tau must be in \[0, 1\).*steer.taus"):
+        tg.task_targets(task, generic, (0, 1, 2), None, tau=tau)
+    with pytest.raises(ValueError, match=rf"tau is {tau}: the language targets"):
+        tg.language_targets(task, generic, (0, 1, 2), None, tau=tau)

@@ -22,7 +22,7 @@ from moe_jax.models.decoder import forward
 from moe_jax.models.intervention import Intervention
 from moe_jax.steering import paired
 from moe_jax.steering import targets as tg
-from moe_jax.steering.spec import SteeringSpec
+from moe_jax.steering.spec import METHODS, SteeringSpec
 
 # methods whose strength is lambda; the others take a fixed one (hard: +1 = force on; mask: unused)
 LAMBDA_METHODS = ("soft", "proportional", "bias")
@@ -44,6 +44,9 @@ class Grid:
     vector_dtype: str = "float32"  # proportional settings: "bfloat16" rounds as published (SteeringSpec)
 
     def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown steering method(s) {unknown} (steer.methods); known: {', '.join(METHODS)}")
         unknown = [c for c in self.controls if c not in CONTROLS]
         if unknown:
             raise ValueError(f"unknown steering control(s) {unknown}; known: {list(CONTROLS)}")

@@ -94,6 +94,10 @@ def _restrict(mask: np.ndarray, scores: np.ndarray, weights: np.ndarray, moe_lay
 
 def _delta_targets(target_freq, reference_freq, moe_layer_ids, band, tau: float, rule: str,
                    params: dict) -> Targets:
+    if not 0 <= tau < 1:  # Delta is a difference of two shares in [0, 1]: it lies in [-1, 1]
+        raise ValueError(f"tau is {tau}: the {rule} targets are the experts with Delta > tau, and Delta (a difference "
+                         "of two routing shares) lies in [-1, 1], so tau must be in [0, 1); a negative tau would "
+                         "select nearly every expert. Give steer.taus values such as 0.1 or 0.3")
     sets = specialization(target_freq, reference_freq, tau)
     rows = band_rows(moe_layer_ids, band)
     best = float(sets.scores[rows].max()) if sets.scores.shape[0] == rows.size else float("nan")
