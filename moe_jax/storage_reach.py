@@ -89,18 +89,25 @@ def _client(url: str, outcome: dict[str, Any]) -> tuple[str, dict[str, str], str
         return emulator, {}, "anonymous (emulator)"
     outcome.update(tried=f"{GCS_ENDPOINT} (STORAGE_EMULATOR_HOST is not set)",
                    fix="check the network, proxy and DNS of this machine; " + CREDENTIALS_FIX)
-    if os.environ.get("FSSPEC_GCS_TOKEN") == "anon":
-        return GCS_ENDPOINT, {}, "anonymous (FSSPEC_GCS_TOKEN=anon)"
+    token = _gcsfs_token()
+    if token == "anon":
+        return GCS_ENDPOINT, {}, "anonymous (gcsfs token 'anon')"
     import google.auth
     import google.auth.exceptions
     import google.auth.transport.requests
 
-    tried = ("Google's application-default credentials chain: GOOGLE_APPLICATION_CREDENTIALS "
-             f"({os.environ.get('GOOGLE_APPLICATION_CREDENTIALS') or 'not set'}), gcloud's application-default "
-             "login, the GCE / TPU VM metadata server")
+    if isinstance(token, str) and os.path.isfile(token):  # gcsfs's token: a credentials file
+        tried = f"the credentials file {token} (gcsfs token, FSSPEC_GCS_TOKEN)"
+    else:
+        tried = ("Google's application-default credentials chain: GOOGLE_APPLICATION_CREDENTIALS "
+                 f"({os.environ.get('GOOGLE_APPLICATION_CREDENTIALS') or 'not set'}), gcloud's application-default "
+                 "login, the GCE / TPU VM metadata server")
     outcome.update(tried=tried, fix=CREDENTIALS_FIX)
     try:
-        creds, _ = google.auth.default(scopes=[SCOPE])
+        if isinstance(token, str) and os.path.isfile(token):
+            creds, _ = google.auth.load_credentials_from_file(token, scopes=[SCOPE])
+        else:
+            creds, _ = google.auth.default(scopes=[SCOPE])
         creds.refresh(google.auth.transport.requests.Request())
     except google.auth.exceptions.GoogleAuthError as e:
         raise StorageUnreachableError(f"{url}: no usable Google credentials (tried {tried}: "
@@ -109,6 +116,12 @@ def _client(url: str, outcome: dict[str, Any]) -> tuple[str, dict[str, str], str
                    fix="check the network, proxy and DNS of this machine, or " + EMULATOR_FIX)
     who = getattr(creds, "service_account_email", None) or getattr(creds, "account", None) or "your credentials"
     return GCS_ENDPOINT, {"Authorization": f"Bearer {creds.token}"}, str(who)
+
+
+def _gcsfs_token() -> Any:
+    """The token gcsfs would be given: ``FSSPEC_GCS_TOKEN``, else fsspec's ``gcs`` config (None: its default chain)."""
+    import fsspec
+    return os.environ.get("FSSPEC_GCS_TOKEN") or fsspec.config.conf.get("gcs", {}).get("token")
 
 
 def _refusal(url: str, bucket: str, code: int, body: str, who: str, outcome: dict[str, Any]) -> StorageUnreachableError:

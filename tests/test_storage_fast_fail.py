@@ -130,3 +130,17 @@ def test_no_credentials_names_the_chain_and_what_to_set(tmp_path):
     assert "metadata server" in err and "STORAGE_EMULATOR_HOST=http://127.0.0.1:PORT" in err, err
     assert "gcloud auth application-default login" in err, err
     assert took < 60, f"{took:.0f} s"  # interpreter and jax import included; the probe itself is bounded
+
+
+def test_a_bad_credentials_file_is_named(tmp_path, monkeypatch):
+    """gcsfs's token given as a file (``FSSPEC_GCS_TOKEN``): the probe uses that file, and names it."""
+    key = tmp_path / "key.json"
+    key.write_text("{not json")
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("FSSPEC_GCS_TOKEN", str(key))
+    t0 = time.monotonic()
+    with pytest.raises(storage_reach.StorageUnreachableError,
+                       match=f"gs://moe-jax-test/run: no usable Google credentials \\(tried the credentials file {key} "
+                             r".*GOOGLE_APPLICATION_CREDENTIALS=/path/to/key.json"):
+        storage_reach.check_reachable("gs://moe-jax-test/run")
+    assert time.monotonic() - t0 < LIMIT_S
