@@ -18,6 +18,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from typing import Any
 
 from moe_jax import storage
@@ -105,7 +106,9 @@ def _client(url: str, outcome: dict[str, Any]) -> tuple[str, dict[str, str], str
     outcome.update(tried=tried, fix=CREDENTIALS_FIX)
     try:
         if isinstance(token, str) and os.path.isfile(token):
-            creds, _ = google.auth.load_credentials_from_file(token, scopes=[SCOPE])
+            with warnings.catch_warnings():  # deprecated for files from untrusted sources: this is the user's own
+                warnings.simplefilter("ignore", DeprecationWarning)
+                creds, _ = google.auth.load_credentials_from_file(token, scopes=[SCOPE])
         else:
             creds, _ = google.auth.default(scopes=[SCOPE])
         creds.refresh(google.auth.transport.requests.Request())

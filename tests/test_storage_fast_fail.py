@@ -57,6 +57,14 @@ class SilentServer:
         self.sock.close()
 
 
+def fails_fast(match, call=None, error=storage_reach.StorageUnreachableError):
+    """``call()`` (default: probing gs://moe-jax-test/run) raises ``error`` matching ``match`` within LIMIT_S."""
+    t0 = time.monotonic()
+    with pytest.raises(error, match=match):
+        (call or (lambda: storage_reach.check_reachable("gs://moe-jax-test/run")))()
+    assert time.monotonic() - t0 < LIMIT_S
+
+
 @pytest.fixture
 def emulator_at(monkeypatch):
     def point(url):
@@ -67,23 +75,16 @@ def emulator_at(monkeypatch):
 def test_nothing_listening_fails_fast_naming_the_emulator_setting(emulator_at):
     url = f"http://127.0.0.1:{dead_port()}"
     emulator_at(url)
-    t0 = time.monotonic()
-    with pytest.raises(storage_reach.StorageUnreachableError,
-                       match=f"gs://moe-jax-test/run: could not reach the GCS emulator at STORAGE_EMULATOR_HOST={url} "
-                             r"\(ConnectionRefusedError.*unset STORAGE_EMULATOR_HOST"):
-        storage_reach.check_reachable("gs://moe-jax-test/run")
-    assert time.monotonic() - t0 < LIMIT_S
+    fails_fast(f"gs://moe-jax-test/run: could not reach the GCS emulator at STORAGE_EMULATOR_HOST={url} "
+               r"\(ConnectionRefusedError.*unset STORAGE_EMULATOR_HOST")
 
 
 def test_a_port_that_never_answers_fails_within_the_deadline(emulator_at):
     server = SilentServer()
     try:
         emulator_at(f"http://127.0.0.1:{server.port}")
-        t0 = time.monotonic()
-        with pytest.raises(storage_reach.StorageUnreachableError,
-                           match=f"STORAGE_EMULATOR_HOST=http://127.0.0.1:{server.port}"):
-            storage_reach.check_reachable("gs://moe-jax-test/run", timeout_s=3)
-        assert time.monotonic() - t0 < LIMIT_S
+        fails_fast(f"STORAGE_EMULATOR_HOST=http://127.0.0.1:{server.port}",
+                   lambda: storage_reach.check_reachable("gs://moe-jax-test/run", timeout_s=3))
         assert server.held, "the probe never connected: the test did not simulate what it claims"
     finally:
         server.close()
@@ -92,10 +93,8 @@ def test_a_port_that_never_answers_fails_within_the_deadline(emulator_at):
 def test_run_stages_refuses_an_unreachable_workdir_before_anything(emulator_at):
     emulator_at(f"http://127.0.0.1:{dead_port()}")
     from moe_jax.stages import default_config
-    t0 = time.monotonic()
-    with pytest.raises(PreflightError, match="--workdir: gs://moe-jax-test/run: could not reach the GCS emulator"):
-        stages.run_stages(default_config(), "gs://moe-jax-test/run", "report")
-    assert time.monotonic() - t0 < LIMIT_S
+    fails_fast("--workdir: gs://moe-jax-test/run: could not reach the GCS emulator",
+               lambda: stages.run_stages(default_config(), "gs://moe-jax-test/run", "report"), PreflightError)
 
 
 def test_missing_bucket_is_named(gcs_bucket):
@@ -138,9 +137,5 @@ def test_a_bad_credentials_file_is_named(tmp_path, monkeypatch):
     key.write_text("{not json")
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     monkeypatch.setenv("FSSPEC_GCS_TOKEN", str(key))
-    t0 = time.monotonic()
-    with pytest.raises(storage_reach.StorageUnreachableError,
-                       match=f"gs://moe-jax-test/run: no usable Google credentials \\(tried the credentials file {key} "
-                             r".*GOOGLE_APPLICATION_CREDENTIALS=/path/to/key.json"):
-        storage_reach.check_reachable("gs://moe-jax-test/run")
-    assert time.monotonic() - t0 < LIMIT_S
+    fails_fast(f"gs://moe-jax-test/run: no usable Google credentials \\(tried the credentials file {key} "
+               r".*GOOGLE_APPLICATION_CREDENTIALS=/path/to/key.json")
