@@ -1,0 +1,13 @@
+"""Study R, GPT-OSS-20B on MGSM: math task experts, hard steering.
+
+Values and their sources: _published.py.
+"""
+
+import os
+import runpy
+
+published = runpy.run_path(os.path.join(os.path.dirname(__file__), "_published.py"))
+
+
+def get_config():
+    return published["r_config"]("gpt_oss_20b", "mgsm")
