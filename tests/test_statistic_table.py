@@ -154,3 +154,16 @@ def test_collected_gate_weight_per_sequence():
     np.testing.assert_allclose(np.asarray(out["seq_gate_weight"]), want, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(out["gate_weight_sums"]),
                                np.einsum("b,ble->le", counted.sum(1), want), rtol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["", "sequence"])
+def test_analysis_shared_exclusive_with_the_chosen_pooling(tmp_path, langs, pooling):
+    from moe_jax.analysis import stage as analysis_stage
+    work = _workdir(tmp_path, langs)
+    config = ml_collections.ConfigDict({"analysis": {"pooling": pooling, "metrics": ("js_divergence",),
+                                                     "experts": {"shared_top_k": 1, "shared_thr": 0.5}}})
+    summary = analysis_stage.run(config, work)
+    assert summary["shared_exclusive"]["pooling"] == (pooling or "token")
+    rows = analysis_stage.read_output(work, "experts_pool.json")
+    zh = {(r["layer"], r["expert"]) for r in rows if r["language"] == "zho_Hans" and r["label"] == "exclusive"}
+    assert zh == {(l, SHARDS[pooling or "token"]["zho_Hans"]) for l in range(L)}
