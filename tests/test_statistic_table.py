@@ -132,8 +132,9 @@ def test_steer_stage_selects_with_the_chosen_pooling(tmp_path, langs, pooling):
 def test_a_store_without_the_statistic_is_refused_naming_collect(tmp_path, langs):
     work = _workdir(tmp_path, langs, with_gate=False)
     config = _config(statistic="gate_weight", pooling="sequence")
-    with pytest.raises(StageError, match=r"has no \['seq_gate_weight'\].*'gate_weight' with 'sequence' pooling; "
-                                         r"run the 'collect' stage again"):
+    with pytest.raises(StageError, match=r"routing \(eng_Latn\) has no \['seq_gate_weight'\].*'gate_weight' with "
+                                         r"'sequence' pooling; delete .*routing, then run the collect stage again.*"
+                                         r"--stages=collect"):
         steer_stage.build_specs(config, work, steer_stage.options(config))
     config = _config(statistic="gate_weight", pooling="token")  # the language totals suffice
     assert steer_stage.build_specs(config, work, steer_stage.options(config))[0]

@@ -270,8 +270,7 @@ def rule_statistic(cfg, rule: str, data: dict, where: str) -> tuple[dict, dict]:
     ``analysis.pooling`` (or ``rule``'s published default) of every language of ``data``."""
     statistic, pooling = stat_table.resolve(rule, cfg.statistic, cfg.pooling, "analysis")
     for lang, arrays in data.items():
-        stat_table.check_available(arrays, statistic, pooling, f"{where} ({lang})",
-                                   "run the collect stage again with collect.overwrite=True")
+        stat_table.check_available(arrays, statistic, pooling, where, lang, "analysis.statistic / analysis.pooling")
     return ({l: stat_table.pooled(a, statistic, pooling) for l, a in data.items()},
             {"statistic": statistic, "pooling": pooling})
 

@@ -33,6 +33,8 @@ from typing import Mapping
 
 import numpy as np
 
+from moe_jax.routing.store import repair_hint
+
 
 @dataclasses.dataclass(frozen=True)
 class Statistic:
@@ -85,14 +87,16 @@ def required_keys(statistic: str, pooling: str) -> tuple[str, ...]:
     return (s.seq_key, "seq_lengths")
 
 
-def check_available(arrays: Mapping[str, np.ndarray], statistic: str, pooling: str, where: str,
-                    collect_hint: str) -> None:
-    """Refuses a store language (``where``) without the arrays of ``statistic`` x ``pooling``."""
+def check_available(arrays: Mapping[str, np.ndarray], statistic: str, pooling: str, store: str, lang: str,
+                    option: str) -> None:
+    """Refuses language ``lang`` of ``store`` without the arrays of ``statistic`` x ``pooling``, naming the
+    collect command (after deleting the store: a rerun keeps the languages it already holds) and the
+    other choice (``option``, e.g. ``"steer.statistic / steer.pooling"``)."""
     missing = [k for k in required_keys(statistic, pooling) if k not in arrays]
     if missing:
         raise StatisticUnavailable(
-            f"{where} has no {missing} (collected before it existed), needed for statistic {statistic!r} with "
-            f"{pooling!r} pooling; {collect_hint}")
+            f"{store} ({lang}) has no {missing} (collected before it existed), needed for statistic {statistic!r} "
+            f"with {pooling!r} pooling; delete {store}, then {repair_hint(store)}; or choose another {option}")
 
 
 def pooled(arrays: Mapping[str, np.ndarray], statistic: str, pooling: str) -> np.ndarray:

@@ -145,11 +145,10 @@ def _store(path: str, what: str):
     return read_store(path)
 
 
-def _pooled(arrays: Mapping[str, np.ndarray], how: tuple[str, str], where: str) -> np.ndarray:
-    """``[moe_layers, experts]``: the statistic x pooling ``how`` of one store language."""
+def _pooled(arrays: Mapping[str, np.ndarray], how: tuple[str, str], store: str, lang: str) -> np.ndarray:
+    """``[moe_layers, experts]``: the statistic x pooling ``how`` of language ``lang`` of ``store``."""
     try:
-        stat_table.check_available(arrays, *how, where, "run the 'collect' stage again with "
-                                   "collect.overwrite=True, or choose another steer.statistic / steer.pooling")
+        stat_table.check_available(arrays, *how, store, lang, "steer.statistic / steer.pooling")
     except stat_table.StatisticUnavailable as e:
         raise StageError(str(e)) from None
     return stat_table.pooled(arrays, *how)
@@ -162,10 +161,10 @@ def build_specs(config: Any, workdir: str, opts: Mapping[str, Any]) -> tuple[lis
     how = stat_table.resolve(opts["rule"], opts["statistic"], opts["pooling"], "steer")
     if PIVOT not in data:
         raise StageError(f"the routing store {wd.routing_dir(workdir)} has no {PIVOT} (the pivot language)")
-    generic = _pooled(data[PIVOT], how, f"{wd.routing_dir(workdir)}/{PIVOT}")
+    generic = _pooled(data[PIVOT], how, wd.routing_dir(workdir), PIVOT)
     others = [l for l in data if l != PIVOT]
     # language control: the non-pivot languages' mean statistic against the pivot's
-    multilingual = np.mean([_pooled(data[l], how, l) for l in others], 0) if others else None
+    multilingual = np.mean([_pooled(data[l], how, wd.routing_dir(workdir), l) for l in others], 0) if others else None
 
     def language_select(tau, band):
         if multilingual is None:
@@ -181,7 +180,7 @@ def build_specs(config: Any, workdir: str, opts: Mapping[str, Any]) -> tuple[lis
         tmeta, tdata = _store(wd.task_store_dir(workdir, task), f"task corpus {task!r}")
         if PIVOT not in tdata:
             raise StageError(f"the task store {task!r} has no {PIVOT} texts")
-        task_freq = _pooled(tdata[PIVOT], how, f"task store {task}")
+        task_freq = _pooled(tdata[PIVOT], how, wd.task_store_dir(workdir, task), PIVOT)
 
         def select(tau, band):
             return tg.task_targets(task_freq, generic, ids, band, tau)
@@ -191,7 +190,7 @@ def build_specs(config: Any, workdir: str, opts: Mapping[str, Any]) -> tuple[lis
         missing = [l for l in langs if l not in data]
         if missing:
             raise StageError(f"steer.shared_languages {missing} are not in the routing store ({sorted(data)})")
-        freqs = {l: _pooled(data[l], how, l) for l in langs}
+        freqs = {l: _pooled(data[l], how, wd.routing_dir(workdir), l) for l in langs}
         if opts["rule"] == "shared":
             def select(tau, band):  # tau plays no role: the share threshold decides
                 return tg.shared_targets(freqs, ids, band, int(opts["shared_top_k"]), float(opts["shared_thr"]))
