@@ -27,6 +27,7 @@ from moe_jax.pipeline import StageError, collect_problems
 from moe_jax.report import formulas, html, plots
 from moe_jax.atomic import read_json
 from moe_jax.routing.store import read_meta
+from moe_jax.steering import sweep as sweep_lib
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +325,15 @@ class _Report:
                                        f"steer_lambda_{task}", "Accuracy change of the main rule against the "
                                        "steering strength, per method, with paired 95% intervals (shaded).",
                                        ("paired",)))
+            masked = sweep_lib.band_table(tr, task=task)  # rule "exclusive", one mask setting per layer range
+            if masked["bands"]:
+                blocks.append(self.fig(
+                    plots.masking_grid(masked["languages"], masked["bands"], masked["delta"], masked["low"],
+                                       masked["high"], p=masked["p"],
+                                       title=f"{task}: masking the exclusive experts, per layer range"),
+                    f"steer_masking_{task}", "Accuracy change per language (rows) with the exclusive experts "
+                    "masked in each layer range (columns): paired bootstrap 95% interval and exact McNemar p.",
+                    ("paired",)))
         if specs:
             layers = sorted({t[0] for d in specs.values() for t in d["targets"]})
             counts = np.array([[sum(t[0] == l for t in d["targets"]) for l in layers] for d in specs.values()])
