@@ -111,7 +111,8 @@ def shared_exclusive_experts(freqs: Mapping[str, np.ndarray], top_k: int = 16,
                              thr: float = 0.5) -> SharedExclusive:
     """Shared vs language-exclusive experts from ``{language: [layers, experts]}`` frequencies.
 
-    ``top_k`` is clipped to the number of experts; experts with zero frequency never count as kept.
+    ``top_k`` is clipped to the number of experts; experts with zero frequency never count as kept;
+    experts tied at the top-k cut keep the lowest expert id (a stable sort), deterministically.
     With ``thr < 0.5`` an expert may be exclusive to two languages (as the definition says).
     """
     check_consistent(freqs, "activation frequencies", "[layers, experts]", 2)
