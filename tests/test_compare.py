@@ -13,6 +13,7 @@ import pytest
 from moe_jax import compare, stages
 from moe_jax import workdir as wd
 from moe_jax.report import html
+from moe_jax.steering import sweep as sweep_lib
 
 pytestmark = pytest.mark.slow  # three tiny models converted, collected and analysed, one steered
 
@@ -68,6 +69,9 @@ def test_curves_on_relative_depth_and_tables(workdirs, tmp_path):
     for name in ("compare_divergence", "compare_entropy", "compare_alignment", "compare_masking_0"):
         assert f'data-file="{name}"' in page, name
     steer = json.load(open(os.path.join(workdirs[4], "steer", "summary.json")))
+    table = sweep_lib.band_table(steer["rows"])  # the published masking table's shape: languages x ranges
+    assert table["languages"] == ["eng_Latn", "fra_Latn", "non_english"] and table["bands"] == [(0, 1), (2, 3)]
+    assert table["delta"].shape == (3, 2) and np.isfinite(table["delta"]).all()
     row = next(r for r in steer["rows"] if r["language"] == "fra_Latn")
     assert f"{row['p_mcnemar']:.3g}" in page and html.text(row["setting"]) in page and "Pearson r" in page
 
