@@ -114,8 +114,8 @@ def _workdir(tmp_path, langs, with_gate=True):
 
 def _config(**steer):
     c = ml_collections.ConfigDict({"steer": steer_stage.default_config()})
-    c.steer.update(dict(rule="exclusive", shared_languages="eng_Latn,zho_Hans", exclusive_languages="zho_Hans",
-                        exclusive_top_k=1, exclusive_thr=0.5, methods="mask", bands="0-1", controls="", **steer))
+    c.steer.update(dict(dict(rule="exclusive", shared_languages="eng_Latn,zho_Hans", exclusive_languages="zho_Hans",
+                             exclusive_top_k=1, exclusive_thr=0.5, methods="mask", bands="0-1", controls=""), **steer))
     return c
 
 
@@ -168,3 +168,10 @@ def test_analysis_shared_exclusive_with_the_chosen_pooling(tmp_path, langs, pool
     rows = analysis_stage.read_output(work, "experts_pool.json")
     zh = {(r["layer"], r["expert"]) for r in rows if r["language"] == "zho_Hans" and r["label"] == "exclusive"}
     assert zh == {(l, SHARDS[pooling or "token"]["zho_Hans"]) for l in range(L)}
+
+
+def test_an_empty_exclusive_band_names_what_to_change(tmp_path, langs):
+    config = _config(exclusive_thr=1.0)
+    with pytest.raises(StageError, match=r"no expert of \['zho_Hans'\] has a summed share above thr=1.0.*; lower "
+                                         r"steer.exclusive_thr, raise steer.exclusive_top_k"):
+        steer_stage.build_specs(config, _workdir(tmp_path, langs), steer_stage.options(config))

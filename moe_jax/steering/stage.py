@@ -45,6 +45,10 @@ PIVOT = "eng_Latn"
 RANDOM_SWEEP_WARNING = ("RANDOM MODEL: the weights are random, so every accuracy change of this sweep is noise; "
                         "it shows the machinery, not an effect of steering.")
 RULES = ("task", "shared", "exclusive")
+# an empty selection of the share rules: what to change (each band of the sweep needs a target)
+EMPTY_HINTS = {"shared": "; raise steer.shared_thr or steer.shared_top_k, or change steer.bands",
+               "exclusive": "; lower steer.exclusive_thr, raise steer.exclusive_top_k, narrow the language pool "
+                            "(steer.shared_languages) or change steer.bands"}
 SUMMARY_COLUMNS = ("setting", "method", "rule", "task", "language", "n", "baseline", "steered", "delta",
                    "ci_low", "ci_high", "b", "c", "p_mcnemar", "topk_changed", "targets")
 
@@ -209,7 +213,8 @@ def build_specs(config: Any, workdir: str, opts: Mapping[str, Any]) -> tuple[lis
         specs = sweep_lib.build_settings(select, grid, ids, rule, language_select=language_select,
                                          provenance=provenance)
     except (tg.EmptySelectionError, ValueError) as e:
-        raise StageError(f"steer: {e}") from None
+        hint = EMPTY_HINTS.get(opts["rule"], "") if isinstance(e, tg.EmptySelectionError) else ""
+        raise StageError(f"steer: {e}{hint}") from None
     return specs, meta, data
 
 
