@@ -1,5 +1,7 @@
 import os
+import shutil
 import sys
+import tempfile
 import uuid
 
 import pytest
@@ -7,6 +9,28 @@ import pytest
 # Test helpers (hf_reference.py) live beside the tests.
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# One JAX compilation cache for the whole test session: the controller makes it before the xdist
+# workers start, and the workers and every subprocess a test launches inherit it through the
+# environment, so a tiny model compiled once is not compiled again in another process. Every program
+# is cached (no minimum compile time or size). Compile counters still count cache hits as compiles.
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput") or os.environ.get(_CACHE_ENV):
+        return  # an xdist worker, or a cache chosen by the caller: inherited as it is
+    config._moe_jax_jax_cache = tempfile.mkdtemp(prefix="moe_jax_tests_jax_cache_")
+    os.environ[_CACHE_ENV] = config._moe_jax_jax_cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+
+def pytest_unconfigure(config):
+    made = getattr(config, "_moe_jax_jax_cache", None)
+    if made:
+        shutil.rmtree(made, ignore_errors=True)
+        os.environ.pop(_CACHE_ENV, None)
 
 
 @pytest.fixture(scope="session")
