@@ -142,6 +142,11 @@ def read_output(out_dir: str, name: str) -> bytes:
     return data
 
 
+def input_paths(stamp: Mapping[str, Any], root: str) -> dict[str, str]:
+    """``{name: path}`` of the inputs ``stamp`` records (relative ones under ``root``)."""
+    return {name: _real_path(rec["path"], root) for name, rec in stamp["inputs"].items()}
+
+
 def stale(stamp: Mapping[str, Any], root: str) -> list[str]:
     """Names of the recorded inputs whose digest differs now (or that are gone)."""
     return [name for name, rec in stamp["inputs"].items()

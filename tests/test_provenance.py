@@ -102,7 +102,8 @@ def test_report_refuses_evaluation_records_of_another_model(work):
     ident = {"model": "tiny-random-qwen2_moe", "model_source": {"tiny": other_model().model.tiny.to_dict()},
              "dtype": "float32", "options": {}}
     atomic_write_json(os.path.join(wd.eval_dir(work), "manifest.json"),
-                      {"format": "moe_jax.eval_records/1", "identity": ident, "fingerprint": "x", "files": {}})
+                      {"format": "moe_jax.eval_records/1", "identity": ident, "fingerprint": "x",
+                       "files": {"belebele/eng_Latn": {}}})
     expected = (rf"{wd.eval_dir(work)} holds outputs of another model \(model_source.tiny.seed: 1 \(recorded\) != 0 "
                 rf"\(now\)\); run the eval stage again: .*--stages=eval --config.eval.overwrite=True")
     with pytest.raises(stages.StageError, match=expected):

@@ -18,7 +18,9 @@ Each file is written atomically and then recorded in the manifest, so a (task, l
 only when its file exists with the recorded size and sha256: an interrupted run redoes exactly the
 unfinished pairs, a damaged file is redone (and ``read_records`` refuses it, naming the command that
 redoes it), and a workdir evaluated with another model or other task options is refused unless
-``overwrite`` (the routing store's conventions, ``moe_jax.routing.store``).
+``overwrite``, which replaces the records as the new ones are written, never deleting any first
+(the routing store's conventions, ``moe_jax.routing.store``). A summary of records is read through
+``read_published``: only as its ``provenance.json`` publishes it, over records unchanged since.
 
 ``eval_dir`` may be local or ``gs://`` (every access goes through ``moe_jax.storage``). On object
 storage the manifest is the directory's publishing marker: record objects are written first, the
@@ -37,9 +39,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from moe_jax import storage
+from moe_jax import lineage, storage
 from moe_jax import workdir as wd
 from moe_jax.atomic import atomic_write, atomic_write_json, read_json
+from moe_jax.pipeline import StageError
 from moe_jax.routing.store import StoreMismatchError, file_intact, file_record, remove_temp_files
 
 log = logging.getLogger(__name__)
@@ -70,35 +73,46 @@ def read_manifest(eval_dir: str) -> dict[str, Any] | None:
     return m
 
 
-def open_records(eval_dir: str, identity: Mapping[str, Any], fingerprint: str, *, overwrite: bool = False) -> dict:
-    """Creates the manifest or checks that the existing one has the same fingerprint; another
-    fingerprint is refused (``StoreMismatchError``) unless ``overwrite``, which deletes its files."""
+def check_records(eval_dir: str, fingerprint: str, *, overwrite: bool = False) -> dict[str, Any] | None:
+    """The existing manifest of ``eval_dir`` (None when there is none), after checking that a run of
+    ``fingerprint`` may write there: another fingerprint is refused (``StoreMismatchError``) unless
+    ``overwrite`` (a manifest that lists no finished file, left by a failed run, is replaced freely).
+    Reads only: a caller checks every directory it will write before writing any."""
     old = read_manifest(eval_dir)
+    if old is not None and old.get("fingerprint") != fingerprint and old.get("files") and not overwrite:
+        raise StoreMismatchError(
+            f"{eval_dir} holds evaluation records of another model or other task options (fingerprint "
+            f"{old.get('fingerprint')!r} != {fingerprint!r}); use another workdir, or "
+            "--config.eval.overwrite=True to replace them")
+    return old
+
+
+def open_records(eval_dir: str, identity: Mapping[str, Any], fingerprint: str, *, overwrite: bool = False) -> dict:
+    """The manifest a run of ``identity`` writes into (pass it to ``is_done`` and ``write_records``):
+    the existing one when its fingerprint matches, else a new empty one (another fingerprint: refused
+    unless ``overwrite``, ``check_records``). Replacing deletes nothing here: the old manifest and
+    files stay until ``write_records`` writes the first replacement record, and then only the files
+    rewritten are replaced (the others stay on disk, unlisted)."""
+    old = check_records(eval_dir, fingerprint, overwrite=overwrite)
     manifest = {"format": FORMAT, "identity": dict(identity), "fingerprint": fingerprint, "files": {}}
-    if old is not None:
-        if old.get("fingerprint") == fingerprint:
-            manifest["files"] = old.get("files", {})
-        elif not overwrite:
-            raise StoreMismatchError(
-                f"{eval_dir} holds evaluation records of another model or other task options (fingerprint "
-                f"{old.get('fingerprint')!r} != {fingerprint!r}); use another workdir, or "
-                "--config.eval.overwrite=True to replace them")
-        else:
-            for key in old.get("files", {}):
-                p = storage.join(eval_dir, key + ".jsonl")
-                if storage.exists(p):
-                    storage.remove(p)
     remove_temp_files(eval_dir)
     for task in storage.listdir(eval_dir):  # every task dir: a kill may come before a task's first file is listed
         if storage.isdir(storage.join(eval_dir, task)):
             remove_temp_files(storage.join(eval_dir, task))
+    if old is not None and old.get("fingerprint") != fingerprint and old.get("files"):
+        log.info("%s: records of another fingerprint are replaced as the new ones are written", eval_dir)
+        return manifest
+    if old is not None and old.get("fingerprint") == fingerprint:
+        manifest["files"] = old.get("files", {})
     atomic_write_json(storage.join(eval_dir, MANIFEST), manifest)
     return manifest
 
 
-def is_done(eval_dir: str, task: str, language: str) -> bool:
-    """The file of (task, language) is in the manifest and intact (size and sha256 as recorded)."""
-    entry = (read_manifest(eval_dir) or {}).get("files", {}).get(record_key(task, language))
+def is_done(eval_dir: str, task: str, language: str, manifest: Mapping[str, Any] | None = None) -> bool:
+    """The file of (task, language) is in the manifest (``manifest``, from ``open_records``, else the
+    one on disk) and intact (size and sha256 as recorded)."""
+    files = (manifest if manifest is not None else read_manifest(eval_dir) or {}).get("files", {})
+    entry = files.get(record_key(task, language))
     if entry is None:
         return False
     if not file_intact(record_path(eval_dir, task, language), entry):
@@ -109,12 +123,17 @@ def is_done(eval_dir: str, task: str, language: str) -> bool:
 
 
 def write_records(eval_dir: str, task: str, language: str, records: Sequence[Mapping[str, Any]],
-                  summary: Mapping[str, Any]) -> None:
+                  summary: Mapping[str, Any], opened: Mapping[str, Any] | None = None) -> None:
     """Writes one (task, language) file atomically, then records it (size, sha256, summary) in the
     manifest, written last. An existing entry is dropped from the manifest before its file is
-    rewritten: a kill in between leaves the pair unfinished, never a listed entry with new bytes."""
+    rewritten: a kill in between leaves the pair unfinished, never a listed entry with new bytes.
+    ``opened``: the manifest ``open_records`` returned; when it replaces one of another fingerprint
+    (overwrite), the new empty manifest is written first, with this first replacement record."""
     data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode("utf-8")
     manifest = read_manifest(eval_dir)
+    if opened is not None and (manifest or {}).get("fingerprint") != opened["fingerprint"]:
+        manifest = dict(opened, files={})
+        atomic_write_json(storage.join(eval_dir, MANIFEST), manifest)
     if manifest is None:
         raise FileNotFoundError(f"{eval_dir} has no {MANIFEST}; call open_records first")
     key = record_key(task, language)
@@ -130,8 +149,8 @@ def repair_hint(eval_dir: str) -> str:
     ``workdir/steer/<setting>``)."""
     eval_dir = storage.absolute(eval_dir)
     parent = os.path.dirname(eval_dir)
-    if os.path.basename(eval_dir) == wd.EVAL:
-        workdir, stage = parent, "eval"
+    if os.path.basename(eval_dir) in (wd.EVAL, wd.STEER):  # a record directory or the sweep's own summary
+        workdir, stage = parent, os.path.basename(eval_dir)
     elif os.path.basename(parent) == wd.STEER:
         workdir, stage = os.path.dirname(parent), "steer"
     else:
@@ -161,6 +180,39 @@ def read_records(eval_dir: str, task: str, language: str) -> list[dict[str, Any]
         return [json.loads(line) for line in data.decode("utf-8").split("\n") if line.strip()]
     except ValueError as e:
         raise ValueError(f"{path}: not valid JSON lines ({e}); {repair_hint(eval_dir)}") from e
+
+
+def damaged_records(eval_dir: str) -> list[str]:
+    """``"path (why)"`` of each file the manifest of ``eval_dir`` lists that is missing or changed since
+    it was written; [] when every one is intact (or there is no manifest)."""
+    out = []
+    for key, entry in ((read_manifest(eval_dir) or {}).get("files") or {}).items():
+        path = storage.join(eval_dir, key + ".jsonl")
+        if not storage.exists(path):
+            out.append(f"{path} (missing)")
+        elif not file_intact(path, entry):
+            out.append(f"{path} (changed after it was written)")
+    return out
+
+
+def read_published(out_dir: str, name: str, workdir: str) -> bytes:
+    """``out_dir/name`` (a summary of the eval or steer stage) as ``out_dir``'s ``provenance.json``
+    publishes it, once the record directories it summarises (its recorded inputs) are checked:
+    unchanged since (manifest digests) and intact (every listed file's size and sha256). Else
+    ``StageError`` naming what changed, the stage and the command that redoes it."""
+    hint = repair_hint(out_dir)
+    try:
+        data = lineage.read_output(out_dir, name)
+    except (storage.UnpublishedError, storage.DigestMismatchError) as e:
+        raise StageError(f"{str(e).removesuffix('; run that stage again')}; {hint}") from None
+    stamp = lineage.read_stamp(out_dir)
+    problems = [f"{n} ({path}) changed after {name} was written" for n, path in lineage.input_paths(stamp, workdir).items()
+                if n in lineage.stale(stamp, workdir)]
+    problems += [d for path in lineage.input_paths(stamp, workdir).values() for d in damaged_records(path)]
+    if problems:
+        raise StageError(f"{storage.join(out_dir, name)} summarises records that changed since: "
+                         f"{'; '.join(problems)}; {hint}")
+    return data
 
 
 # -- records from lm-eval's logged samples -------------------------------------------------------

@@ -4,10 +4,13 @@ accuracies under ``workdir/eval`` (layout in ``moe_jax.eval.records``).
 The model is loaded once (``workdir/checkpoint``, with its tokenizer) and wrapped in ``MoeJaxLM``;
 each (task, language) is one ``lm_eval.simple_evaluate(log_samples=True)`` call over the lm-eval
 task configs of ``moe_jax.eval.tasks`` (one per subject), whose logged samples become the records.
-A rerun skips the finished (task, language) pairs. ``summary.csv`` / ``summary.json`` hold per
-(task, language) the accuracy, items, 95% interval (Wilson; ``moe_jax.eval.records.score``) and the
-number of prompts truncated to the model's maximum length, and per task the mean over the
-non-English languages. The workdir may be local or ``gs://`` (``moe_jax.storage``); so may the
+A rerun skips the finished (task, language) pairs and redoes those whose data file changed. Every
+option (and the steering file's contents) is checked before the records are opened, so a refused run
+changes nothing. ``summary.csv`` / ``summary.json`` hold per (task, language) the accuracy, items,
+95% interval (Wilson; ``moe_jax.eval.records.score``) and the number of prompts truncated to the
+model's maximum length, and per task the mean over the non-English languages; ``provenance.json``,
+written last, publishes them with the digest of the records they summarise (``read_output``: how
+later stages read them). The workdir may be local or ``gs://`` (``moe_jax.storage``); so may the
 steering file and local task data (staged into a local cache for the ``datasets`` library).
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 from typing import Any, Mapping
@@ -37,6 +41,10 @@ DATA_SOURCES = ("hub", "local", "demo")
 DEMO_WARNING = "DEMO DATA: the evaluation items are the few invented DEMO items shipped with moe_jax, not benchmark data."
 PIVOT = "eng_Latn"
 SUMMARY_COLUMNS = ("task", "language", "code", "accuracy", "n", "ci_low", "ci_high", "interval", "truncated", "data")
+# eval options that must be whole numbers >= 1: (field, None allowed)
+POSITIVE_INTS = (("limit", True), ("batch_size", False), ("max_length", True), ("max_gen_toks", False))
+GENERATION_TASKS = ("mgsm",)  # tasks that generate: their prompt and max_gen_toks new tokens share max_length
+SUMMARY_FILES = ("summary.json", "summary.csv")  # published by the eval stage's provenance.json
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -68,6 +76,12 @@ def options(config: Any) -> ml_collections.ConfigDict:
     opts.update(section.to_dict() if hasattr(section, "to_dict") else section)
     if opts.source not in DATA_SOURCES:
         raise StageError(f"eval.source {opts.source!r} is not one of {DATA_SOURCES}")
+    for key, optional in POSITIVE_INTS:
+        value = opts[key]
+        if not (value is None and optional) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise StageError(f"eval.{key} is {value!r}; give a whole number >= 1"
+                             + (" (or None for " + ("every item)" if key == "limit" else "the model's maximum)")
+                                if optional else ""))
     return opts
 
 
@@ -164,6 +178,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     from moe_jax.convert import orbax_io
     from moe_jax.convert.stage import converted_identity
     from moe_jax.convert.tokenizer import load_tokenizer
+    from moe_jax.models.config import ModelConfig
     from moe_jax.routing import provenance
 
     opts = options(config)
@@ -173,16 +188,14 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         raise FileNotFoundError(f"no converted checkpoint at {ckpt_dir}; run the 'convert' stage first")
     converted_identity(config, workdir)
     ckpt_meta = orbax_io.read_meta(ckpt_dir)
+    model_problems = model_option_problems(opts, todo, ModelConfig.from_dict(ckpt_meta["config"]))
+    if model_problems:  # before the manifest is opened: a refused run leaves the records as they were
+        raise StageError("; ".join(model_problems))
     tokenizer = load_tokenizer(ckpt_dir)
     ident = identity(config, opts, ckpt_meta, provenance.tokenizer_hash(tokenizer))
     out_dir = wd.eval_dir(workdir)
     manifest = rec.open_records(out_dir, ident, provenance.fingerprint(ident), overwrite=bool(opts.overwrite))
-    pending = [it for it in todo if not rec.is_done(out_dir, it["task"], it["language"])
-               or manifest["files"][rec.record_key(it["task"], it["language"])].get("data_sha256")
-               != _sha256_file(it["data_file"])]
-    for it in todo:
-        if it not in pending:
-            log.info("eval: %s %s already done, skipped", it["task"], it["language"])
+    pending = pending_pairs(out_dir, todo, manifest, "eval")
     if pending:
         from moe_jax.eval.harness import MoeJaxLM
         from moe_jax.models.model import load
@@ -195,14 +208,43 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         for it in tqdm(pending, desc="eval", unit="pair", disable=not opts.progress):
             log.info("eval: %s %s (%s)", it["task"], it["language"], it["code"])
             records, summary = evaluate_pair(lm, it, opts, task_manager)
-            rec.write_records(out_dir, it["task"], it["language"], records, summary)
+            rec.write_records(out_dir, it["task"], it["language"], records, summary, opened=manifest)
             log.info("eval: %s %s accuracy %.4f over %d items", it["task"], it["language"], summary["accuracy"],
                      summary["n"])
+    lineage.unpublish(out_dir)  # until the new summary is stamped, no reader trusts the old one
     summary = write_summary(config, opts, out_dir, todo)
+    lineage.write_stamp(out_dir, lineage.describe({"records": out_dir}, workdir),
+                        files={n: dict(zip(("size", "sha256"), storage.digest(storage.join(out_dir, n))))
+                               for n in SUMMARY_FILES})
     print(f"evaluation of {ident['model']} written to {out_dir}\n{format_summary(summary['rows'])}", flush=True)
     for w in summary["warnings"]:
         print(f"WARNING: {w}", flush=True)
     return summary
+
+
+def pending_pairs(out_dir: str, todo: list[dict[str, Any]], manifest: Mapping[str, Any], stage: str) -> list[dict]:
+    """The pairs of ``todo`` to evaluate into ``out_dir``: unfinished in ``manifest`` (or damaged), or
+    finished on other task data (the data file's sha256 differs from the recorded one: stale, said so)."""
+    pending = []
+    for it in todo:
+        where = f"{stage}: {out_dir} {it['task']} {it['language']}"
+        if not rec.is_done(out_dir, it["task"], it["language"], manifest):
+            pending.append(it)
+        elif manifest["files"][rec.record_key(it["task"], it["language"])].get("data_sha256") \
+                != _sha256_file(it["data_file"]):
+            print(f"{where}: scored on other task data than {it['data_file']} holds now; evaluated again", flush=True)
+            pending.append(it)
+        else:
+            log.info("%s already done, skipped", where)
+    return pending
+
+
+def read_output(workdir: str, name: str = "summary.json") -> Any:
+    """The eval stage's ``summary.json`` (parsed) or ``summary.csv`` (bytes) as its
+    ``provenance.json`` publishes it, over records unchanged and intact since
+    (``records.read_published``: StageError naming the command that redoes it otherwise)."""
+    data = rec.read_published(wd.eval_dir(workdir), name, workdir)
+    return json.loads(data) if name.endswith(".json") else data
 
 
 def summary_rows(out_dir: str, todo: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -260,14 +302,52 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
     from moe_jax.convert.stage import checkpoint_problems
 
     opts = options(config)
-    checks = [lambda: plan(opts),
+    checks = [lambda: model_option_problems(opts, plan(opts), preflight_model(config, workdir, before)),
               lambda: records_problem(config, wd.eval_dir(workdir), opts, bool(opts.overwrite), "eval.overwrite")]
-    if opts.steering:
-        checks.append(lambda: None if storage.isfile(opts.steering) else
-                      f"eval.steering {opts.steering!r} is not a file")
     if "convert" not in before:
         checks.append(lambda: checkpoint_problems(config, workdir))
     return collect_problems(checks)
+
+
+def preflight_model(config: Any, workdir: str, before: frozenset[str]) -> Any:
+    """The ``ModelConfig`` a stage will load, known without loading weights: the converted
+    checkpoint's (when convert does not run first), a tiny random model's from its settings; else None."""
+    from moe_jax.convert import orbax_io
+    from moe_jax.models.config import ModelConfig
+
+    if "convert" not in before:
+        try:
+            return ModelConfig.from_dict(orbax_io.read_meta(wd.checkpoint_dir(workdir))["config"])
+        except (orbax_io.CheckpointError, KeyError, TypeError, ValueError):
+            return None  # no (readable) checkpoint: checkpoint_problems says so
+    if config.model.source == "tiny_random":
+        from moe_jax import tiny
+        t = config.model.tiny
+        return ModelConfig.from_hf(tiny.tiny_hf_config(t.model_type, **dict(t.overrides)))
+    return None
+
+
+def model_option_problems(opts: Mapping[str, Any], todo: list[dict[str, Any]], cfg: Any) -> list[str]:
+    """Problems of the options that depend on the model (``cfg``; None: not known yet, checked as far
+    as possible): the steering file's contents, and room for ``max_gen_toks`` new tokens within the
+    context when a generation task is evaluated."""
+    from moe_jax.eval.steering_file import check_steering_file
+
+    problems = []
+    if opts["steering"] and not storage.isfile(opts["steering"]):
+        problems.append(f"eval.steering {opts['steering']!r} is not a file")
+    elif opts["steering"]:
+        try:
+            check_steering_file(opts["steering"], cfg)
+        except (ValueError, OSError) as e:
+            problems.append(f"eval.steering: {str(e).strip(chr(34))}; fix the file or clear eval.steering")
+    context = opts["max_length"] or (cfg.max_position_embeddings if cfg is not None else None)
+    generating = sorted({it["task"] for it in todo if it["task"] in GENERATION_TASKS})
+    if context and generating and int(opts["max_gen_toks"]) >= int(context):
+        problems.append(f"eval.max_gen_toks {opts['max_gen_toks']} leaves no room for the prompt in the model's "
+                        f"context of {context} tokens ({', '.join(generating)} generates); give eval.max_gen_toks "
+                        f"< {context}")
+    return problems
 
 
 def records_problem(config: Any, out_dir: str, opts: Mapping[str, Any], overwrite: bool, flag: str) -> str | None:
@@ -275,8 +355,9 @@ def records_problem(config: Any, out_dir: str, opts: Mapping[str, Any], overwrit
     (unless ``overwrite``, the config field ``flag``, is on); else None."""
     from moe_jax.convert.stage import recorded_model_differences
 
-    ident = (rec.read_manifest(out_dir) or {}).get("identity")
-    if not ident or overwrite:
+    manifest = rec.read_manifest(out_dir) or {}
+    ident = manifest.get("identity")
+    if not ident or overwrite or not manifest.get("files"):  # no finished record (a failed run): nothing to keep
         return None
     then, now = ident.get("options") or {}, scoring_options(opts)
     diffs = recorded_model_differences(ident, config) + lineage.differences(

@@ -23,10 +23,12 @@ from moe_jax.analysis import stage as analysis_stage
 from moe_jax import lineage, storage
 from moe_jax import workdir as wd
 from moe_jax.analysis.stage import section as config_section
+from moe_jax.eval import stage as eval_stage
 from moe_jax.pipeline import StageError, collect_problems
 from moe_jax.report import formulas, html, plots
 from moe_jax.atomic import read_json
 from moe_jax.routing.store import read_meta
+from moe_jax.steering import stage as steer_stage
 from moe_jax.steering import sweep as sweep_lib
 
 log = logging.getLogger(__name__)
@@ -63,9 +65,10 @@ class _Report:
         acc = self.table("accuracy") or []
         self.accuracy = {r["language"]: r["accuracy"] for r in acc}
         self.eval_dir = wd.eval_dir(workdir)
-        self.eval = read_json(storage.join(wd.eval_dir(workdir), "summary.json"))  # None without an eval stage
         self.steer_dir = wd.steer_dir(workdir)
-        self.steer = read_json(storage.join(self.steer_dir, "summary.json"))  # None without a steer stage
+        # None without an eval / steer stage; else read only through their verified records
+        self.eval, self.steer = (reader(workdir) if shown else None for shown, reader in zip(
+            stage_outputs(workdir), (eval_stage.read_output, steer_stage.read_output)))
         self.files: dict[str, dict] = {}  # {path under report/: storage.record} for provenance.json
 
     def table(self, name: str):
@@ -278,7 +281,7 @@ class _Report:
         if not self.steer or not self.steer.get("rows"):
             return []
         rows, s = self.steer["rows"], self.steer
-        specs = {d["name"]: d for d in read_json(storage.join(self.steer_dir, "settings.json")) or []}
+        specs = {d["name"]: d for d in steer_stage.read_output(self.workdir, "settings.json") or []}
         blocks = [html.paragraph(w, cls="note") for w in s.get("warnings", [])]
         blocks.append(html.paragraph(
             f"{len(specs)} settings and the baseline, evaluated on the same items; compiled programs per setting: "
@@ -367,10 +370,10 @@ class _Report:
         stamp = lineage.read_stamp(self.adir) or {}
         names = sorted(stamp.get("files") or storage.listdir(self.adir))  # the analysis' own, when recorded
         found = [(f"analysis/{n}", lineage.read_output(self.adir, n)) for n in names if n.endswith(".csv")]
-        for sub, d in (("eval", self.eval_dir), ("steer", self.steer_dir)):
-            path = storage.join(d, "summary.csv")
-            if storage.exists(path):
-                found.append((f"{sub}/summary.csv", storage.read_bytes(path)))
+        for sub, shown, reader in zip(("eval", "steer"), stage_outputs(self.workdir),
+                                      (eval_stage.read_output, steer_stage.read_output)):
+            if shown:
+                found.append((f"{sub}/summary.csv", reader(self.workdir, "summary.csv")))
         out = []
         for label, data in found:
             rel = "csv/" + label.replace("/", "_")
@@ -475,6 +478,10 @@ def run(config, workdir: str) -> str:
     if problems:
         raise StageError("the report would show outputs of another model than config.model:\n  "
                          + "\n  ".join(problems))
+    problems = output_problems(workdir)  # before the analysis, which may take accuracies from eval/summary.json
+    if problems:
+        raise StageError("the report would show outputs that their records no longer support:\n  "
+                         + "\n  ".join(problems))
     analysis_stage.ensure_current(config, workdir, "report")
     rep = _Report(workdir, cfg)
     lineage.unpublish(rep.rdir)  # from here until the last write, no reader trusts report/
@@ -506,6 +513,24 @@ def shown_inputs(workdir: str) -> dict[str, str]:
             "routing store": wd.routing_dir(workdir), "eval records": wd.eval_dir(workdir),
             "eval summary": storage.join(wd.eval_dir(workdir), "summary.json"),
             "steer summary": storage.join(wd.steer_dir(workdir), "summary.json")}
+
+
+def stage_outputs(workdir: str) -> tuple[bool, bool]:
+    """Whether the eval and the steer stage left outputs for the page (a summary or its record)."""
+    return tuple(any(storage.exists(storage.join(d, n)) for n in ("summary.json", lineage.STAMP))
+                 for d in (wd.eval_dir(workdir), wd.steer_dir(workdir)))
+
+
+def output_problems(workdir: str, skip: frozenset[str] = frozenset()) -> list[str]:
+    """Eval and steer outputs (not those of the stages in ``skip``) that the page cannot show: an
+    unfinished or edited summary, or records changed, damaged or deleted since it was written."""
+    problems = []
+    for stage, shown, reader, names in zip(("eval", "steer"), stage_outputs(workdir),
+                                           (eval_stage.read_output, steer_stage.read_output),
+                                           (eval_stage.SUMMARY_FILES, steer_stage.OUTPUT_FILES)):
+        if shown and stage not in skip:
+            problems += collect_problems([lambda: [reader(workdir, n) for n in names]])
+    return problems
 
 
 # outputs the page shows: (stage, directory, manifest file, key of the model's identity in it or None)
@@ -545,4 +570,5 @@ def preflight(config, workdir: str, before: frozenset[str] = frozenset()) -> lis
             return (f"{wd.analysis_dir(workdir)} is stale and there is no routing store at {wd.routing_dir(workdir)} "
                     "to compute it again; run the collect stage (e.g. --stages=collect,analyze,report)")
     return collect_problems([lambda: config_section(config, "report", default_config()), analysis,
-                             lambda: model_problems(config, workdir, before)])
+                             lambda: model_problems(config, workdir, before),
+                             lambda: output_problems(workdir, before)])

@@ -6,12 +6,15 @@ eval tasks and languages of ``config.eval``, with paired statistics against the 
    early / late bands, language experts) and, optionally, a learned router bias.
 2. Every setting, and the baseline (the neutral intervention), is evaluated like the eval stage
    (same lm-eval tasks, same items) into ``workdir/steer/<setting>/`` — resumable per (setting,
-   task, language), atomic, refused when it holds another model's records unless ``overwrite``.
+   task, language), atomic, refused when it holds another model's records unless ``overwrite`` (every
+   setting is checked before anything, ``settings.json`` included, is written); a pair scored on a data
+   file that changed since is evaluated again in every setting.
    The model is loaded and compiled once: interventions are inputs of the jitted programs, so the
    compile count does not grow with the number of settings (it is counted and reported).
 3. ``workdir/steer/summary.csv``: per setting, task and language (and the non-English pool) the
    baseline and steered accuracy, the change with a paired bootstrap 95% interval, the exact
-   McNemar p-value, and the fraction of tokens whose top-k changed in the steered layers.
+   McNemar p-value, and the fraction of tokens whose top-k changed in the steered layers;
+   ``steer/provenance.json``, written last, publishes it with ``settings.json`` (``read_output``).
 
 The workdir may be local or ``gs://``: every read and write goes through ``moe_jax.storage``, and
 each setting's records follow ``moe_jax.eval.records`` (data objects first, the manifest last).
@@ -29,7 +32,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
-from moe_jax import storage
+from moe_jax import lineage, storage
 from moe_jax import workdir as wd
 from moe_jax.atomic import atomic_write, atomic_write_json
 from moe_jax.pipeline import StageError, check_known_fields, collect_problems, model_warning
@@ -49,6 +52,7 @@ RULES = ("task", "shared", "exclusive")
 EMPTY_HINTS = {"shared": "; raise steer.shared_thr or steer.shared_top_k, or change steer.bands",
                "exclusive": "; lower steer.exclusive_thr, raise steer.exclusive_top_k, narrow the language pool "
                             "(steer.shared_languages) or change steer.bands"}
+OUTPUT_FILES = ("summary.json", "summary.csv", "settings.json")  # published by steer/provenance.json
 SUMMARY_COLUMNS = ("setting", "method", "rule", "task", "language", "n", "baseline", "steered", "delta",
                    "ci_low", "ci_high", "b", "c", "p_mcnemar", "topk_changed", "targets")
 
@@ -293,6 +297,9 @@ def sweep_options(config: Any, opts: Mapping[str, Any]) -> ml_collections.Config
     from moe_jax.eval import stage as eval_stage
 
     eval_opts = eval_stage.options(config)
+    limit = opts["limit"]
+    if limit not in ("", None) and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise StageError(f"steer.limit is {limit!r}; give a whole number >= 1 (or None for eval.limit)")
     for key in ("tasks", "languages", "limit"):
         if opts[key] not in ("", None):
             eval_opts[key] = opts[key]
@@ -333,7 +340,9 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
             except (storage.UnpublishedError, storage.DigestMismatchError):
                 pass  # an unfinished or damaged analysis: run() computes it again first (ensure_current)
 
-    checks = [lambda: eval_stage.plan(eval_opts), stores, bands,
+    checks = [lambda: eval_stage.model_option_problems(eval_opts, eval_stage.plan(eval_opts),
+                                                       eval_stage.preflight_model(config, workdir, before)),
+              stores, bands,
               lambda: eval_stage.records_problem(config, storage.join(wd.steer_dir(workdir), BASELINE), eval_opts,
                                                  bool(opts.overwrite), "steer.overwrite")]
     if "convert" not in before:
@@ -381,12 +390,22 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         specs.append(_learned_spec(config, store_data, opts, model, tokenizer,
                                    parse_bands(opts["bands"], workdir)[0]))
     out_dir = wd.steer_dir(workdir)
-    storage.makedirs(out_dir)
-    atomic_write_json(storage.join(out_dir, "settings.json"), [s.to_dict() for s in specs])
-
     base_ident = eval_stage.identity(config, eval_opts, ckpt_meta, provenance.tokenizer_hash(tokenizer))
     neutral = model.no_intervention()
     settings = [(BASELINE, None, neutral)] + [(s.name, s, s.to_intervention(model.cfg)) for s in specs]
+    idents = {name: dict(base_ident, steering=None if spec is None else spec.to_dict()) for name, spec, _ in settings}
+    refused = []  # every setting's records are checked before anything is written: a refused run changes nothing
+    for name, ident in idents.items():
+        try:
+            rec.check_records(storage.join(out_dir, name), provenance.fingerprint(ident), overwrite=bool(opts.overwrite))
+        except StoreMismatchError as e:
+            refused.append(f"steer setting {name}: {str(e).split(';')[0]}")
+    if refused:
+        raise StoreMismatchError("; ".join(refused) + "; the settings changed (model, eval options or targets): use "
+                                 "--config.steer.overwrite=True to redo them")
+    storage.makedirs(out_dir)
+    lineage.unpublish(out_dir)  # until the new summary is stamped, no reader trusts the old one
+    atomic_write_json(storage.join(out_dir, "settings.json"), [s.to_dict() for s in specs])
     lm = MoeJaxLM(model=model, batch_size=int(eval_opts.batch_size), max_length=eval_opts.max_length,
                   max_gen_toks=int(eval_opts.max_gen_toks), intervention=neutral,
                   enable_thinking=eval_opts.enable_thinking)
@@ -394,20 +413,14 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     compiles, t0 = {}, time.perf_counter()
     for name, spec, iv in settings:
         sdir = storage.join(out_dir, name)
-        ident = dict(base_ident, steering=None if spec is None else spec.to_dict())
-        try:
-            rec.open_records(sdir, ident, provenance.fingerprint(ident), overwrite=bool(opts.overwrite))
-        except StoreMismatchError as e:
-            raise StoreMismatchError(f"steer setting {name}: {str(e).split(';')[0]}; the setting changed (model, "
-                                     "eval options or targets): use --config.steer.overwrite=True to redo it") from None
+        ident = idents[name]
+        manifest = rec.open_records(sdir, ident, provenance.fingerprint(ident), overwrite=bool(opts.overwrite))
         before = int(lm.stats.get("compiles", 0))
         lm.intervention = iv
-        for it in todo:
-            if rec.is_done(sdir, it["task"], it["language"]):
-                continue
+        for it in eval_stage.pending_pairs(sdir, todo, manifest, "steer"):  # unfinished or scored on other data
             log.info("steer: %s %s %s", name, it["task"], it["language"])
             records, summary = eval_stage.evaluate_pair(lm, it, eval_opts, task_manager)
-            rec.write_records(sdir, it["task"], it["language"], records, summary)
+            rec.write_records(sdir, it["task"], it["language"], records, summary, opened=manifest)
         compiles[name] = int(lm.stats.get("compiles", 0)) - before
     wall = time.perf_counter() - t0
 
@@ -419,11 +432,26 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     if config.model.source == "tiny_random":
         summary["warnings"].append(RANDOM_SWEEP_WARNING)
     _write_summary(out_dir, summary)
+    lineage.write_stamp(out_dir, lineage.describe({name: storage.join(out_dir, name) for name in idents}, workdir),
+                        files={n: dict(zip(("size", "sha256"), storage.digest(storage.join(out_dir, n))))
+                               for n in OUTPUT_FILES})  # last: publishes the sweep
     print(f"steering sweep of {len(specs)} settings written to {out_dir} (compiles per setting: "
           f"{compiles})", flush=True)
     for w in summary["warnings"][1:]:
         print(f"WARNING: {w}", flush=True)
     return summary
+
+
+def read_output(workdir: str, name: str = "summary.json") -> Any:
+    """``steer/summary.json`` or ``settings.json`` (parsed), or ``summary.csv`` (bytes), as the sweep's
+    ``provenance.json`` publishes it, over setting records unchanged and intact since
+    (``records.read_published``: StageError naming the command that redoes it otherwise)."""
+    import json
+
+    from moe_jax.eval import records as rec
+
+    data = rec.read_published(wd.steer_dir(workdir), name, workdir)
+    return json.loads(data) if name.endswith(".json") else data
 
 
 def summarize(out_dir: str, todo, settings, model, probe: Mapping[str, np.ndarray], n_boot: int) -> list[dict]:
