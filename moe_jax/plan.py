@@ -1,22 +1,27 @@
 """Memory planning before anything is downloaded: does the configured model, mesh, dtype and batch
 fit the accelerator?
 
-    python -m moe_jax.plan --config=configs/qwen3_30b_a3b.py [--accelerator=v5e-8] [--config.mesh.shape=...]
+    python -m moe_jax.plan --config=configs/qwen3_30b_a3b.py [--accelerator=v5e-8] [--config.mesh.shape=...] [--xla]
 
 Per device it counts (estimates, in bytes; the convert stage makes the same check first):
 
 * parameters: every leaf of the parameter layout (``moe_jax.models.params``) at the configured dtype,
   divided by the mesh axes its logical axes map to (``moe_jax.sharding`` rules; a dimension that does
   not divide stays replicated), from the model's ``config.json`` alone;
-* collection activations, per MoE/attention layer at a time (``T = rows per device * seq``):
-  residual stream and layer in/outputs ``4 T H`` and q/k/v ``T (h + 2 kv) D`` at the dtype, attention
-  scores ``T seq h`` in float32, the dense expert dispatch's gate / up / product ``3 T E W`` at the
-  dtype (an upper bound: the grouped backends compute about ``3 T k W``), and the router outputs kept
-  for every MoE layer ``L T E`` in float32 (``h``, ``kv``, ``E``: heads, kv heads and experts on this
-  device), plus one decoder layer's parameters on this device (the layer scan may slice them out of
-  their stack, ``layer_slice_bytes``);
-* evaluation: the same forward at ``eval.batch_size`` plus float32 logits ``T V``, and the KV cache of
-  generation ``2 layers rows (seq + max_gen_toks) kv D`` at the dtype.
+* activations (``T = rows per device * seq``, ``h`` heads on the device, ``L`` MoE layers, ``E``
+  experts, ``k`` per token), calibrated against XLA's memory analysis of the programs the stages
+  compile (docs/tpu.md has the formulas and the table):
+  - at a decoder layer's attention: ``3`` float32 score-sized buffers ``rows h seq^2``, ``4``
+    float32 hidden-state buffers ``T H`` and the float32 copy of one layer's shared expert / dense
+    MLP (``mlp_float32_bytes``);
+  - collection: the larger of that and the experts' peak (below) plus the router logits of every
+    MoE layer ``L T E`` in float32, or the routing statistics' peak ``8 L T k E + 3 * 4 L T E``;
+  - while the routed experts run: one expert's weights in float32 ``3 H W`` beside ``6`` float32
+    ``T H`` buffers (hidden states, the output accumulator and its sum over the model axis);
+  - evaluation: the largest of those two peaks and the float32 logits ``T V`` at ``eval.batch_size``;
+  - the KV cache of generation ``2 layers rows (seq + max_gen_toks) kv D`` at the dtype.
+  ``grouped`` (the CPU backend) runs at most 512 rows of an expert at a time: no ``T k W`` term.
+  ``--xla`` prints XLA's own figures beside these (``compare_with_xla``).
 
 ``seq`` is ``data.max_length`` (prompts of the size of the collected texts). The plan fits when
 parameters plus the larger of the two activation peaks stay below ``plan.headroom`` of the device's
@@ -161,11 +166,15 @@ def parameter_bytes(cfg: ModelConfig, sizes: Mapping[str, int], dtype_bytes: int
     return _spec_bytes(param_spec(cfg), sizes, dtype_bytes, rules)
 
 
-def layer_slice_bytes(cfg: ModelConfig, sizes: Mapping[str, int], dtype_bytes: int,
+def mlp_float32_bytes(cfg: ModelConfig, sizes: Mapping[str, int],
                       rules: Mapping[str, str | None] = shd.DEFAULT_RULES) -> int:
-    """Per-device bytes of the largest decoder layer: the layer scan may slice a layer's parameters
-    out of its run's stack into a buffer of their own while it runs."""
-    return max(_spec_bytes(run_spec(cfg, r), sizes, dtype_bytes, rules)[1] // (stop - start)
+    """Per-device float32 bytes of the largest decoder layer's shared expert or dense MLP: XLA on CPU
+    upcasts a bfloat16 layer's dots and keeps these weights' float32 copy live beside the attention
+    scores, one layer at a time (the routed experts are read one expert at a time)."""
+    def mlp(spec):
+        moe = spec.get("moe", {})
+        return {k: v for k, v in (("mlp", spec.get("mlp")), ("shared", moe.get("shared"))) if v is not None}
+    return max(_spec_bytes(mlp(run_spec(cfg, r)), sizes, 4, rules)[1] // (stop - start)
                for r, (start, stop, _) in enumerate(cfg.layer_runs))
 
 
@@ -197,26 +206,49 @@ def _on_device(n: int, sizes: Mapping[str, int], axis_rule: str, rules: Mapping[
     return n // sizes[axis] if axis and n % sizes[axis] == 0 else n
 
 
+# Live buffers of the size of one layer's attention scores [rows, heads, seq, seq] in float32 at the
+# attention peak (XLA's memory analysis: the scores, their softmax and its transpose for the value
+# product).
+SCORE_BUFFERS = 3
+# Float32 [T, H] buffers live beside them: the residual stream, the normed input, the attention and
+# expert outputs (XLA on CPU keeps bfloat16 elementwise work in float32).
+HIDDEN_BUFFERS = 4
+# Routing statistics materialise two 4-byte [L, T, k, E] one-hot tensors (counts and gate weights)
+# and about two float32 [L, T, E] ones (softmax, kept probabilities) beside the router logits.
+STAT_HIT_BYTES, STAT_LOGIT_BUFFERS = 8, 3
+
+
 def activation_bytes(cfg: ModelConfig, sizes: Mapping[str, int], w: Workload,
                      rules: Mapping[str, str | None] = shd.DEFAULT_RULES) -> dict[str, int]:
     """Per-device activation estimates (bytes): ``collect``, ``eval`` (forward with logits) and
     ``kv_cache`` (generation), by the formulas of the module docstring."""
     heads = _on_device(cfg.num_heads, sizes, "heads", rules)
     kv = _on_device(cfg.num_kv_heads, sizes, "kv_heads", rules)
-    experts = _on_device(cfg.num_experts, sizes, "expert", rules)
-    a, data = w.dtype_bytes, sizes[shd.BATCH_AXIS]
+    data = sizes[shd.BATCH_AXIS]
+    L, E, k = cfg.num_moe_layers, cfg.num_experts, cfg.top_k
+    weights = mlp_float32_bytes(cfg, sizes, rules)
 
-    def forward(batch: int) -> tuple[int, int]:
-        t = math.ceil(batch / data) * w.seq
-        layer = (4 * t * cfg.hidden_size * a + t * (heads + 2 * kv) * cfg.head_dim * a + t * w.seq * heads * 4
-                 + 3 * t * experts * cfg.expert_width * a)
-        return t, layer + cfg.num_moe_layers * t * cfg.num_experts * 4
-    _, collect = forward(w.collect_batch)
-    t, ev = forward(w.eval_batch)
-    layer_slice = layer_slice_bytes(cfg, sizes, w.dtype_bytes, rules)
-    collect, ev = collect + layer_slice, ev + layer_slice
-    kv_cache = 2 * cfg.num_layers * math.ceil(w.eval_batch / data) * (w.seq + w.max_gen_toks) * kv * cfg.head_dim * a
-    return {"collect": collect, "eval": ev + t * cfg.vocab_size * 4, "kv_cache": kv_cache}
+    def layer(batch: int) -> tuple[int, int]:
+        """(tokens on a device, the bytes live at a decoder layer's attention peak)."""
+        rows = math.ceil(batch / data)
+        t = rows * w.seq
+        return t, (SCORE_BUFFERS * rows * heads * w.seq * w.seq * 4 + HIDDEN_BUFFERS * t * cfg.hidden_size * 4
+                   + weights)
+
+    def experts_peak(t: int) -> int:
+        """Bytes live while the routed experts run: one expert's weights in float32 (the loop reads
+        one expert at a time) beside the hidden states, the float32 output accumulator and its sum
+        over the model axis."""
+        return (HIDDEN_BUFFERS + 2) * t * cfg.hidden_size * 4 + 3 * cfg.hidden_size * cfg.expert_width * 4
+
+    t, at_layer = layer(w.collect_batch)
+    router = L * t * E * 4  # router logits of every MoE layer, kept to the end
+    collect = max(max(at_layer, experts_peak(t)) + router,
+                  L * t * k * E * STAT_HIT_BYTES + STAT_LOGIT_BUFFERS * router)
+    t, at_layer = layer(w.eval_batch)
+    kv_cache = 2 * cfg.num_layers * math.ceil(w.eval_batch / data) * (w.seq + w.max_gen_toks) * kv * cfg.head_dim \
+        * w.dtype_bytes
+    return {"collect": collect, "eval": max(at_layer, experts_peak(t), t * cfg.vocab_size * 4), "kv_cache": kv_cache}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,6 +340,36 @@ def check_plan(plan: Plan, cfg: ModelConfig, workload: Workload, **kwargs) -> No
     raise PlanError(f"{plan.model} ({plan.dtype}) does not fit {plan.accelerator.name} with mesh {plan.mesh}: "
                     f"{plan.peak / GiB:.2f} GiB per device (parameters {plan.param_bytes / GiB:.2f} GiB) against "
                     f"{plan.budget / GiB:.2f} GiB; {hint}")
+
+
+# ------------------------------------------------------------------------------------------ against XLA
+
+def compare_with_xla(plan: Plan, cfg: ModelConfig, workload: Workload, *,
+                     rules: Mapping[str, str | None] = shd.DEFAULT_RULES, backend: str = "auto",
+                     ) -> list[tuple[str, int, int]]:
+    """``(term, estimate, XLA's figure)`` per device for parameters, collect and eval activations and
+    the KV cache: XLA's memory analysis of the stages' programs compiled ahead of time for the
+    current backend on the plan's mesh (``moe_jax.xla_memory``; nothing is allocated). Needs as many
+    devices as the plan's mesh (on CPU: ``XLA_FLAGS=--xla_force_host_platform_device_count=N``)."""
+    import jax
+    from moe_jax import xla_memory
+    n = math.prod(plan.mesh.values())
+    if jax.device_count() < n:
+        raise PlanError(f"comparing with XLA on mesh {plan.mesh} needs {n} devices, {jax.device_count()} are "
+                        f"visible; on CPU set XLA_FLAGS=--xla_force_host_platform_device_count={n}")
+    mesh = shd.make_mesh(plan.mesh, jax.devices()[:n])
+    xla = xla_memory.stage_memory(cfg, mesh, dtype=plan.dtype, collect_batch=workload.collect_batch,
+                                  eval_batch=workload.eval_batch, seq=workload.seq,
+                                  max_gen_toks=workload.max_gen_toks, rules=rules, backend=backend).as_dict()
+    a = plan.activations
+    estimates = {"parameters": plan.param_bytes, "collect": a["collect"], "eval": a["eval"], "kv_cache": a["kv_cache"]}
+    return [(term, estimates[term], xla[term]) for term in estimates]
+
+
+def format_comparison(rows: list[tuple[str, int, int]]) -> str:
+    lines = [f"{'per device':20} {'estimate':>11} {'XLA':>11} {'ratio':>6}"]
+    lines += [f"{term:20} {_size(e):>11} {_size(x):>11} {e / x if x else float('nan'):6.2f}" for term, e, x in rows]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ config edge
@@ -404,6 +466,9 @@ def main() -> None:
     config_flag = config_flags.DEFINE_config_file("config", None, "Pipeline config file (configs/*.py).")
     acc_flag = flags.DEFINE_string("accelerator", None, "auto | CPU | v4-8 | v5e-8 | v5p-8 | v6e-8 | H100-80GB "
                                    "(slices like v5e-16 too); default: config.plan.accelerator")
+    xla_flag = flags.DEFINE_bool("xla", False, "also print XLA's memory analysis of the stages' programs beside "
+                                 "the estimate: compiled ahead of time for the current backend on the plan's mesh "
+                                 "(needs as many devices; nothing is allocated)")
     flags.mark_flags_as_required(["config"])
 
     def run(argv):
@@ -412,6 +477,8 @@ def main() -> None:
         try:
             plan, cfg, w, kwargs = plan_from_config(config_flag.value, acc_flag.value)
             print(plan.format(), flush=True)
+            if xla_flag.value:
+                print(format_comparison(compare_with_xla(plan, cfg, w, rules=kwargs["rules"])), flush=True)
             check_plan(plan, cfg, w, **kwargs)
         except PlanError as e:
             print(f"ERROR: {e}", flush=True)

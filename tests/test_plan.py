@@ -10,6 +10,7 @@ import pytest
 
 from moe_jax import plan as pl
 from moe_jax.models.config import ModelConfig
+from simulated_devices import run_on_devices
 from test_released_configs import RELEASED
 
 GiB = 1024 ** 3
@@ -58,17 +59,31 @@ def test_parameter_bytes_per_device_match_hand_computation(name, acc, model_axis
 def test_activation_estimates_match_hand_computation():
     cfg = ModelConfig.from_hf(RELEASED["Qwen3-30B-A3B"][0])
     a = pl.make_plan(cfg, pl.named_accelerator("v5e-8"), {"data": 1, "model": -1}, WORK).activations
-    # 4 heads of 32 per device; 4 kv heads do not split over 8 (all 4 stay); 16 experts of 128
-    # one decoder layer's bf16 parameters on a device: q/o (heads) and k/v (512 = 4 kv heads x 128
-    # columns, divisible by 8) and the experts split 8 ways; norms and the router whole
-    weights = (2048 * 4096 * 2 + 2048 * 512 * 2 + 3 * 128 * 2048 * 768) // 8 + 2 * 128 + 2 * 2048 + 2048 * 128
+    # 4 heads of 32 per device; 4 kv heads do not split over 8 (all 4 stay); no shared expert or dense MLP
     t = 16 * 512  # collect: 16 rows on the one data shard
-    layer = 4 * t * 2048 * 2 + t * (4 + 2 * 4) * 128 * 2 + t * 512 * 4 * 4 + 3 * t * 16 * 768 * 2
-    assert a["collect"] == layer + 48 * t * 128 * 4 + weights * 2
-    t = 8 * 512  # eval: 8 rows, plus float32 logits
-    layer = 4 * t * 2048 * 2 + t * (4 + 2 * 4) * 128 * 2 + t * 512 * 4 * 4 + 3 * t * 16 * 768 * 2
-    assert a["eval"] == layer + 48 * t * 128 * 4 + t * 151936 * 4 + weights * 2
+    layer = 3 * 16 * 4 * 512 * 512 * 4 + 4 * t * 2048 * 4  # float32 scores x3, hidden states x4
+    router = 48 * t * 128 * 4
+    statistics = 48 * t * 8 * 128 * 8 + 3 * router  # two 4-byte [L, T, k, E] one-hots: larger here
+    assert statistics > layer + router and a["collect"] == statistics
+    t = 8 * 512  # eval: 8 rows; the float32 logits outgrow the layer
+    assert a["eval"] == t * 151936 * 4
     assert a["kv_cache"] == 2 * 48 * 8 * (512 + 256) * 4 * 128 * 2
+
+
+def test_activation_estimates_at_long_sequences_match_hand_computation():
+    """Qwen1.5-MoE on one device at 4096 tokens: the attention peak, with the float32 copy of one
+    layer's shared expert [2048, 5632] x 3, outgrows the routing statistics and the logits."""
+    cfg = ModelConfig.from_hf(RELEASED["Qwen1.5-MoE-A2.7B"][0])
+    w = pl.Workload(dtype_bytes=BF16, collect_batch=2, eval_batch=1, seq=4096, max_gen_toks=0)
+    a = pl.make_plan(cfg, pl.named_accelerator("H100-80GB"), {"data": 1, "model": 1}, w).activations
+    t = 2 * 4096
+    layer = 3 * 2 * 16 * 4096 * 4096 * 4 + 4 * t * 2048 * 4 + 3 * 2048 * 5632 * 4
+    router = 24 * t * 60 * 4
+    assert a["collect"] == layer + router > 24 * t * 4 * 60 * 8 + 3 * router
+    t = 4096
+    layer = 3 * 1 * 16 * 4096 * 4096 * 4 + 4 * t * 2048 * 4 + 3 * 2048 * 5632 * 4
+    assert a["eval"] == layer > t * 151936 * 4
+    assert a["kv_cache"] == 2 * 24 * 1 * 4096 * 16 * 128 * 2
 
 
 def test_fit_decisions_and_smallest_mesh_error():
@@ -132,3 +147,23 @@ def test_convert_stage_refuses_before_download(tmp_path, monkeypatch):
     monkeypatch.setattr(convert_stage, "download", lambda *a, **k: pytest.fail("downloaded"))
     with pytest.raises(pl.PlanError, match="Phi-3.5-MoE-instruct \\(bfloat16\\) does not fit v5e-8"):
         convert_stage.run(c, str(tmp_path / "w"))
+
+
+PLANNED_MODELS = ("olmoe", "qwen15", "qwen3", "phi", "gptoss")  # benchmarks/plan_vs_xla.py's names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", [1, 8])
+@pytest.mark.parametrize("model", PLANNED_MODELS)
+def test_estimates_within_25_percent_of_xla(model, devices, tmp_path):
+    """The planner's per-device parameters, collect and eval activations and KV cache against XLA's
+    memory analysis of the programs the stages compile (AOT on simulated CPU devices, the config's
+    mesh and default sharding rules), at the study and the long workload."""
+    out = tmp_path / "rows.json"
+    run_on_devices(["benchmarks/plan_vs_xla.py", f"--devices={devices}", f"--models={model}", f"--json={out}"],
+                   devices, timeout=1500)
+    rows = json.loads(out.read_text())
+    assert {(r["workload"], r["term"]) for r in rows} == {(w, t) for w in ("study", "long")
+                                                          for t in ("parameters", "collect", "eval", "kv_cache")}
+    for r in rows:
+        assert r["xla"] > 0 and abs(r["estimate"] - r["xla"]) <= 0.25 * r["xla"], r
