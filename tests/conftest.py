@@ -58,3 +58,25 @@ def gcs_bucket():
 def gcs_dir(gcs_bucket, request):
     """A fresh ``gs://`` prefix for one test."""
     return f"{gcs_bucket}/{request.node.name.replace('[', '-').replace(']', '')}-{uuid.uuid4().hex[:8]}"
+
+
+# MOE_JAX_TEST_CPU_LOG=FILE appends one JSON line per test: its CPU seconds (this process and the
+# subprocesses it waited for, setup + call + teardown). Unlike wall time, CPU time hardly depends on
+# what else the machine runs, so it shows where the suite's time goes even on a busy machine.
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    path = os.environ.get("MOE_JAX_TEST_CPU_LOG")
+    if not path:
+        yield
+        return
+    import json
+    import resource
+
+    def cpu():
+        return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+                   for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+    before = cpu()
+    yield
+    with open(path, "a") as f:
+        f.write(json.dumps({"test": item.nodeid, "cpu_s": round(cpu() - before, 2)}) + "\n")
