@@ -32,6 +32,7 @@ from moe_jax import storage
 from moe_jax import workdir as wd
 from moe_jax.analysis import stage as analysis_stage
 from moe_jax.atomic import atomic_write
+from moe_jax.pipeline import StageError
 from moe_jax.report import html, plots
 from moe_jax.routing.store import read_meta
 from moe_jax.steering import sweep as sweep_lib
@@ -98,7 +99,7 @@ def load_run(workdir: str) -> ModelRun:
         from moe_jax.steering import stage as steer_stage
         try:
             steer = steer_stage.read_output(workdir)
-        except Exception as e:  # an unfinished or changed sweep: its own message names the command
+        except (StageError, OSError, ValueError) as e:  # unfinished or changed: the message names the command
             raise CompareError(f"{workdir}: the steering sweep cannot be read as published: {e}") from None
     return ModelRun(workdir, str(meta.get("model") or workdir), summary, read("divergence"), read("entropy"),
                     read("correlation_points"), meta, steer)
