@@ -131,19 +131,20 @@ def decoder_layers(params: dict, cfg: ModelConfig, input_ids: jax.Array, positio
             experts = {k: v for k, v in stack["moe"].items() if k in experts_lib.EXPERT_KEYS}
             stack = {**stack, "moe": {k: v for k, v in stack["moe"].items() if k not in experts}}
 
-        def body(carry, xs):
-            (x, cache), (lp, d) = carry, xs
-            x, cache, r = decoder_layer(lp, d, x, cache, cfg, rope, positions, valid, index, backend,
-                                        experts, d.layer - start)
+        def body(carry, d, stack=stack, experts=experts, start=start):
+            x, cache = carry
+            row = d.layer - start
+            x, cache, r = decoder_layer(layers.take_row(stack, row), d, x, cache, cfg, rope, positions, valid,
+                                        index, backend, experts, row)
             return (x, cache), r
 
-        if scan_layers:
-            (x, cache), r = jax.lax.scan(body, (x, cache), (stack, data))
+        if scan_layers:  # the scan reads each layer's row itself (take_row), so bf16 stacks stay bf16
+            (x, cache), r = jax.lax.scan(body, (x, cache), data)
         else:
             start, stop, _ = cfg.layer_runs[run]
             ys = []
             for row in range(stop - start):
-                (x, cache), y = body((x, cache), jax.tree.map(lambda a: a[row], (stack, data)))
+                (x, cache), y = body((x, cache), jax.tree.map(lambda a: a[row], data))
                 ys.append(y)
             r = None if ys[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *ys)
         if r is not None:

@@ -37,6 +37,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from moe_jax.models import layers
+
 Activation = Callable[[jax.Array, jax.Array], jax.Array]
 EXPERT_KEYS = ("gate", "up", "down", "gate_bias", "up_bias", "down_bias")  # the routed experts' leaves
 log = logging.getLogger(__name__)
@@ -120,19 +122,23 @@ def _sorted_grouped(x, idx, w, p, act, matmul):
     g = matmul(xs, p["gate"], s.sizes) + _bias(p, "gate_bias", es)
     u = matmul(xs, p["up"], s.sizes) + _bias(p, "up_bias", es)
     out = matmul(act(g, u), p["down"], s.sizes) + _bias(p, "down_bias", es)  # [T*k, H] sorted
-    return s.combine(out, w)
+    # rows of an absent id E lie past every group: a kernel may leave them unwritten (tokamax's TPU
+    # kernel does: NaN), and weight 0 times NaN is NaN, so they are zeroed rather than weighted
+    return s.combine(jnp.where((s.experts < E)[:, None], out, 0), w)
 
 
 def ragged_dispatch(x, idx, w, p, act):
     return _sorted_grouped(x, idx, w, p, act, jax.lax.ragged_dot)
 
 
-def tokamax_dispatch(x, idx, w, p, act):
+def tokamax_dispatch(x, idx, w, p, act, implementation=None):
+    """``implementation``: tokamax's choice (None: the best for the platform), or a sequence of its
+    ragged-dot implementations to try in order (e.g. its TPU kernel in Pallas interpret mode)."""
     import tokamax  # lazily: an optional dependency (the gpu/tpu extras)
     from absl import flags
     if not flags.FLAGS.is_parsed():  # else tokamax parses sys.argv, another program's command line, as absl flags
         flags.FLAGS.mark_as_parsed()
-    return _sorted_grouped(x, idx, w, p, act, tokamax.ragged_dot)
+    return _sorted_grouped(x, idx, w, p, act, functools.partial(tokamax.ragged_dot, implementation=implementation))
 
 
 # ``grouped`` runs each expert's rows in chunks of MAX_CHUNK rows, then one chunk of each smaller
@@ -183,8 +189,9 @@ def grouped_expert_rows(x, idx, w, p, act, max_chunk: int = MAX_CHUNK, min_chunk
     def expert(i, carry):
         e = order[i]
         at = e if layer is None else (layer, e)  # one slice of the stack, never a copy of the whole layer
-        wg, wu, wd = p["gate"][at], p["up"][at], p["down"][at]  # one copy per expert, shared by its chunks
-        bg, bu, bd = (_bias(p, name, at) for name in ("gate_bias", "up_bias", "down_bias"))
+        pe = layers.take_row(p, at)  # one copy per expert, shared by its chunks
+        wg, wu, wd = pe["gate"], pe["up"], pe["down"]
+        bg, bu, bd = (_bias(pe, name) for name in ("gate_bias", "up_bias", "down_bias"))
         end = starts[e] + s.sizes[e]
 
         def chunk(size, c, last=False):
@@ -299,7 +306,8 @@ def dispatch(x: jax.Array, idx: jax.Array, w: jax.Array, experts: dict, backend:
     runs its own experts (``expert_parallel``)."""
     fn = BACKENDS[resolve(backend)]
     if layer is not None and fn is not grouped_dispatch:
-        experts, layer = {name: jnp.asarray(experts[name])[layer] for name in EXPERT_KEYS if name in experts}, None
+        experts, layer = layers.take_row({name: jnp.asarray(experts[name]) for name in EXPERT_KEYS if name in experts},
+                                         layer), None
     mesh = _expert_mesh(experts["gate"].shape[-3])
     if mesh is not None:
         return expert_parallel(fn, x, idx, w.astype(x.dtype), experts, act, mesh, layer)

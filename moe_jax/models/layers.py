@@ -41,6 +41,19 @@ def norm(p: dict, x: jax.Array, cfg: ModelConfig) -> jax.Array:
     return rms_norm(x, p["scale"], cfg.norm_eps, scale_in_fp32=cfg.family.norm == "rms_fp32_scale")
 
 
+def take_row(stack, index):
+    """``a[index]`` for every leaf ``a`` of ``stack`` (stacked weights, e.g. ``[L, E, ...]``) read
+    inside a loop: the row a scan or loop over layers / experts runs.
+
+    The stack passes through ``optimization_barrier`` together with the (loop-varying) index, so
+    to XLA it is no longer loop-invariant: on CPU, which upcasts every bfloat16 op to float32
+    (float normalization), the upcast of ``stack`` then fuses into the slice and converts one row,
+    where otherwise the loop-invariant upcast of the whole stack is hoisted out of the loop (a
+    float32 copy of every stacked weight: twice the bfloat16 parameter bytes). No-op elsewhere."""
+    stack, index = jax.lax.optimization_barrier((stack, index))
+    return jax.tree.map(lambda a: a[index], stack)
+
+
 def linear(p: dict, x: jax.Array) -> jax.Array:
     y = x @ p["kernel"]
     return y + p["bias"] if "bias" in p else y
