@@ -26,7 +26,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +42,7 @@ from moe_jax.tiny import tiny_hf_config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from flops import compiled_flops  # noqa: E402
+from harness import best_of, tokens  # noqa: E402
 
 SCALED = dict(vocab_size=8192, hidden_size=512, num_hidden_layers=4, max_position_embeddings=4096)
 # (scaled, real): config.json dicts. Phi without LongRoPE: past the original length transformers
@@ -82,14 +82,6 @@ def useful_flops(cfg, batch: int, seq: int) -> float:
     return batch * seq * (sum(layer) + 2 * H * cfg.vocab_size)
 
 
-def tokens(vocab: int, batch: int, seq: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    mask = np.zeros((batch, seq), np.int32)
-    for row, n in enumerate(rng.integers(seq // 2, seq + 1, batch)):
-        mask[row, seq - n:] = 1
-    return np.where(mask == 1, rng.integers(1, vocab, (batch, seq)), 0).astype(np.int32), mask
-
-
 def grouped_expert_flops(params, cfg, ids, mask) -> float:
     """Expert matmul FLOPs ``grouped`` runs in one forward: the rows its chunk loops count, every layer."""
     rows = []
@@ -105,19 +97,6 @@ def grouped_expert_flops(params, cfg, ids, mask) -> float:
     finally:
         del experts.BACKENDS["grouped_counted"]
     return 6.0 * cfg.hidden_size * cfg.expert_width * sum(rows)
-
-
-def best_of(fns: dict, repeats: int) -> dict[str, float]:
-    """Best wall time of each function, interleaved so that they share the background load."""
-    for fn in fns.values():
-        fn()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
 
 
 def main() -> None:
