@@ -80,3 +80,15 @@ def test_option_reaches_proportional_settings_only_and_round_trips():
     ivs = {s.method: s.to_intervention(CFG) for s in specs}
     assert ivs["proportional"].abs_bf16.any() and not ivs["soft"].abs_bf16.any()
     assert np.asarray(ivs["soft"].std_scale)[0, 0] == np.float32(0.022 * 0.5)  # soft: float32 as before
+
+
+def test_the_steer_option_is_checked():
+    import ml_collections
+
+    from moe_jax.pipeline import StageError
+    from moe_jax.steering import stage as steer_stage
+    c = ml_collections.ConfigDict({"steer": steer_stage.default_config()})
+    assert steer_stage.options(c).vector_dtype == "float32"  # the default keeps float32 steering
+    c.steer.vector_dtype = "float16"
+    with pytest.raises(StageError, match=r"steer.vector_dtype 'float16' is not one of \['float32', 'bfloat16'\]"):
+        steer_stage.options(c)
