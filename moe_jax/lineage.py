@@ -23,7 +23,8 @@ files it names with their recorded digest (``read_output``).
 
 Paths may be local or ``gs://`` URLs (``moe_jax.storage``).
 
-Below the stages: imports only ``moe_jax.storage``, ``moe_jax.pipeline`` and the fingerprint helper.
+Below the stages: imports ``moe_jax.storage``, ``moe_jax.pipeline``, the workdir layout, the stage
+order (``moe_jax.stages.STAGES``, a table) and the fingerprint helper.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import os
 from typing import Any, Mapping
 
 from moe_jax import storage
+from moe_jax import workdir as wd
+from moe_jax.stages import STAGES
 from moe_jax.storage import DigestMismatchError, UnpublishedError, atomic_write_json, read_json
 from moe_jax.pipeline import source_identity
 from moe_jax.routing.provenance import fingerprint
@@ -40,6 +43,25 @@ STAMP = "provenance.json"
 FORMAT = "moe_jax.provenance/1"
 # manifest file of a directory input -> its key of per-file records (each with "file_sha256")
 MANIFESTS = (("meta.json", "languages"), ("manifest.json", "files"))
+# the stage that writes each output directory of a workdir, named in "run it again" messages
+STAGE_OF_DIR = {wd.ANALYSIS: "analyze", wd.EVAL: "eval", wd.STEER: "steer", wd.REPORT: "report"}
+
+
+def command(workdir: str, stages: list[str] | tuple[str, ...], overwrite: tuple[str, ...] = ()) -> str:
+    """The launch command running ``stages`` (put in pipeline order) on ``workdir``, with
+    ``--config.<stage>.overwrite=True`` for each stage of ``overwrite``."""
+    names = ",".join(s for s in STAGES if s in stages)
+    flags = "".join(f" --config.{s}.overwrite=True" for s in STAGES if s in overwrite)
+    return f"python -m moe_jax.launch --config=<your config> --workdir={workdir} --stages={names}{flags}"
+
+
+def rerun_hint(out_dir: str) -> str:
+    """"run the <stage> stage again: <command>" for an output directory of a workdir (``STAGE_OF_DIR``)."""
+    out_dir = storage.absolute(out_dir).rstrip("/")
+    stage = STAGE_OF_DIR.get(os.path.basename(out_dir))
+    if stage is None:
+        return "run the stage that wrote it again"
+    return f"run the {stage} stage again: {command(os.path.dirname(out_dir), [stage])}"
 
 
 def file_sha256(path: str) -> str:
@@ -116,16 +138,18 @@ def damaged(stamp: Mapping[str, Any], out_dir: str, names: list[str] | None = No
     return out
 
 
-def read_output(out_dir: str, name: str) -> bytes:
+def read_output(out_dir: str, name: str, fix: str | None = None) -> bytes:
     """The bytes of ``out_dir/name`` if the directory's ``provenance.json`` names it and they match its
     record. ``UnpublishedError``: no ``provenance.json`` (an unfinished write) or a file it does not
     name; ``DigestMismatchError``: damaged since. A stamp that records no files (written before files
-    were recorded) vouches for every file, as it did then."""
+    were recorded) vouches for every file, as it did then. Messages end with ``fix`` (default: the
+    stage that writes ``out_dir`` and its command, ``rerun_hint``)."""
     path = storage.join(out_dir, name)
+    fix = fix or rerun_hint(out_dir)
     stamp = read_stamp(out_dir)
     if stamp is None:
         raise UnpublishedError(f"{path}: {storage.join(out_dir, STAMP)} is missing (the run writing "
-                               f"{out_dir} did not finish); run that stage again")
+                               f"{out_dir} did not finish); {fix}")
     if "files" not in stamp:
         return storage.read_bytes(path)
     rec = stamp["files"].get(name)
@@ -134,11 +158,11 @@ def read_output(out_dir: str, name: str) -> bytes:
     try:
         data = storage.read_bytes(path)
     except FileNotFoundError as e:
-        raise DigestMismatchError(f"{path} is recorded in {STAMP} but missing; run that stage again") from e
+        raise DigestMismatchError(f"{path} is recorded in {STAMP} but missing; {fix}") from e
     got = storage.record(data)
     if got != {"size": rec["size"], "sha256": rec["sha256"]}:
         raise DigestMismatchError(f"{path} has {got['size']} bytes with sha256 {got['sha256']}, but {rec['size']} "
-                                  f"bytes with sha256 {rec['sha256']} were written; run that stage again")
+                                  f"bytes with sha256 {rec['sha256']} were written; {fix}")
     return data
 
 

@@ -3,6 +3,7 @@ anything is written: the stage list, task files, eval and steering options, the 
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -204,3 +205,28 @@ def test_tau_outside_0_1_is_refused_naming_steer_taus(tau):
         tg.task_targets(task, generic, (0, 1, 2), None, tau=tau)
     with pytest.raises(ValueError, match=rf"tau is {tau}: the language targets"):
         tg.language_targets(task, generic, (0, 1, 2), None, tau=tau)
+
+
+# ------------------------------------------------------------------------------------------ stage outputs
+
+@pytest.mark.parametrize("sub, stage", [("analysis", "analyze"), ("eval", "eval"), ("report", "report")])
+def test_damaged_output_names_the_stage_and_its_command(tmp_path, sub, stage):
+    """"run that stage again" named neither the stage nor the command."""
+    from moe_jax import lineage, storage
+    out_dir = tmp_path / sub
+    out_dir.mkdir()
+    data = b'{"a": 1}'
+    (out_dir / "summary.json").write_bytes(data)
+    lineage.write_stamp(str(out_dir), {}, files={"summary.json": storage.record(data)})
+    assert lineage.read_output(str(out_dir), "summary.json") == data
+    fix = (f"run the {stage} stage again: python -m moe_jax.launch --config=<your config> --workdir={tmp_path} "
+           f"--stages={stage}")
+    (out_dir / "summary.json").write_bytes(b'{"a": 2}')
+    with pytest.raises(storage.DigestMismatchError, match="were written; " + re.escape(fix)):
+        lineage.read_output(str(out_dir), "summary.json")
+    (out_dir / "summary.json").unlink()
+    with pytest.raises(storage.DigestMismatchError, match="but missing; run the " + stage):
+        lineage.read_output(str(out_dir), "summary.json")
+    (out_dir / "provenance.json").unlink()
+    with pytest.raises(storage.UnpublishedError, match=r"did not finish\); run the " + stage):
+        lineage.read_output(str(out_dir), "summary.json")

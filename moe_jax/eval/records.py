@@ -202,9 +202,9 @@ def read_published(out_dir: str, name: str, workdir: str) -> bytes:
     ``StageError`` naming what changed, the stage and the command that redoes it."""
     hint = repair_hint(out_dir)
     try:
-        data = lineage.read_output(out_dir, name)
+        data = lineage.read_output(out_dir, name, fix=hint)
     except (storage.UnpublishedError, storage.DigestMismatchError) as e:
-        raise StageError(f"{str(e).removesuffix('; run that stage again')}; {hint}") from None
+        raise StageError(str(e)) from None
     stamp = lineage.read_stamp(out_dir)
     problems = [f"{n} ({path}) changed after {name} was written" for n, path in lineage.input_paths(stamp, workdir).items()
                 if n in lineage.stale(stamp, workdir)]
