@@ -11,20 +11,22 @@ import os
 import uuid
 
 import numpy as np
+import pytest
 
 import cli_runs
 from moe_jax import storage
 from moe_jax.routing import store
 from test_faults import VOLATILE_FILES, _strip
 
-CACHE = []  # the test's compilation cache and Hugging Face home
+pytestmark = pytest.mark.slow  # the whole demo through the command line, local and on gs://, killed and resumed
+
+CACHE = []  # the test's Hugging Face home (the JAX compilation cache is the session's: conftest.py)
 
 
 def start(workdir, *extra):
-    """The demo (``configs/demo.py``) on ``workdir``; every launch of the test shares one compilation
-    cache and one Hugging Face home (outside the workdirs)."""
-    return cli_runs.start(["--config=configs/demo.py", f"--workdir={workdir}", *extra], {
-        "JAX_COMPILATION_CACHE_DIR": CACHE[0], "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "HF_HOME": CACHE[1]})
+    """The demo (``configs/demo.py``) on ``workdir``; every launch of the test shares one Hugging Face
+    home (outside the workdirs) and the session's compilation cache."""
+    return cli_runs.start(["--config=configs/demo.py", f"--workdir={workdir}", *extra], {"HF_HOME": CACHE[0]})
 
 
 def digests(root):
@@ -132,7 +134,7 @@ def kill_and_resume(work):
 
 
 def test_demo_end_to_end(tmp_path, gcs_bucket):
-    CACHE[:] = [str(tmp_path / "jax_cache"), str(tmp_path / "hf_home")]
+    CACHE[:] = [str(tmp_path / "hf_home")]
     ref, work = str(tmp_path / "demo"), f"{gcs_bucket}/demo-{uuid.uuid4().hex[:8]}"
     reference = start(ref)  # its wall time is measured outside the test suite (README)
     final, seen = kill_and_resume(work)

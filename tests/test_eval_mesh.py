@@ -10,6 +10,8 @@ import pytest
 from eval_fixtures import PASSAGES, write_tiny_model
 from simulated_devices import run_on_devices
 
+pytestmark = pytest.mark.slow  # lm-eval's model on 4 simulated devices in a subprocess
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = r"""

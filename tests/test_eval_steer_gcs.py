@@ -13,6 +13,8 @@ from moe_jax.eval import steering_file, tasks
 from moe_jax.routing.store import StoreMismatchError
 from moe_jax.steering.spec import SteeringSpec
 
+pytestmark = pytest.mark.slow  # the eval and steer stages on a gs:// workdir
+
 IDENT = {"model": "tiny", "options": {"limit": 2}}
 PAIRS = [("belebele", "eng_Latn"), ("belebele", "fra_Latn"), ("mgsm", "eng_Latn")]
 

@@ -10,9 +10,12 @@ import re
 import sys
 
 import numpy as np
+import pytest
 from simulated_devices import run_on_devices
 
 from moe_jax.tiny import tiny_hf_config
+
+pytestmark = pytest.mark.slow  # 8 simulated devices in a subprocess
 
 # GPT-OSS: expert biases and the clamped activation; 8 experts top-2, hidden 32
 HF = tiny_hf_config("gpt_oss", num_local_experts=8, num_experts_per_tok=2)

@@ -22,6 +22,8 @@ from moe_jax.convert.safetensors_io import CheckpointError
 from moe_jax.eval import records as rec
 from moe_jax.routing import store
 
+pytestmark = pytest.mark.slow  # stages killed and resumed through the command line
+
 LANGS = ["eng_Latn", "fra_Latn", "deu_Latn", "spa_Latn"]
 EVAL_LANGS = ["eng_Latn", "fra_Latn", "deu_Latn"]
 ARGS = ["--config=configs/demo.py", "--stages=convert,collect,eval", f"--config.data.languages={','.join(LANGS)}",
@@ -35,15 +37,14 @@ VOLATILE_FILES = {f"checkpoint/{p}" for p in ORBAX_STAMPS}
 # "tokens_per_s"; the store's "code_version" (version + git commit: in a shared checkout someone may commit
 # between the reference run and the resumed one)
 VOLATILE_KEYS = {"created", "seconds", "compile_seconds", "tokens_per_s", "code_version", *ORBAX_STAMPS}
-CACHE = []  # the module's compilation cache dir and Hugging Face home (set by the fixture)
+CACHE = []  # the module's Hugging Face home (set by the fixture)
 
 
 def launch(workdir, *extra):
-    # one compilation cache for every launch of the module (outside the workdirs): later runs skip
-    # most compiles; cached executables compute the same bits. The Hugging Face cache (the eval stage's
-    # data loading caches the demo items there) is the module's own too, so that it is seen.
-    return start([f"--workdir={workdir}", *ARGS, *extra], {
-        "JAX_COMPILATION_CACHE_DIR": CACHE[0], "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "HF_HOME": CACHE[1]})
+    # every launch shares the session's compilation cache (conftest.py): later runs skip most compiles;
+    # cached executables compute the same bits. The Hugging Face cache (the eval stage's data loading
+    # caches the demo items there) is the module's own, outside the workdirs, so that it is seen.
+    return start([f"--workdir={workdir}", *ARGS, *extra], {"HF_HOME": CACHE[0]})
 
 
 def _strip(x, workdir):
@@ -90,7 +91,7 @@ def runs(tmp_path_factory):
     """The reference (uninterrupted) run, started in parallel with the interrupted one: ``(ref, work,
     sibling snapshot, sibling)``."""
     base = tmp_path_factory.mktemp("faults")
-    CACHE[:] = [str(tmp_path_factory.mktemp("jax_cache")), str(base / "hf_home")]
+    CACHE[:] = [str(base / "hf_home")]
     ref, work, sibling = base / "ref", base / "work", base / "sibling"
     sibling.mkdir()
     (sibling / "notes.txt").write_text("a user's file beside the workdir\n")

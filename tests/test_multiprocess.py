@@ -9,8 +9,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from moe_jax.routing import store
+
+pytestmark = pytest.mark.slow  # two-process runs through the command line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config=configs/demo.py", "--stages=convert,collect", "--config.data.languages=eng_Latn,fra_Latn,hin_Deva",

@@ -8,7 +8,10 @@ import os
 import sys
 
 import numpy as np
+import pytest
 from simulated_devices import run_on_devices
+
+pytestmark = pytest.mark.slow  # 8 simulated devices in a subprocess
 
 MESHES = {"d8": {"data": 8, "model": 1}, "d4m2": {"data": 4, "model": 2}, "d2m4": {"data": -1, "model": 4}}
 BATCH = 8

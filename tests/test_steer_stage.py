@@ -19,6 +19,8 @@ from moe_jax.pipeline import StageError
 from moe_jax.steering import paired
 from moe_jax.steering.stage import BASELINE, run as steer
 
+pytestmark = pytest.mark.slow  # a whole steering sweep, killed in a subprocess and resumed
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a compact sweep: Belebele, 2 languages x 2 items; soft, hard, mask, the controls, learned (generation under
 # steering: tests/test_steering_spec.py)
