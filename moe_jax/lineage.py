@@ -202,3 +202,39 @@ def model_differences(recorded: Mapping[str, Any], config: Any) -> list[str]:
     fields the record lacks are not compared. [] = the same model."""
     now = {"model_source": source_identity(config), "dtype": config.model.dtype}
     return [d for k in MODEL_FIELDS if recorded.get(k) is not None for d in differences(recorded[k], now[k], k)]
+
+
+# outputs a later stage reads that record their model: (stage that writes it, its directory in a workdir,
+# manifest file, key of the model's identity in it or None for the manifest itself)
+MODEL_OUTPUTS = (("collect", wd.routing_dir, "meta.json", None), ("eval", wd.eval_dir, "manifest.json", "identity"),
+                 ("steer", lambda w: storage.join(wd.steer_dir(w), "baseline"), "manifest.json", "identity"))
+
+
+def model_problems(config: Any, workdir: str, consumer: str, outputs: list[tuple[str, str, str, str | None]]) -> list[str]:
+    """Of ``outputs`` (stage, directory, manifest, identity key, like ``MODEL_OUTPUTS``), those recording
+    another model than ``config.model``, as ``"<dir> holds outputs of another model (<field>: ...)"``,
+    then one line with the command that redoes them all for the ``consumer`` stage: the stages that wrote
+    them with ``overwrite`` (their preflight refuses outputs of another model otherwise), convert first
+    when ``workdir/checkpoint`` is of another model too (collect, eval and steer refuse it), analyze after
+    a new routing store. [] without a model section or when every output is of ``config.model``."""
+    if config is None or not hasattr(config, "get") or "model" not in config:
+        return []
+    found = []
+    for stage, path, manifest, key in outputs:
+        recorded = read_json(storage.join(path, manifest), invalid_ok=True)
+        recorded = (recorded or {}).get(key) if key and isinstance(recorded, dict) else recorded
+        diffs = model_differences(recorded, config) if isinstance(recorded, dict) else []
+        if diffs:
+            found.append((stage, path, diffs))
+    if not found:
+        return []
+    redo = {stage for stage, _, _ in found}
+    converted = read_json(wd.convert_stamp(workdir), invalid_ok=True)
+    if not isinstance(converted, dict) or model_differences(
+            {"model_source": converted.get("source"), "dtype": converted.get("dtype")}, config):
+        redo.add("convert")
+    if "collect" in redo:
+        redo.add("analyze")
+    return [f"{path} holds outputs of another model ({'; '.join(diffs)})" for _, path, diffs in found] + [
+        "to compute them again with config.model (their files are replaced), run: "
+        + command(workdir, [*redo, consumer], overwrite=tuple(stage for stage, _, _ in found))]

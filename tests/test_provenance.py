@@ -105,7 +105,7 @@ def test_report_refuses_evaluation_records_of_another_model(work):
                       {"format": "moe_jax.eval_records/1", "identity": ident, "fingerprint": "x",
                        "files": {"belebele/eng_Latn": {}}})
     expected = (rf"{wd.eval_dir(work)} holds outputs of another model \(model_source.tiny.seed: 1 \(recorded\) != 0 "
-                rf"\(now\)\); run the eval stage again: .*--stages=eval --config.eval.overwrite=True")
+                rf"\(now\)\)\n.*run: .*--stages=eval,report --config.eval.overwrite=True")
     with pytest.raises(stages.StageError, match=expected):
         report_stage.run(small_config(), work)
     with pytest.raises(stages.StageError, match=r"\[report\] " + expected):

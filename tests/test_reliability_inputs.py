@@ -11,6 +11,8 @@ import pytest
 
 from moe_jax import stages
 from moe_jax.eval import tasks
+from moe_jax.report import stage as report_stage
+from moe_jax.routing import stage as collect_stage
 from moe_jax.pipeline import PreflightError, StageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -230,3 +232,102 @@ def test_damaged_output_names_the_stage_and_its_command(tmp_path, sub, stage):
     (out_dir / "provenance.json").unlink()
     with pytest.raises(storage.UnpublishedError, match=r"did not finish\); run the " + stage):
         lineage.read_output(str(out_dir), "summary.json")
+
+
+# ------------------------------------------------------------------------------------------ another model
+
+def demo_config():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "configs", "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def workdir_of_seed0(tmp_path, checkpoint_seed=0):
+    """A workdir whose routing store, task store and checkpoint stamp record the demo model with seed 0
+    (only the manifests the model check reads)."""
+    config = demo_config()
+    tiny = config.model.tiny.to_dict()
+    meta = {"model_source": {"tiny": tiny}, "dtype": config.model.dtype}
+    w = tmp_path / "w"
+    for sub in ("routing", "tasks/math"):
+        (w / sub).mkdir(parents=True)
+        (w / sub / "meta.json").write_text(json.dumps(meta))
+    (w / ".convert_source.json").write_text(
+        json.dumps({"source": {"tiny": {**tiny, "seed": checkpoint_seed}}, "dtype": config.model.dtype}))
+    config.model.tiny.seed = 1
+    return config, w
+
+
+def tree(root):
+    return sorted((p, os.path.getsize(os.path.join(p, f))) for p, _, fs in os.walk(root) for f in fs)
+
+
+def test_analyze_refuses_stores_of_another_model(tmp_path):
+    """``--stages=analyze`` with another model.tiny.seed ran over the seed-0 stores without a word."""
+    config, w = workdir_of_seed0(tmp_path)
+    before = tree(w)
+    with pytest.raises(PreflightError) as e:
+        stages.run_stages(config, str(w), "analyze")
+    msg = str(e.value)
+    for store in ("routing", "tasks/math"):
+        assert f"[analyze] {w / store} holds outputs of another model (model_source.tiny.seed: 0 (recorded) != 1 (now))" \
+            in msg, msg
+    assert (f"run: python -m moe_jax.launch --config=<your config> --workdir={w} --stages=convert,collect,analyze "
+            "--config.collect.overwrite=True") in msg, msg
+    assert tree(w) == before
+    from moe_jax.analysis import stage as analysis_stage
+    after_collect = analysis_stage.preflight(config, str(w), frozenset({"convert", "collect"}))
+    assert not [p for p in after_collect if "another model" in p]  # collect rewrites them first
+
+
+def test_report_suggests_a_command_that_is_not_refused_itself(tmp_path):
+    """The report suggested ``--stages=collect``, which collect's own preflight refuses (a checkpoint and
+    a store of another model, without overwrite)."""
+    config, w = workdir_of_seed0(tmp_path)
+    problems = report_stage.model_problems(config, str(w))
+    assert problems[-1].endswith(f"--workdir={w} --stages=convert,collect,analyze,report "
+                                 "--config.collect.overwrite=True"), problems
+    config.collect.overwrite = True  # what the suggested command sets
+    assert not [p for p in collect_stage.preflight(config, str(w), frozenset({"convert"})) if "another model" in p]
+    config, w = workdir_of_seed0(tmp_path / "converted", checkpoint_seed=1)  # convert already rerun: not suggested
+    assert report_stage.model_problems(config, str(w))[-1].endswith(
+        "--stages=collect,analyze,report --config.collect.overwrite=True")
+
+
+# ------------------------------------------------------------------------------------------ eval options
+
+def test_demo_files_as_local_data_are_refused_in_the_eval_plan():
+    """The demo's Global-MMLU files given as eval.source='local' passed preflight and failed in lm-eval
+    (``Elements of --samples should be in the interval [0,k-1] ... k=1``)."""
+    from moe_jax.eval import stage as eval_stage
+    config = demo_config()
+    config.eval.source = "local"
+    config.eval.tasks = "gmmlu_medical"
+    config.eval.languages = "en"
+    config.eval.data_dirs = {"gmmlu_medical": os.path.join(tasks.DEMO_DIR, "gmmlu_medical")}
+    path = os.path.join(tasks.DEMO_DIR, "gmmlu_medical", "en.jsonl")
+    assert os.path.isfile(path)
+    with pytest.raises(tasks.TaskError, match=rf"{re.escape(path)}: task 'gmmlu_medical' evaluates fixed items .*"
+                                              r"subject 'clinical_knowledge'.*set eval.fixed_items=False"):
+        eval_stage.plan(eval_stage.options(config))
+    config.eval.fixed_items = False  # the way out: the file's own rows
+    assert [t["data_file"] for t in eval_stage.plan(eval_stage.options(config))] == [path]
+    config.eval.fixed_items, config.eval.source = True, "demo"  # the demo source evaluates them as they are
+    assert len(eval_stage.plan(eval_stage.options(config))) == 1
+
+
+def test_demo_with_one_task_says_how_to_set_its_languages():
+    """``eval.tasks=mgsm`` on the demo was refused (its eval.languages names three tasks) with no way out."""
+    from moe_jax.eval import stage as eval_stage
+    config = demo_config()
+    config.eval.tasks = "mgsm"
+    with pytest.raises(StageError, match=r"eval.languages names task\(s\) \['gmmlu_medical', 'belebele'\] that are "
+                                         r"not in eval.tasks \['mgsm'\]; give the languages of the tasks being run, "
+                                         r"e.g. --config.eval.languages=en,zh .*--config.eval.tasks=mgsm,gmmlu_medical,"
+                                         "belebele"):
+        eval_stage.plan(eval_stage.options(config))
+    config.eval.languages = "en,zh"  # the suggested flag
+    assert [(t["task"], t["code"]) for t in eval_stage.plan(eval_stage.options(config))] == [("mgsm", "en"),
+                                                                                             ("mgsm", "zh")]

@@ -537,7 +537,8 @@ def ensure_current(config, workdir: str, reader: str) -> None:
 
 def preflight(config, workdir: str, before: frozenset[str] = frozenset()) -> list[str]:
     """The analyze stage's problems, found without reading any array: unknown settings, a missing
-    routing store (when collect does not run first), missing explicit task stores or accuracy file."""
+    routing store (when collect does not run first), missing explicit task stores or accuracy file,
+    and a routing or task store of another model than ``config.model`` (``lineage.model_problems``)."""
     def settings():
         cfg = section(config, "analysis", default_config(), FREE_FORM)
         problems = [] if cfg.metrics else ["analysis.metrics is empty"]
@@ -560,4 +561,15 @@ def preflight(config, workdir: str, before: frozenset[str] = frozenset()) -> lis
         if "collect" not in before and read_meta(path) is None:
             return (f"no routing store at {path}; run the collect stage first (e.g. "
                     "--stages=convert,collect,analyze)")
-    return collect_problems([settings, store])
+
+    def model() -> list[str]:
+        """Stores of another model than config.model (those collect rewrites first are not read)."""
+        try:
+            stores, origin = resolve_task_stores(config, section(config, "analysis", default_config(), FREE_FORM),
+                                                 workdir)
+        except ValueError:
+            return []  # a malformed analysis section: settings() names it
+        paths = [] if "collect" in before else [wd.routing_dir(workdir)]
+        paths += [p for p in stores.values() if "collect" not in before or origin == "analysis.task_stores"]
+        return lineage.model_problems(config, workdir, "analyze", [("collect", p, "meta.json", None) for p in paths])
+    return collect_problems([settings, store, model])

@@ -93,7 +93,7 @@ def _names(value: Any) -> list[str]:
 
 def plan(opts: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every (task, language) to evaluate, resolved and checked before anything is loaded: task
-    names, languages, local data files and their fields."""
+    names, languages, local data files, their fields and (``eval.fixed_items``) their fixed items."""
     names = _names(opts["tasks"])
     if not names:
         raise StageError(f"eval.tasks is empty; known tasks: {', '.join(task_lib.TASKS)}")
@@ -103,7 +103,12 @@ def plan(opts: Mapping[str, Any]) -> list[dict[str, Any]]:
     if per_task:
         unknown = [t for t in langs if t not in names]
         if unknown:
-            raise StageError(f"eval.languages names task(s) {unknown} that are not in eval.tasks {names}")
+            kept = [_names(langs[t]) for t in names if t in langs]
+            example = ",".join(kept[0]) if len(kept) == 1 else "eng_Latn,fra_Latn"
+            raise StageError(f"eval.languages names task(s) {unknown} that are not in eval.tasks {names}; give the "
+                             f"languages of the tasks being run, e.g. --config.eval.languages={example} (one list, "
+                             f"used for every task of eval.tasks), or run those tasks too: "
+                             f"--config.eval.tasks={','.join(names + unknown)}")
     dirs = opts["data_dirs"]
     dirs = dict(dirs.to_dict() if hasattr(dirs, "to_dict") else dirs or {})
     for t in dirs:
@@ -122,6 +127,8 @@ def plan(opts: Mapping[str, Any]) -> list[dict[str, Any]]:
             if directory:
                 data_file = task_lib.local_file(spec, code, directory)
                 task_lib.check_local_file(spec, data_file)
+                if opts["fixed_items"] and opts["source"] != "demo":  # the items lm-eval is asked for exist
+                    task_lib.check_fixed_items(spec, code, data_file, opts["limit"])
             out.append({"task": name, "language": flores, "code": code, "data_file": data_file})
     return out
 

@@ -533,27 +533,13 @@ def output_problems(workdir: str, skip: frozenset[str] = frozenset()) -> list[st
     return problems
 
 
-# outputs the page shows: (stage, directory, manifest file, key of the model's identity in it or None)
-MODEL_OUTPUTS = (("collect", wd.routing_dir, "meta.json", None), ("eval", wd.eval_dir, "manifest.json", "identity"),
-                 ("steer", lambda w: storage.join(wd.steer_dir(w), "baseline"), "manifest.json", "identity"))
-
-
 def model_problems(config, workdir: str, skip: frozenset[str] = frozenset()) -> list[str]:
     """Outputs the page would show (routing store, evaluation, steering sweep; not those of the stages
-    in ``skip``) that record another model than ``config.model``; [] without a model section."""
-    if config is None or not hasattr(config, "get") or "model" not in config:
-        return []
-    problems = []
-    for stage, where, manifest, key in MODEL_OUTPUTS:
-        recorded = read_json(storage.join(where(workdir), manifest), invalid_ok=True) if stage not in skip else None
-        recorded = (recorded or {}).get(key) if key else recorded
-        diffs = lineage.model_differences(recorded, config) if isinstance(recorded, dict) else []
-        if diffs:
-            overwrite = "" if stage == "collect" else f" --config.{stage}.overwrite=True"
-            problems.append(f"{where(workdir)} holds outputs of another model ({'; '.join(diffs)}); run the "
-                            f"{stage} stage again: python -m moe_jax.launch --config=<your config> --workdir={workdir} "
-                            f"--stages={stage}{overwrite}")
-    return problems
+    in ``skip``) that record another model than ``config.model``, and the command that redoes them
+    (``lineage.model_problems``)."""
+    return lineage.model_problems(config, workdir, "report", [
+        (stage, where(workdir), manifest, key) for stage, where, manifest, key in lineage.MODEL_OUTPUTS
+        if stage not in skip])
 
 
 def preflight(config, workdir: str, before: frozenset[str] = frozenset()) -> list[str]:
