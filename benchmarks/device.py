@@ -19,8 +19,8 @@ interleaved runs counts:
 * ``collect``: one batch of routing collection (forward with router logits and the on-device
   statistics) against transformers' forward with router logits (what a collection on it runs).
 
-transformers runs sdpa attention and its fastest experts implementation (``grouped_mm``, else
-``batched_mm``). Columns: tokens/s, moe_jax over transformers, peak memory (JAX: the device's
+transformers runs sdpa attention and its fastest experts implementation here (of ``grouped_mm``,
+``batched_mm`` and ``eager``, timed on the prefill). Columns: tokens/s, moe_jax over transformers, peak memory (JAX: the device's
 ``peak_bytes_in_use`` when it reports one, else XLA's memory analysis of the compiled program:
 arguments + temporaries + outputs; torch: ``max_memory_allocated`` on CUDA, blank on CPU) and
 moe_jax's compile time.
@@ -88,16 +88,21 @@ def hf_model(hf_cfg: dict, dtype: str, device: str):
 
 
 def fastest_experts(model, run) -> str:
-    """transformers' fastest experts implementation that runs here: grouped_mm, else batched_mm."""
-    for impl in ("grouped_mm", "batched_mm"):
+    """transformers' fastest experts implementation here (``grouped_mm``, ``batched_mm``, ``eager``):
+    each that runs is timed once after a warm-up run; the model is left set to the fastest."""
+    times = {}
+    for impl in ("grouped_mm", "batched_mm", "eager"):
         try:
             model.set_experts_implementation(impl)
             run()
-            return impl
         except Exception:  # noqa: BLE001  not available on this torch / device
             continue
-    model.set_experts_implementation("eager")
-    return "eager"
+        t0 = time.perf_counter()
+        run()
+        times[impl] = time.perf_counter() - t0
+    best = min(times, key=times.get)
+    model.set_experts_implementation(best)
+    return best
 
 
 def bench_layout(layout: str, dtype: str, repeats: int) -> list[dict]:
