@@ -331,3 +331,19 @@ def test_demo_with_one_task_says_how_to_set_its_languages():
     config.eval.languages = "en,zh"  # the suggested flag
     assert [(t["task"], t["code"]) for t in eval_stage.plan(eval_stage.options(config))] == [("mgsm", "en"),
                                                                                              ("mgsm", "zh")]
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("methods", "soft,turbo", r"unknown steering method\(s\) \['turbo'\] \(steer.methods\); known: soft, hard"),
+    ("controls", "random,sideways", r"unknown steering control\(s\) \['sideways'\] \(steer.controls\)"),
+    ("taus", (0.3, -0.1), r"steer.taus has \[-0.1\]: each tau must be in \[0, 1\), e.g. --config.steer.taus="),
+    ("taus", (1.0,), r"steer.taus has \[1.0\]: each tau must be in \[0, 1\)"),
+])
+def test_steering_grid_options_are_refused_in_preflight(tmp_path, option, value, message):
+    """steer.methods=turbo and a tau outside [0, 1) were named only once the settings were built,
+    after the launch had started writing; now the preflight refuses them and the workdir is not created."""
+    config = demo_config()
+    config.steer[option] = value
+    with pytest.raises(PreflightError, match=rf"\[steer\] {message}"):
+        stages.run_stages(config, str(tmp_path / "w"), "steer")
+    assert not (tmp_path / "w").exists()

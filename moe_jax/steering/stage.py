@@ -113,6 +113,10 @@ def options(config: Any) -> ml_collections.ConfigDict:
                          f"{list(tg.EXCLUSIVE_COMBINE)}")
     if opts.vector_dtype not in VECTOR_DTYPES:
         raise StageError(f"steer.vector_dtype {opts.vector_dtype!r} is not one of {list(VECTOR_DTYPES)}")
+    try:  # here, not first when the settings are built: preflight refuses before anything is written
+        sweep_lib.check_grid(_names(opts.methods), tuple(opts.taus), _names(opts.controls))
+    except (ValueError, TypeError) as e:
+        raise StageError(str(e)) from None
     return opts
 
 

@@ -44,14 +44,26 @@ class Grid:
     vector_dtype: str = "float32"  # proportional settings: "bfloat16" rounds as published (SteeringSpec)
 
     def __post_init__(self):
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown steering method(s) {unknown} (steer.methods); known: {', '.join(METHODS)}")
-        unknown = [c for c in self.controls if c not in CONTROLS]
-        if unknown:
-            raise ValueError(f"unknown steering control(s) {unknown}; known: {list(CONTROLS)}")
+        check_grid(self.methods, self.taus, self.controls)
         if not self.methods or not self.taus or not self.bands:
             raise ValueError("a steering grid needs at least one method, tau and band")
+
+
+def check_grid(methods: Sequence[str], taus: Sequence[float], controls: Sequence[str]) -> None:
+    """ValueError naming the ``steer.*`` option of an unknown method or control, or of a tau outside
+    [0, 1) (targets are the experts with Delta > tau, and Delta, a difference of two routing shares,
+    lies in [-1, 1]: a negative tau selects nearly every expert, tau >= 1 none)."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown steering method(s) {unknown} (steer.methods); known: {', '.join(METHODS)}")
+    unknown = [c for c in controls if c not in CONTROLS]
+    if unknown:
+        raise ValueError(f"unknown steering control(s) {unknown} (steer.controls); known: {', '.join(CONTROLS)}")
+    bad = [t for t in taus if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < 1]
+    if bad:
+        raise ValueError(f"steer.taus has {bad}: each tau must be in [0, 1), e.g. --config.steer.taus='(0.3,)' "
+                         "(the targets are the experts with Delta > tau, and Delta, a difference of two routing "
+                         "shares, lies in [-1, 1])")
 
 
 def _fmt(x: float) -> str:
