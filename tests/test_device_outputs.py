@@ -59,10 +59,11 @@ def test_collect_step_returns_per_sequence_summaries_only(model, token_topk):
     shapes = {k: v.shape for k, v in compiled.out_info.items()}
     L, E, k = cfg.num_moe_layers, cfg.num_experts, cfg.top_k
     want = {"seq_lengths": (B,), "seq_mean_probs": (B, L, E), "seq_topk_freq": (B, L, E),
-            "seq_topk_weight": (B, L, E), "seq_token_entropy": (B, L), "topk_counts": (L, E), "gate_weight_sums": (L, E), "token_count": ()}
+            "seq_topk_weight": (B, L, E), "seq_gate_weight": (B, L, E), "seq_token_entropy": (B, L),
+            "topk_counts": (L, E), "gate_weight_sums": (L, E), "token_count": ()}
     if token_topk:
         want["token_topk"] = (B, S, L, k)
     assert shapes == want
-    summary_bytes = 4 * (B + 3 * B * L * E + B * L + 2 * L * E + 1)
+    summary_bytes = 4 * (B + 4 * B * L * E + B * L + 2 * L * E + 1)
     token_bytes = 2 * B * S * L * k if token_topk else 0  # int16
     assert_output_bytes(compiled, len(want), summary_bytes + token_bytes)
