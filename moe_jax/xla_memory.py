@@ -24,7 +24,11 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from moe_jax import sharding as shd
+from moe_jax.eval.scoring import score_batch
+from moe_jax.models import generate as gen
 from moe_jax.models.config import ModelConfig
+from moe_jax.models.params import param_shapes
+from moe_jax.routing.collect import make_collect_step
 
 DECODE_CHUNK = 32  # decode steps per compiled call (the eval harness's default chunk)
 
@@ -59,7 +63,6 @@ def _shapes(tree: Any, sharding: Any) -> Any:
 
 def param_structs(cfg: ModelConfig, mesh: Mesh, dtype: Any, rules: Mapping[str, str | None] | None = None) -> dict:
     """The parameter tree as ShapeDtypeStructs placed by the sharding rules on ``mesh``."""
-    from moe_jax.models.params import param_shapes
     return _shapes(param_shapes(cfg, dtype), shd.param_shardings(cfg, mesh, rules))
 
 
@@ -80,13 +83,11 @@ def token_bytes(mesh: Mesh, batch: int, seq: int) -> int:
 
 
 def collect_program(cfg: ModelConfig, params: dict, mesh: Mesh, batch: int, seq: int, backend: str = "auto"):
-    from moe_jax.routing.collect import make_collect_step
     ids = _tokens(mesh, batch, seq)
     return make_collect_step(cfg, mesh, backend=backend).lower(params, ids, ids, ids).compile()
 
 
 def eval_program(cfg: ModelConfig, params: dict, mesh: Mesh, batch: int, seq: int, backend: str = "auto"):
-    from moe_jax.eval.scoring import score_batch
     ids = _tokens(mesh, batch, seq)
     last = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=_rows(mesh, batch))
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
@@ -97,7 +98,6 @@ def prefill_program(cfg: ModelConfig, params: dict, mesh: Mesh, batch: int, seq:
                     backend: str = "auto"):
     """Generation's prefill of prompts ``[batch, seq]`` into a fresh cache of ``seq + max_gen_toks``
     slots (at least one decode chunk)."""
-    from moe_jax.models import generate as gen
     ids = _tokens(mesh, batch, seq)
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         return gen._prefill_jit.lower(params, cfg, ids, ids, seq + max(max_gen_toks, DECODE_CHUNK), None,
@@ -113,7 +113,6 @@ def decode_state(prefill: Any) -> Any:
 def decode_program(cfg: ModelConfig, params: dict, mesh: Mesh, state: Any, backend: str = "auto"):
     """One decode chunk (``DECODE_CHUNK`` greedy steps) from ``state`` (``decode_state`` or
     ``jax.eval_shape`` of a prefill)."""
-    from moe_jax.models import generate as gen
     stop = jax.ShapeDtypeStruct((1,), jnp.int32, sharding=NamedSharding(mesh, PartitionSpec()))
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         return gen._decode_jit.lower(params, cfg, state, DECODE_CHUNK, stop, 0, None, backend, False).compile()

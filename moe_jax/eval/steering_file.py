@@ -20,6 +20,7 @@ import numpy as np
 from moe_jax import storage
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.intervention import DEMOTE, FORBID, FORCE, NONE, Intervention
+from moe_jax.steering.spec import SteeringSpec, SteeringSpecError
 
 MODES = {"force": FORCE, "none": NONE, "demote": DEMOTE, "forbid": FORBID}
 
@@ -74,7 +75,6 @@ def load_intervention(path: str | os.PathLike, cfg: ModelConfig) -> Intervention
     path = os.fspath(path)
     d = _read(path)
     if isinstance(d, dict) and "method" in d:
-        from moe_jax.steering.spec import SteeringSpec, SteeringSpecError
         try:
             return SteeringSpec.from_dict(d).to_intervention(cfg)
         except (SteeringSpecError, TypeError) as e:
@@ -92,7 +92,6 @@ def check_steering_file(path: str | os.PathLike, cfg: ModelConfig | None = None)
     d = _read(path)
     source = f"steering file {path!r}"
     if isinstance(d, dict) and "method" in d:
-        from moe_jax.steering.spec import SteeringSpec, SteeringSpecError
         try:
             SteeringSpec.from_dict(d)
         except (SteeringSpecError, TypeError) as e:
