@@ -24,7 +24,7 @@ from moe_jax.models.config import ModelConfig
 from moe_jax.models.decoder import forward
 from moe_jax.models.params import init_params
 from moe_jax.routing import collect
-from moe_jax.tiny import tiny_hf_config
+from moe_jax.convert.tiny import tiny_hf_config
 
 MODELS = {
     "demo": lambda: tiny_hf_config("qwen2_moe", vocab_size=512, num_hidden_layers=8, mlp_only_layers=[1]),

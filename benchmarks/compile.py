@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.decoder import forward
 from moe_jax.models.params import param_shapes
-from moe_jax.tiny import tiny_hf_config
+from moe_jax.convert.tiny import tiny_hf_config
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.harness import best_of, tokens  # noqa: E402
 from moe_jax.models import experts  # noqa: E402
-from moe_jax.tiny import tiny_hf_config  # noqa: E402
+from moe_jax.convert.tiny import tiny_hf_config  # noqa: E402
 
 LAYOUTS = {
     "tiny": lambda: tiny_hf_config("qwen3_moe", vocab_size=512, hidden_size=64, num_hidden_layers=2,

@@ -26,7 +26,7 @@ from lm_eval.api.instance import Instance
 from moe_jax.data.corpora import load_builtin
 from moe_jax.data.tiny_tokenizer import build_tiny_tokenizer
 from moe_jax.eval.harness import MoeJaxLM
-from moe_jax.tiny import tiny_hf_config, write_random_hf_checkpoint
+from moe_jax.convert.tiny import tiny_hf_config, write_random_hf_checkpoint
 
 LANGS = ["bn", "de", "en", "es", "fr", "ja", "ru", "sw", "te", "th", "zh"]
 UNTIL = ["Question:", "</s>", "<|im_end|>"]

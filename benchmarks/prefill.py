@@ -38,7 +38,7 @@ from moe_jax import sharding as shd
 from moe_jax.models import experts
 from moe_jax.models.decoder import forward
 from moe_jax.routing import collect
-from moe_jax.tiny import tiny_hf_config
+from moe_jax.convert.tiny import tiny_hf_config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from flops import compiled_flops  # noqa: E402

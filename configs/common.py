@@ -2,7 +2,7 @@
 
 Each config file loads this module by its path (a few lines of importlib), so configs work from
 any current directory and need no package of their own. Everything else is a default of the
-package (``moe_jax.stages.default_config``) plus a handful of overrides per file.
+package (``moe_jax.pipeline.registry.default_config``) plus a handful of overrides per file.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Sequence
 import ml_collections
 
 from moe_jax.data.corpora import BUILTIN_TASKS
-from moe_jax.pipeline import RANDOM_WEIGHTS_WARNING  # noqa: F401 (used by configs)
-from moe_jax.stages import default_config
+from moe_jax.pipeline.common import RANDOM_WEIGHTS_WARNING  # noqa: F401 (used by configs)
+from moe_jax.pipeline.registry import default_config
 
 # The 15 languages of the multilingual-routing study (Bandarkar et al., arXiv 2510.04694), FLORES codes.
 R_LANGUAGES = ("eng_Latn", "bam_Latn", "fra_Latn", "tha_Thai", "pes_Arab", "arb_Arab", "arb_Latn", "ary_Arab",
@@ -33,7 +33,7 @@ GMMLU_LANGUAGES = ("en", "ar", "bn", "de", "es", "fr", "hi", "id", "it", "ja", "
 
 def study_eval() -> ml_collections.ConfigDict:
     """``config.eval`` of the studies (hub data; offline: ``eval.data_dirs = {task: dir}``)."""
-    from moe_jax.eval.stage import default_config as eval_defaults
+    from moe_jax.pipeline.eval import default_config as eval_defaults
     e = eval_defaults()
     e.tasks = "mgsm,gmmlu_medical,belebele"
     e.languages = {"mgsm": MGSM_LANGUAGES, "gmmlu_medical": GMMLU_LANGUAGES, "belebele": R_LANGUAGES}
@@ -62,7 +62,7 @@ def study_steer(band: str = "auto", tau: float = 0.3, methods: str = "soft,hard"
     Phi-3.5-MoE 8-17, GPT-OSS-20B 4-19; tau 0.4, 0.3, 0.3), from a secondary summary of the paper:
     starting points to compare against the detected band, not confirmed settings.
     """
-    from moe_jax.steering.stage import default_config as steer_defaults
+    from moe_jax.pipeline.steer import default_config as steer_defaults
     s = steer_defaults()
     s.task = "math"
     s.tasks = "mgsm"

@@ -28,13 +28,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from moe_jax import storage
-from moe_jax import workdir as wd
-from moe_jax.analysis import stage as analysis_stage
-from moe_jax.atomic import atomic_write
-from moe_jax.pipeline import StageError
+from moe_jax.io import storage
+from moe_jax.artifacts import layout as wd
+from moe_jax.pipeline import analyze as analysis_stage
+from moe_jax.io.storage import atomic_write
+from moe_jax.errors import StageError
 from moe_jax.report import html, plots
-from moe_jax.routing.store import read_meta
+from moe_jax.artifacts.routing_store import read_meta
 from moe_jax.steering import sweep as sweep_lib
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def load_run(workdir: str) -> ModelRun:
     meta = read_meta(wd.routing_dir(workdir)) or {}
     steer = None
     if storage.exists(storage.join(wd.steer_dir(workdir), "summary.json")):
-        from moe_jax.steering import stage as steer_stage
+        from moe_jax.pipeline import steer as steer_stage
         try:
             steer = steer_stage.read_output(workdir)
         except (StageError, OSError, ValueError) as e:  # unfinished or changed: the message names the command

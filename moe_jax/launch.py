@@ -4,7 +4,7 @@
         [--stages=convert,collect,analyze,report] [--config.collect.batch_size=16 ...]
 
 ``--stages`` defaults to ``config.stages``. Every requested stage's inputs are checked before the
-first one writes anything (``moe_jax.stages.preflight``): the problems are listed, exit status 1.
+first one writes anything (``moe_jax.pipeline.registry.preflight``): the problems are listed, exit status 1.
 With ``config.distributed.enabled`` every process runs this same command (with its own
 ``--config.distributed.process_id``); process 0 writes the outputs.
 """
@@ -37,12 +37,13 @@ class _QuietLibraries(logging.Filter):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from moe_jax import pipeline, sharding, stages  # after flag parsing: nothing touches jax devices before init
+    from moe_jax import errors, sharding  # after flag parsing: nothing touches jax devices before init
+    from moe_jax.pipeline import common as pipeline, registry as stages
 
     config = _CONFIG.value
     try:
         names = stages.parse_stages(config.stages if _STAGES.value is None else _STAGES.value)  # --stages= is [], an error
-    except pipeline.StageError as e:
+    except errors.StageError as e:
         raise app.UsageError(str(e)) from None
     sharding.initialize_distributed(config.get("distributed"))
     logging.getLogger("moe_jax").setLevel(logging.INFO)
@@ -52,7 +53,7 @@ def main(argv):
         print(f"WARNING: {warning}", flush=True)
     try:
         stages.run_stages(config, _WORKDIR.value, names)
-    except pipeline.PreflightError as e:  # every problem, each with its fix: a traceback adds nothing
+    except errors.PreflightError as e:  # every problem, each with its fix: a traceback adds nothing
         raise SystemExit(f"ERROR: {e}") from None
     if warning:
         print(f"WARNING (again): {warning}", flush=True)

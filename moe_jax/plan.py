@@ -46,10 +46,10 @@ import ml_collections
 import numpy as np
 
 from moe_jax import sharding as shd
-from moe_jax import storage
+from moe_jax.io import storage
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.params import param_spec, run_spec
-from moe_jax.pipeline import StageError
+from moe_jax.errors import StageError
 
 GiB = 1024 ** 3
 
@@ -392,7 +392,7 @@ def model_config_json(config: Any) -> dict[str, Any]:
     if path:
         return _read_json(path)
     if m.source == "tiny_random":
-        from moe_jax import tiny
+        from moe_jax.convert import tiny
         spec = m.tiny.to_dict()
         return tiny.tiny_hf_config(spec["model_type"], **dict(spec.get("overrides", {}), vocab_size=spec["vocab_size"]))
     try:
@@ -424,7 +424,7 @@ def workload(config: Any, native_dtype: str = "float32") -> Workload:
 
 def plan_from_config(config: Any, accelerator: str | None = None) -> tuple[Plan, ModelConfig, Workload, dict]:
     """The plan of a pipeline config (``accelerator`` overrides ``config.plan.accelerator``)."""
-    from moe_jax.pipeline import model_name
+    from moe_jax.pipeline.common import model_name
     p = config.get("plan") or default_config()
     cfg = ModelConfig.from_hf(model_config_json(config))
     acc = get_accelerator(accelerator if accelerator is not None else p.get("accelerator", "auto"))

@@ -327,7 +327,7 @@ def default_distributed_config():
     """The ``config.distributed`` section (see ``initialize_distributed``); ``enabled`` is True, False
     or "auto" (default: on in a multi-host TPU job, off elsewhere). ``shared_workdir``: a local
     ``--workdir`` is a filesystem every host mounts (NFS); without it a local workdir on several hosts
-    is refused (``moe_jax.workdir_hosts``)."""
+    is refused (``moe_jax.pipeline.hosts``)."""
     import ml_collections
     from ml_collections import config_dict
     return ml_collections.ConfigDict({"enabled": config_dict.FieldReference("auto", field_type=object),

@@ -39,7 +39,7 @@ def gcs_bucket():
     of its subprocesses point at it while it runs); fails, never skips, if it cannot start."""
     import gcs_emulator
 
-    from moe_jax import storage
+    from moe_jax.io import storage
 
     saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", *storage.EMULATOR_ENV)}
     emu = gcs_emulator.start()

@@ -10,7 +10,7 @@ import os
 from hf_reference import build_hf_model, save_hf_model
 
 from moe_jax.data.tiny_tokenizer import build_tiny_tokenizer
-from moe_jax.tiny import tiny_hf_config
+from moe_jax.convert.tiny import tiny_hf_config
 
 PASSAGES = [
     "The river flows north through the old town, past the market and the stone bridge.",

@@ -1,7 +1,7 @@
 """A local GCS emulator for tests: ``gcp-storage-emulator`` on 127.0.0.1, in memory, one bucket.
 
 ``start()`` runs it on a free port, waits until it answers, and points this process's clients (and
-those of subprocesses it starts) at it with ``moe_jax.storage.use_gcs_emulator``. It fails loudly,
+those of subprocesses it starts) at it with ``moe_jax.io.storage.use_gcs_emulator``. It fails loudly,
 with the emulator's output, when it cannot start: tests of gs:// paths are never skipped.
 """
 
@@ -17,7 +17,7 @@ import tempfile
 import time
 import urllib.request
 
-from moe_jax import storage
+from moe_jax.io import storage
 
 BUCKET = "moe-jax-test"
 START_TIMEOUT_S = 30

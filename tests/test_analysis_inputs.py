@@ -12,10 +12,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from moe_jax.analysis import inputs, stage, tables
+from moe_jax.analysis import inputs, tables
+from moe_jax.pipeline import analyze as stage
 from moe_jax.analysis.synthetic import SyntheticSpec, language_arrays, write_demo
 from moe_jax.data.languages import UnknownLanguageError
-from moe_jax.routing import store as store_lib
+from moe_jax.artifacts import routing_store as store_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = SyntheticSpec(n_sequences=10)

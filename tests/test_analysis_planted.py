@@ -17,7 +17,7 @@ from moe_jax.analysis import (aggregate_divergence, band_similarity, cluster_lan
                               divergence_accuracy_correlation, expert_overlap, language_experts, pivot_divergence,
                               shared_exclusive_experts, task_experts, token_consistency)
 from moe_jax.analysis.synthetic import SyntheticSpec, language_arrays, write_demo
-from moe_jax.routing import store as store_lib
+from moe_jax.artifacts import routing_store as store_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = SyntheticSpec()

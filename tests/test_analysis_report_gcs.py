@@ -10,13 +10,14 @@ import os
 import ml_collections
 import pytest
 
-from moe_jax import lineage, storage
-from moe_jax import workdir as wd
-from moe_jax.analysis import stage as analysis_stage
+from moe_jax.artifacts import lineage
+from moe_jax.io import storage
+from moe_jax.artifacts import layout as wd
+from moe_jax.pipeline import analyze as analysis_stage
 from moe_jax.analysis import tables
 from moe_jax.analysis.synthetic import CONFIG_NAME, SyntheticSpec, write_demo, write_synthetic_store
-from moe_jax.pipeline import StageError
-from moe_jax.report import stage as report_stage
+from moe_jax.errors import StageError
+from moe_jax.pipeline import report as report_stage
 
 SPEC = SyntheticSpec(moe_layer_ids=tuple(range(1, 13)), n_sequences=12)
 # the tests that damage or change a workdir each write their own: fewer languages, fewer objects to read

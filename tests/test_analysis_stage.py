@@ -8,10 +8,11 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from moe_jax.analysis import inputs, pivot_divergence, stage, tables
+from moe_jax.analysis import inputs, pivot_divergence, tables
+from moe_jax.pipeline import analyze as stage
 from moe_jax.analysis.synthetic import (DEFAULT_LANGUAGES, SyntheticSpec, language_arrays, write_demo,
                                         write_synthetic_store)
-from moe_jax.routing import store as store_lib
+from moe_jax.artifacts import routing_store as store_lib
 
 SPEC = SyntheticSpec(moe_layer_ids=tuple(range(1, 13)))  # decoder layer 0 dense: MoE layer l is decoder l + 1
 SMALL = dict(n_sequences=10)

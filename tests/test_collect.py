@@ -12,7 +12,7 @@ from moe_jax.models.decoder import forward
 from moe_jax.models.params import init_params
 from moe_jax.routing import collect
 from moe_jax.routing.statistics import routing_statistics
-from moe_jax.tiny import tiny_hf_config
+from moe_jax.convert.tiny import tiny_hf_config
 
 TINY = tiny_hf_config("qwen2_moe")  # 3 layers (one dense), 8 experts, top-3, shared expert
 TEMPLATE = 3  # first 3 tokens and the last one play the chat template (not counted)

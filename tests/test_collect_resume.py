@@ -12,9 +12,10 @@ from moe_jax import sharding as shd
 from moe_jax.data.tokenize import EncodedTexts
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.params import init_params
-from moe_jax.routing import collect, store
-from moe_jax.routing.stage import LanguageInput, collect_to_store
-from moe_jax.tiny import tiny_hf_config
+from moe_jax.routing import collect
+from moe_jax.artifacts import routing_store as store
+from moe_jax.pipeline.collect import LanguageInput, collect_to_store
+from moe_jax.convert.tiny import tiny_hf_config
 
 LANGS = ["aaa_Latn", "bbb_Latn", "ccc_Latn"]
 OPTIONS = dict(token_topk=True, overwrite=False, progress=False)

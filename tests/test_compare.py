@@ -10,8 +10,9 @@ import shutil
 import numpy as np
 import pytest
 
-from moe_jax import compare, stages
-from moe_jax import workdir as wd
+from moe_jax import compare
+from moe_jax.pipeline import registry as stages
+from moe_jax.artifacts import layout as wd
 from moe_jax.report import html
 from moe_jax.steering import sweep as sweep_lib
 

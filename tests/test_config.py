@@ -5,7 +5,7 @@ import pytest
 import transformers
 
 from moe_jax.models.config import ModelConfig, UnsupportedModelError
-from moe_jax.tiny import tiny_hf_config
+from moe_jax.convert.tiny import tiny_hf_config
 
 CLASSES = {"qwen2_moe": "Qwen2MoeConfig", "qwen3_moe": "Qwen3MoeConfig", "olmoe": "OlmoeConfig",
            "phimoe": "PhimoeConfig"}

@@ -8,8 +8,8 @@ import sys
 import ml_collections
 import pytest
 
-from moe_jax import stages
-from moe_jax.routing import stage as collect_stage
+from moe_jax.pipeline import registry as stages
+from moe_jax.pipeline import collect as collect_stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py")) if not p.endswith("common.py"))

@@ -19,7 +19,7 @@ from moe_jax.convert.loader import hf_tensors_to_params, load_params
 from moe_jax.convert.safetensors_io import write_safetensors
 from moe_jax.models.config import ModelConfig, load_hf_config
 from moe_jax.models.params import init_params, layer_params, param_shapes, unstack_layers
-from moe_jax.tiny import tiny_hf_config, write_random_hf_checkpoint
+from moe_jax.convert.tiny import tiny_hf_config, write_random_hf_checkpoint
 
 CASES = {
     "qwen2_moe": tiny_hf_config("qwen2_moe"),  # layer 1 is a dense MLP

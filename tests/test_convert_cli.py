@@ -18,7 +18,7 @@ from moe_jax.convert.checkpoint import convert_checkpoint
 from moe_jax.convert.loader import load_params
 from moe_jax.convert.safetensors_io import CheckpointError, write_safetensors
 from moe_jax.models.config import UnsupportedModelError
-from moe_jax.tiny import tiny_hf_config, write_random_hf_checkpoint
+from moe_jax.convert.tiny import tiny_hf_config, write_random_hf_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HF = tiny_hf_config("qwen2_moe")

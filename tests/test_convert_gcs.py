@@ -9,14 +9,14 @@ import os
 import numpy as np
 import pytest
 
-from moe_jax import storage
+from moe_jax.io import storage
 from moe_jax.convert import tokenizer as tok_lib
 
 
 @pytest.fixture(scope="module")
 def hf_local(tmp_path_factory):
     """A tiny random qwen3_moe HF checkpoint with the tiny tokenizer (local)."""
-    from moe_jax import tiny
+    from moe_jax.convert import tiny
     from moe_jax.data.tiny_tokenizer import build_tiny_tokenizer
 
     d = str(tmp_path_factory.mktemp("hf"))
@@ -126,7 +126,8 @@ def test_tokenizer_key_of_a_conversion_reads_only_its_record(converted, tmp_path
 
 KILL_AFTER_PARAMS = """
 import os, sys
-from moe_jax.convert import checkpoint, digest
+from moe_jax.artifacts import checkpoint as digest
+from moe_jax.convert import checkpoint
 digest.record_files = lambda *a, **k: os._exit(3)  # killed after the params, before moe_jax.json
 checkpoint.convert_checkpoint(sys.argv[1], sys.argv[2])
 """
@@ -138,7 +139,8 @@ def test_killed_or_failed_conversion_on_gcs(converted, gcs_dir, monkeypatch):
     import subprocess
     import sys
 
-    from moe_jax.convert import digest, loader, orbax_io
+    from moe_jax.artifacts import checkpoint as digest
+    from moe_jax.convert import loader, orbax_io
     from moe_jax.convert.checkpoint import convert_checkpoint, is_intact
     from moe_jax.convert.safetensors_io import CheckpointError
 
@@ -179,7 +181,8 @@ def test_killed_or_failed_conversion_on_gcs(converted, gcs_dir, monkeypatch):
 def test_gcs_content_check_compares_md5s_without_reading(converted, gcs_dir, monkeypatch):
     """On gs:// the record keeps GCS's md5 of each object: the convert stage's content check reads a
     listing, not the checkpoint; an object replaced by other bytes of the same size is named."""
-    from moe_jax.convert import digest, orbax_io
+    from moe_jax.artifacts import checkpoint as digest
+    from moe_jax.convert import orbax_io
     from moe_jax.convert.checkpoint import convert_checkpoint, is_intact
 
     out = convert_checkpoint(converted["hf_remote"], storage.join(gcs_dir, "ckpt"))
@@ -277,8 +280,8 @@ def test_convert_stage_on_a_gcs_workdir(gcs_dir, monkeypatch, tmp_path):
     """The convert stage with a gs:// workdir: preflight passes, the tiny source is written to
     <workdir>/hf_tiny, the checkpoint and its source stamp to the bucket; a rerun finds it up to date,
     and later stages' check (checkpoint_problems) accepts it."""
-    from moe_jax import workdir as wd
-    from moe_jax.convert import stage
+    from moe_jax.artifacts import layout as wd
+    from moe_jax.pipeline import convert as stage
     from test_launch import demo_config
 
     monkeypatch.setenv("MOE_JAX_CACHE", str(tmp_path / "cache"))
@@ -305,7 +308,7 @@ def test_expert_chunking_follows_the_param_spec(model_type):
     from moe_jax.convert import orbax_io
     from moe_jax.models.config import ModelConfig
     from moe_jax.models.params import logical_axes, param_shapes
-    from moe_jax.tiny import tiny_hf_config
+    from moe_jax.convert.tiny import tiny_hf_config
 
     cfg = ModelConfig.from_hf(tiny_hf_config(model_type))
     paths, treedef = jax.tree_util.tree_flatten_with_path(param_shapes(cfg))

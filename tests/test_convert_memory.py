@@ -14,7 +14,7 @@ import pytest
 
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.params import param_shapes
-from moe_jax.tiny import tiny_hf_config, write_random_hf_checkpoint
+from moe_jax.convert.tiny import tiny_hf_config, write_random_hf_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MB = 2**20

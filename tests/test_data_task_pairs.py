@@ -166,8 +166,8 @@ def test_align_refuses_mixed_kinds():
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory):
     """convert + collect of the tiny demo model with a two-turn task corpus counting responses only."""
-    from moe_jax.convert import stage as convert_stage
-    from moe_jax.routing import stage as collect_stage
+    from moe_jax.pipeline import convert as convert_stage
+    from moe_jax.pipeline import collect as collect_stage
 
     tmp = tmp_path_factory.mktemp("pairs")
     path = write_lines(tmp / "qa.jsonl", [{"id": f"q{i}", "prompt": p, "response": r} for i, (p, r) in enumerate([
@@ -192,8 +192,9 @@ def qa_config(path, count, overwrite=False):
 def test_collect_two_turn_task_store_records_count(collected):
     from transformers import AutoTokenizer
 
-    from moe_jax import workdir as wd
-    from moe_jax.routing import stage as collect_stage, store
+    from moe_jax.artifacts import layout as wd
+    from moe_jax.pipeline import collect as collect_stage
+    from moe_jax.artifacts import routing_store as store
 
     workdir, path, out = collected
     main = store.read_meta(os.path.join(workdir, "routing"))

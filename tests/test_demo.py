@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import cli_runs
-from moe_jax import storage
-from moe_jax.routing import store
+from moe_jax.io import storage
+from moe_jax.artifacts import routing_store as store
 from test_faults import VOLATILE_FILES, _strip
 
 pytestmark = pytest.mark.slow  # the whole demo through the command line, local and on gs://, killed and resumed

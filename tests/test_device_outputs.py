@@ -12,7 +12,7 @@ from moe_jax.models.config import ModelConfig
 from moe_jax.models.decoder import forward
 from moe_jax.models.params import init_params
 from moe_jax.routing import collect
-from moe_jax.tiny import tiny_hf_config
+from moe_jax.convert.tiny import tiny_hf_config
 
 B, S = 4, 48  # S differs from every other axis (L=2, E=8, k=2, V=128), so a token axis is visible
 

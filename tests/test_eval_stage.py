@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from moe_jax import workdir as wd
-from moe_jax.convert import stage as convert_stage
-from moe_jax.eval import records as rec
-from moe_jax.eval import stage as eval_stage
-from moe_jax.routing.store import StoreMismatchError
+from moe_jax.artifacts import layout as wd
+from moe_jax.pipeline import convert as convert_stage
+from moe_jax.artifacts import eval_records as rec
+from moe_jax.pipeline import eval as eval_stage
+from moe_jax.artifacts.routing_store import StoreMismatchError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 Z = 1.959963984540054
@@ -91,7 +91,7 @@ def test_resume_after_kill_and_damaged_file(evaluated, tmp_path):
     # the child stops after its first (task, language) file, so that the kill lands mid-task
     script = (f"import sys, time; sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})\n"
               "from test_eval_stage import eval_config\n"
-              "from moe_jax.eval import records, stage\n"
+              "from moe_jax.artifacts import eval_records as records\nfrom moe_jax.pipeline import eval as stage\n"
               "write = records.write_records\n"
               "def slow(*a, **k):\n    write(*a, **k); time.sleep(600)\n"
               "records.write_records = slow\n"
@@ -158,7 +158,7 @@ def test_long_prompts_are_truncated_and_counted(evaluated, tmp_path):
 
 
 def test_analysis_takes_belebele_accuracies_from_the_eval_stage(tmp_path):
-    from moe_jax.analysis import stage as analysis_stage
+    from moe_jax.pipeline import analyze as analysis_stage
     from moe_jax.analysis.synthetic import SyntheticSpec, write_demo
 
     spec = SyntheticSpec()

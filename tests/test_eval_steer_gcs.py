@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from moe_jax import storage
-from moe_jax.eval import records as rec
+from moe_jax.io import storage
+from moe_jax.artifacts import eval_records as rec
 from moe_jax.eval import steering_file, tasks
-from moe_jax.routing.store import StoreMismatchError
+from moe_jax.artifacts.routing_store import StoreMismatchError
 from moe_jax.steering.spec import SteeringSpec
 
 pytestmark = pytest.mark.slow  # the eval and steer stages on a gs:// workdir
@@ -139,7 +139,7 @@ def test_other_fingerprint_refused_then_replaced(local_and_gcs):
 
 def test_task_data_and_steering_files_on_gcs(gcs_dir, tmp_path, monkeypatch):
     from moe_jax.models.config import ModelConfig
-    from moe_jax.tiny import tiny_hf_config
+    from moe_jax.convert.tiny import tiny_hf_config
 
     spec = tasks.get_task("belebele")
     demo = os.path.join(tasks.DEMO_DIR, "belebele")
@@ -190,8 +190,8 @@ def stage_runs(gcs_bucket, tmp_path_factory):
     """A workdir converted and collected locally, uploaded to gs://, then eval + steer run on the gs://
     copy (killed once in the eval stage between a record and the manifest, resumed) and on the local
     one: ``(config, local workdir, gs:// workdir, pairs evaluated by the resumed run, cwd)``."""
-    from moe_jax import stages
-    from moe_jax.eval import stage as eval_stage
+    from moe_jax.pipeline import registry as stages
+    from moe_jax.pipeline import eval as eval_stage
 
     config = _stage_config()
     base = tmp_path_factory.mktemp("stages")
@@ -242,8 +242,8 @@ def _stages_on_gcs_write_what_a_local_workdir_holds(stage_runs):
 
 
 def _damaged_record_on_gcs_is_named_and_redone(stage_runs):
-    from moe_jax import stages
-    from moe_jax.eval import stage as eval_stage
+    from moe_jax.pipeline import registry as stages
+    from moe_jax.pipeline import eval as eval_stage
 
     config, local, remote, _, _ = stage_runs
     out = storage.join(remote, "eval")
@@ -265,7 +265,7 @@ def _lm_eval_model_from_a_gcs_checkpoint(stage_runs, tmp_path, monkeypatch):
     """``--model moe_jax --model_args pretrained=gs://...,steering=gs://...`` scores as the local checkpoint does."""
     from lm_eval.api.instance import Instance
 
-    from moe_jax import workdir as wd
+    from moe_jax.artifacts import layout as wd
     from moe_jax.eval.harness import MoeJaxLM
 
     _, local, remote, _, _ = stage_runs
@@ -283,7 +283,7 @@ def _lm_eval_model_from_a_gcs_checkpoint(stage_runs, tmp_path, monkeypatch):
 
 
 def _preflight_on_gcs_refuses_other_options_and_missing_inputs(stage_runs):
-    from moe_jax import stages
+    from moe_jax.pipeline import registry as stages
 
     config, _, remote, _, _ = stage_runs
     other = _stage_config()
@@ -317,10 +317,10 @@ def test_eval_and_steer_stages_on_a_gcs_workdir(stage_runs, tmp_path, monkeypatc
 
 
 def test_auto_band_read_only_as_the_analysis_publishes_it(gcs_dir):
-    from moe_jax import lineage
-    from moe_jax import workdir as wd
-    from moe_jax.pipeline import StageError
-    from moe_jax.steering.stage import parse_bands
+    from moe_jax.artifacts import lineage
+    from moe_jax.artifacts import layout as wd
+    from moe_jax.errors import StageError
+    from moe_jax.pipeline.steer import parse_bands
 
     adir = wd.analysis_dir(gcs_dir)
     with pytest.raises(StageError, match="has no middle band; run the 'analyze' stage first"):

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from moe_jax.eval import records as rec
+from moe_jax.artifacts import eval_records as rec
 from moe_jax.eval import tasks as T
 
 # (response, target, extracted by flexible-extract, correct)

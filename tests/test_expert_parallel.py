@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from simulated_devices import run_on_devices
 
-from moe_jax.tiny import tiny_hf_config
+from moe_jax.convert.tiny import tiny_hf_config
 
 pytestmark = pytest.mark.slow  # 8 simulated devices in a subprocess
 

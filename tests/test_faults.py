@@ -19,8 +19,8 @@ import pytest
 from cli_runs import finish, kill_when, start
 from moe_jax.convert import loader
 from moe_jax.convert.safetensors_io import CheckpointError
-from moe_jax.eval import records as rec
-from moe_jax.routing import store
+from moe_jax.artifacts import eval_records as rec
+from moe_jax.artifacts import routing_store as store
 
 pytestmark = pytest.mark.slow  # stages killed and resumed through the command line
 
@@ -216,7 +216,7 @@ def test_leftovers_of_a_killed_overwrite_are_removed(tmp_path):
 def test_damaged_conversion_record_names_the_repair(tmp_path):
     """``moe_jax.json`` itself damaged: loading says to remove the directory and convert again (nothing
     else records what moe_jax wrote there, so ``--overwrite`` refuses to delete it)."""
-    from moe_jax import tiny
+    from moe_jax.convert import tiny
     from moe_jax.convert.checkpoint import convert_checkpoint
     out = convert_checkpoint(tiny.write_random_hf_checkpoint(str(tmp_path / "hf"), tiny.tiny_hf_config("qwen3_moe")),
                              tmp_path / "out")

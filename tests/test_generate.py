@@ -24,7 +24,7 @@ from moe_jax.models.config import ModelConfig
 from moe_jax.models.decoder import forward
 from moe_jax.models.intervention import FORBID, Intervention
 from moe_jax.models.params import init_params
-from moe_jax.tiny import tiny_hf_config
+from moe_jax.convert.tiny import tiny_hf_config
 from rope_reference import np_rope_cos_sin
 
 N = 24  # new tokens

@@ -31,7 +31,7 @@ from moe_jax.models.intervention import FORCE
 from moe_jax.models.model import MoeModel
 from moe_jax.models.params import layer_params
 from moe_jax.models.yarn import yarn_inv_freq
-from moe_jax.tiny import tiny_hf_config, write_random_hf_checkpoint
+from moe_jax.convert.tiny import tiny_hf_config, write_random_hf_checkpoint
 from test_parity import convert_cli
 
 TOL = 1e-4

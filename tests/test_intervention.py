@@ -10,7 +10,7 @@ from moe_jax.models.config import ModelConfig
 from moe_jax.models.decoder import forward
 from moe_jax.models.intervention import Intervention
 from moe_jax.models.params import init_params
-from moe_jax.tiny import tiny_hf_config
+from moe_jax.convert.tiny import tiny_hf_config
 
 
 @pytest.fixture(scope="module", params=["qwen3_moe", "phimoe"])

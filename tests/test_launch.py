@@ -9,12 +9,13 @@ import sys
 import pytest
 
 from moe_jax import sharding as shd
-from moe_jax import pipeline, stages, tiny
-from moe_jax import workdir as wd
-from moe_jax.convert import stage as convert_stage
+from moe_jax.pipeline import common as pipeline, registry as stages
+from moe_jax.convert import tiny
+from moe_jax.artifacts import layout as wd
+from moe_jax.pipeline import convert as convert_stage
 from moe_jax.data.languages import validate_languages
 from moe_jax.data.tokenize import TokenizerError
-from moe_jax.routing import stage as collect_stage
+from moe_jax.pipeline import collect as collect_stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py")) if not p.endswith("common.py"))
@@ -50,9 +51,9 @@ def test_stage_registry():
                                                 "eval, analyze"):
         stages.parse_stages("convert,colect")
     assert stages.get_stage("collect") is collect_stage.run
-    from moe_jax.analysis import stage as analysis_stage
-    from moe_jax.convert import stage as convert_stage
-    from moe_jax.report import stage as report_stage
+    from moe_jax.pipeline import analyze as analysis_stage
+    from moe_jax.pipeline import convert as convert_stage
+    from moe_jax.pipeline import report as report_stage
     assert stages.get_stage("analyze") is analysis_stage.run and stages.get_stage("report") is report_stage.run
     assert stages.get_stage("convert") is convert_stage.run
 

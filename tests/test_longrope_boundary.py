@@ -9,7 +9,7 @@ import pytest
 
 import moe_jax
 from hf_reference import build_hf_model, reference_forward, save_hf_model
-from moe_jax.tiny import tiny_hf_config
+from moe_jax.convert.tiny import tiny_hf_config
 
 TOL = 1e-4
 

@@ -9,14 +9,16 @@ import os
 import numpy as np
 import pytest
 
-from moe_jax import pipeline, plan, tiny
-from moe_jax import workdir as wd
-from moe_jax.analysis import stage as analysis_stage
+from moe_jax.pipeline import common as pipeline
+from moe_jax import plan
+from moe_jax.convert import tiny
+from moe_jax.artifacts import layout as wd
+from moe_jax.pipeline import analyze as analysis_stage
 from moe_jax.analysis.synthetic import DEFAULT_LANGUAGES, SyntheticSpec, write_synthetic_store
 from moe_jax.convert import loader
 from moe_jax.convert.checkpoint import convert_checkpoint
 from moe_jax.convert.safetensors_io import CheckpointError, read_header, read_tensor, write_safetensors
-from moe_jax.routing import store
+from moe_jax.artifacts import routing_store as store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HF = tiny.tiny_hf_config("qwen3_moe")
@@ -83,9 +85,9 @@ def _demo_config(hf_dir):
 def test_stages_without_tokenizer_fail_before_writing_and_the_retry_works(hf_dirs, tmp_path):
     """The convert stage refuses a source without tokenizer files and writes nothing; with them added it
     converts; the collect stage refuses a checkpoint without them before any store exists."""
-    from moe_jax.convert import stage as convert_stage
+    from moe_jax.pipeline import convert as convert_stage
     from moe_jax.data.tiny_tokenizer import build_tiny_tokenizer
-    from moe_jax.routing import stage as collect_stage
+    from moe_jax.pipeline import collect as collect_stage
 
     src = tiny.write_random_hf_checkpoint(str(tmp_path / "src"), tiny.tiny_hf_config("qwen3_moe", vocab_size=512))
     config, work = _demo_config(src), str(tmp_path / "work")

@@ -6,7 +6,7 @@ from flax import nnx
 
 import moe_jax
 from moe_jax.convert.checkpoint import convert_checkpoint
-from moe_jax.tiny import tiny_hf_config, write_random_hf_checkpoint
+from moe_jax.convert.tiny import tiny_hf_config, write_random_hf_checkpoint
 
 
 @pytest.fixture(scope="module")

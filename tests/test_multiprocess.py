@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from moe_jax.routing import store
+from moe_jax.artifacts import routing_store as store
 
 pytestmark = pytest.mark.slow  # two-process runs through the command line
 
@@ -109,7 +109,7 @@ def test_writer_failure_in_convert_stops_both_processes(tmp_path):
 
 
 def test_writer_failure_in_collect_stops_both_processes(tmp_path):
-    from moe_jax.convert import stage as convert_stage
+    from moe_jax.pipeline import convert as convert_stage
     from test_launch import demo_config
 
     work = tmp_path / "work"
@@ -134,7 +134,7 @@ def test_different_local_workdirs_are_refused_by_every_process(tmp_path):
 
 def test_workdir_problem_rules():
     """Which (host, workdir) combinations of the processes can share one workdir."""
-    from moe_jax.workdir_hosts import workdir_problem
+    from moe_jax.pipeline.hosts import workdir_problem
 
     same_host = [("vm0", "/w"), ("vm0", "/w")]
     two_hosts = [("vm0", "/w"), ("vm1", "/w")]

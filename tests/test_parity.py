@@ -19,7 +19,7 @@ import torch
 import moe_jax
 from hf_reference import build_hf_model, reference_forward, save_hf_model
 from moe_jax.models import experts
-from moe_jax.tiny import tiny_hf_config
+from moe_jax.convert.tiny import tiny_hf_config
 from rope_reference import np_rope_cos_sin
 
 TOL = 1e-4

@@ -135,8 +135,8 @@ def test_cli_prints_plan_and_fails_with_smallest_mesh(tmp_path):
 
 
 def test_convert_stage_refuses_before_download(tmp_path, monkeypatch):
-    from moe_jax.convert import stage as convert_stage
-    from moe_jax.stages import default_config
+    from moe_jax.pipeline import convert as convert_stage
+    from moe_jax.pipeline.registry import default_config
 
     path = tmp_path / "config.json"
     path.write_text(json.dumps(RELEASED["Phi-3.5-MoE-instruct"][0]))

@@ -1,4 +1,4 @@
-"""Preflight: every requested stage is checked before the first one writes anything (moe_jax.stages)."""
+"""Preflight: every requested stage is checked before the first one writes anything (moe_jax.pipeline.registry)."""
 
 import hashlib
 import os
@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from moe_jax import stages
-from moe_jax import workdir as wd
+from moe_jax.pipeline import registry as stages
+from moe_jax.artifacts import layout as wd
 from moe_jax.convert.checkpoint import TOKENIZER_FILES
 from test_launch import demo_config
 

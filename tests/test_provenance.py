@@ -1,5 +1,5 @@
 """Provenance chain: outputs record the digests of their inputs; a stale analysis is recomputed or
-refused, and a report never shows another model's outputs (moe_jax.lineage)."""
+refused, and a report never shows another model's outputs (moe_jax.artifacts.lineage)."""
 
 import json
 import os
@@ -7,11 +7,12 @@ import shutil
 
 import pytest
 
-from moe_jax import lineage, stages
-from moe_jax import workdir as wd
-from moe_jax.analysis import stage as analysis_stage
-from moe_jax.atomic import atomic_write_json, read_json
-from moe_jax.report import stage as report_stage
+from moe_jax.artifacts import lineage
+from moe_jax.pipeline import registry as stages
+from moe_jax.artifacts import layout as wd
+from moe_jax.pipeline import analyze as analysis_stage
+from moe_jax.io.storage import atomic_write_json, read_json
+from moe_jax.pipeline import report as report_stage
 from test_preflight import small_config
 
 

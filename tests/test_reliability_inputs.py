@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from moe_jax import stages
+from moe_jax.pipeline import registry as stages
 from moe_jax.eval import tasks
-from moe_jax.report import stage as report_stage
-from moe_jax.routing import stage as collect_stage
-from moe_jax.pipeline import PreflightError, StageError
+from moe_jax.pipeline import report as report_stage
+from moe_jax.pipeline import collect as collect_stage
+from moe_jax.errors import PreflightError, StageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORDER = "convert,collect,eval,analyze,steer,report"
@@ -140,7 +140,7 @@ def test_file_too_large_names_the_file_and_the_limit(tmp_path):
     target = tmp_path / "eval" / "records.jsonl"
     code = ("import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
             "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1])); "
-            f"from moe_jax import storage; storage.atomic_write_bytes({str(target)!r}, b'x' * 100000)")
+            f"from moe_jax.io import storage; storage.atomic_write_bytes({str(target)!r}, b'x' * 100000)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
@@ -214,7 +214,8 @@ def test_tau_outside_0_1_is_refused_naming_steer_taus(tau):
 @pytest.mark.parametrize("sub, stage", [("analysis", "analyze"), ("eval", "eval"), ("report", "report")])
 def test_damaged_output_names_the_stage_and_its_command(tmp_path, sub, stage):
     """"run that stage again" named neither the stage nor the command."""
-    from moe_jax import lineage, storage
+    from moe_jax.artifacts import lineage
+    from moe_jax.io import storage
     out_dir = tmp_path / sub
     out_dir.mkdir()
     data = b'{"a": 1}'
@@ -277,7 +278,7 @@ def test_analyze_refuses_stores_of_another_model(tmp_path):
     assert (f"run: python -m moe_jax.launch --config=<your config> --workdir={w} --stages=convert,collect,analyze "
             "--config.collect.overwrite=True") in msg, msg
     assert tree(w) == before
-    from moe_jax.analysis import stage as analysis_stage
+    from moe_jax.pipeline import analyze as analysis_stage
     after_collect = analysis_stage.preflight(config, str(w), frozenset({"convert", "collect"}))
     assert not [p for p in after_collect if "another model" in p]  # collect rewrites them first
 
@@ -301,7 +302,7 @@ def test_report_suggests_a_command_that_is_not_refused_itself(tmp_path):
 def test_demo_files_as_local_data_are_refused_in_the_eval_plan():
     """The demo's Global-MMLU files given as eval.source='local' passed preflight and failed in lm-eval
     (``Elements of --samples should be in the interval [0,k-1] ... k=1``)."""
-    from moe_jax.eval import stage as eval_stage
+    from moe_jax.pipeline import eval as eval_stage
     config = demo_config()
     config.eval.source = "local"
     config.eval.tasks = "gmmlu_medical"
@@ -320,7 +321,7 @@ def test_demo_files_as_local_data_are_refused_in_the_eval_plan():
 
 def test_demo_with_one_task_says_how_to_set_its_languages():
     """``eval.tasks=mgsm`` on the demo was refused (its eval.languages names three tasks) with no way out."""
-    from moe_jax.eval import stage as eval_stage
+    from moe_jax.pipeline import eval as eval_stage
     config = demo_config()
     config.eval.tasks = "mgsm"
     with pytest.raises(StageError, match=r"eval.languages names task\(s\) \['gmmlu_medical', 'belebele'\] that are "

@@ -11,16 +11,16 @@ import shutil
 
 import pytest
 
-from moe_jax import stages
-from moe_jax import workdir as wd
-from moe_jax.atomic import atomic_write_json
-from moe_jax.eval import records as rec
-from moe_jax.eval import stage as eval_stage
+from moe_jax.pipeline import registry as stages
+from moe_jax.artifacts import layout as wd
+from moe_jax.io.storage import atomic_write_json
+from moe_jax.artifacts import eval_records as rec
+from moe_jax.pipeline import eval as eval_stage
 from moe_jax.eval.tasks import DEMO_DIR
-from moe_jax.pipeline import StageError
-from moe_jax.report import stage as report_stage
-from moe_jax.routing.store import StoreMismatchError
-from moe_jax.steering.stage import BASELINE
+from moe_jax.errors import StageError
+from moe_jax.pipeline import report as report_stage
+from moe_jax.artifacts.routing_store import StoreMismatchError
+from moe_jax.pipeline.steer import BASELINE
 from test_launch import demo_config
 from test_preflight import snapshot
 

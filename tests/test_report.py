@@ -14,9 +14,9 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from moe_jax.analysis import stage as analysis_stage  # noqa: E402
+from moe_jax.pipeline import analyze as analysis_stage  # noqa: E402
 from moe_jax.analysis.synthetic import SyntheticSpec, write_demo, write_synthetic_store  # noqa: E402
-from moe_jax.report import stage as report_stage  # noqa: E402
+from moe_jax.pipeline import report as report_stage  # noqa: E402
 
 SPEC = SyntheticSpec(moe_layer_ids=tuple(range(1, 13)), warning="random weights: numbers mean nothing")
 

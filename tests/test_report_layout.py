@@ -16,13 +16,13 @@ from matplotlib.text import Text  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from moe_jax.analysis import stage as analysis_stage  # noqa: E402
+from moe_jax.pipeline import analyze as analysis_stage  # noqa: E402
 from moe_jax.analysis.synthetic import SyntheticSpec, write_demo  # noqa: E402
 from moe_jax.models.config import ModelConfig  # noqa: E402
 from moe_jax.report import plots  # noqa: E402
-from moe_jax.report import stage as report_stage  # noqa: E402
-from moe_jax.routing.store import read_meta  # noqa: E402
-from moe_jax.tiny import tiny_hf_config  # noqa: E402
+from moe_jax.pipeline import report as report_stage  # noqa: E402
+from moe_jax.artifacts.routing_store import read_meta  # noqa: E402
+from moe_jax.convert.tiny import tiny_hf_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Qwen2-MoE's layout: decoder layer 1 is dense (mlp_only_layers=[1]), so the MoE layers are 0, 2, 3, ...

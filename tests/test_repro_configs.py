@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from moe_jax import stages
-from moe_jax.steering import stage as steer_stage
+from moe_jax.pipeline import registry as stages
+from moe_jax.pipeline import steer as steer_stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "repro", "*.py"))

@@ -8,7 +8,7 @@ import pytest
 
 from moe_jax.models import layers
 from moe_jax.models.config import ModelConfig
-from moe_jax.tiny import tiny_hf_config
+from moe_jax.convert.tiny import tiny_hf_config
 from rope_reference import np_rope_cos_sin
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from moe_jax.models import routing
 from moe_jax.models.config import ModelConfig
-from moe_jax.tiny import tiny_hf_config
+from moe_jax.convert.tiny import tiny_hf_config
 
 
 def np_softmax(z):

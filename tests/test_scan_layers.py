@@ -19,7 +19,7 @@ from moe_jax.models.config import ModelConfig
 from moe_jax.models.decoder import decoder_layers, default_positions, forward
 from moe_jax.models.intervention import FORBID, FORCE, Intervention
 from moe_jax.models.params import init_params, layer_params, param_shapes, stack_layers, unstack_layers
-from moe_jax.tiny import tiny_hf_config, write_random_hf_checkpoint
+from moe_jax.convert.tiny import tiny_hf_config, write_random_hf_checkpoint
 
 FAMILIES = {
     # shared expert; layer 2 of 5 dense: runs [0, 2) MoE, [2, 3) dense, [3, 5) MoE

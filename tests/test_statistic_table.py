@@ -7,12 +7,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from moe_jax import workdir as wd
-from moe_jax.pipeline import StageError
+from moe_jax.artifacts import layout as wd
+from moe_jax.errors import StageError
 from moe_jax.routing import statistic_table as st
-from moe_jax.routing import store
+from moe_jax.artifacts import routing_store as store
 from moe_jax.routing.statistics import routing_statistics
-from moe_jax.steering import stage as steer_stage
+from moe_jax.pipeline import steer as steer_stage
 from moe_jax.steering import targets as tg
 
 L, E, K = 2, 4, 1
@@ -159,7 +159,7 @@ def test_collected_gate_weight_per_sequence():
 
 @pytest.mark.parametrize("pooling", ["", "sequence"])
 def test_analysis_shared_exclusive_with_the_chosen_pooling(tmp_path, langs, pooling):
-    from moe_jax.analysis import stage as analysis_stage
+    from moe_jax.pipeline import analyze as analysis_stage
     work = _workdir(tmp_path, langs)
     config = ml_collections.ConfigDict({"analysis": {"pooling": pooling, "metrics": ("js_divergence",),
                                                      "experts": {"shared_top_k": 1, "shared_thr": 0.5}}})

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from moe_jax.pipeline import StageError
-from moe_jax.steering import stage
+from moe_jax.errors import StageError
+from moe_jax.pipeline import steer as stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

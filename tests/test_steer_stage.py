@@ -13,11 +13,11 @@ import time
 import numpy as np
 import pytest
 
-from moe_jax import stages
-from moe_jax.eval import records as rec
-from moe_jax.pipeline import StageError
+from moe_jax.pipeline import registry as stages
+from moe_jax.artifacts import eval_records as rec
+from moe_jax.errors import StageError
 from moe_jax.steering import paired
-from moe_jax.steering.stage import BASELINE, run as steer
+from moe_jax.pipeline.steer import BASELINE, run as steer
 
 pytestmark = pytest.mark.slow  # a whole steering sweep, killed in a subprocess and resumed
 

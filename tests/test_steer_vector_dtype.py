@@ -12,7 +12,7 @@ from moe_jax.models.config import ModelConfig
 from moe_jax.steering.spec import SteeringSpec, SteeringSpecError
 from moe_jax.steering import sweep as sweep_lib
 from moe_jax.steering import targets as tg
-from moe_jax.tiny import tiny_hf_config
+from moe_jax.convert.tiny import tiny_hf_config
 
 
 def bf16(x) -> np.ndarray:
@@ -85,8 +85,8 @@ def test_option_reaches_proportional_settings_only_and_round_trips():
 def test_the_steer_option_is_checked():
     import ml_collections
 
-    from moe_jax.pipeline import StageError
-    from moe_jax.steering import stage as steer_stage
+    from moe_jax.errors import StageError
+    from moe_jax.pipeline import steer as steer_stage
     c = ml_collections.ConfigDict({"steer": steer_stage.default_config()})
     assert steer_stage.options(c).vector_dtype == "float32"  # the default keeps float32 steering
     c.steer.vector_dtype = "float16"

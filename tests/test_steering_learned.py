@@ -8,7 +8,7 @@ import pytest
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.params import init_params
 from moe_jax.steering import learned
-from moe_jax.tiny import tiny_hf_config
+from moe_jax.convert.tiny import tiny_hf_config
 
 CFG = ModelConfig.from_hf(tiny_hf_config("olmoe", num_hidden_layers=3))  # 3 MoE layers, 8 experts
 

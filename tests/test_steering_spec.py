@@ -11,7 +11,7 @@ from moe_jax.models.intervention import DEMOTE, FORBID, FORCE, Intervention
 from moe_jax.models.params import init_params
 from moe_jax.steering import targets as tg
 from moe_jax.steering.spec import SteeringSpec, SteeringSpecError, specs_to_interventions
-from moe_jax.tiny import tiny_hf_config
+from moe_jax.convert.tiny import tiny_hf_config
 
 # qwen2_moe tiny: 3 decoder layers, layer 1 dense -> MoE layers (0, 2); 8 experts, top-3
 CFG = ModelConfig.from_hf(tiny_hf_config("qwen2_moe"))

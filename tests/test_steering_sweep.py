@@ -11,7 +11,7 @@ from moe_jax.models.decoder import forward
 from moe_jax.models.intervention import FORBID, Intervention
 from moe_jax.models.params import init_params
 from moe_jax.steering import sweep
-from moe_jax.tiny import tiny_hf_config
+from moe_jax.convert.tiny import tiny_hf_config
 
 
 def setup(num_experts, top_k):

@@ -1,4 +1,4 @@
-"""moe_jax.storage on a local directory and on gs:// (a local GCS emulator): round trips, atomic
+"""moe_jax.io.storage on a local directory and on gs:// (a local GCS emulator): round trips, atomic
 writes that fail, publish by manifest (a crash before the manifest leaves nothing visible, damage is
 caught by the digest), orbax checkpoints restored onto two devices, and the routing store."""
 
@@ -14,8 +14,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from moe_jax import storage
-from moe_jax.routing import store as store_lib
+from moe_jax.io import storage
+from moe_jax.artifacts import routing_store as store_lib
 from simulated_devices import run_on_devices
 
 
@@ -121,7 +121,7 @@ ORBAX_ON_TWO_DEVICES = textwrap.dedent("""
     import json, sys
     import jax, numpy as np, orbax.checkpoint as ocp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from moe_jax import storage
+    from moe_jax.io import storage
     root = sys.argv[1]
     mesh = Mesh(np.array(jax.devices()), ("x",))
     rows = NamedSharding(mesh, P("x"))
@@ -205,7 +205,7 @@ def test_objects_written_by_another_process_are_seen(gcs_dir):
     listings or stale manifest in the reader)."""
     storage.publish(gcs_dir, {"en.npz": b"from this host"})
     assert storage.listdir(gcs_dir) == ["en.npz", storage.MANIFEST]
-    other_host = ("from moe_jax import storage; import sys; "
+    other_host = ("from moe_jax.io import storage; import sys; "
                   "storage.publish(sys.argv[1], {'de.npz': b'from the other host'})")
     subprocess.run([sys.executable, "-c", other_host, gcs_dir], check=True, timeout=120)
     assert storage.listdir(gcs_dir) == ["de.npz", "en.npz", storage.MANIFEST]

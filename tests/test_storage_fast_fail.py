@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from moe_jax import stages, storage_reach
-from moe_jax.pipeline import PreflightError
+from moe_jax.pipeline import registry as stages
+from moe_jax.io import reach as storage_reach
+from moe_jax.errors import PreflightError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIMIT_S = 15  # the bound for the whole failure
@@ -92,7 +93,7 @@ def test_a_port_that_never_answers_fails_within_the_deadline(emulator_at):
 
 def test_run_stages_refuses_an_unreachable_workdir_before_anything(emulator_at):
     emulator_at(f"http://127.0.0.1:{dead_port()}")
-    from moe_jax.stages import default_config
+    from moe_jax.pipeline.registry import default_config
     fails_fast("--workdir: gs://moe-jax-test/run: could not reach the GCS emulator",
                lambda: stages.run_stages(default_config(), "gs://moe-jax-test/run", "report"), PreflightError)
 

@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from moe_jax.routing import store
+from moe_jax.artifacts import routing_store as store
 
 
 def arrays(n=3, L=2, E=4, k=2, seed=0):

@@ -9,14 +9,16 @@ import shutil
 import numpy as np
 import pytest
 
-from moe_jax import stages
-from moe_jax import workdir as wd
-from moe_jax.convert import stage as convert_stage
-from moe_jax.analysis import stage as analysis_stage, tables
+from moe_jax.pipeline import registry as stages
+from moe_jax.artifacts import layout as wd
+from moe_jax.pipeline import convert as convert_stage
+from moe_jax.pipeline import analyze as analysis_stage
+from moe_jax.analysis import tables
 from moe_jax.data import corpora
 from moe_jax.data.parallel import Turns
 from moe_jax.data.defaults import task_data_config, task_data_configs
-from moe_jax.routing import stage as collect_stage, store
+from moe_jax.pipeline import collect as collect_stage
+from moe_jax.artifacts import routing_store as store
 from test_launch import CONFIGS, demo_config, load_config
 
 TASK_SENTENCES = {"math": 5, "medicine": 4}

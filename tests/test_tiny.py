@@ -1,4 +1,4 @@
-"""Tiny configs and random HF checkpoints (moe_jax.tiny), checked against transformers; hf_reference helpers."""
+"""Tiny configs and random HF checkpoints (moe_jax.convert.tiny), checked against transformers; hf_reference helpers."""
 
 import ml_dtypes
 import numpy as np
@@ -10,7 +10,7 @@ from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM
 from moe_jax.convert.loader import load_params
 from moe_jax.models.config import ModelConfig, UnsupportedModelError
 from moe_jax.models.params import unstack_layers
-from moe_jax.tiny import tiny_hf_config, write_random_hf_checkpoint
+from moe_jax.convert.tiny import tiny_hf_config, write_random_hf_checkpoint
 
 FAMILIES = ["qwen2_moe", "qwen3_moe", "olmoe", "phimoe"]
 

@@ -11,9 +11,10 @@ import threading
 
 import pytest
 
-from moe_jax import stages, storage, workdir_lock
-from moe_jax import workdir as wd
-from moe_jax.workdir_lock import WorkdirLockedError
+from moe_jax.pipeline import registry as stages, lock as workdir_lock
+from moe_jax.io import storage
+from moe_jax.artifacts import layout as wd
+from moe_jax.pipeline.lock import WorkdirLockedError
 
 HOST = socket.gethostname()
 
@@ -71,7 +72,7 @@ def test_live_holder_is_named_and_nothing_is_taken(workdir, sleeper):
 def test_stale_lock_of_a_dead_process_is_taken_over_and_said(workdir, caplog):
     gone = dead_pid()
     plant(workdir, "steer", gone)
-    with caplog.at_level(logging.WARNING, logger="moe_jax.workdir_lock"):
+    with caplog.at_level(logging.WARNING, logger="moe_jax.pipeline.lock"):
         with workdir_lock.hold(workdir, ["steer"]):
             assert storage.read_json(wd.lock_path(workdir, "steer"))["pid"] == os.getpid()
     assert f"taking over the steer stage's lock of pid {gone} on host {HOST}" in caplog.text

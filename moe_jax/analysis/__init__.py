@@ -2,7 +2,7 @@
 
 Distributions are ``[..., experts]``; per-sequence statistics ``[sequences, layers, experts]``;
 aggregates ``[layers, experts]``; layers are positions on the MoE-layer axis. The ``analyze`` stage
-(``moe_jax.analysis.stage``) applies everything to a routing store.
+(``moe_jax.pipeline.analyze``) applies everything to a routing store.
 """
 
 from moe_jax.analysis.accuracy import load_accuracy, to_flores

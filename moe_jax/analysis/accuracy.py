@@ -5,7 +5,7 @@
 * CSV file with a header: a language column (``language``, ``lang`` or ``code``) and an accuracy
   column (``accuracy``, ``acc`` or ``score``).
 
-The file may be local or on ``gs://`` (``moe_jax.storage``). Any scale works (fractions or percent) as long as it is one scale for all languages. A language
+The file may be local or on ``gs://`` (``moe_jax.io.storage``). Any scale works (fractions or percent) as long as it is one scale for all languages. A language
 listed twice (two CSV rows, two JSON keys) is an error. ``to_flores`` maps the keys to FLORES codes
 (MGSM / Global-MMLU report ISO 639-1 codes: ``bn`` -> ``ben_Beng``), so that they match the store.
 """
@@ -19,7 +19,7 @@ import math
 import os
 from typing import Any, Iterable, Mapping
 
-from moe_jax import storage
+from moe_jax.io import storage
 from moe_jax.data import languages as lang_lib
 
 LANG_COLUMNS = ("language", "lang", "code")

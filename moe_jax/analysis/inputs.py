@@ -10,10 +10,10 @@ import logging
 
 import numpy as np
 
-from moe_jax import storage
-from moe_jax import workdir as wd
+from moe_jax.io import storage
+from moe_jax.artifacts import layout as wd
 from moe_jax.analysis.validate import check_consistent
-from moe_jax.routing.store import read_meta, read_store
+from moe_jax.artifacts.routing_store import read_meta, read_store
 
 log = logging.getLogger(__name__)
 

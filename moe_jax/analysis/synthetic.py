@@ -22,7 +22,7 @@ store lies where the collect stage puts task stores (``workdir/tasks/<name>``), 
 finds it without ``analysis.task_stores``. A directory whose stores, ``accuracy.json`` or config were
 not written by a synthetic run is refused: nothing the user owns is replaced.
 
-The directory may be a bucket (``gs://bucket/prefix``, through ``moe_jax.storage``): the config
+The directory may be a bucket (``gs://bucket/prefix``, through ``moe_jax.io.storage``): the config
 written there names that URL instead of its own location; copy it to a local file to launch it
 (the command is printed).
 """
@@ -36,8 +36,8 @@ import sys
 
 import numpy as np
 
-from moe_jax import storage
-from moe_jax.routing import store as store_lib
+from moe_jax.io import storage
+from moe_jax.artifacts import routing_store as store_lib
 
 # (code, weight w_x, family, planted accuracy): accuracy falls as the language-specific weight grows.
 DEFAULT_LANGUAGES = (
@@ -202,7 +202,7 @@ CONFIG_TEXT = _CONFIG_MARK + """: the analyze and report stages on the synthetic
 #     python -m moe_jax.launch --config=THIS_FILE --workdir=ITS_DIRECTORY
 import os
 
-from moe_jax.stages import default_config
+from moe_jax.pipeline.registry import default_config
 
 WARNING = {warning!r}
 {_HERE}
@@ -256,7 +256,7 @@ def write_demo(workdir: str, spec: SyntheticSpec = SyntheticSpec()) -> dict[str,
 
     Refuses (FileExistsError, before writing anything) a workdir whose stores or files were not written by
     an earlier synthetic run."""
-    from moe_jax import workdir as wd
+    from moe_jax.artifacts import layout as wd
     from moe_jax.analysis.tables import write_json
     paths = {"routing": wd.routing_dir(workdir), "task_math": wd.task_store_dir(workdir, "math"),
              "accuracy": storage.join(workdir, "accuracy.json"), "config": storage.join(workdir, CONFIG_NAME)}

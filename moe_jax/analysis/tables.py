@@ -2,7 +2,7 @@
 
 A table is a list of records (dicts with the same keys). ``write_table(dir, name, records)``
 writes ``name.csv`` and ``name.json``; ``read_table`` reads the JSON back. Paths may be local or
-``gs://`` URLs (``moe_jax.storage``). The writers return each file's ``storage.record`` (size and
+``gs://`` URLs (``moe_jax.io.storage``). The writers return each file's ``storage.record`` (size and
 sha256 of the bytes written), which the analyze stage records in ``provenance.json``.
 """
 
@@ -17,8 +17,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from moe_jax import storage
-from moe_jax.storage import read_json
+from moe_jax.io import storage
+from moe_jax.io.storage import read_json
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -10,7 +10,7 @@ flipped in a compressed parameter chunk otherwise loads silently as NaN or wrong
   once): the convert stage checks this before it declares a checkpoint up to date, and reconverts
   a damaged one.
 
-Local directories and ``gs://`` prefixes alike (``moe_jax.storage``). On object storage the sizes
+Local directories and ``gs://`` prefixes alike (``moe_jax.io.storage``). On object storage the sizes
 come from one listing, and the record also keeps each object's md5 as GCS computed it on upload:
 the content check compares those (a listing) instead of downloading the checkpoint again.
 """
@@ -22,7 +22,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping
 
-from moe_jax import storage
+from moe_jax.io import storage
 
 _CHUNK = 1 << 20  # per thread: hashing adds at most _THREADS MiB of host memory
 _THREADS = 8  # hashlib releases the GIL (and object reads wait on the network): files hash in parallel

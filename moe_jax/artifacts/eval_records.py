@@ -6,7 +6,7 @@ Layout::
                                            and fingerprint; per finished (task, language) file its
                                            size, sha256 and score summary under "files"
     <workdir>/eval/<task>/<language>.jsonl one JSON object per item (language = FLORES code)
-    <workdir>/eval/summary.csv             written by the eval stage (moe_jax.eval.stage)
+    <workdir>/eval/summary.csv             written by the eval stage (moe_jax.pipeline.eval)
 
 Record fields: ``task``, ``lm_eval_task``, ``language`` (FLORES), ``code`` (the task's language code),
 ``doc_id`` (index among the task's test documents, after lm-eval's ``process_docs``), ``prompt_sha256``
@@ -19,10 +19,10 @@ only when its file exists with the recorded size and sha256: an interrupted run 
 unfinished pairs, a damaged file is redone (and ``read_records`` refuses it, naming the command that
 redoes it), and a workdir evaluated with another model or other task options is refused unless
 ``overwrite``, which replaces the records as the new ones are written, never deleting any first
-(the routing store's conventions, ``moe_jax.routing.store``). A summary of records is read through
+(the routing store's conventions, ``moe_jax.artifacts.routing_store``). A summary of records is read through
 ``read_published``: only as its ``provenance.json`` publishes it, over records unchanged since.
 
-``eval_dir`` may be local or ``gs://`` (every access goes through ``moe_jax.storage``). On object
+``eval_dir`` may be local or ``gs://`` (every access goes through ``moe_jax.io.storage``). On object
 storage the manifest is the directory's publishing marker: record objects are written first, the
 manifest last, and a reader trusts only the files it names with their digest. A record being
 rewritten is first dropped from the manifest, so a kill between the record and the manifest leaves
@@ -39,11 +39,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from moe_jax import lineage, storage
-from moe_jax import workdir as wd
-from moe_jax.atomic import atomic_write, atomic_write_json, read_json
-from moe_jax.pipeline import StageError
-from moe_jax.routing.store import StoreMismatchError, file_intact, file_record, remove_temp_files
+from moe_jax.artifacts import lineage
+from moe_jax.io import storage
+from moe_jax.artifacts import layout as wd
+from moe_jax.io.storage import atomic_write, atomic_write_json, read_json
+from moe_jax.errors import StageError
+from moe_jax.artifacts.routing_store import StoreMismatchError, file_intact, file_record, remove_temp_files
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@
     <workdir>/eval/                 per-item records <task>/<language>.jsonl, manifest.json, summary.csv (eval)
     <workdir>/steer/                settings.json, <setting>/ records like eval/, summary.csv (steer)
     <workdir>/report/               index.html and PNGs (report)
-    <workdir>/.locks/<stage>.lock   who writes that stage's outputs now (``moe_jax.workdir_lock``)
+    <workdir>/.locks/<stage>.lock   who writes that stage's outputs now (``moe_jax.pipeline.lock``)
 
 Each output records what it was computed from: a store's meta.json and the records' manifest.json
 (model, checkpoint, tokenizer, data, options), analysis/ and report/ a provenance.json of their
-inputs' digests (``moe_jax.lineage``).
+inputs' digests (``moe_jax.artifacts.lineage``).
 
 Imports nothing heavy: stages and library code use it without pulling in JAX.
 """

@@ -15,16 +15,16 @@ Digests (``path_digest``) are cheap: a file's sha256; for a directory with a man
 the sha256 recorded per data file, which the readers verify on read. No file in the directory is
 rehashed here, and volatile manifest fields (code version, timings) do not count.
 
-An output directory is published like ``moe_jax.storage.publish``: its data files first, then
+An output directory is published like ``moe_jax.io.storage.publish``: its data files first, then
 ``provenance.json`` LAST, which also records each data file's size and sha256 (``"files"``); a rerun
 first removes the old ``provenance.json``. So on a local path and on ``gs://`` (no rename, no
 directories) alike, a reader trusts only a directory whose ``provenance.json`` exists, and only the
 files it names with their recorded digest (``read_output``).
 
-Paths may be local or ``gs://`` URLs (``moe_jax.storage``).
+Paths may be local or ``gs://`` URLs (``moe_jax.io.storage``).
 
-Below the stages: imports ``moe_jax.storage``, ``moe_jax.pipeline``, the workdir layout, the stage
-order (``moe_jax.stages.STAGES``, a table) and the fingerprint helper.
+Below the stages: imports ``moe_jax.io.storage``, ``moe_jax.pipeline``, the workdir layout, the stage
+order (``moe_jax.pipeline.registry.STAGES``, a table) and the fingerprint helper.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from moe_jax import storage
-from moe_jax import workdir as wd
-from moe_jax.stages import STAGES
-from moe_jax.storage import DigestMismatchError, UnpublishedError, atomic_write_json, read_json
-from moe_jax.pipeline import source_identity
-from moe_jax.routing.provenance import fingerprint
+from moe_jax.io import storage
+from moe_jax.artifacts import layout as wd
+from moe_jax.pipeline.registry import STAGES
+from moe_jax.io.storage import DigestMismatchError, UnpublishedError, atomic_write_json, read_json
+from moe_jax.pipeline.common import source_identity
+from moe_jax.artifacts.fingerprint import fingerprint
 
 STAMP = "provenance.json"
 FORMAT = "moe_jax.provenance/1"

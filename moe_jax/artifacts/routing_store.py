@@ -26,7 +26,7 @@ Arrays of ``<lang>.npz`` (N sequences, L MoE layers, E experts, k top-k):
     token_topk         [T, L, k]  int16    optional: per-token top-k experts of all counted tokens,
                                            concatenated over sequences (T = sum seq_lengths)
 
-Writes are atomic (``moe_jax.storage``: local temp file + ``os.replace``, one upload per object on
+Writes are atomic (``moe_jax.io.storage``: local temp file + ``os.replace``, one upload per object on
 ``gs://``): a language file either exists complete or not at
 all, and it counts as done only once ``meta.json`` lists it (written after the file), so an
 interrupted run resumes at the first missing language. Temp files left by a killed process are
@@ -47,9 +47,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from moe_jax import workdir as wd
-from moe_jax import storage
-from moe_jax.atomic import atomic_write, atomic_write_json, read_json
+from moe_jax.artifacts import layout as wd
+from moe_jax.io import storage
+from moe_jax.io.storage import atomic_write, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,10 @@ import time
 
 import jax
 
-from moe_jax import __version__, storage
-from moe_jax.convert import digest, loader, orbax_io
+from moe_jax import __version__
+from moe_jax.io import storage
+from moe_jax.artifacts import checkpoint as digest
+from moe_jax.convert import loader, orbax_io
 from moe_jax.convert.tokenizer import TOKENIZER_FILES, TOKENIZER_SETS, missing_tokenizer  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from moe_jax import storage
-from moe_jax.atomic import atomic_write_json
+from moe_jax.io import storage
+from moe_jax.io.storage import atomic_write_json
 from moe_jax.convert import name_map
 from moe_jax.convert.safetensors_io import INDEX_FILE, SINGLE_FILE, write_safetensors
 from moe_jax.models.config import ModelConfig

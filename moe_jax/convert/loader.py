@@ -24,8 +24,9 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from moe_jax import storage
-from moe_jax.convert import digest, mxfp4, name_map, orbax_io
+from moe_jax.io import storage
+from moe_jax.artifacts import checkpoint as digest
+from moe_jax.convert import mxfp4, name_map, orbax_io
 from moe_jax.convert.safetensors_io import (DTYPES, CheckpointError, HFCheckpoint, TensorInfo, read_tensor,
                                             scan_checkpoint)
 from moe_jax.models.config import SUPPORTED_DTYPES, ModelConfig, load_hf_config

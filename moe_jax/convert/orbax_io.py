@@ -31,7 +31,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from moe_jax import storage
+from moe_jax.io import storage
 from moe_jax.convert import name_map
 from moe_jax.convert.safetensors_io import CheckpointError
 from moe_jax.models.config import ModelConfig

@@ -11,7 +11,7 @@ File format: 8-byte little-endian header length N, N bytes of JSON
 ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``, then the
 data; offsets are relative to the end of the header.
 
-Paths are local or ``gs://`` (``moe_jax.storage``: reads seek within the object).
+Paths are local or ``gs://`` (``moe_jax.io.storage``: reads seek within the object).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any, Mapping
 import ml_dtypes
 import numpy as np
 
-from moe_jax import storage
-from moe_jax.atomic import atomic_write
+from moe_jax.io import storage
+from moe_jax.io.storage import atomic_write
 
 DTYPES: dict[str, np.dtype] = {
     "F32": np.dtype(np.float32),

@@ -14,7 +14,7 @@ import os
 import shutil
 from typing import Any
 
-from moe_jax import storage
+from moe_jax.io import storage
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",

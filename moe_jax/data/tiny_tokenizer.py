@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from typing import Iterable
 
-from moe_jax import storage
+from moe_jax.io import storage
 
 # Qwen2 / Qwen3 pre-tokenisation pattern (numbers split digit by digit).
 QWEN_SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"

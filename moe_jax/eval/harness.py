@@ -77,7 +77,7 @@ class MoeJaxLM(TemplateLM):
         self.batch_size = _positive_int(batch_size, "batch_size")
         self.mesh = _mesh(data_parallel, model_parallel, self.batch_size)
         if model is None:
-            from moe_jax.models.model import load
+            from moe_jax.api import load
             model = load(pretrained, dtype=dtype, backend=dispatch, load_tokenizer=True,
                          shardings=None if self.mesh is None else _param_shardings(pretrained, self.mesh))
         self.model = model

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from moe_jax import storage
+from moe_jax.io import storage
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.intervention import DEMOTE, FORBID, FORCE, NONE, Intervention
 from moe_jax.steering.spec import SteeringSpec, SteeringSpecError

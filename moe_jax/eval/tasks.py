@@ -26,7 +26,7 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-from moe_jax import storage
+from moe_jax.io import storage
 from moe_jax.data import languages as lang_lib
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")

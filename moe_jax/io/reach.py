@@ -21,7 +21,7 @@ import urllib.request
 import warnings
 from typing import Any
 
-from moe_jax import storage
+from moe_jax.io import storage
 
 TIMEOUT_S = 8.0  # the whole probe; a healthy bucket answers in well under a second
 GCS_ENDPOINT = "https://storage.googleapis.com"

@@ -13,7 +13,7 @@ import math
 import os
 from typing import Any, Mapping
 
-from moe_jax import storage
+from moe_jax.io import storage
 
 
 class UnsupportedModelError(ValueError):

@@ -1,4 +1,4 @@
-"""A thin Flax NNX module around the pure ``forward``, and ``load`` (the public entry point).
+"""A thin Flax NNX module around the pure ``forward`` (``moe_jax.load`` builds one from a checkpoint).
 
 Router outputs are sown as ``nnx.Intermediate`` when asked for, so both styles work::
 
@@ -11,7 +11,6 @@ Router outputs are sown as ``nnx.Intermediate`` when asked for, so both styles w
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -123,33 +122,3 @@ def check_generation(cfg: ModelConfig, max_new_tokens, stop_token_ids) -> None:
     bad = [t for t in stop_token_ids if not 0 <= int(t) < cfg.vocab_size]
     if bad:
         raise ValueError(f"stop_token_ids holds {bad}, outside the vocabulary [0, {cfg.vocab_size}) of this model")
-
-
-def load(path: str | os.PathLike, dtype: str = "float32", *, shardings: Any = None,
-         backend: str = "auto", load_tokenizer: bool = True) -> MoeModel:
-    """Loads an HF checkpoint directory or a converted moe_jax directory.
-
-    Args:
-      path: directory with ``config.json`` + safetensors, or the output of ``moe_jax.convert``.
-      dtype: parameter/activation dtype, "float32", "bfloat16", "float16" or "auto" (the checkpoint's
-        own). Loading a conversion that narrowed its source (float32 -> bfloat16) as float32 logs a
-        warning: its logits stay ~1e-2 off the float32 reference.
-      shardings: optional tree of ``jax.sharding.Sharding`` matching the params (see
-        ``moe_jax.sharding``); each tensor is placed as it is read.
-    """
-    from moe_jax.convert.loader import load_params  # local: conversion pulls safetensors/orbax
-
-    cfg, params = load_params(path, dtype=dtype, shardings=shardings)
-    tokenizer = _maybe_tokenizer(path) if load_tokenizer else None
-    return MoeModel(cfg, params, tokenizer=tokenizer, backend=backend)
-
-
-def _maybe_tokenizer(path) -> Any:
-    """The checkpoint's tokenizer (local or ``gs://``, see ``convert.tokenizer``), or None without one."""
-    from moe_jax import storage
-    from moe_jax.convert.tokenizer import load_tokenizer
-
-    path = os.fspath(path)
-    if not any(storage.exists(storage.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
-        return None
-    return load_tokenizer(path)

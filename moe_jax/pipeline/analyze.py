@@ -21,10 +21,10 @@ collect command that repairs it).
 Layer positions (``layer``) are 0-indexed positions on the store's MoE-layer axis;
 ``decoder_layer`` is the decoder-layer index of that MoE layer (``meta["moe_layer_ids"]``).
 
-The workdir may be local or ``gs://`` (every read and write goes through ``moe_jax.storage``).
+The workdir may be local or ``gs://`` (every read and write goes through ``moe_jax.io.storage``).
 ``analysis/`` is published like a manifest directory: the old ``provenance.json`` is removed first,
 then the tables and ``summary.json`` are written, then ``provenance.json`` LAST, recording the inputs'
-digests and each file's size and sha256 (``moe_jax.lineage``). Readers (``staleness``, the report and
+digests and each file's size and sha256 (``moe_jax.artifacts.lineage``). Readers (``staleness``, the report and
 steer stages) trust ``analysis/`` only with its ``provenance.json`` and check ``summary.json`` against it.
 """
 
@@ -44,13 +44,15 @@ from moe_jax.analysis import (accuracy as accuracy_lib, consistency, correlation
 from moe_jax.analysis.inputs import (Inputs, Skip, check_task_store, config_languages, load_inputs,
                                      parse_task_stores, resolve_task_stores, task_language)
 from moe_jax.analysis.validate import normalize_band
-from moe_jax import lineage, storage
-from moe_jax import workdir as wd
-from moe_jax.config_fields import check_known_fields
-from moe_jax.pipeline import StageError, collect_problems
+from moe_jax.artifacts import lineage
+from moe_jax.io import storage
+from moe_jax.artifacts import layout as wd
+from moe_jax.pipeline.fields import check_known_fields
+from moe_jax.errors import StageError
+from moe_jax.pipeline.common import collect_problems
 from moe_jax.routing import statistic_table as stat_table
-from moe_jax.routing.store import read_meta
-from moe_jax.routing.store import lang_path, read_store, repair_hint
+from moe_jax.artifacts.routing_store import read_meta
+from moe_jax.artifacts.routing_store import lang_path, read_store, repair_hint
 
 log = logging.getLogger(__name__)
 
@@ -476,7 +478,7 @@ def run(config, workdir: str) -> dict[str, Any]:
 # -- provenance and preflight ------------------------------------------------------------------------
 
 def lineage_record(config, cfg, workdir: str, task_stores: dict[str, str]) -> tuple[dict, str]:
-    """What an analysis is computed from (``moe_jax.lineage``): the digests of the routing store, the
+    """What an analysis is computed from (``moe_jax.artifacts.lineage``): the digests of the routing store, the
     task stores and the accuracies' file (``analysis.accuracy`` as a path, else the eval stage's
     summary), and the fingerprint of the analysis settings and requested languages."""
     paths = {"routing store": wd.routing_dir(workdir)}

@@ -19,14 +19,16 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from moe_jax import lineage, storage
+from moe_jax.artifacts import lineage
+from moe_jax.io import storage
 from moe_jax import sharding as shd
-from moe_jax import workdir as wd
+from moe_jax.artifacts import layout as wd
 from moe_jax.data import tokenize as tok_lib
 from moe_jax.data.tokenize import EncodedTexts
 from moe_jax.models.config import ModelConfig
-from moe_jax.pipeline import check_known_fields, collect_problems, model_name, model_warning, source_identity
-from moe_jax.routing import collect, provenance, store as store_lib
+from moe_jax.pipeline.common import check_known_fields, collect_problems, model_name, model_warning, source_identity
+from moe_jax.routing import collect
+from moe_jax.artifacts import fingerprint as provenance, routing_store as store_lib
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ def run(config: Any, workdir: str) -> dict[str, dict[str, dict]]:
     from moe_jax.convert.checkpoint import missing_tokenizer
     from moe_jax.convert.loader import load_params
     from moe_jax.data.defaults import task_data_configs
-    from moe_jax.convert.stage import converted_identity
+    from moe_jax.pipeline.convert import converted_identity
 
     opts = options(config)
     ckpt_dir = wd.checkpoint_dir(workdir)
@@ -290,7 +292,7 @@ def format_summary(summaries: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join("  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows)
 
 
-# -- preflight: cheap checks before any stage writes (moe_jax.stages.preflight) ----------------------
+# -- preflight: cheap checks before any stage writes (moe_jax.pipeline.registry.preflight) ----------------------
 
 LOCAL_SOURCES = ("builtin", "builtin_task", "jsonl", "flores_dir")  # read here; the hub sources are not
 
@@ -302,7 +304,7 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
     another model or corpus (collect would refuse it, after convert had replaced the checkpoint)."""
     import jax
 
-    from moe_jax.convert.stage import checkpoint_problems, recorded_model_differences
+    from moe_jax.pipeline.convert import checkpoint_problems, recorded_model_differences
     from moe_jax.data import corpora
     from moe_jax.data.defaults import task_data_configs
 

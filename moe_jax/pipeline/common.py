@@ -1,7 +1,7 @@
 """Pieces of the pipeline config that every stage shares: the ``config.model`` section and the
-model's identity and warning, the unknown-field check, ``StageError``.
+model's identity and warning, the unknown-field check.
 
-Below the stages: stage modules and library code import this, never the registry (``moe_jax.stages``).
+Below the stages: stage modules and library code import this, never the registry (``moe_jax.pipeline.registry``).
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Collection, Iterable
 
-from moe_jax import config_fields, storage
+from moe_jax.pipeline import fields as config_fields
+from moe_jax.io import storage
+from moe_jax.errors import StageError
 
 SOURCES = ("tiny_random", "hf_dir", "hub")  # config.model.source
 # Config fields whose keys are user data (task names, languages, HF config keys, mesh axes, logical
@@ -20,14 +22,6 @@ FREE_FORM_FIELDS = ("config.tasks", "config.analysis.accuracy", "config.analysis
                     "config.eval.languages", "config.eval.data_dirs")
 RANDOM_WEIGHTS_WARNING = ("RANDOM WEIGHTS: this model is a tiny randomly initialised network; every routing "
                           "statistic, divergence and plot computed from it is meaningless (demo/test only).")
-
-
-class StageError(ValueError):
-    """A stage name or stage input is invalid."""
-
-
-class PreflightError(StageError):
-    """The requested stages cannot run: every problem found before anything was written."""
 
 
 def collect_problems(checks: Iterable[Callable[[], Any]]) -> list[str]:
@@ -59,7 +53,7 @@ def default_model_config():
     m.hf_dir = ""  # source "hf_dir": local HF checkpoint directory
     m.dtype = "auto"  # parameter dtype after conversion: auto (the checkpoint's own) | float32 | bfloat16 | float16
     m.warning = ""  # shown by launch and stored in the routing store's meta ("" = automatic)
-    # source "tiny_random": a random model of moe_jax.tiny (plus a tiny tokenizer of vocab_size)
+    # source "tiny_random": a random model of moe_jax.convert.tiny (plus a tiny tokenizer of vocab_size)
     m.tiny = ml_collections.ConfigDict({"model_type": "qwen2_moe", "seed": 0, "router_scale": 10.0,
                                         "vocab_size": 512, "overrides": {}})
     return m

@@ -8,11 +8,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from moe_jax import lineage, storage
+from moe_jax.artifacts import lineage
+from moe_jax.io import storage
 from moe_jax import sharding as shd
-from moe_jax import workdir as wd
-from moe_jax.atomic import atomic_write_json, read_json
-from moe_jax.pipeline import SOURCES, StageError, collect_problems, source_identity
+from moe_jax.artifacts import layout as wd
+from moe_jax.io.storage import atomic_write_json, read_json
+from moe_jax.pipeline.common import SOURCES, collect_problems, source_identity
+from moe_jax.errors import StageError
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,7 @@ def download(hub_id: str, revision: str | None = None, cache_dir: str | None = N
 def write_tiny(config: Any, out_dir: str) -> str:
     """A random tiny HF checkpoint + tiny tokenizer trained on the builtin corpus (rewritten only if
     ``model.tiny`` changed)."""
-    from moe_jax import tiny
+    from moe_jax.convert import tiny
     from moe_jax.data.tiny_tokenizer import build_tiny_tokenizer
 
     spec = config.model.tiny.to_dict()
@@ -122,7 +124,7 @@ def write_tiny(config: Any, out_dir: str) -> str:
     return out_dir
 
 
-# -- preflight: cheap checks before any stage writes (moe_jax.stages.preflight) ----------------------
+# -- preflight: cheap checks before any stage writes (moe_jax.pipeline.registry.preflight) ----------------------
 
 def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -> list[str]:
     """The convert stage's problems, found without writing or downloading anything: a local source

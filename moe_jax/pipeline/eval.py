@@ -1,5 +1,5 @@
 """The ``eval`` stage: converted checkpoint + lm-eval task definitions -> per-item records and
-accuracies under ``workdir/eval`` (layout in ``moe_jax.eval.records``).
+accuracies under ``workdir/eval`` (layout in ``moe_jax.artifacts.eval_records``).
 
 The model is loaded once (``workdir/checkpoint``, with its tokenizer) and wrapped in ``MoeJaxLM``;
 each (task, language) is one ``lm_eval.simple_evaluate(log_samples=True)`` call over the lm-eval
@@ -7,10 +7,10 @@ task configs of ``moe_jax.eval.tasks`` (one per subject), whose logged samples b
 A rerun skips the finished (task, language) pairs and redoes those whose data file changed. Every
 option (and the steering file's contents) is checked before the records are opened, so a refused run
 changes nothing. ``summary.csv`` / ``summary.json`` hold per (task, language) the accuracy, items,
-95% interval (Wilson; ``moe_jax.eval.records.score``) and the number of prompts truncated to the
+95% interval (Wilson; ``moe_jax.artifacts.eval_records.score``) and the number of prompts truncated to the
 model's maximum length, and per task the mean over the non-English languages; ``provenance.json``,
 written last, publishes them with the digest of the records they summarise (``read_output``: how
-later stages read them). The workdir may be local or ``gs://`` (``moe_jax.storage``); so may the
+later stages read them). The workdir may be local or ``gs://`` (``moe_jax.io.storage``); so may the
 steering file and local task data (staged into a local cache for the ``datasets`` library).
 """
 
@@ -27,13 +27,14 @@ import ml_collections
 from ml_collections import config_dict
 from tqdm.auto import tqdm
 
-from moe_jax import lineage, storage
-from moe_jax import workdir as wd
-from moe_jax.atomic import atomic_write, atomic_write_json
-from moe_jax.eval import records as rec
+from moe_jax.artifacts import lineage
+from moe_jax.io import storage
+from moe_jax.artifacts import layout as wd
+from moe_jax.io.storage import atomic_write, atomic_write_json
+from moe_jax.artifacts import eval_records as rec
 from moe_jax.eval import tasks as task_lib
-from moe_jax.pipeline import (StageError, check_known_fields, collect_problems, model_name, model_warning,
-                              source_identity)
+from moe_jax.errors import StageError
+from moe_jax.pipeline.common import check_known_fields, collect_problems, model_name, model_warning, source_identity
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +184,10 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     from lm_eval.tasks import TaskManager
 
     from moe_jax.convert import orbax_io
-    from moe_jax.convert.stage import converted_identity
+    from moe_jax.pipeline.convert import converted_identity
     from moe_jax.convert.tokenizer import load_tokenizer
     from moe_jax.models.config import ModelConfig
-    from moe_jax.routing import provenance
+    from moe_jax.artifacts import fingerprint as provenance
 
     opts = options(config)
     todo = plan(opts)
@@ -205,7 +206,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     pending = pending_pairs(out_dir, todo, manifest, "eval")
     if pending:
         from moe_jax.eval.harness import MoeJaxLM
-        from moe_jax.models.model import load
+        from moe_jax.api import load
 
         model = load(ckpt_dir, dtype=config.model.dtype)
         lm = MoeJaxLM(model=model, batch_size=int(opts.batch_size), max_length=opts.max_length,
@@ -300,13 +301,13 @@ def format_summary(rows: list[Mapping[str, Any]]) -> str:
     return "\n".join("  ".join(v.rjust(wd_) for v, wd_ in zip(r, widths)) for r in table)
 
 
-# -- preflight: cheap checks before any stage writes (moe_jax.stages.preflight) ----------------------
+# -- preflight: cheap checks before any stage writes (moe_jax.pipeline.registry.preflight) ----------------------
 
 def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -> list[str]:
     """The eval stage's problems, found without loading the model or writing: unknown tasks or
     languages, missing local data files, a missing steering file, the checkpoint (when convert does not
     run first), and existing records of another model or scoring options (refused unless overwrite)."""
-    from moe_jax.convert.stage import checkpoint_problems
+    from moe_jax.pipeline.convert import checkpoint_problems
 
     opts = options(config)
     checks = [lambda: model_option_problems(opts, plan(opts), preflight_model(config, workdir, before)),
@@ -328,7 +329,7 @@ def preflight_model(config: Any, workdir: str, before: frozenset[str]) -> Any:
         except (orbax_io.CheckpointError, KeyError, TypeError, ValueError):
             return None  # no (readable) checkpoint: checkpoint_problems says so
     if config.model.source == "tiny_random":
-        from moe_jax import tiny
+        from moe_jax.convert import tiny
         t = config.model.tiny
         return ModelConfig.from_hf(tiny.tiny_hf_config(t.model_type, **dict(t.overrides)))
     return None
@@ -360,7 +361,7 @@ def model_option_problems(opts: Mapping[str, Any], todo: list[dict[str, Any]], c
 def records_problem(config: Any, out_dir: str, opts: Mapping[str, Any], overwrite: bool, flag: str) -> str | None:
     """A message when ``out_dir`` holds records of another model or scoring options than ``opts``
     (unless ``overwrite``, the config field ``flag``, is on); else None."""
-    from moe_jax.convert.stage import recorded_model_differences
+    from moe_jax.pipeline.convert import recorded_model_differences
 
     manifest = rec.read_manifest(out_dir) or {}
     ident = manifest.get("identity")

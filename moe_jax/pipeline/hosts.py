@@ -23,8 +23,8 @@ from typing import Sequence
 import numpy as np
 
 from moe_jax import sharding as shd
-from moe_jax import storage
-from moe_jax.pipeline import PreflightError
+from moe_jax.io import storage
+from moe_jax.errors import PreflightError
 
 PROBE = ".moe_jax_shared_probe"
 _WIDTH = 4096  # bytes per process in the all-gather (host + path)

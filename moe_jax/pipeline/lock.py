@@ -30,9 +30,9 @@ import socket
 import sys
 from typing import Any, Iterator, Sequence
 
-from moe_jax import storage
-from moe_jax import workdir as wd
-from moe_jax.pipeline import PreflightError
+from moe_jax.io import storage
+from moe_jax.artifacts import layout as wd
+from moe_jax.errors import PreflightError
 
 log = logging.getLogger(__name__)
 

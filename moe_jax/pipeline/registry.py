@@ -3,7 +3,7 @@ the full default config, the cheap config check, and ``run_stages``.
 
 Imported only by the command line (``moe_jax.launch``) and top-level code: stage modules and library
 code never import it (their shared pieces live in ``moe_jax.pipeline``, the workdir layout in
-``moe_jax.workdir``). Stages are imported lazily, so a missing optional dependency of one stage
+``moe_jax.artifacts.layout``). Stages are imported lazily, so a missing optional dependency of one stage
 never breaks another.
 """
 
@@ -17,30 +17,31 @@ import os
 from typing import Any, Callable, Sequence
 
 from moe_jax import sharding as shd
-from moe_jax import storage, storage_reach, workdir_hosts, workdir_lock
-from moe_jax.pipeline import (SOURCES, PreflightError, StageError, check_known_fields, collect_problems,
-                              default_model_config)
+from moe_jax.io import storage, reach as storage_reach
+from moe_jax.pipeline import hosts as workdir_hosts, lock as workdir_lock
+from moe_jax.pipeline.common import SOURCES, check_known_fields, collect_problems, default_model_config
+from moe_jax.errors import PreflightError, StageError
 
 log = logging.getLogger(__name__)
 
 STAGES: dict[str, str] = {
-    "convert": "moe_jax.convert.stage:run",
-    "collect": "moe_jax.routing.stage:run",
-    "eval": "moe_jax.eval.stage:run",
-    "analyze": "moe_jax.analysis.stage:run",
-    "steer": "moe_jax.steering.stage:run",
-    "report": "moe_jax.report.stage:run",
+    "convert": "moe_jax.pipeline.convert:run",
+    "collect": "moe_jax.pipeline.collect:run",
+    "eval": "moe_jax.pipeline.eval:run",
+    "analyze": "moe_jax.pipeline.analyze:run",
+    "steer": "moe_jax.pipeline.steer:run",
+    "report": "moe_jax.pipeline.report:run",
 }
 # Each stage's ``preflight(config, workdir, before) -> [problem, ...]``: cheap checks of its inputs and of
 # what it would replace, given ``before`` (the stages that run earlier in the same run and so produce
 # their outputs first). Nothing is written, downloaded or compiled. A stage without one has no checks.
 PREFLIGHTS: dict[str, str] = {
-    "convert": "moe_jax.convert.stage:preflight",
-    "collect": "moe_jax.routing.stage:preflight",
-    "eval": "moe_jax.eval.stage:preflight",
-    "analyze": "moe_jax.analysis.stage:preflight",
-    "steer": "moe_jax.steering.stage:preflight",
-    "report": "moe_jax.report.stage:preflight",
+    "convert": "moe_jax.pipeline.convert:preflight",
+    "collect": "moe_jax.pipeline.collect:preflight",
+    "eval": "moe_jax.pipeline.eval:preflight",
+    "analyze": "moe_jax.pipeline.analyze:preflight",
+    "steer": "moe_jax.pipeline.steer:preflight",
+    "report": "moe_jax.pipeline.report:preflight",
 }
 
 
@@ -99,8 +100,8 @@ def run_stages(config: Any, workdir: str, stages: str | Sequence[str] | None = N
     """Runs ``stages`` (default ``config.stages``) in order. Every name, the config and every stage's
     preflight (``PREFLIGHTS``) are checked first, before the workdir is created or anything is written;
     with several processes, every process first checks that they share one workdir
-    (``moe_jax.workdir_hosts``), then process 0 checks the stages (the inputs may live on its host only) and takes every requested
-    stage's lock (``moe_jax.workdir_lock``: a second run writing the same stage is refused, naming the first)."""
+    (``moe_jax.pipeline.hosts``), then process 0 checks the stages (the inputs may live on its host only) and takes every requested
+    stage's lock (``moe_jax.pipeline.lock``: a second run writing the same stage is refused, naming the first)."""
     names = parse_stages(config.stages if stages is None else stages)
     check_config(config)
     try:
@@ -136,13 +137,13 @@ def check_workdir_is_directory(workdir: str) -> None:
 def default_config():
     """A complete pipeline config with every section at its default (what configs/*.py start from)."""
     import ml_collections
-    from moe_jax.analysis.stage import default_config as analysis_defaults
+    from moe_jax.pipeline.analyze import default_config as analysis_defaults
     from moe_jax.data.defaults import default_config as data_defaults
-    from moe_jax.eval.stage import default_config as eval_defaults
+    from moe_jax.pipeline.eval import default_config as eval_defaults
     from moe_jax.plan import default_config as plan_defaults
-    from moe_jax.report.stage import default_config as report_defaults
-    from moe_jax.routing.stage import default_config as collect_defaults
-    from moe_jax.steering.stage import default_config as steer_defaults
+    from moe_jax.pipeline.report import default_config as report_defaults
+    from moe_jax.pipeline.collect import default_config as collect_defaults
+    from moe_jax.pipeline.steer import default_config as steer_defaults
 
     c = ml_collections.ConfigDict()
     c.model = default_model_config()

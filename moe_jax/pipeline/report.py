@@ -4,7 +4,7 @@ Called by ``moe_jax.launch`` as ``run(config, workdir)`` after ``analyze``; ``co
 config (its ``report`` section is used) or the section itself. The page is static and
 self-contained (figures embedded as base64 PNG); the same figures are saved next to it as PNG.
 
-The workdir may be local or ``gs://`` (``moe_jax.storage``). The page reads ``analysis/`` only as
+The workdir may be local or ``gs://`` (``moe_jax.io.storage``). The page reads ``analysis/`` only as
 its ``provenance.json`` records it (``analysis.stage.read_output``). ``report/`` is published the same
 way: the old ``report/provenance.json`` is removed first, then the PNGs, CSV copies and
 ``index.html`` are written, and ``provenance.json`` LAST, recording what the page shows and each
@@ -19,16 +19,18 @@ from typing import Callable
 import ml_collections
 import numpy as np
 
-from moe_jax.analysis import stage as analysis_stage
-from moe_jax import lineage, storage
-from moe_jax import workdir as wd
-from moe_jax.analysis.stage import section as config_section
-from moe_jax.eval import stage as eval_stage
-from moe_jax.pipeline import StageError, collect_problems
+from moe_jax.pipeline import analyze as analysis_stage
+from moe_jax.artifacts import lineage
+from moe_jax.io import storage
+from moe_jax.artifacts import layout as wd
+from moe_jax.pipeline.analyze import section as config_section
+from moe_jax.pipeline import eval as eval_stage
+from moe_jax.errors import StageError
+from moe_jax.pipeline.common import collect_problems
 from moe_jax.report import formulas, html, plots
-from moe_jax.atomic import read_json
-from moe_jax.routing.store import read_meta
-from moe_jax.steering import stage as steer_stage
+from moe_jax.io.storage import read_json
+from moe_jax.artifacts.routing_store import read_meta
+from moe_jax.pipeline import steer as steer_stage
 from moe_jax.steering import sweep as sweep_lib
 
 log = logging.getLogger(__name__)
@@ -469,7 +471,7 @@ SECTIONS: tuple[tuple[str, str, Callable[[_Report], list[str]]], ...] = (
 def run(config, workdir: str) -> str:
     """Renders ``workdir/report/index.html`` (and the PNGs beside it); returns the HTML path.
 
-    First the inputs are checked (``moe_jax.lineage``): outputs of another model than ``config.model``
+    First the inputs are checked (``moe_jax.artifacts.lineage``): outputs of another model than ``config.model``
     are refused (``model_problems``), and an analysis computed from other inputs than the current ones
     is computed again (``analysis.stage.ensure_current``). ``report/provenance.json`` records
     the digests of what the page shows."""

@@ -16,8 +16,8 @@ eval tasks and languages of ``config.eval``, with paired statistics against the 
    McNemar p-value, and the fraction of tokens whose top-k changed in the steered layers;
    ``steer/provenance.json``, written last, publishes it with ``settings.json`` (``read_output``).
 
-The workdir may be local or ``gs://``: every read and write goes through ``moe_jax.storage``, and
-each setting's records follow ``moe_jax.eval.records`` (data objects first, the manifest last).
+The workdir may be local or ``gs://``: every read and write goes through ``moe_jax.io.storage``, and
+each setting's records follow ``moe_jax.artifacts.eval_records`` (data objects first, the manifest last).
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
-from moe_jax import lineage, storage
-from moe_jax import workdir as wd
-from moe_jax.atomic import atomic_write, atomic_write_json
-from moe_jax.pipeline import StageError, check_known_fields, collect_problems, model_warning
+from moe_jax.artifacts import lineage
+from moe_jax.io import storage
+from moe_jax.artifacts import layout as wd
+from moe_jax.io.storage import atomic_write, atomic_write_json
+from moe_jax.errors import StageError
+from moe_jax.pipeline.common import check_known_fields, collect_problems, model_warning
 from moe_jax.routing import statistic_table as stat_table
 from moe_jax.steering import sweep as sweep_lib
 from moe_jax.steering import targets as tg
@@ -131,7 +133,7 @@ def parse_bands(spec: str, workdir: str) -> tuple[tuple[int, int], ...]:
     summary is read only as its ``provenance.json`` publishes it (``storage.UnpublishedError`` or
     ``DigestMismatchError`` otherwise: an analyze run that did not finish, or a damaged summary)."""
     if spec.strip() == "auto":
-        from moe_jax.analysis.stage import read_output
+        from moe_jax.pipeline.analyze import read_output
         found = storage.exists(storage.join(wd.analysis_dir(workdir), "summary.json"))
         band = (read_output(workdir) if found else {}).get("middle_band")
         if not band:
@@ -151,7 +153,7 @@ def parse_bands(spec: str, workdir: str) -> tuple[tuple[int, int], ...]:
 
 
 def _store(path: str, what: str):
-    from moe_jax.routing.store import read_store
+    from moe_jax.artifacts.routing_store import read_store
     if not storage.exists(storage.join(path, "meta.json")):
         raise StageError(f"no routing store at {path} ({what}); run the 'collect' stage first")
     return read_store(path)
@@ -235,7 +237,7 @@ def exclusive_languages(config: Any, opts: Mapping[str, Any], pool: Sequence[str
             raise StageError(f"steer.exclusive_languages {outside} are not in the language pool {list(pool)} "
                              "(steer.shared_languages, or every store language)")
         return given
-    from moe_jax.eval import stage as eval_stage
+    from moe_jax.pipeline import eval as eval_stage
     sweep = list(dict.fromkeys(it["language"] for it in eval_stage.plan(sweep_options(config, opts))))
     of = [l for l in sweep if l != PIVOT and l in pool]
     if not of:
@@ -298,7 +300,7 @@ def _probe(config, tokenizer, languages: Sequence[str], n: int):
 
 def sweep_options(config: Any, opts: Mapping[str, Any]) -> ml_collections.ConfigDict:
     """``config.eval``'s options with the sweep's subset (steer.tasks, languages, limit) applied."""
-    from moe_jax.eval import stage as eval_stage
+    from moe_jax.pipeline import eval as eval_stage
 
     eval_opts = eval_stage.options(config)
     limit = opts["limit"]
@@ -317,8 +319,8 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
     sweep's tasks, languages and local data, the stores it selects targets from (when collect does not
     run first), the analysis' middle band for ``bands="auto"`` (when analyze does not run first), the
     checkpoint (when convert does not), and an existing sweep of another model (unless overwrite)."""
-    from moe_jax.convert.stage import checkpoint_problems
-    from moe_jax.eval import stage as eval_stage
+    from moe_jax.pipeline.convert import checkpoint_problems
+    from moe_jax.pipeline import eval as eval_stage
 
     opts = options(config)
     eval_opts = sweep_options(config, opts)
@@ -359,20 +361,20 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     from lm_eval.tasks import TaskManager
 
     from moe_jax.convert import orbax_io
-    from moe_jax.convert.stage import converted_identity
+    from moe_jax.pipeline.convert import converted_identity
     from moe_jax.convert.tokenizer import load_tokenizer
-    from moe_jax.eval import records as rec
-    from moe_jax.eval import stage as eval_stage
+    from moe_jax.artifacts import eval_records as rec
+    from moe_jax.pipeline import eval as eval_stage
     from moe_jax.eval.harness import MoeJaxLM
-    from moe_jax.models.model import load
-    from moe_jax.routing import provenance
-    from moe_jax.routing.store import StoreMismatchError
+    from moe_jax.api import load
+    from moe_jax.artifacts import fingerprint as provenance
+    from moe_jax.artifacts.routing_store import StoreMismatchError
 
     opts = options(config)
     eval_opts = sweep_options(config, opts)  # the sweep's subset of the evaluation
     todo = eval_stage.plan(eval_opts)
     if opts.bands.strip() == "auto":  # the analysis' middle band: never that of other stores
-        from moe_jax.analysis.stage import ensure_current
+        from moe_jax.pipeline.analyze import ensure_current
         ensure_current(config, workdir, "steer")
     specs, meta, store_data = build_specs(config, workdir, opts)
     ckpt_dir = wd.checkpoint_dir(workdir)
@@ -452,7 +454,7 @@ def read_output(workdir: str, name: str = "summary.json") -> Any:
     (``records.read_published``: StageError naming the command that redoes it otherwise)."""
     import json
 
-    from moe_jax.eval import records as rec
+    from moe_jax.artifacts import eval_records as rec
 
     data = rec.read_published(wd.steer_dir(workdir), name, workdir)
     return json.loads(data) if name.endswith(".json") else data
@@ -462,7 +464,7 @@ def summarize(out_dir: str, todo, settings, model, probe: Mapping[str, np.ndarra
     """Paired rows per (setting, task, language) and per (setting, task) over the non-pivot languages."""
     import jax.numpy as jnp
 
-    from moe_jax.eval import records as rec
+    from moe_jax.artifacts import eval_records as rec
 
     arrays = [jnp.asarray(probe[k]) for k in ("input_ids", "attention_mask", "count_mask")]
     rows = []

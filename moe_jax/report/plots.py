@@ -35,7 +35,7 @@ def png_bytes(fig, path: str | None = None, dpi: int = 110, stamp: str | None = 
     plt.close(fig)
     data = buf.getvalue()
     if path is not None:  # local or gs:// (no savefig to a path: matplotlib writes local files only)
-        from moe_jax.storage import atomic_write_bytes
+        from moe_jax.io.storage import atomic_write_bytes
         atomic_write_bytes(path, data)
     return data
 

@@ -33,7 +33,7 @@ from typing import Mapping
 
 import numpy as np
 
-from moe_jax.routing.store import repair_hint
+from moe_jax.artifacts.routing_store import repair_hint
 
 
 @dataclasses.dataclass(frozen=True)

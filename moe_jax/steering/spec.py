@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from moe_jax import storage
+from moe_jax.io import storage
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.intervention import DEMOTE, FORBID, FORCE, Intervention, check_mode_counts, round_bf16
 
