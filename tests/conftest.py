@@ -1,13 +1,10 @@
 import os
 import shutil
-import sys
 import tempfile
 import uuid
 
 import pytest
 
-# Test helpers (hf_reference.py) live beside the tests.
-sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # One JAX compilation cache for the whole test session: the controller makes it before the xdist
@@ -37,7 +34,7 @@ def pytest_unconfigure(config):
 def gcs_bucket():
     """``gs://<bucket>`` on a local GCS emulator started for this session (clients of this process and
     of its subprocesses point at it while it runs); fails, never skips, if it cannot start."""
-    import gcs_emulator
+    from tests.helpers import gcs_emulator
 
     from moe_jax.io import storage
 

@@ -1,0 +1,20 @@
+"""Runs a Python command on N simulated CPU devices in a subprocess (XLA_FLAGS must be set before jax
+is imported, so multi-device halves of tests run outside the pytest process)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_on_devices(args: list[str], devices: int, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python *args`` with ``devices`` simulated CPU devices; fails the test with its stderr on error."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
