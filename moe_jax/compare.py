@@ -28,9 +28,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from moe_jax.io import storage
+from moe_jax.io import integrity, storage
 from moe_jax.artifacts import layout as wd
-from moe_jax.pipeline import analyze as analysis_stage
+from moe_jax.artifacts.stage_outputs import ANALYSIS_SUMMARY, analysis_staleness, read_analysis, read_steer
 from moe_jax.io.storage import atomic_write
 from moe_jax.errors import StageError
 from moe_jax.report import html, plots
@@ -75,19 +75,19 @@ class ModelRun:
 def _published(workdir: str, name: str) -> Any:
     """``analysis/<name>`` as its provenance publishes it; CompareError naming the redo command otherwise."""
     try:
-        return analysis_stage.read_output(workdir, name)
-    except (storage.UnpublishedError, storage.DigestMismatchError) as e:
+        return read_analysis(workdir, name)
+    except (integrity.UnpublishedError, integrity.DigestMismatchError) as e:
         raise CompareError(f"{workdir}: the analysis is unfinished or damaged ({e}); run it again: python -m "
                            f"moe_jax.launch --config=<its config> --workdir={workdir} --stages=analyze") from None
 
 
 def load_run(workdir: str) -> ModelRun:
     """One workdir's published analysis (current with its routing store) and steering sweep."""
-    if not storage.exists(storage.join(wd.analysis_dir(workdir), analysis_stage.SUMMARY)):
+    if not storage.exists(storage.join(wd.analysis_dir(workdir), ANALYSIS_SUMMARY)):
         raise CompareError(f"{workdir} has no analysis; run: python -m moe_jax.launch --config=<its config> "
                            f"--workdir={workdir} --stages=analyze")
-    summary = _published(workdir, analysis_stage.SUMMARY)
-    stale = analysis_stage.staleness(None, workdir)
+    summary = _published(workdir, ANALYSIS_SUMMARY)
+    stale = analysis_staleness(workdir)
     if stale:
         raise CompareError(f"{workdir}: the analysis was computed from other inputs than the workdir holds now "
                            f"({', '.join(stale)}); run the analyze stage again")
@@ -96,9 +96,8 @@ def load_run(workdir: str) -> ModelRun:
     meta = read_meta(wd.routing_dir(workdir)) or {}
     steer = None
     if storage.exists(storage.join(wd.steer_dir(workdir), "summary.json")):
-        from moe_jax.pipeline import steer as steer_stage
         try:
-            steer = steer_stage.read_output(workdir)
+            steer = read_steer(workdir)
         except (StageError, OSError, ValueError) as e:  # unfinished or changed: the message names the command
             raise CompareError(f"{workdir}: the steering sweep cannot be read as published: {e}") from None
     return ModelRun(workdir, str(meta.get("model") or workdir), summary, read("divergence"), read("entropy"),

@@ -17,6 +17,10 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+# importing these does not touch jax's devices: jax.distributed initialises after flag parsing (main)
+from moe_jax import errors, sharding
+from moe_jax.pipeline import common as pipeline, registry as stages
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Pipeline config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every stage's inputs and outputs: a local path or gs://bucket/prefix.")
 _STAGES = flags.DEFINE_list("stages", None, "Comma-separated stages (default: config.stages).")
@@ -37,22 +41,20 @@ class _QuietLibraries(logging.Filter):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from moe_jax import errors, sharding  # after flag parsing: nothing touches jax devices before init
-    from moe_jax.pipeline import common as pipeline, registry as stages
-
     config = _CONFIG.value
     try:
         names = stages.parse_stages(config.stages if _STAGES.value is None else _STAGES.value)  # --stages= is [], an error
     except errors.StageError as e:
         raise app.UsageError(str(e)) from None
-    sharding.initialize_distributed(config.get("distributed"))
+    options = stages.check_config(config)  # every field checked; the run's Options, built once
+    sharding.initialize_distributed(options.distributed)
     logging.getLogger("moe_jax").setLevel(logging.INFO)
     absl_logging.get_absl_handler().addFilter(_QuietLibraries())
-    warning = pipeline.model_warning(config) if sharding.is_writer() else None
+    warning = pipeline.model_warning(options.model) if sharding.is_writer() else None
     if warning:
         print(f"WARNING: {warning}", flush=True)
     try:
-        stages.run_stages(config, _WORKDIR.value, names)
+        stages.run_stages(options, _WORKDIR.value, names)
     except errors.PreflightError as e:  # every problem, each with its fix: a traceback adds nothing
         raise SystemExit(f"ERROR: {e}") from None
     if warning:

@@ -25,30 +25,31 @@ The workdir may be local or ``gs://`` (every read and write goes through ``moe_j
 ``analysis/`` is published like a manifest directory: the old ``provenance.json`` is removed first,
 then the tables and ``summary.json`` are written, then ``provenance.json`` LAST, recording the inputs'
 digests and each file's size and sha256 (``moe_jax.artifacts.lineage``). Readers (``staleness``, the report and
-steer stages) trust ``analysis/`` only with its ``provenance.json`` and check ``summary.json`` against it.
+steer stages, through ``moe_jax.artifacts.stage_outputs``) trust ``analysis/`` only with its ``provenance.json``
+and check ``summary.json`` against it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Callable
 
 import ml_collections
 import numpy as np
-from ml_collections import config_dict
 from tqdm import tqdm
 
 from moe_jax.analysis import (accuracy as accuracy_lib, consistency, correlation, divergence, layer_entropy,
                               experts, similarity, tables)
-from moe_jax.analysis.inputs import (Inputs, Skip, check_task_store, config_languages, load_inputs,
-                                     parse_task_stores, resolve_task_stores, task_language)
+from moe_jax.analysis.inputs import (Inputs, Skip, check_task_store, load_inputs, parse_task_stores,
+                                     resolve_task_stores, task_language)
 from moe_jax.analysis.validate import normalize_band
+from moe_jax.data.corpora import parse_languages
 from moe_jax.artifacts import lineage
+from moe_jax.artifacts.stage_outputs import ANALYSIS_SUMMARY as SUMMARY, analysis_staleness
+from moe_jax.pipeline import model_identity
 from moe_jax.io import storage
 from moe_jax.artifacts import layout as wd
-from moe_jax.pipeline.fields import check_known_fields
-from moe_jax.errors import StageError
+from moe_jax.pipeline import options as options_lib
 from moe_jax.pipeline.common import collect_problems
 from moe_jax.routing import statistic_table as stat_table
 from moe_jax.artifacts.routing_store import read_meta
@@ -56,67 +57,27 @@ from moe_jax.artifacts.routing_store import lang_path, read_store, repair_hint
 
 log = logging.getLogger(__name__)
 
-FREE_FORM = ("accuracy", "task_stores")  # mapping fields whose inner keys are the user's (languages, tasks)
-SUMMARY = "summary.json"
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The ``config.analysis`` section (every field documented inline)."""
-    c = ml_collections.ConfigDict()
-    c.pivot = "eng_Latn"  # divergences and language experts are measured from this language
-    # per-sequence routing distribution of the divergence and split-half pairs: "mean_probs" (mean of the
-    # full softmax over all experts) or "topk_weight" (mean of the softmax kept on the token's top-k and
-    # renormalised over it, the "actual weight" of the routing study's code)
-    c.routing_statistic = "mean_probs"
-    # divergence metrics (moe_jax.analysis.metrics.DIVERGENCES); the first one is primary (band, correlation)
-    c.metrics = ("entropy_normalized_js", "js_divergence")
-    # None: detected from the primary divergence curve; (start, end): 0-indexed MoE-layer positions, inclusive
-    c.middle_band = config_dict.placeholder(tuple)
-    c.band_threshold = 0.5  # band = longest run of layers with divergence <= min + thr * (max - min)
-    c.split_half_seed = 0
-    c.split_half_repeats = 10
-    c.consistency_pairs = 2000  # token pairs sampled per language
-    c.consistency_seed = 0
-    c.consistency_scope = "sequence"  # "sequence": pairs within a sequence; "language": any two tokens
-    c.bootstrap = ml_collections.ConfigDict({"n": 1000, "seed": 0, "ci": 0.95})
-    c.similarity_metric = "cosine"  # "cosine" of utilisation vectors or "js" (1 - entropy-normalised JS)
-    # "" = automatic bands (all, and early / middle / late around the middle band); or "name:start-end,..."
-    c.similarity_bands = ""
-    c.cluster_method = "average"  # scipy.cluster.hierarchy.linkage method
-    # the statistic and pooling the expert rules (task, language, shared/exclusive) select from
-    # (moe_jax.routing.statistic_table); "" = each rule's published default (docs/methods.md#pooling)
-    c.statistic = ""  # topk_freq | gate_weight | topk_weight | mean_probs
-    c.pooling = ""  # token | sequence
-    c.experts = ml_collections.ConfigDict({
-        "task_tau": 0.3,  # task expert when Delta > task_tau (docs/methods.md#task-and-language-experts)
-        "language_tau": 0.3,  # language expert when Delta (language - pivot) > language_tau
-        "shared_top_k": 16,  # per (language, layer) top-k kept for shared/exclusive (clipped to E)
-        "shared_thr": 0.5,  # exclusive when the language's share of the pool's mass > shared_thr
-    })
-    # {language: accuracy} or a path to a CSV/JSON file (moe_jax.analysis.accuracy); {} = none
-    c.accuracy = config_dict.FieldReference({}, field_type=object)
-    # {task name: path of a routing store of (English) task data}; the main store's pivot data is
-    # the generic corpus. A string "math=/path,med=/path" works too (command line). {} = the stores
-    # the collect stage wrote for config.tasks under workdir/tasks/<name>.
-    c.task_stores = config_dict.FieldReference({}, field_type=object)
-    return c
+    """The ``config.analysis`` section (fields, defaults and checks: ``options.AnalysisOptions``)."""
+    return options_lib.section_config(options_lib.AnalysisOptions)
 
 
-def _as_dict(x) -> dict:
-    return x.to_dict() if hasattr(x, "to_dict") else dict(x)
+def options(config: Any) -> options_lib.AnalysisOptions:
+    """``config.analysis``'s options (``Options.analysis``; ``config`` may be the section alone or
+    None), refused with the first of their problems."""
+    return options_lib.of_section(config, "analysis").checked("analysis").analysis
 
 
-def section(config, name: str, defaults: ml_collections.ConfigDict,
-            free_form: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
-    """``config.<name>`` (or ``config`` itself when it is the section) over ``defaults``; a key the
-    defaults lack is an error (``config_fields.check_known_fields``)."""
-    sub = config.get(name) if config is not None and hasattr(config, "get") and name in config else config
-    out = defaults  # a fresh default_config(): keeps the placeholder field types
-    if sub is not None:
-        values = _as_dict(sub)
-        check_known_fields(values, defaults, f"config.{name}", [f"config.{name}.{f}" for f in free_form])
-        out.update(values)
-    return out
+def requested_languages(opts: options_lib.Options) -> list[str] | None:
+    """``config.data.languages`` (validated codes), the language pool asked for; None: not given."""
+    return parse_languages(opts.data.languages) if opts.data.languages else None
+
+
+def task_store_paths(opts: options_lib.Options, workdir: str) -> tuple[dict[str, str], str]:
+    """The task stores of ``analysis.task_stores``, else of ``config.tasks`` (``resolve_task_stores``)."""
+    return resolve_task_stores(opts.analysis.task_stores, None if opts.tasks is None else list(opts.tasks), workdir)
 
 
 # -- analyses: each returns {table name: records} and a summary piece, or raises Skip ------------
@@ -421,18 +382,14 @@ ANALYSES: tuple[tuple[str, Callable], ...] = (
 
 
 def run(config, workdir: str) -> dict[str, Any]:
-    """Runs every analysis on ``workdir/routing``; writes ``workdir/analysis/*``; returns the summary."""
-    cfg = section(config, "analysis", default_config(), FREE_FORM)
-    if not cfg.metrics:
-        raise ValueError("analysis.metrics is empty")
+    """Runs every analysis on ``workdir/routing``; writes ``workdir/analysis/*``; returns the summary.
+    ``config``: the run's Options (``moe_jax.pipeline.options``), a config, or its analysis section alone.
+    Bad settings (no metrics, an unknown statistic or pooling) are refused before anything is written."""
+    config = options_lib.of_section(config, "analysis").checked("analysis")
+    cfg = config.analysis
     store = wd.routing_dir(workdir)
     out_dir = wd.analysis_dir(workdir)
-    if cfg.routing_statistic not in stat_table.DISTRIBUTIONS:
-        raise ValueError(f"analysis.routing_statistic {cfg.routing_statistic!r} is not one of "
-                         f"{sorted(stat_table.DISTRIBUTIONS)}")
-    for rule in ("task", "shared"):  # unknown statistic or pooling: refused before anything is written
-        stat_table.resolve(rule, cfg.statistic, cfg.pooling, "analysis")
-    inp = load_inputs(store, cfg.pivot, config_languages(config))  # a listed file missing or damaged: raises
+    inp = load_inputs(store, cfg.pivot, requested_languages(config))  # a listed file missing or damaged: raises
     if cfg.pivot in inp.pool.get("missing", ()):  # requested, never collected: the headline analyses need it
         raise FileNotFoundError(f"the pivot language {cfg.pivot!r} is requested ({inp.pool['source']}) but the "
                                 f"routing store has no {lang_path(store, cfg.pivot)}; {repair_hint(store)}")
@@ -440,7 +397,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         "store": store, "pivot": cfg.pivot, "languages": inp.languages, "language_pool": inp.pool,
         "n_layers": inp.n_layers, "n_experts": inp.n_experts, "top_k": inp.top_k, "moe_layer_ids": inp.layer_ids,
         "primary_metric": cfg.metrics[0], "config": cfg.to_dict(), "skipped": {}, "tables": []}
-    state: dict[str, Any] = {"task_stores": resolve_task_stores(config, cfg, workdir),
+    state: dict[str, Any] = {"task_stores": task_store_paths(config, workdir),
                              "eval_summary": storage.join(wd.eval_dir(workdir), "summary.json")}
     inputs, fingerprint = lineage_record(config, cfg, workdir, state["task_stores"][0])
     lineage.unpublish(out_dir)  # from here until the last write, no reader trusts analysis/
@@ -477,7 +434,8 @@ def run(config, workdir: str) -> dict[str, Any]:
 
 # -- provenance and preflight ------------------------------------------------------------------------
 
-def lineage_record(config, cfg, workdir: str, task_stores: dict[str, str]) -> tuple[dict, str]:
+def lineage_record(config: options_lib.Options, cfg: options_lib.AnalysisOptions, workdir: str,
+                   task_stores: dict[str, str]) -> tuple[dict, str]:
     """What an analysis is computed from (``moe_jax.artifacts.lineage``): the digests of the routing store, the
     task stores and the accuracies' file (``analysis.accuracy`` as a path, else the eval stage's
     summary), and the fingerprint of the analysis settings and requested languages."""
@@ -488,7 +446,7 @@ def lineage_record(config, cfg, workdir: str, task_stores: dict[str, str]) -> tu
     elif not cfg.accuracy:
         paths["eval summary"] = storage.join(wd.eval_dir(workdir), "summary.json")
     return (lineage.describe(paths, workdir),
-            lineage.fingerprint({"analysis": cfg.to_dict(), "languages": config_languages(config)}))
+            lineage.fingerprint({"analysis": cfg.to_dict(), "languages": requested_languages(config)}))
 
 
 def _full(config) -> bool:
@@ -497,60 +455,26 @@ def _full(config) -> bool:
 
 
 def staleness(config, workdir: str) -> list[str]:
-    """What changed since ``workdir/analysis`` was computed ([] = current; nothing there: []). With a
-    whole config, against the inputs and settings it names now; otherwise the recorded inputs only."""
-    out_dir = wd.analysis_dir(workdir)
-    if not storage.exists(storage.join(out_dir, SUMMARY)):
-        return []
-    stamp = lineage.read_stamp(out_dir)
-    if stamp is None:  # also a run that did not finish: it removes the stamp first, writes it last
-        return [f"no {lineage.STAMP} (computed before provenance was recorded)"]
-    damaged = [f"analysis/{d}" for d in lineage.damaged(stamp, out_dir, [SUMMARY])]
-    if not _full(config):
-        return damaged + lineage.stale(stamp, workdir)
-    cfg = section(config, "analysis", default_config(), FREE_FORM)
-    stores = resolve_task_stores(config, cfg, workdir)[0]
-    return damaged + lineage.changed(stamp, *lineage_record(config, cfg, workdir, stores))
+    """What changed since ``workdir/analysis`` was computed ([] = current; nothing there: []): an
+    unfinished run or a damaged summary, and with a whole config, the inputs and settings it names now
+    against those recorded; otherwise the recorded inputs only (``stage_outputs.analysis_staleness``).
+    The registry's preflight asks it once per run and runs this stage first when it is stale."""
+    config = options_lib.of_section(config, "analysis")
 
-
-def read_output(workdir: str, name: str = SUMMARY) -> Any:
-    """The JSON value of ``workdir/analysis/<name>`` as the last finished analyze run wrote it: only
-    a file its ``provenance.json`` names, with the recorded digest (``lineage.read_output`` raises
-    otherwise, naming the file)."""
-    return json.loads(lineage.read_output(wd.analysis_dir(workdir), name))
-
-
-def ensure_current(config, workdir: str, reader: str) -> None:
-    """Before ``reader`` (a stage) reads ``workdir/analysis``: an analysis computed from other inputs
-    than the current ones (another routing store, e.g. of a previous model) is computed again (with a
-    whole config) or refused, never read."""
-    changed = staleness(config, workdir)
-    if not changed:
-        return
-    msg = (f"{wd.analysis_dir(workdir)} was computed from other inputs than the current ones "
-           f"(changed: {', '.join(changed)})")
-    if _full(config):
-        log.warning("%s; %s runs the analyze stage again first", msg, reader)
-        run(config, workdir)
-        return
-    raise StageError(f"{msg}; run the analyze stage again first: python -m moe_jax.launch --config=<your config> "
-                     f"--workdir={workdir} --stages=analyze,{reader}")
+    def current() -> tuple[dict, str]:
+        return lineage_record(config, config.analysis, workdir, task_store_paths(config, workdir)[0])
+    return analysis_staleness(workdir, current if _full(config) else None)
 
 
 def preflight(config, workdir: str, before: frozenset[str] = frozenset()) -> list[str]:
     """The analyze stage's problems, found without reading any array: unknown settings, a missing
     routing store (when collect does not run first), missing explicit task stores or accuracy file,
-    and a routing or task store of another model than ``config.model`` (``lineage.model_problems``)."""
+    and a routing or task store of another model than ``config.model`` (``model_identity.model_problems``)."""
+    config = options_lib.of_section(config, "analysis")
+    cfg = config.analysis
+
     def settings():
-        cfg = section(config, "analysis", default_config(), FREE_FORM)
-        problems = [] if cfg.metrics else ["analysis.metrics is empty"]
-        if cfg.routing_statistic not in stat_table.DISTRIBUTIONS:
-            problems.append(f"analysis.routing_statistic {cfg.routing_statistic!r} is not one of "
-                            f"{sorted(stat_table.DISTRIBUTIONS)}")
-        try:
-            stat_table.resolve("task", cfg.statistic, cfg.pooling, "analysis")
-        except ValueError as e:
-            problems.append(str(e))
+        problems = config.section_problems("analysis")  # found when the options were built
         if isinstance(cfg.accuracy, str) and cfg.accuracy and not storage.isfile(cfg.accuracy):
             problems.append(f"analysis.accuracy {cfg.accuracy!r} is not a file")
         problems += [f"analysis.task_stores: no routing store at {path} (task {name!r})"
@@ -567,11 +491,10 @@ def preflight(config, workdir: str, before: frozenset[str] = frozenset()) -> lis
     def model() -> list[str]:
         """Stores of another model than config.model (those collect rewrites first are not read)."""
         try:
-            stores, origin = resolve_task_stores(config, section(config, "analysis", default_config(), FREE_FORM),
-                                                 workdir)
+            stores, origin = task_store_paths(config, workdir)
         except ValueError:
             return []  # a malformed analysis section: settings() names it
         paths = [] if "collect" in before else [wd.routing_dir(workdir)]
         paths += [p for p in stores.values() if "collect" not in before or origin == "analysis.task_stores"]
-        return lineage.model_problems(config, workdir, "analyze", [("collect", p, "meta.json", None) for p in paths])
+        return model_identity.model_problems(config.get("model"), workdir, "analyze", [("collect", p, "meta.json", None) for p in paths])
     return collect_problems([settings, store, model])

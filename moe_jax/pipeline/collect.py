@@ -15,18 +15,24 @@ import logging
 import os
 from typing import Any, Callable, Mapping, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from moe_jax.artifacts import lineage
+from moe_jax.pipeline import model_identity
 from moe_jax.io import storage
 from moe_jax import sharding as shd
 from moe_jax.artifacts import layout as wd
-from moe_jax.data import tokenize as tok_lib
+from moe_jax.convert import orbax_io
+from moe_jax.convert.loader import load_hf_config, load_params
+from moe_jax.convert.tokenizer import load_tokenizer, missing_tokenizer
+from moe_jax.data import corpora, tokenize as tok_lib
 from moe_jax.data.tokenize import EncodedTexts
 from moe_jax.models.config import ModelConfig
-from moe_jax.pipeline.common import check_known_fields, collect_problems, model_name, model_warning, source_identity
+from moe_jax.pipeline import loading
+from moe_jax.pipeline import options as options_lib
+from moe_jax.pipeline.common import collect_problems, model_name, model_warning, source_identity
 from moe_jax.routing import collect
 from moe_jax.artifacts import fingerprint as provenance, routing_store as store_lib
 
@@ -35,27 +41,16 @@ log = logging.getLogger(__name__)
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The ``config.collect`` section.
+    """The ``config.collect`` section (fields and defaults: ``options.CollectOptions``).
 
     Tokenisation (template, max_length, padding_side) is configured in ``config.data``.
     """
-    c = ml_collections.ConfigDict()
-    c.batch_size = 8  # sequences per step (global); must divide by the mesh's data axis and the processes
-    c.pad_to_multiple = 64  # sequence length is rounded up to this: one compile per length bucket
-    c.sort_by_length = True  # batch similar lengths together (less padding); results stay in corpus order
-    c.token_topk = False  # also store per-token top-k experts of counted tokens ([T, L, k] int16)
-    c.backend = "auto"  # expert dispatch backend of the forward ("auto" | "grouped" | "dense" | ...)
-    c.overwrite = False  # replace a store written for another model / data / options
-    c.progress = True  # tqdm bars over languages and batches
-    return c
+    return options_lib.section_config(options_lib.CollectOptions)
 
 
-def options(config: Any) -> ml_collections.ConfigDict:
-    """``config.collect`` over ``default_config()``; unknown fields (typos) are refused."""
-    opts, section = default_config(), config.get("collect") or {}
-    check_known_fields(section, opts, "config.collect")
-    opts.update(section)
-    return opts
+def options(config: Any) -> options_lib.CollectOptions:
+    """``config.collect``'s options (``Options.collect``; a config is checked first: unknown fields refused)."""
+    return options_lib.of(config).collect
 
 
 @dataclasses.dataclass
@@ -76,35 +71,20 @@ def run(config: Any, workdir: str) -> dict[str, dict[str, dict]]:
     ``config.data`` into ``workdir/tasks/<name>``), ``config.collect`` (batching, options), ``config.mesh``.
     Every check (mesh, batch, tokenizer vocabulary, compatibility of every store) runs before the
     weights are loaded or anything is compiled; the model is loaded and compiled once for all stores.
+    ``config``: the run's Options (``moe_jax.pipeline.options``), or a config they are built from.
     """
-    from moe_jax.convert.tokenizer import load_tokenizer
-
-    from moe_jax.convert import orbax_io
-    from moe_jax.convert.checkpoint import missing_tokenizer
-    from moe_jax.convert.loader import load_params
-    from moe_jax.data.defaults import task_data_configs
-    from moe_jax.pipeline.convert import converted_identity
-
-    opts = options(config)
-    ckpt_dir = wd.checkpoint_dir(workdir)
-    if not storage.exists(storage.join(ckpt_dir, orbax_io.META_FILE)):
-        raise FileNotFoundError(f"no converted checkpoint at {ckpt_dir}; run the 'convert' stage first")
-    ckpt_meta = orbax_io.read_meta(ckpt_dir)
-    # the checkpoint is the one config.model describes (process 0 alone: hf_dir may be on its host only)
-    shd.run_on_writer(lambda: converted_identity(config, workdir), f"checking the checkpoint in {ckpt_dir}")
-    cfg = ModelConfig.from_dict(ckpt_meta["config"])
+    config = options_lib.of(config)
+    opts = config.collect
+    ckpt = loading.open_checkpoint(config, workdir)
+    ckpt_dir, ckpt_meta, cfg = ckpt.dir, ckpt.meta, ckpt.cfg
 
     mesh = shd.make_mesh(config.mesh.shape)
     shd.check_batch_size(int(opts.batch_size), mesh)
     rules = shd.rules_from_config(config.mesh)
-    no_tokenizer = missing_tokenizer(ckpt_dir)
-    if no_tokenizer:  # else transformers substitutes another tokenizer or fails elsewhere
-        raise FileNotFoundError(f"{no_tokenizer}: the convert stage copies them from the model's directory")
-    tokenizer = load_tokenizer(ckpt_dir)
-    tok_lib.check_tokenizer(tokenizer, cfg.vocab_size)
+    tokenizer = loading.checkpoint_tokenizer(ckpt, checked=True)
     plan = [_plan_store(wd.ROUTING, None, config.data, workdir, config, cfg, ckpt_meta, tokenizer, opts)]
     plan += [_plan_store(os.path.join(wd.TASKS, name), name, data, workdir, config, cfg, ckpt_meta, tokenizer,
-                         opts) for name, data in task_data_configs(config).items()]
+                         opts) for name, data in (config.tasks or {}).items()]
     for job in plan:
         if not job.todo:
             log.info("routing store %s already holds every language", job.store_dir)
@@ -162,8 +142,6 @@ class _StorePlan:
 def _plan_store(key: str, task: str | None, data: Any, workdir: str, config: Any, cfg: ModelConfig,
                 ckpt_meta: Mapping[str, Any], tokenizer: Any, opts: Mapping[str, Any]) -> _StorePlan:
     """Loads a corpus, builds its store's meta and opens (or refuses) the store."""
-    from moe_jax.data import corpora
-
     corpus = corpora.load_corpus(data)
     encoding = tok_lib.corpus_encoding_options(data, corpus)  # + "count" for prompt/response pairs
     meta = build_meta(config, cfg, ckpt_meta, tokenizer, corpus, encoding, opts, data=data, task=task)
@@ -190,25 +168,25 @@ def build_meta(config: Any, cfg: ModelConfig, ckpt_meta: Mapping[str, Any], toke
     source = data_source(data, encoding.pop("count", None))
     identity = {
         "model_config": cfg.to_dict(), "checkpoint_sha256": ckpt_meta.get("checkpoint_sha256"),
-        "model_source": source_identity(config), "dtype": config.model.dtype,
+        "model_source": source_identity(config.model), "dtype": config.model.dtype,
         "tokenizer_sha256": provenance.tokenizer_hash(tokenizer), "template": dict(encoding),
         "data_source": source, "sentence_ids": provenance.fingerprint(list(corpus.ids)),
         "token_topk": bool(opts.get("token_topk", False)),
     }
     meta = {
-        "model": model_name(config), "model_type": cfg.model_type, "model_source": identity["model_source"],
+        "model": model_name(config.model), "model_type": cfg.model_type, "model_source": identity["model_source"],
         "checkpoint_sha256": identity["checkpoint_sha256"], "dtype": config.model.dtype,
         "dataset": corpus.name, "split": corpus.split, "data_source": source,
         "requested_languages": list(corpus.languages), "num_sentences": len(corpus.ids),
         "dropped_ids": list(corpus.dropped_ids),
-        "tokenizer": f"saved with {model_name(config)}", "tokenizer_sha256": identity["tokenizer_sha256"],
+        "tokenizer": f"saved with {model_name(config.model)}", "tokenizer_sha256": identity["tokenizer_sha256"],
         "template": dict(encoding), "moe_layer_ids": list(cfg.moe_layer_ids), "num_layers": cfg.num_layers,
         "num_experts": cfg.num_experts, "top_k": cfg.top_k, "token_topk": identity["token_topk"],
         "code_version": provenance.code_version(), "fingerprint": provenance.fingerprint(identity),
     }
     if task is not None:
         meta["task"] = task
-    warning = model_warning(config)
+    warning = model_warning(config.model)
     if warning:
         meta["warning"] = warning
     return meta
@@ -302,13 +280,8 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
     devices and the batch, the checkpoint and its tokenizer (when convert does not run first), every
     local corpus (read and aligned) or local copy of hub data, and each existing store written for
     another model or corpus (collect would refuse it, after convert had replaced the checkpoint)."""
-    import jax
-
-    from moe_jax.pipeline.convert import checkpoint_problems, recorded_model_differences
-    from moe_jax.data import corpora
-    from moe_jax.data.defaults import task_data_configs
-
-    opts = options(config)
+    config = options_lib.of(config)
+    opts = config.collect
     n = jax.device_count()
 
     def mesh() -> None:
@@ -340,9 +313,9 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
             if meta is None or opts.overwrite:
                 return None
             recorded_source = {k: v for k, v in (meta.get("data_source") or {}).items() if k != "count"}
-            diffs = (recorded_model_differences(meta, config)
-                     + lineage.differences(recorded_source, data_source(data), "data_source")
-                     + lineage.differences(bool(meta.get("token_topk")), bool(opts.token_topk), "token_topk"))
+            diffs = (loading.recorded_model_differences(meta, config)
+                     + model_identity.differences(recorded_source, data_source(data), "data_source")
+                     + model_identity.differences(bool(meta.get("token_topk")), bool(opts.token_topk), "token_topk"))
             if diffs:
                 return (f"{path} holds routing statistics of another model or corpus ({'; '.join(diffs)}); use "
                         "another --workdir, or --config.collect.overwrite=True to replace it (its files are deleted)")
@@ -352,12 +325,6 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
     def tokenizer() -> list[str]:
         """The tokenizer collect will use (the checkpoint's, or the local source's that convert copies
         there): its ids fit the model's embedding, and each existing store was collected with it."""
-        from moe_jax.convert.tokenizer import load_tokenizer
-
-        from moe_jax.convert import orbax_io
-        from moe_jax.convert.checkpoint import missing_tokenizer
-        from moe_jax.models.config import load_hf_config
-
         if "convert" in before:  # hub and tiny sources: the tokenizer appears with the conversion
             src = config.model.hf_dir if config.model.source == "hf_dir" else None
             if not src or missing_tokenizer(src):  # reported by the convert stage's preflight
@@ -378,9 +345,9 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
                 and not opts.overwrite]
 
     datas = [(wd.ROUTING, "config.data", config.data)] + [
-        (os.path.join(wd.TASKS, name), f"config.tasks.{name}", d) for name, d in task_data_configs(config).items()]
+        (os.path.join(wd.TASKS, name), f"config.tasks.{name}", d) for name, d in (config.tasks or {}).items()]
     checks: list[Callable[[], Any]] = [mesh]
     if "convert" not in before:
-        checks.append(lambda: checkpoint_problems(config, workdir))
+        checks.append(lambda: loading.checkpoint_problems(config, workdir))
     checks += [tokenizer] + [corpus(where, d) for _, where, d in datas] + [store(key, d) for key, _, d in datas]
     return collect_problems(checks)

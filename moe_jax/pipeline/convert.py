@@ -1,6 +1,7 @@
 """The ``convert`` stage: ``config.model`` (a tiny random model, a local HF dir or a hub id) ->
-a converted checkpoint at ``workdir/checkpoint`` (with its tokenizer), and the check every later
-stage makes that the checkpoint is the one ``config.model`` describes (``converted_identity``).
+a converted checkpoint at ``workdir/checkpoint`` (with its tokenizer). The check every later stage
+makes that the checkpoint is the one ``config.model`` describes is ``moe_jax.pipeline.loading``'s
+(``converted_identity``).
 """
 
 from __future__ import annotations
@@ -8,13 +9,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from moe_jax.artifacts import lineage
-from moe_jax.io import storage
+from huggingface_hub import snapshot_download
+
 from moe_jax import sharding as shd
 from moe_jax.artifacts import layout as wd
-from moe_jax.io.storage import atomic_write_json, read_json
-from moe_jax.pipeline.common import SOURCES, collect_problems, source_identity
+from moe_jax.convert import tiny
+from moe_jax.convert.checkpoint import check_out_dir, convert_checkpoint, is_intact, remove_stale_temps
+from moe_jax.convert.safetensors_io import scan_checkpoint
+from moe_jax.convert.tokenizer import missing_tokenizer
+from moe_jax.data.tiny_tokenizer import build_tiny_tokenizer
 from moe_jax.errors import StageError
+from moe_jax.io import storage
+from moe_jax.io.storage import atomic_write_json, read_json
+from moe_jax.pipeline import options as options_lib
+from moe_jax.pipeline.common import collect_problems, source_identity
+from moe_jax.plan import check_config_fits
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +32,9 @@ def run(config: Any, workdir: str) -> str:
     """Puts a converted checkpoint at ``workdir/checkpoint`` (skipped when it is already there and
     was converted from the same source, weights and dtype). Process 0 converts; others wait.
     First, on every process, the memory plan (``moe_jax.plan``, ``config.plan``): a model that cannot
-    fit the devices is refused before anything is downloaded."""
-    from moe_jax.plan import check_config_fits
+    fit the devices is refused before anything is downloaded. ``config``: the run's Options
+    (``moe_jax.pipeline.options``: ``model.source`` checked there), or a config they are built from."""
+    config = options_lib.of(config)
     check_config_fits(config, verbose=shd.is_writer())
     out = wd.checkpoint_dir(workdir)
     shd.run_on_writer(lambda: _convert(config, workdir, out), f"converting the checkpoint into {out}")
@@ -32,12 +42,9 @@ def run(config: Any, workdir: str) -> str:
 
 
 def _convert(config: Any, workdir: str, out: str) -> None:
-    from moe_jax.convert.checkpoint import convert_checkpoint, is_intact, remove_stale_temps
-    from moe_jax.convert.safetensors_io import scan_checkpoint
-
     m = config.model
     hf_dir = resolve_source(config, workdir)
-    identity = {"source": source_identity(config), "hf_dir": storage.absolute(hf_dir), "dtype": m.dtype,
+    identity = {"source": source_identity(config.model), "hf_dir": storage.absolute(hf_dir), "dtype": m.dtype,
                 "checkpoint_sha256": scan_checkpoint(hf_dir).sha256}
     stamp = wd.convert_stamp(workdir)
     if (storage.exists(storage.join(out, "moe_jax.json")) and read_json(stamp, invalid_ok=True) == identity
@@ -49,35 +56,9 @@ def _convert(config: Any, workdir: str, out: str) -> None:
     atomic_write_json(stamp, identity)
 
 
-def converted_identity(config: Any, workdir: str) -> dict[str, Any]:
-    """What ``workdir/checkpoint`` was converted from; refuses a checkpoint of another source than
-    ``config.model`` describes (the convert stage was not rerun after the config changed), and for
-    source "hf_dir" one whose weights were replaced since (rescan: headers and sampled bytes). For
-    "hub" (revision) and "tiny_random" (seed, spec) the source identity already pins the weights."""
-    from moe_jax.convert.safetensors_io import scan_checkpoint
-
-    stamp = read_json(wd.convert_stamp(workdir))
-    if stamp is None:
-        raise StageError(f"{wd.checkpoint_dir(workdir)} has no record of its source ({wd.CONVERT_STAMP}); "
-                         "run the 'convert' stage")
-    if stamp.get("source") != source_identity(config) or stamp.get("dtype") != config.model.dtype:
-        raise StageError(f"{wd.checkpoint_dir(workdir)} was converted from {stamp.get('source')} "
-                         f"({stamp.get('dtype')}), but config.model describes {source_identity(config)} "
-                         f"({config.model.dtype}); run the 'convert' stage again")
-    if config.model.source == "hf_dir":
-        now = scan_checkpoint(config.model.hf_dir).sha256
-        if now != stamp.get("checkpoint_sha256"):
-            raise StageError(f"the weights in {config.model.hf_dir} changed since {wd.checkpoint_dir(workdir)} was "
-                             f"converted from them (checkpoint sha256 {stamp.get('checkpoint_sha256')} -> {now}); "
-                             "run the 'convert' stage again")
-    return stamp
-
-
 def resolve_source(config: Any, workdir: str) -> str:
     """The HF checkpoint directory to convert: given, downloaded, or written (tiny random)."""
     m = config.model
-    if m.source not in SOURCES:
-        raise StageError(f"model.source {m.source!r} is not one of {SOURCES}")
     if m.source == "hf_dir":
         if not m.hf_dir or not storage.isdir(m.hf_dir):
             raise FileNotFoundError(f"model.hf_dir {m.hf_dir!r} is not a directory")
@@ -92,7 +73,6 @@ def download(hub_id: str, revision: str | None = None, cache_dir: str | None = N
     if not hub_id:
         raise StageError("model.source is 'hub' but model.hub_id is empty")
     try:
-        from huggingface_hub import snapshot_download
         return snapshot_download(hub_id, revision=revision or None, cache_dir=cache_dir or None,
                                  allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja",
                                                  "*.tiktoken"])
@@ -108,9 +88,6 @@ def download(hub_id: str, revision: str | None = None, cache_dir: str | None = N
 def write_tiny(config: Any, out_dir: str) -> str:
     """A random tiny HF checkpoint + tiny tokenizer trained on the builtin corpus (rewritten only if
     ``model.tiny`` changed)."""
-    from moe_jax.convert import tiny
-    from moe_jax.data.tiny_tokenizer import build_tiny_tokenizer
-
     spec = config.model.tiny.to_dict()
     stamp = storage.join(out_dir, "moe_jax_tiny.json")
     if read_json(stamp, invalid_ok=True) == spec:
@@ -130,9 +107,7 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
     """The convert stage's problems, found without writing or downloading anything: a local source
     directory without its config, weights or tokenizer files, and a ``workdir/checkpoint`` that
     conversion may not replace (not written by moe_jax)."""
-    from moe_jax.convert.checkpoint import check_out_dir, missing_tokenizer
-
-    m = config.model
+    m = options_lib.of(config).model
     source = m.hf_dir if m.source == "hf_dir" else wd.tiny_dir(workdir)
 
     def local_source() -> list[str]:
@@ -150,29 +125,3 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
     checks.append(lambda: check_out_dir(storage.absolute(source), storage.absolute(wd.checkpoint_dir(workdir)),
                                         overwrite=True))
     return collect_problems(checks)
-
-
-def checkpoint_problems(config: Any, workdir: str) -> list[str]:
-    """For a stage that reads ``workdir/checkpoint`` when the convert stage does not run before it:
-    the checkpoint exists, is the one ``config.model`` describes, and has its tokenizer."""
-    from moe_jax.convert.checkpoint import missing_tokenizer
-
-    ckpt = wd.checkpoint_dir(workdir)
-    if not storage.exists(storage.join(ckpt, "moe_jax.json")):
-        return [f"no converted checkpoint at {ckpt}; run the 'convert' stage first (--stages=convert,...)"]
-    return collect_problems([lambda: converted_identity(config, workdir), lambda: missing_tokenizer(ckpt)])
-
-
-def recorded_model_differences(recorded: Any, config: Any) -> list[str]:
-    """How the model an existing output records differs from ``config.model``: source and dtype
-    (``lineage.model_differences``) and, for a local source, the weights' sha256. [] = the same."""
-    from moe_jax.convert.safetensors_io import scan_checkpoint
-
-    if not isinstance(recorded, dict):
-        return []
-    diffs = lineage.model_differences(recorded, config)
-    if not diffs and config.model.source == "hf_dir" and recorded.get("checkpoint_sha256") \
-            and config.model.hf_dir and storage.isdir(config.model.hf_dir):
-        now = scan_checkpoint(config.model.hf_dir).sha256
-        diffs += lineage.differences(recorded["checkpoint_sha256"], now, f"sha256 of {config.model.hf_dir}")
-    return diffs

@@ -1,5 +1,8 @@
 """The pipeline: a registry of ``stage(config, workdir)`` functions and of their preflight checks,
-the full default config, the cheap config check, and ``run_stages``.
+which stages read which upstream outputs (and so run after them), the full default config, the cheap
+config check, and ``run_stages``. Which stages depend on which is read here: ``READS`` and ``STALENESS``
+(an upstream output that a requested stage reads and that is stale makes its stage run first:
+``schedule``); the order of ``STAGES`` (a stage reads what the earlier ones write).
 
 Imported only by the command line (``moe_jax.launch``) and top-level code: stage modules and library
 code never import it (their shared pieces live in ``moe_jax.pipeline``, the workdir layout in
@@ -16,10 +19,12 @@ import math
 import os
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from moe_jax import sharding as shd
 from moe_jax.io import storage, reach as storage_reach
-from moe_jax.pipeline import hosts as workdir_hosts, lock as workdir_lock
-from moe_jax.pipeline.common import SOURCES, check_known_fields, collect_problems, default_model_config
+from moe_jax.pipeline import hosts as workdir_hosts, lock as workdir_lock, options
+from moe_jax.pipeline.common import collect_problems
 from moe_jax.errors import PreflightError, StageError
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,17 @@ PREFLIGHTS: dict[str, str] = {
     "analyze": "moe_jax.pipeline.analyze:preflight",
     "steer": "moe_jax.pipeline.steer:preflight",
     "report": "moe_jax.pipeline.report:preflight",
+}
+# Upstream outputs a stage reads that must be current when it runs: ``reads(options) -> (stage, ...)``
+# (steer reads the analysis' middle band for steer.bands "auto"; report shows the analysis).
+READS: dict[str, str] = {
+    "steer": "moe_jax.pipeline.steer:reads",
+    "report": "moe_jax.pipeline.report:reads",
+}
+# How a stage's outputs are found stale: ``staleness(options, workdir) -> [what changed, ...]`` ([] =
+# current, or no outputs: a missing output is the reader's preflight problem, naming the command).
+STALENESS: dict[str, str] = {
+    "analyze": "moe_jax.pipeline.analyze:staleness",
 }
 
 
@@ -78,10 +94,43 @@ def get_stage(name: str) -> Callable[[Any, str], Any]:
     return getattr(importlib.import_module(module), func)
 
 
-def preflight(config: Any, workdir: str, names: Sequence[str]) -> None:
-    """Runs the preflight of every stage of ``names`` (in order, each knowing which run before it);
-    raises one PreflightError listing every problem of every stage, with its fix. Writes nothing."""
-    problems = []
+def _target(spec: str) -> Callable[..., Any]:
+    """``"module:function"`` -> the function; a stage module is imported only when its entry is used."""
+    module, func = spec.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def schedule(config: Any, workdir: str, names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``names`` plus each upstream stage whose outputs a stage of ``names`` reads (``READS``) and finds
+    stale (``STALENESS``): it runs first, in the pipeline's order, logged as such ("analyze: scheduled
+    before report: ..."). Decided once, here: no stage runs another. Returns the names to run and the
+    problems met while deciding (an upstream stage's bad options), each prefixed with its stage."""
+    out, problems = list(names), []
+    for name in names:
+        reads = READS.get(name)
+        for upstream in _target(reads)(config) if reads else ():
+            if upstream in out:
+                continue  # it runs first anyway (requested, or scheduled for an earlier reader)
+            try:
+                changed = _target(STALENESS[upstream])(config, workdir)
+            except (ValueError, OSError, LookupError) as e:  # StageError, ...: its preflight's problem too
+                problems.append(f"[{upstream}] " + str(e).strip("'\""))
+                continue
+            if changed:
+                log.warning("%s: scheduled before %s: its outputs were computed from other inputs than the current "
+                            "ones (changed: %s)", upstream, name, ", ".join(changed))
+                out.append(upstream)
+    return sorted(out, key=list(STAGES).index), problems
+
+
+def preflight(config: Any, workdir: str, names: Sequence[str]) -> list[str]:
+    """Decides which stages run (``schedule``: ``names`` and the upstream stages whose stale outputs
+    they read) and runs the preflight of each (in order, each knowing which run before it); raises one
+    PreflightError listing every problem of every stage, with its fix. Writes nothing; returns the
+    names to run. ``config``: the run's Options (``moe_jax.pipeline.options``), or a config they are
+    built from."""
+    config = options.of(config)
+    names, problems = schedule(config, workdir, names)
     for i, name in enumerate(names):
         target = PREFLIGHTS.get(name)
         if target is None:
@@ -94,6 +143,7 @@ def preflight(config: Any, workdir: str, names: Sequence[str]) -> None:
         where = f"{workdir} was left as it was" if storage.exists(workdir) else f"{workdir} was not created"
         raise PreflightError(f"the requested stages ({','.join(names)}) cannot run; nothing was written ({where}):\n  "
                          + "\n  ".join(problems))
+    return names
 
 
 def run_stages(config: Any, workdir: str, stages: str | Sequence[str] | None = None) -> None:
@@ -103,7 +153,7 @@ def run_stages(config: Any, workdir: str, stages: str | Sequence[str] | None = N
     (``moe_jax.pipeline.hosts``), then process 0 checks the stages (the inputs may live on its host only) and takes every requested
     stage's lock (``moe_jax.pipeline.lock``: a second run writing the same stage is refused, naming the first)."""
     names = parse_stages(config.stages if stages is None else stages)
-    check_config(config)
+    config = check_config(config)  # the run's Options, built once: every stage reads its options there
     try:
         storage.path(workdir)  # a URL's scheme and bucket name, gcsfs installed
         storage_reach.check_reachable(workdir)  # one bounded request, before the clients' long retry chains
@@ -111,7 +161,7 @@ def run_stages(config: Any, workdir: str, stages: str | Sequence[str] | None = N
         raise PreflightError(f"--workdir: {e}") from None
     check_workdir_is_directory(workdir)
     workdir_hosts.check_workdir_agreement(workdir, bool(config.distributed.get("shared_workdir", False)))
-    shd.run_on_writer(lambda: preflight(config, workdir, names), "checking the requested stages")
+    names = _from_writer(shd.run_on_writer(lambda: preflight(config, workdir, names), "checking the requested stages"))
     storage.makedirs(workdir)
     workdir_hosts.check_workdir_visible(workdir)
     with contextlib.ExitStack() as held:  # process 0 writes, so it holds the stages' locks
@@ -119,6 +169,12 @@ def run_stages(config: Any, workdir: str, stages: str | Sequence[str] | None = N
         for name in names:
             log.info("stage %s", name)
             get_stage(name)(config, workdir)
+
+
+def _from_writer(names: Sequence[str] | None) -> list[str]:
+    """Process 0's stage names (its preflight decided them) on every process."""
+    mask = shd.broadcast_from_writer(np.asarray([n in (names or ()) for n in STAGES], np.int32))
+    return [n for n, m in zip(STAGES, mask) if m]
 
 
 def check_workdir_is_directory(workdir: str) -> None:
@@ -135,66 +191,27 @@ def check_workdir_is_directory(workdir: str) -> None:
 
 
 def default_config():
-    """A complete pipeline config with every section at its default (what configs/*.py start from)."""
-    import ml_collections
-    from moe_jax.pipeline.analyze import default_config as analysis_defaults
-    from moe_jax.data.defaults import default_config as data_defaults
-    from moe_jax.pipeline.eval import default_config as eval_defaults
-    from moe_jax.plan import default_config as plan_defaults
-    from moe_jax.pipeline.report import default_config as report_defaults
-    from moe_jax.pipeline.collect import default_config as collect_defaults
-    from moe_jax.pipeline.steer import default_config as steer_defaults
-
-    c = ml_collections.ConfigDict()
-    c.model = default_model_config()
-    c.data = data_defaults()
-    # {task name: data fields of a task corpus}, e.g. {"math": {"source": "builtin_task", "task": "math"}}:
-    # collected like config.data (same model, template options) into workdir/tasks/<name>, used by the
-    # analyze stage's task experts (docs/methods.md#task-and-language-experts;
-    # moe_jax.data.defaults.task_data_config). {} = none.
-    c.tasks = ml_collections.ConfigDict()
-    c.collect = collect_defaults()
-    c.mesh = shd.default_mesh_config()
-    c.distributed = shd.default_distributed_config()
-    c.plan = plan_defaults()  # memory planning (moe_jax/plan.py), checked by the convert stage
-    c.eval = eval_defaults()
-    c.analysis = analysis_defaults()
-    c.steer = steer_defaults()
-    c.report = report_defaults()
-    c.stages = ",".join(STAGES)
-    return c
+    """A complete pipeline config with every section at its default (what configs/*.py start from;
+    the sections' fields and defaults live in ``moe_jax.pipeline.options``)."""
+    return options.default_config()
 
 
-def check_config(config: Any, num_devices: int | None = None) -> None:
+def check_config(config: Any, num_devices: int | None = None) -> options.Options:
     """Cheap checks of a pipeline config before any stage runs (no download, no device work):
-    sections, stages, model source and dtype, data and task sources and language codes, mesh axes and batch.
+    sections, stages, every field (``options.from_config``: unknown fields, types, model source and
+    dtype, data and task sources and language codes), mesh axes and batch. Returns the Options.
 
     ``num_devices``: check the mesh against this many devices (default: skip the mesh size check).
     """
-    from moe_jax.convert.loader import resolve_dtype
-    from moe_jax.data.corpora import SOURCES as DATA_SOURCES, parse_languages
-    from moe_jax.data.defaults import task_data_configs
-
     missing = [k for k in ("model", "data", "collect", "mesh", "distributed", "stages") if k not in config]
     if missing:
         raise StageError(f"config lacks section(s) {missing}")
-    check_known_fields(config, default_config(), "config")
-    parse_stages(config.stages)
-    m = config.model
-    if m.source not in SOURCES:
-        raise StageError(f"model.source {m.source!r} is not one of {SOURCES}")
-    if m.source == "hub" and not m.hub_id:
-        raise StageError("model.source is 'hub' but model.hub_id is empty")
-    if m.source == "hf_dir" and not m.hf_dir:
-        raise StageError("model.source is 'hf_dir' but model.hf_dir is empty")
-    resolve_dtype(m.dtype)
-    for where, data in [("data", config.data)] + [(f"tasks.{n}", d) for n, d in task_data_configs(config).items()]:
-        if data.source not in DATA_SOURCES:
-            raise StageError(f"{where}.source {data.source!r} is not one of {DATA_SOURCES}")
-        parse_languages(data.get("languages"))  # raises on unknown codes, with close matches
+    opts = options.of(config)
+    parse_stages(opts.stages)
     if num_devices is None:  # the smallest device count the shape allows (-1 axis = 1): checks the fixed axes
-        num_devices = math.prod(v for v in config.mesh.shape.values() if v > 0)
-    dist = config.distributed
+        num_devices = math.prod(v for v in opts.mesh.shape.values() if v > 0)
+    dist = opts.distributed
     processes = int(dist.num_processes) if shd.distributed_mode(dist.enabled) and int(dist.num_processes) > 0 else 1
-    shd.check_batch_size(int(config.collect.batch_size), shd.mesh_axis_sizes(config.mesh.shape, num_devices),
+    shd.check_batch_size(int(opts.collect.batch_size), shd.mesh_axis_sizes(opts.mesh.shape, num_devices),
                          num_processes=processes)
+    return opts

@@ -5,7 +5,7 @@ config (its ``report`` section is used) or the section itself. The page is stati
 self-contained (figures embedded as base64 PNG); the same figures are saved next to it as PNG.
 
 The workdir may be local or ``gs://`` (``moe_jax.io.storage``). The page reads ``analysis/`` only as
-its ``provenance.json`` records it (``analysis.stage.read_output``). ``report/`` is published the same
+its ``provenance.json`` records it (``moe_jax.artifacts.stage_outputs``). ``report/`` is published the same
 way: the old ``report/provenance.json`` is removed first, then the PNGs, CSV copies and
 ``index.html`` are written, and ``provenance.json`` LAST, recording what the page shows and each
 file's size and sha256.
@@ -19,18 +19,18 @@ from typing import Callable
 import ml_collections
 import numpy as np
 
-from moe_jax.pipeline import analyze as analysis_stage
 from moe_jax.artifacts import lineage
-from moe_jax.io import storage
+from moe_jax.artifacts.stage_outputs import (ANALYSIS_SUMMARY, EVAL_SUMMARY_FILES, STEER_OUTPUT_FILES, read_analysis,
+                                             read_eval, read_steer, require_current_analysis)
+from moe_jax.pipeline import model_identity
+from moe_jax.io import integrity, storage
 from moe_jax.artifacts import layout as wd
-from moe_jax.pipeline.analyze import section as config_section
-from moe_jax.pipeline import eval as eval_stage
+from moe_jax.pipeline import options as options_lib
 from moe_jax.errors import StageError
 from moe_jax.pipeline.common import collect_problems
 from moe_jax.report import formulas, html, plots
 from moe_jax.io.storage import read_json
 from moe_jax.artifacts.routing_store import read_meta
-from moe_jax.pipeline import steer as steer_stage
 from moe_jax.steering import sweep as sweep_lib
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,8 @@ METRIC_LABELS = {"entropy_normalized_js": "entropy-normalised JS divergence", "j
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The ``config.report`` section."""
-    c = ml_collections.ConfigDict()
-    c.title = "MoE multilingual routing report"
-    c.dpi = 110  # PNG resolution
-    return c
+    """The ``config.report`` section (fields and defaults: ``options.ReportOptions``)."""
+    return options_lib.section_config(options_lib.ReportOptions)
 
 
 class _Report:
@@ -55,10 +52,10 @@ class _Report:
         self.workdir = workdir
         self.adir = wd.analysis_dir(workdir)
         self.rdir = wd.report_dir(workdir)
-        path = storage.join(self.adir, analysis_stage.SUMMARY)
+        path = storage.join(self.adir, ANALYSIS_SUMMARY)
         if not storage.exists(path):
             raise FileNotFoundError(f"{path} does not exist: run the analyze stage first")
-        self.s = analysis_stage.read_output(workdir)
+        self.s = read_analysis(workdir)
         self.meta = read_meta(self.s["store"]) or read_meta(wd.routing_dir(workdir)) or {}
         self.cfg = cfg
         self.x = np.asarray(self.s["moe_layer_ids"])
@@ -70,12 +67,12 @@ class _Report:
         self.steer_dir = wd.steer_dir(workdir)
         # None without an eval / steer stage; else read only through their verified records
         self.eval, self.steer = (reader(workdir) if shown else None for shown, reader in zip(
-            stage_outputs(workdir), (eval_stage.read_output, steer_stage.read_output)))
-        self.files: dict[str, dict] = {}  # {path under report/: storage.record} for provenance.json
+            stage_outputs(workdir), (read_eval, read_steer)))
+        self.files: dict[str, dict] = {}  # {path under report/: integrity.entry_of} for provenance.json
 
     def table(self, name: str):
         """Records of a table the last analyze run wrote (None for skipped analyses)."""
-        return analysis_stage.read_output(self.workdir, f"{name}.json") if name in self.s.get("tables", []) else None
+        return read_analysis(self.workdir, f"{name}.json") if name in self.s.get("tables", []) else None
 
     def curves(self, records, value: str, key: str = "language", **where) -> dict[str, np.ndarray]:
         """``{key value: [layers]}`` of ``value`` from layer records matching ``where``."""
@@ -89,7 +86,7 @@ class _Report:
         """Saves and embeds ``fig``; ``math`` names the formulas (``formulas.FORMULAS``) shown in the caption."""
         png = plots.png_bytes(fig, storage.join(self.rdir, f"{name}.png"), self.cfg.dpi,
                               stamp=self.meta.get("warning") or None)
-        self.files[f"{name}.png"] = storage.record(png)
+        self.files[f"{name}.png"] = integrity.entry_of(png)
         return html.figure(png, f"{name}.png", caption, formulas.block(*math) if math else "")
 
     def band_text(self) -> str:
@@ -283,7 +280,7 @@ class _Report:
         if not self.steer or not self.steer.get("rows"):
             return []
         rows, s = self.steer["rows"], self.steer
-        specs = {d["name"]: d for d in steer_stage.read_output(self.workdir, "settings.json") or []}
+        specs = {d["name"]: d for d in read_steer(self.workdir, "settings.json") or []}
         blocks = [html.paragraph(w, cls="note") for w in s.get("warnings", [])]
         blocks.append(html.paragraph(
             f"{len(specs)} settings and the baseline, evaluated on the same items; compiled programs per setting: "
@@ -364,7 +361,7 @@ class _Report:
     def write(self, name: str, data: bytes) -> bytes:
         """Writes ``report/<name>`` (``name`` relative, "/"-separated) and records it; returns ``data``."""
         storage.atomic_write_bytes(storage.join(self.rdir, *name.split("/")), data)
-        self.files[name] = storage.record(data)
+        self.files[name] = integrity.entry_of(data)
         return data
 
     def csv_files(self) -> list[tuple[str, str]]:
@@ -373,7 +370,7 @@ class _Report:
         names = sorted(stamp.get("files") or storage.listdir(self.adir))  # the analysis' own, when recorded
         found = [(f"analysis/{n}", lineage.read_output(self.adir, n)) for n in names if n.endswith(".csv")]
         for sub, shown, reader in zip(("eval", "steer"), stage_outputs(self.workdir),
-                                      (eval_stage.read_output, steer_stage.read_output)):
+                                      (read_eval, read_steer)):
             if shown:
                 found.append((f"{sub}/summary.csv", reader(self.workdir, "summary.csv")))
         out = []
@@ -472,10 +469,12 @@ def run(config, workdir: str) -> str:
     """Renders ``workdir/report/index.html`` (and the PNGs beside it); returns the HTML path.
 
     First the inputs are checked (``moe_jax.artifacts.lineage``): outputs of another model than ``config.model``
-    are refused (``model_problems``), and an analysis computed from other inputs than the current ones
-    is computed again (``analysis.stage.ensure_current``). ``report/provenance.json`` records
-    the digests of what the page shows."""
-    cfg = config_section(config, "report", default_config())
+    are refused (``model_problems``), and so is an analysis that is unfinished, damaged or computed from
+    other inputs than the current ones (``stage_outputs.require_current_analysis``: the registry runs the
+    analyze stage first when it is stale). ``report/provenance.json`` records the digests of what the page shows.
+    ``config``: the run's Options (``moe_jax.pipeline.options``), a config, or its report section alone."""
+    config = options_lib.of_section(config, "report")
+    cfg = config.report
     problems = model_problems(config, workdir)
     if problems:
         raise StageError("the report would show outputs of another model than config.model:\n  "
@@ -484,7 +483,7 @@ def run(config, workdir: str) -> str:
     if problems:
         raise StageError("the report would show outputs that their records no longer support:\n  "
                          + "\n  ".join(problems))
-    analysis_stage.ensure_current(config, workdir, "report")
+    require_current_analysis(workdir, "report")  # the registry runs analyze first when it is stale
     rep = _Report(workdir, cfg)
     lineage.unpublish(rep.rdir)  # from here until the last write, no reader trusts report/
     storage.makedirs(rep.rdir)
@@ -528,8 +527,7 @@ def output_problems(workdir: str, skip: frozenset[str] = frozenset()) -> list[st
     unfinished or edited summary, or records changed, damaged or deleted since it was written."""
     problems = []
     for stage, shown, reader, names in zip(("eval", "steer"), stage_outputs(workdir),
-                                           (eval_stage.read_output, steer_stage.read_output),
-                                           (eval_stage.SUMMARY_FILES, steer_stage.OUTPUT_FILES)):
+                                           (read_eval, read_steer), (EVAL_SUMMARY_FILES, STEER_OUTPUT_FILES)):
         if shown and stage not in skip:
             problems += collect_problems([lambda: [reader(workdir, n) for n in names]])
     return problems
@@ -538,25 +536,30 @@ def output_problems(workdir: str, skip: frozenset[str] = frozenset()) -> list[st
 def model_problems(config, workdir: str, skip: frozenset[str] = frozenset()) -> list[str]:
     """Outputs the page would show (routing store, evaluation, steering sweep; not those of the stages
     in ``skip``) that record another model than ``config.model``, and the command that redoes them
-    (``lineage.model_problems``)."""
-    return lineage.model_problems(config, workdir, "report", [
-        (stage, where(workdir), manifest, key) for stage, where, manifest, key in lineage.MODEL_OUTPUTS
+    (``model_identity.model_problems``)."""
+    model = options_lib.of_section(config, "report").get("model")  # None: no model section to compare with
+    return model_identity.model_problems(model, workdir, "report", [
+        (stage, where(workdir), manifest, key) for stage, where, manifest, key in model_identity.MODEL_OUTPUTS
         if stage not in skip])
+
+
+def reads(config) -> tuple[str, ...]:
+    """The upstream outputs the page shows that must be current (``registry.READS``: the registry runs
+    a stale one's stage first): the analysis."""
+    return ("analyze",)
 
 
 def preflight(config, workdir: str, before: frozenset[str] = frozenset()) -> list[str]:
     """The report stage's problems, found without reading tables: no analysis to show (when analyze
-    does not run first), a stale analysis that cannot be computed again (its routing store is gone),
-    and outputs of another model than ``config.model`` (those of stages not running first)."""
+    does not run first), and outputs of another model than ``config.model`` (those of stages not running
+    first). A stale analysis is the registry's to decide: it runs the analyze stage first (``schedule``)."""
+    config = options_lib.of_section(config, "report")  # unknown report fields: refused here
+
     def analysis():
         if "analyze" in before:
             return None
         if read_json(storage.join(wd.analysis_dir(workdir), "summary.json"), invalid_ok=True) is None:
             return (f"no analysis at {wd.analysis_dir(workdir)}; run the analyze stage first "
                     "(e.g. --stages=analyze,report)")
-        if analysis_stage.staleness(config, workdir) and read_meta(wd.routing_dir(workdir)) is None:
-            return (f"{wd.analysis_dir(workdir)} is stale and there is no routing store at {wd.routing_dir(workdir)} "
-                    "to compute it again; run the collect stage (e.g. --stages=collect,analyze,report)")
-    return collect_problems([lambda: config_section(config, "report", default_config()), analysis,
-                             lambda: model_problems(config, workdir, before),
+    return collect_problems([analysis, lambda: model_problems(config, workdir, before),
                              lambda: output_problems(workdir, before)])

@@ -28,20 +28,29 @@ import logging
 import time
 from typing import Any, Mapping, Sequence
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from ml_collections import config_dict
+from lm_eval.tasks import TaskManager
 
-from moe_jax.artifacts import lineage
-from moe_jax.io import storage
+from moe_jax.artifacts import eval_records as rec, fingerprint as provenance, lineage
+from moe_jax.artifacts.routing_store import StoreMismatchError, read_store
+from moe_jax.artifacts.stage_outputs import (STEER_OUTPUT_FILES as OUTPUT_FILES, read_analysis,
+                                             require_current_analysis)
+from moe_jax.io import hashing, integrity, storage
 from moe_jax.artifacts import layout as wd
+from moe_jax.convert.loader import load_model
+from moe_jax.data import corpora, tokenize as tok_lib
+from moe_jax.eval.harness import MoeJaxLM
 from moe_jax.io.storage import atomic_write, atomic_write_json
 from moe_jax.errors import StageError
-from moe_jax.pipeline.common import check_known_fields, collect_problems, model_warning
+from moe_jax.pipeline import evaluation, loading
+from moe_jax.pipeline import options as options_lib
+from moe_jax.pipeline.common import collect_problems, model_warning
 from moe_jax.routing import statistic_table as stat_table
-from moe_jax.steering import sweep as sweep_lib
+from moe_jax.steering import learned, sweep as sweep_lib
 from moe_jax.steering import targets as tg
-from moe_jax.steering.spec import VECTOR_DTYPES, SteeringSpec
+from moe_jax.steering.spec import SteeringSpec
 
 log = logging.getLogger(__name__)
 
@@ -49,77 +58,23 @@ BASELINE = "baseline"
 PIVOT = "eng_Latn"
 RANDOM_SWEEP_WARNING = ("RANDOM MODEL: the weights are random, so every accuracy change of this sweep is noise; "
                         "it shows the machinery, not an effect of steering.")
-RULES = ("task", "shared", "exclusive")
 # an empty selection of the share rules: what to change (each band of the sweep needs a target)
 EMPTY_HINTS = {"shared": "; raise steer.shared_thr or steer.shared_top_k, or change steer.bands",
                "exclusive": "; lower steer.exclusive_thr, raise steer.exclusive_top_k, narrow the language pool "
                             "(steer.shared_languages) or change steer.bands"}
-OUTPUT_FILES = ("summary.json", "summary.csv", "settings.json")  # published by steer/provenance.json
 SUMMARY_COLUMNS = ("setting", "method", "rule", "task", "language", "n", "baseline", "steered", "delta",
                    "ci_low", "ci_high", "b", "c", "p_mcnemar", "topk_changed", "targets")
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The ``config.steer`` section (tasks, languages and items default to ``config.eval``'s)."""
-    c = ml_collections.ConfigDict()
-    c.tasks = ""  # eval tasks of the sweep, e.g. "mgsm"; "" = config.eval.tasks
-    c.languages = ""  # e.g. "eng_Latn,fra_Latn"; "" = config.eval.languages
-    c.limit = config_dict.placeholder(int)  # items per lm-eval task; None = config.eval.limit
-    # "task": task store vs generic store; "shared": experts shared with a dominant language;
-    # "exclusive": experts exclusive to steer.exclusive_languages (the published masking: methods="mask")
-    c.rule = "task"
-    c.task = ""  # rule "task": name of the task store (config.tasks); "" = the first one
-    # rules "shared" / "exclusive": the language pool, "eng_Latn,zho_Hans" ("shared": dominant first);
-    # "" = every store language
-    c.shared_languages = ""
-    c.shared_top_k = 20
-    c.shared_thr = 0.7
-    c.exclusive_languages = ""  # rule "exclusive": target languages; "" = the sweep's non-pivot languages
-    c.exclusive_top_k = 15
-    c.exclusive_thr = 0.4
-    c.exclusive_combine = "sum"  # several targets: "sum" of their shares > thr (published) or "any" one share
-    # target selection's statistic x pooling (moe_jax.routing.statistic_table); "" = the rule's published
-    # default (docs/methods.md#pooling)
-    c.statistic = ""  # topk_freq | gate_weight | topk_weight | mean_probs
-    c.pooling = ""  # token | sequence
-    c.vector_dtype = "float32"  # proportional: "bfloat16" rounds vector, product and edit as published
-    c.methods = "soft,hard"  # soft | hard | mask | proportional | bias
-    c.lambdas = (0.5,)  # soft / proportional / bias strengths; hard forces on, mask needs none
-    c.taus = (0.3,)
-    c.bands = "auto"  # "auto": the analysis' middle band; or "8-35,4-19" (inclusive decoder layers)
-    c.controls = "random,early,late,language"  # controls, each with the first method and lambda
-    c.seed = 0  # random control
-    c.learned = ml_collections.ConfigDict({"enabled": False, "steps": 30, "learning_rate": 0.05, "l2": 1e-3,
-                                           "heldout_fraction": 0.25, "max_sentences": 32, "seed": 0,
-                                           # expert dispatch of the fit's forward and backward passes
-                                           # ("dense" compiles fastest for tiny models)
-                                           "backend": "auto"})
-    c.probe_sentences = 8  # per steered language: sentences of config.data for the top-k-change fraction
-    c.n_boot = 2000  # paired bootstrap resamples
-    c.overwrite = False
-    return c
+    """The ``config.steer`` section (fields, defaults and checks: ``options.SteerOptions``; tasks,
+    languages and items default to ``config.eval``'s: ``Options.sweep``)."""
+    return options_lib.section_config(options_lib.SteerOptions)
 
 
-def options(config: Any) -> ml_collections.ConfigDict:
-    opts, section = default_config(), config.get("steer") or {}
-    check_known_fields(section, opts, "config.steer")
-    opts.update(section.to_dict() if hasattr(section, "to_dict") else section)
-    if opts.rule not in RULES:
-        raise StageError(f"steer.rule {opts.rule!r} is not one of {list(RULES)}")
-    try:
-        stat_table.resolve(opts.rule, opts.statistic, opts.pooling, "steer")
-    except ValueError as e:
-        raise StageError(str(e)) from None
-    if opts.exclusive_combine not in tg.EXCLUSIVE_COMBINE:
-        raise StageError(f"steer.exclusive_combine {opts.exclusive_combine!r} is not one of "
-                         f"{list(tg.EXCLUSIVE_COMBINE)}")
-    if opts.vector_dtype not in VECTOR_DTYPES:
-        raise StageError(f"steer.vector_dtype {opts.vector_dtype!r} is not one of {list(VECTOR_DTYPES)}")
-    try:  # here, not first when the settings are built: preflight refuses before anything is written
-        sweep_lib.check_grid(_names(opts.methods), tuple(opts.taus), _names(opts.controls))
-    except (ValueError, TypeError) as e:
-        raise StageError(str(e)) from None
-    return opts
+def options(config: Any) -> options_lib.SteerOptions:
+    """``config.steer``'s options (``Options.steer``), refused with the first of their problems."""
+    return options_lib.of(config).checked("steer").steer
 
 
 def _names(value) -> list[str]:
@@ -130,12 +85,11 @@ def _names(value) -> list[str]:
 
 def parse_bands(spec: str, workdir: str) -> tuple[tuple[int, int], ...]:
     """``"auto"`` (the analysis' middle band, in decoder layers) or ``"lo-hi,lo-hi"``. The analysis'
-    summary is read only as its ``provenance.json`` publishes it (``storage.UnpublishedError`` or
+    summary is read only as its ``provenance.json`` publishes it (``integrity.UnpublishedError`` or
     ``DigestMismatchError`` otherwise: an analyze run that did not finish, or a damaged summary)."""
     if spec.strip() == "auto":
-        from moe_jax.pipeline.analyze import read_output
         found = storage.exists(storage.join(wd.analysis_dir(workdir), "summary.json"))
-        band = (read_output(workdir) if found else {}).get("middle_band")
+        band = (read_analysis(workdir) if found else {}).get("middle_band")
         if not band:
             raise StageError(f"steer.bands is 'auto' but {wd.analysis_dir(workdir)}/summary.json has no middle band; "
                              "run the 'analyze' stage first or give steer.bands='lo-hi' in decoder layers")
@@ -153,7 +107,6 @@ def parse_bands(spec: str, workdir: str) -> tuple[tuple[int, int], ...]:
 
 
 def _store(path: str, what: str):
-    from moe_jax.artifacts.routing_store import read_store
     if not storage.exists(storage.join(path, "meta.json")):
         raise StageError(f"no routing store at {path} ({what}); run the 'collect' stage first")
     return read_store(path)
@@ -237,8 +190,7 @@ def exclusive_languages(config: Any, opts: Mapping[str, Any], pool: Sequence[str
             raise StageError(f"steer.exclusive_languages {outside} are not in the language pool {list(pool)} "
                              "(steer.shared_languages, or every store language)")
         return given
-    from moe_jax.pipeline import eval as eval_stage
-    sweep = list(dict.fromkeys(it["language"] for it in eval_stage.plan(sweep_options(config, opts))))
+    sweep = list(dict.fromkeys(it["language"] for it in evaluation.plan(sweep_options(config))))
     of = [l for l in sweep if l != PIVOT and l in pool]
     if not of:
         raise StageError(f"steer.rule is 'exclusive' but none of the sweep's non-pivot languages {sweep} is in the "
@@ -249,9 +201,6 @@ def exclusive_languages(config: Any, opts: Mapping[str, Any], pool: Sequence[str
 def _learned_spec(config, data, opts, model, tokenizer, band) -> SteeringSpec:
     """Fits a router bias moving the non-pivot languages' routing towards the pivot's (config.data);
     ``data``: the routing store's arrays ``{language: arrays}`` (the pivot's statistic is the target)."""
-    from moe_jax.data import corpora, tokenize as tok_lib
-    from moe_jax.steering import learned
-
     lo = dict(opts["learned"])
     corpus = corpora.load_corpus(config.data)
     encoding = tok_lib.encoding_options(config.data)
@@ -285,7 +234,6 @@ def _learned_spec(config, data, opts, model, tokenizer, band) -> SteeringSpec:
 
 def _probe(config, tokenizer, languages: Sequence[str], n: int):
     """A left-padded batch of the first ``n`` sentences of config.data per language (top-k change)."""
-    from moe_jax.data import corpora, tokenize as tok_lib
     corpus = corpora.load_corpus(config.data)
     langs = [l for l in languages if l in corpus.languages] or list(corpus.languages)
     encoding = tok_lib.encoding_options(config.data)
@@ -298,20 +246,16 @@ def _probe(config, tokenizer, languages: Sequence[str], n: int):
                              pad_to_multiple=16)
 
 
-def sweep_options(config: Any, opts: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    """``config.eval``'s options with the sweep's subset (steer.tasks, languages, limit) applied."""
-    from moe_jax.pipeline import eval as eval_stage
+def sweep_options(config: Any) -> options_lib.EvalOptions:
+    """``config.eval``'s options with the sweep's subset (steer.tasks, languages, limit) applied
+    (``Options.sweep``), refused with the first problem of the steer options."""
+    return options_lib.of(config).checked("steer").sweep
 
-    eval_opts = eval_stage.options(config)
-    limit = opts["limit"]
-    if limit not in ("", None) and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise StageError(f"steer.limit is {limit!r}; give a whole number >= 1 (or None for eval.limit)")
-    for key in ("tasks", "languages", "limit"):
-        if opts[key] not in ("", None):
-            eval_opts[key] = opts[key]
-    if eval_opts.steering:
-        raise StageError("eval.steering is set: the steer stage builds its own interventions; clear it")
-    return eval_opts
+
+def reads(config: Any) -> tuple[str, ...]:
+    """The upstream outputs the sweep reads that must be current (``registry.READS``: the registry runs
+    a stale one's stage first): the analysis, whose middle band ``steer.bands="auto"`` takes."""
+    return ("analyze",) if options_lib.of(config).steer.bands.strip() == "auto" else ()
 
 
 def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -> list[str]:
@@ -319,11 +263,10 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
     sweep's tasks, languages and local data, the stores it selects targets from (when collect does not
     run first), the analysis' middle band for ``bands="auto"`` (when analyze does not run first), the
     checkpoint (when convert does not), and an existing sweep of another model (unless overwrite)."""
-    from moe_jax.pipeline.convert import checkpoint_problems
-    from moe_jax.pipeline import eval as eval_stage
-
-    opts = options(config)
-    eval_opts = sweep_options(config, opts)
+    config = options_lib.of(config)
+    if config.problems.get("steer"):  # bad steer or eval options: the checks below need valid ones
+        return config.section_problems("steer")
+    opts, eval_opts = config.steer, config.sweep
 
     def stores() -> list[str]:
         """The stores targets come from exist, or the collect stage runs first and writes them."""
@@ -343,50 +286,35 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
         if opts.bands.strip() != "auto" or "analyze" not in before:
             try:
                 parse_bands(opts.bands, workdir)
-            except (storage.UnpublishedError, storage.DigestMismatchError):
-                pass  # an unfinished or damaged analysis: run() computes it again first (ensure_current)
+            except (integrity.UnpublishedError, integrity.DigestMismatchError):
+                pass  # unfinished or damaged: stale, so the registry runs the analyze stage first (schedule)
 
-    checks = [lambda: eval_stage.model_option_problems(eval_opts, eval_stage.plan(eval_opts),
-                                                       eval_stage.preflight_model(config, workdir, before)),
+    checks = [lambda: evaluation.model_option_problems(eval_opts, evaluation.plan(eval_opts),
+                                                       loading.preflight_model(config, workdir, before)),
               stores, bands,
-              lambda: eval_stage.records_problem(config, storage.join(wd.steer_dir(workdir), BASELINE), eval_opts,
+              lambda: evaluation.records_problem(config, storage.join(wd.steer_dir(workdir), BASELINE), eval_opts,
                                                  bool(opts.overwrite), "steer.overwrite")]
     if "convert" not in before:
-        checks.append(lambda: checkpoint_problems(config, workdir))
+        checks.append(lambda: loading.checkpoint_problems(config, workdir))
     return collect_problems(checks)
 
 
 def run(config: Any, workdir: str) -> dict[str, Any]:
-    """The ``steer`` stage; returns the summary (also ``workdir/steer/summary.json``)."""
-    from lm_eval.tasks import TaskManager
-
-    from moe_jax.convert import orbax_io
-    from moe_jax.pipeline.convert import converted_identity
-    from moe_jax.convert.tokenizer import load_tokenizer
-    from moe_jax.artifacts import eval_records as rec
-    from moe_jax.pipeline import eval as eval_stage
-    from moe_jax.eval.harness import MoeJaxLM
-    from moe_jax.api import load
-    from moe_jax.artifacts import fingerprint as provenance
-    from moe_jax.artifacts.routing_store import StoreMismatchError
-
-    opts = options(config)
-    eval_opts = sweep_options(config, opts)  # the sweep's subset of the evaluation
-    todo = eval_stage.plan(eval_opts)
+    """The ``steer`` stage; returns the summary (also ``workdir/steer/summary.json``). ``config``: the
+    run's Options (``moe_jax.pipeline.options``), or a config they are built from."""
+    config = options_lib.of(config).checked("steer")
+    opts, eval_opts = config.steer, config.sweep  # eval_opts: the sweep's subset of the evaluation
+    todo = evaluation.plan(eval_opts)
     if opts.bands.strip() == "auto":  # the analysis' middle band: never that of other stores
-        from moe_jax.pipeline.analyze import ensure_current
-        ensure_current(config, workdir, "steer")
+        require_current_analysis(workdir, "steer")  # the registry runs analyze first when it is stale
     specs, meta, store_data = build_specs(config, workdir, opts)
-    ckpt_dir = wd.checkpoint_dir(workdir)
-    if not storage.exists(storage.join(ckpt_dir, orbax_io.META_FILE)):
-        raise FileNotFoundError(f"no converted checkpoint at {ckpt_dir}; run the 'convert' stage first")
-    converted_identity(config, workdir)
-    ckpt_meta = orbax_io.read_meta(ckpt_dir)
+    ckpt = loading.open_checkpoint(config, workdir)
+    ckpt_meta = ckpt.meta
     if ckpt_meta.get("checkpoint_sha256") != meta.get("checkpoint_sha256"):
         raise StageError(f"the routing store {wd.routing_dir(workdir)} was collected from another checkpoint; "
                          "run the 'collect' stage again")
-    tokenizer = load_tokenizer(ckpt_dir)
-    model = load(ckpt_dir, dtype=config.model.dtype)
+    tokenizer = loading.checkpoint_tokenizer(ckpt)
+    model = load_model(ckpt.dir, dtype=config.model.dtype)
     for s in specs:  # every setting fits the model before anything is evaluated
         try:
             s.to_intervention(model.cfg)
@@ -396,7 +324,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         specs.append(_learned_spec(config, store_data, opts, model, tokenizer,
                                    parse_bands(opts["bands"], workdir)[0]))
     out_dir = wd.steer_dir(workdir)
-    base_ident = eval_stage.identity(config, eval_opts, ckpt_meta, provenance.tokenizer_hash(tokenizer))
+    base_ident = evaluation.identity(config, eval_opts, ckpt_meta, provenance.tokenizer_hash(tokenizer))
     neutral = model.no_intervention()
     settings = [(BASELINE, None, neutral)] + [(s.name, s, s.to_intervention(model.cfg)) for s in specs]
     idents = {name: dict(base_ident, steering=None if spec is None else spec.to_dict()) for name, spec, _ in settings}
@@ -423,9 +351,9 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         manifest = rec.open_records(sdir, ident, provenance.fingerprint(ident), overwrite=bool(opts.overwrite))
         before = int(lm.stats.get("compiles", 0))
         lm.intervention = iv
-        for it in eval_stage.pending_pairs(sdir, todo, manifest, "steer"):  # unfinished or scored on other data
+        for it in evaluation.pending_pairs(sdir, todo, manifest, "steer"):  # unfinished or scored on other data
             log.info("steer: %s %s %s", name, it["task"], it["language"])
-            records, summary = eval_stage.evaluate_pair(lm, it, eval_opts, task_manager)
+            records, summary = evaluation.evaluate_pair(lm, it, eval_opts, task_manager)
             rec.write_records(sdir, it["task"], it["language"], records, summary, opened=manifest)
         compiles[name] = int(lm.stats.get("compiles", 0)) - before
     wall = time.perf_counter() - t0
@@ -434,12 +362,12 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     rows = summarize(out_dir, todo, settings, model, probe, int(opts.n_boot))
     summary = {"settings": [BASELINE] + [s.name for s in specs], "compiles": compiles,
                "settings_that_compiled": [n for n, c in compiles.items() if c], "seconds": wall, "rows": rows,
-               "warnings": [w for w in (model_warning(config),) if w]}
+               "warnings": [w for w in (model_warning(config.model),) if w]}
     if config.model.source == "tiny_random":
         summary["warnings"].append(RANDOM_SWEEP_WARNING)
     _write_summary(out_dir, summary)
     lineage.write_stamp(out_dir, lineage.describe({name: storage.join(out_dir, name) for name in idents}, workdir),
-                        files={n: dict(zip(("size", "sha256"), storage.digest(storage.join(out_dir, n))))
+                        files={n: dict(zip(("size", "sha256"), hashing.file_digest(storage.join(out_dir, n))))
                                for n in OUTPUT_FILES})  # last: publishes the sweep
     print(f"steering sweep of {len(specs)} settings written to {out_dir} (compiles per setting: "
           f"{compiles})", flush=True)
@@ -448,24 +376,8 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     return summary
 
 
-def read_output(workdir: str, name: str = "summary.json") -> Any:
-    """``steer/summary.json`` or ``settings.json`` (parsed), or ``summary.csv`` (bytes), as the sweep's
-    ``provenance.json`` publishes it, over setting records unchanged and intact since
-    (``records.read_published``: StageError naming the command that redoes it otherwise)."""
-    import json
-
-    from moe_jax.artifacts import eval_records as rec
-
-    data = rec.read_published(wd.steer_dir(workdir), name, workdir)
-    return json.loads(data) if name.endswith(".json") else data
-
-
 def summarize(out_dir: str, todo, settings, model, probe: Mapping[str, np.ndarray], n_boot: int) -> list[dict]:
     """Paired rows per (setting, task, language) and per (setting, task) over the non-pivot languages."""
-    import jax.numpy as jnp
-
-    from moe_jax.artifacts import eval_records as rec
-
     arrays = [jnp.asarray(probe[k]) for k in ("input_ids", "attention_mask", "count_mask")]
     rows = []
     for name, spec, iv in settings[1:]:

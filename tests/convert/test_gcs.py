@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from moe_jax.io import storage
+from moe_jax.io import hashing, storage
 from moe_jax.convert import tokenizer as tok_lib
 
 
@@ -107,8 +107,8 @@ def test_tokenizer_key_of_a_conversion_reads_only_its_record(converted, tmp_path
     """The key comes from moe_jax.json's sha256s (no object's bytes hashed); the staged copy is checked
     against them: a tokenizer object damaged after the conversion is refused, naming it."""
     remote = converted["remote"]
-    real = storage.digest
-    monkeypatch.setattr(storage, "digest", lambda p: pytest.fail(f"hashed {p}") if storage.is_remote(p) else real(p))
+    real = hashing.file_digest
+    monkeypatch.setattr(hashing, "file_digest", lambda p: pytest.fail(f"hashed {p}") if storage.is_remote(p) else real(p))
     key = tok_lib.tokenizer_key(remote)
     assert tok_lib.load_tokenizer(remote, cache=str(tmp_path / "a")) is not None
     assert os.listdir(tmp_path / "a") == [key]
@@ -188,14 +188,14 @@ def test_gcs_content_check_compares_md5s_without_reading(converted, gcs_dir, mon
     out = convert_checkpoint(converted["hf_remote"], storage.join(gcs_dir, "ckpt"))
     record = orbax_io.read_meta(out)["files"]
     assert record and all(set(r) == {"size", "sha256", "md5"} for r in record.values())
-    real = digest.sha256_file
-    monkeypatch.setattr(digest, "sha256_file", lambda p: pytest.fail(f"read {p}") if storage.is_remote(p) else real(p))
+    real = hashing.file_digest
+    monkeypatch.setattr(hashing, "file_digest", lambda p: pytest.fail(f"read {p}") if storage.is_remote(p) else real(p))
     assert is_intact(out)
     chunk = next(n for n in sorted(record) if n.startswith("params/layers.0.moe.gate/"))
     data = storage.read_bytes(storage.join(out, chunk))
     storage.atomic_write_bytes(storage.join(out, chunk), bytes(b ^ 1 for b in data))
     assert digest.damage(out, record) == [f"{chunk} changed after it was written (md5 "
-                                          f"{digest.listing(out)[chunk]['md5']}, {record[chunk]['md5']} was written)"]
+                                          f"{storage.file_listing(out)[chunk]['md5']}, {record[chunk]['md5']} was written)"]
     assert not is_intact(out)
 
 
@@ -281,7 +281,7 @@ def test_convert_stage_on_a_gcs_workdir(gcs_dir, monkeypatch, tmp_path):
     <workdir>/hf_tiny, the checkpoint and its source stamp to the bucket; a rerun finds it up to date,
     and later stages' check (checkpoint_problems) accepts it."""
     from moe_jax.artifacts import layout as wd
-    from moe_jax.pipeline import convert as stage
+    from moe_jax.pipeline import convert as stage, loading
     from tests.helpers.configs import demo_config
 
     monkeypatch.setenv("MOE_JAX_CACHE", str(tmp_path / "cache"))
@@ -291,11 +291,11 @@ def test_convert_stage_on_a_gcs_workdir(gcs_dir, monkeypatch, tmp_path):
     assert {"config.json", "model.safetensors", "tokenizer.json", "moe_jax_tiny.json"} <= set(
         storage.listdir(wd.tiny_dir(gcs_dir)))
     stamp = storage.read_json(wd.convert_stamp(gcs_dir))
-    assert stamp["hf_dir"] == wd.tiny_dir(gcs_dir) and stamp == stage.converted_identity(config, gcs_dir)
+    assert stamp["hf_dir"] == wd.tiny_dir(gcs_dir) and stamp == loading.converted_identity(config, gcs_dir)
     meta = storage.read_bytes(storage.join(wd.checkpoint_dir(gcs_dir), "moe_jax.json"))
     stage.run(config, gcs_dir)  # up to date: not converted again
     assert storage.read_bytes(storage.join(wd.checkpoint_dir(gcs_dir), "moe_jax.json")) == meta
-    assert stage.checkpoint_problems(config, gcs_dir) == [] and stage.preflight(config, gcs_dir) == []
+    assert loading.checkpoint_problems(config, gcs_dir) == [] and stage.preflight(config, gcs_dir) == []
     assert tok_lib.load_tokenizer(wd.checkpoint_dir(gcs_dir)).eos_token == "<|im_end|>"
 
 

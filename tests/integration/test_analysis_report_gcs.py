@@ -10,14 +10,14 @@ import os
 import ml_collections
 import pytest
 
-from moe_jax.artifacts import lineage
-from moe_jax.io import storage
+from moe_jax.artifacts import lineage, stage_outputs
+from moe_jax.io import integrity, storage
 from moe_jax.artifacts import layout as wd
 from moe_jax.pipeline import analyze as analysis_stage
 from moe_jax.analysis import tables
 from moe_jax.analysis.synthetic import CONFIG_NAME, SyntheticSpec, write_demo, write_synthetic_store
 from moe_jax.errors import StageError
-from moe_jax.pipeline import report as report_stage
+from moe_jax.pipeline import registry as stages, report as report_stage
 
 SPEC = SyntheticSpec(moe_layer_ids=tuple(range(1, 13)), n_sequences=12)
 # the tests that damage or change a workdir each write their own: fewer languages, fewer objects to read
@@ -39,6 +39,16 @@ def _demo(workdir):
     c = _config(paths)
     analysis_stage.run(c, workdir)
     return c, report_stage.run(c, workdir)
+
+
+def _report(c, workdir):
+    """``--stages=report`` as the registry runs it: a stale analysis makes it run the analyze stage
+    first (``registry.schedule``); returns the stages run."""
+    names, problems = stages.schedule(c, workdir, ["report"])
+    assert not problems
+    for name in names:
+        stages.get_stage(name)(c, workdir)
+    return names
 
 
 def _files(workdir, sub):
@@ -77,7 +87,7 @@ def test_gcs_analysis_equals_local(runs):
     # summary.json names its workdir (its "store"), so its digest is the one that differs
     assert [n for n in stamps[0]["files"] if stamps[0]["files"][n] != stamps[1]["files"][n]] == ["summary.json"]
     assert sorted(stamps[1]["files"]) == sorted(set(got) - {lineage.STAMP})
-    summary = analysis_stage.read_output(remote)
+    summary = stage_outputs.read_analysis(remote)
     assert summary["store"] == wd.routing_dir(remote) and summary["skipped"] == {}
     assert summary["accuracy_source"] == "analysis.accuracy" and "math" in summary["task_experts"]["tasks"]
 
@@ -132,7 +142,7 @@ def test_gcs_staleness_after_the_store_changes(analysed):
     assert analysis_stage.staleness(c, work) == ["routing store"]
     with pytest.raises(StageError, match="changed: routing store"):
         report_stage.run(None, work)  # no config to compute it again: refused, never shown
-    report_stage.run(c, work)  # with the config: analysed again first
+    assert _report(c, work) == ["analyze", "report"]  # with the config: analysed again first
     assert analysis_stage.staleness(c, work) == []
     assert lineage.read_stamp(wd.report_dir(work))["inputs"]["routing store"]["digest"] == \
         lineage.path_digest(wd.routing_dir(work))
@@ -146,19 +156,20 @@ def test_gcs_damaged_outputs_are_not_trusted(analysed):
     assert analysis_stage.staleness(None, work) == ["analysis/summary.json (changed after it was written)"]
     with pytest.raises(StageError, match="summary.json"):
         report_stage.run(None, work)
-    analysis_stage.ensure_current(c, work, "report")  # computed again
+    assert stages.schedule(c, work, ["report"]) == (["analyze", "report"], [])
+    analysis_stage.run(c, work)  # computed again
     assert analysis_stage.staleness(c, work) == []
     table = storage.join(adir, "divergence.json")
     storage.atomic_write_bytes(table, storage.read_bytes(table)[:-10])
-    with pytest.raises(storage.DigestMismatchError, match=f"{table} has"):
+    with pytest.raises(integrity.DigestMismatchError, match=f"{table} has"):
         report_stage.run(c, work)
     storage.remove(table)
-    with pytest.raises(storage.DigestMismatchError, match=f"{table} is recorded in provenance.json but missing"):
-        analysis_stage.read_output(work, "divergence.json")
+    with pytest.raises(integrity.DigestMismatchError, match=f"{table} is recorded in provenance.json but missing"):
+        stage_outputs.read_analysis(work, "divergence.json")
     stamp = lineage.read_stamp(adir)  # an analysis from before files were recorded: read as it was then
     del stamp["files"]
     storage.atomic_write_json(storage.join(adir, lineage.STAMP), stamp)
-    assert analysis_stage.staleness(c, work) == [] and analysis_stage.read_output(work)["pivot"] == "eng_Latn"
+    assert analysis_stage.staleness(c, work) == [] and stage_outputs.read_analysis(work)["pivot"] == "eng_Latn"
 
 
 def test_gcs_unfinished_analysis_is_not_trusted(analysed, monkeypatch):
@@ -181,12 +192,12 @@ def test_gcs_unfinished_analysis_is_not_trusted(analysed, monkeypatch):
     monkeypatch.undo()
     assert written and not storage.exists(storage.join(adir, lineage.STAMP))
     assert analysis_stage.staleness(None, work) == [f"no {lineage.STAMP} (computed before provenance was recorded)"]
-    with pytest.raises(storage.UnpublishedError, match="did not finish"):
-        analysis_stage.read_output(work)
+    with pytest.raises(integrity.UnpublishedError, match="did not finish"):
+        stage_outputs.read_analysis(work)
     with pytest.raises(StageError, match="run the analyze stage again first"):
         report_stage.run(None, work)
     storage.atomic_write_bytes(storage.join(adir, "stray.csv"), b"a,b\n")  # no analysis wrote it
-    report_stage.run(c, work)  # computes it again, then shows it
+    assert _report(c, work) == ["analyze", "report"]  # computes it again, then shows it
     assert analysis_stage.staleness(c, work) == [] and lineage.read_stamp(adir)["files"]
     copied = storage.listdir(storage.join(wd.report_dir(work), "csv"))
     assert "analysis_divergence.csv" in copied and "analysis_stray.csv" not in copied

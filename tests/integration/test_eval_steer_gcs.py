@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from moe_jax.io import storage
+from moe_jax.io import integrity, storage
 from moe_jax.artifacts import eval_records as rec
 from moe_jax.eval import steering_file, tasks
 from moe_jax.artifacts.routing_store import StoreMismatchError
@@ -59,14 +59,14 @@ def test_same_objects_as_a_local_directory(local_and_gcs):
 
 def _kill_before_final_manifest(monkeypatch):
     """Makes the next ``write_records`` die after its record object, before the manifest that lists it."""
-    real = rec.atomic_write_json
+    real = integrity.atomic_write_json
 
     def write_json(p, obj):
         if obj["files"] and storage.exists(rec.record_path(os.path.dirname(p), "mgsm", "eng_Latn")) \
                 and "mgsm/eng_Latn" in obj["files"]:
             raise KeyboardInterrupt("killed")  # the final manifest write of mgsm/eng_Latn
         real(p, obj)
-    monkeypatch.setattr(rec, "atomic_write_json", write_json)
+    monkeypatch.setattr(integrity, "atomic_write_json", write_json)
 
 
 def test_kill_between_record_and_manifest(gcs_dir, monkeypatch):
@@ -191,7 +191,7 @@ def stage_runs(gcs_bucket, tmp_path_factory):
     copy (killed once in the eval stage between a record and the manifest, resumed) and on the local
     one: ``(config, local workdir, gs:// workdir, pairs evaluated by the resumed run, cwd)``."""
     from moe_jax.pipeline import registry as stages
-    from moe_jax.pipeline import eval as eval_stage
+    from moe_jax.pipeline import evaluation
 
     config = _stage_config()
     base = tmp_path_factory.mktemp("stages")
@@ -202,13 +202,13 @@ def stage_runs(gcs_bucket, tmp_path_factory):
         stages.run_stages(config, local, "convert,collect")
         storage.upload_tree(local, remote)
         with m.context() as k:  # the eval stage dies after its second record, before the manifest lists it
-            k.setattr(rec, "atomic_write_json", _dies_listing(rec.atomic_write_json, "belebele/fra_Latn"))
+            k.setattr(integrity, "atomic_write_json", _dies_listing(integrity.atomic_write_json, "belebele/fra_Latn"))
             with pytest.raises(KeyboardInterrupt):
                 stages.run_stages(config, remote, "eval")
-        evaluated, real = [], eval_stage.evaluate_pair
-        m.setattr(eval_stage, "evaluate_pair", lambda lm, it, *a: evaluated.append(it["language"]) or real(lm, it, *a))
+        evaluated, real = [], evaluation.evaluate_pair
+        m.setattr(evaluation, "evaluate_pair", lambda lm, it, *a: evaluated.append(it["language"]) or real(lm, it, *a))
         stages.run_stages(config, remote, "eval,steer")
-        m.setattr(eval_stage, "evaluate_pair", real)
+        m.setattr(evaluation, "evaluate_pair", real)
         stages.run_stages(config, local, "eval,steer")
     return config, local, remote, evaluated, base
 
@@ -243,7 +243,7 @@ def _stages_on_gcs_write_what_a_local_workdir_holds(stage_runs):
 
 def _damaged_record_on_gcs_is_named_and_redone(stage_runs):
     from moe_jax.pipeline import registry as stages
-    from moe_jax.pipeline import eval as eval_stage
+    from moe_jax.pipeline import evaluation
 
     config, local, remote, _, _ = stage_runs
     out = storage.join(remote, "eval")
@@ -252,9 +252,9 @@ def _damaged_record_on_gcs_is_named_and_redone(stage_runs):
     storage.atomic_write_bytes(path, good[:-5])
     with pytest.raises(ValueError, match=f"{path} has .* were written .*--workdir={remote} --stages=eval"):
         rec.read_records(out, "belebele", "eng_Latn")
-    evaluated, real = [], eval_stage.evaluate_pair
+    evaluated, real = [], evaluation.evaluate_pair
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(eval_stage, "evaluate_pair", lambda lm, it, *a: evaluated.append(it["language"]) or real(lm, it, *a))
+        m.setattr(evaluation, "evaluate_pair", lambda lm, it, *a: evaluated.append(it["language"]) or real(lm, it, *a))
         stages.run_stages(config, remote, "eval")
     assert evaluated == ["eng_Latn"] and storage.read_bytes(path) == good
     assert rec.read_records(out, "belebele", "eng_Latn") == rec.read_records(os.path.join(local, "eval"), "belebele",
@@ -327,10 +327,10 @@ def test_auto_band_read_only_as_the_analysis_publishes_it(gcs_dir):
         parse_bands("auto", gcs_dir)  # no analysis at all
     data = json.dumps({"middle_band": {"decoder_layers": [2, 5]}}).encode()
     storage.atomic_write_bytes(storage.join(adir, "summary.json"), data)
-    with pytest.raises(storage.UnpublishedError, match="provenance.json is missing"):
+    with pytest.raises(integrity.UnpublishedError, match="provenance.json is missing"):
         parse_bands("auto", gcs_dir)  # an analyze run killed before its provenance.json
-    lineage.write_stamp(adir, {}, "fp", {"summary.json": storage.record(data)})
+    lineage.write_stamp(adir, {}, "fp", {"summary.json": integrity.entry_of(data)})
     assert parse_bands("auto", gcs_dir) == ((2, 5),)
     storage.atomic_write_bytes(storage.join(adir, "summary.json"), data.replace(b"5", b"7"))
-    with pytest.raises(storage.DigestMismatchError, match=f"{adir}/summary.json has"):
+    with pytest.raises(integrity.DigestMismatchError, match=f"{adir}/summary.json has"):
         parse_bands("auto", gcs_dir)  # changed after the analysis published it

@@ -15,7 +15,7 @@ import pytest
 from moe_jax.artifacts import layout as wd
 from moe_jax.pipeline import convert as convert_stage
 from moe_jax.artifacts import eval_records as rec
-from moe_jax.pipeline import eval as eval_stage
+from moe_jax.pipeline import eval as eval_stage, evaluation
 from moe_jax.artifacts.routing_store import StoreMismatchError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -135,10 +135,10 @@ def test_config_errors(tmp_path):
     c = eval_config()
     c.eval.languages = {"belebele": "ko"}
     with pytest.raises(ValueError, match="task 'belebele': no local data for language 'kor_Hang' in .*demo/belebele"):
-        eval_stage.plan(eval_stage.options(c))  # belebele has kor_Hang, the demo set does not
+        evaluation.plan(eval_stage.options(c))  # belebele has kor_Hang, the demo set does not
     c.eval.tasks, c.eval.languages = "mgsm", {"mgsm": "ko"}
     with pytest.raises(ValueError, match="task 'mgsm' has no language 'ko' \\(kor_Hang\\); its languages: bn"):
-        eval_stage.plan(eval_stage.options(c))
+        evaluation.plan(eval_stage.options(c))
     c.eval.source = "tape"
     with pytest.raises(ValueError, match="eval.source 'tape' is not one of"):
         eval_stage.options(c)

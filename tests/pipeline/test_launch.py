@@ -10,7 +10,7 @@ from moe_jax import sharding as shd
 from moe_jax.pipeline import common as pipeline, registry as stages
 from moe_jax.convert import tiny
 from moe_jax.artifacts import layout as wd
-from moe_jax.pipeline import convert as convert_stage
+from moe_jax.pipeline import convert as convert_stage, loading
 from moe_jax.data.languages import validate_languages
 from moe_jax.data.tokenize import TokenizerError
 from moe_jax.pipeline import collect as collect_stage
@@ -83,12 +83,12 @@ def test_config_files_validate(path):
     assert stages.parse_stages(config.stages)[:2] == ["convert", "collect"]
     if name == "demo":
         assert config.model.source == "tiny_random" and config.data.source == "builtin"
-        assert pipeline.model_warning(config).startswith("RANDOM WEIGHTS")
+        assert pipeline.model_warning(config.model).startswith("RANDOM WEIGHTS")
     else:
         assert config.model.source == "hub" and config.model.hub_id == HUB_IDS[name]
         assert config.model.dtype == "bfloat16" and config.data.source in ("belebele", "flores_plus")
         assert validate_languages(list(config.data.languages)) == R_LANGS
-        assert pipeline.model_warning(config) is None
+        assert pipeline.model_warning(config.model) is None
     assert set(HUB_IDS) | {"demo"} == {os.path.basename(p)[:-3] for p in CONFIGS}
 
 
@@ -135,20 +135,20 @@ def test_convert_hf_dir_and_reconvert_on_change(tmp_path):
     out = convert_stage.run(config, work)
     meta = os.path.join(out, "moe_jax.json")
     first = os.stat(meta).st_mtime_ns
-    assert convert_stage.converted_identity(config, work)["dtype"] == "float32"
+    assert loading.converted_identity(config, work)["dtype"] == "float32"
     config.model.dtype = "bfloat16"
     with pytest.raises(stages.StageError, match="run the 'convert' stage again"):
-        convert_stage.converted_identity(config, work)  # collect refuses a checkpoint of another dtype
+        loading.converted_identity(config, work)  # collect refuses a checkpoint of another dtype
     convert_stage.run(config, work)
-    assert os.stat(meta).st_mtime_ns != first and convert_stage.converted_identity(config, work)["dtype"] == "bfloat16"
+    assert os.stat(meta).st_mtime_ns != first and loading.converted_identity(config, work)["dtype"] == "bfloat16"
 
     # new weights in the same hf_dir: collect (converted_identity) refuses the stale conversion
     second = os.stat(meta).st_mtime_ns
     tiny.write_random_hf_checkpoint(hf, tiny.tiny_hf_config("olmoe"), seed=2)
     with pytest.raises(stages.StageError, match=f"(?s)the weights in {hf} changed since .*run the 'convert' stage again"):
-        convert_stage.converted_identity(config, work)
+        loading.converted_identity(config, work)
     convert_stage.run(config, work)
-    assert os.stat(meta).st_mtime_ns != second and convert_stage.converted_identity(config, work)["dtype"] == "bfloat16"
+    assert os.stat(meta).st_mtime_ns != second and loading.converted_identity(config, work)["dtype"] == "bfloat16"
 
 
 def test_hub_source_offline_gives_clear_message(tmp_path, monkeypatch):

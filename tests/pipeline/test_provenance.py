@@ -1,7 +1,9 @@
-"""Provenance chain: outputs record the digests of their inputs; a stale analysis is recomputed or
-refused, and a report never shows another model's outputs (moe_jax.artifacts.lineage)."""
+"""Provenance chain: outputs record the digests of their inputs; a stale analysis is recomputed (the
+registry runs the analyze stage first, said so in the log) or refused (a stage called directly), and a
+report never shows another model's outputs (moe_jax.artifacts.lineage)."""
 
 import json
+import logging
 import os
 import shutil
 
@@ -12,7 +14,7 @@ from moe_jax.pipeline import registry as stages
 from moe_jax.artifacts import layout as wd
 from moe_jax.pipeline import analyze as analysis_stage
 from moe_jax.io.storage import atomic_write_json, read_json
-from moe_jax.pipeline import report as report_stage
+from moe_jax.pipeline import report as report_stage, steer as steer_stage
 from tests.helpers.configs import small_config
 
 
@@ -85,16 +87,44 @@ def test_stale_analysis_refused_without_a_config_to_recompute_it(work):
         report_stage.run(None, work)
     os.remove(stamp_path)
     assert analysis_stage.staleness(None, work) == [f"no {lineage.STAMP} (computed before provenance was recorded)"]
-    report_stage.run(small_config(), work)  # a whole config: computed again, then drawn
+    with pytest.raises(stages.StageError, match=r"run the analyze stage again first: .*--stages=analyze,report"):
+        report_stage.run(small_config(), work)  # a whole config too: a stage never runs another
+    stages.run_stages(small_config(), work, "report")  # the registry runs analyze first, then the report
     assert analysis_stage.staleness(None, work) == []
 
 
-def test_changed_analysis_settings_recompute_before_the_report(work):
+@pytest.mark.parametrize("stage", [report_stage, steer_stage], ids=["report", "steer"])
+def test_a_stage_called_directly_refuses_a_stale_analysis(work, stage):
+    """report.run / steer.run (steer.bands "auto") on an analysis of another routing store: a clear
+    error naming the command, not a silent recompute (only the registry schedules the analyze stage)."""
+    name = stage.__name__.rsplit(".", 1)[-1]
+    stamp_path = os.path.join(wd.analysis_dir(work), lineage.STAMP)
+    stamp = read_json(stamp_path)
+    stamp["inputs"]["routing store"]["digest"] = "0" * 16  # computed from another store
+    atomic_write_json(stamp_path, stamp)
+    with pytest.raises(stages.StageError, match=r"computed from other inputs than the current ones \(changed: "
+                                                r"routing store\); run the analyze stage again first: python -m "
+                                                rf"moe_jax.launch .*--workdir={work} --stages=analyze,{name}"):
+        stage.run(small_config(), work)
+    assert read_json(stamp_path) == stamp  # not computed again
+
+
+def test_changed_analysis_settings_recompute_before_the_report(work, caplog):
+    """--stages=report after the analysis settings changed: the registry's preflight decides it once and
+    runs the analyze stage first, logged as such; the page shows the fresh analysis."""
     c = small_config()
     c.analysis.split_half_repeats = 3
     assert analysis_stage.staleness(c, work) == ["config"]
-    stages.run_stages(c, work, "report")
+    with caplog.at_level(logging.INFO, logger="moe_jax"):
+        stages.run_stages(c, work, "report")
+    assert ("analyze: scheduled before report: its outputs were computed from other inputs than the current ones "
+            "(changed: config)") in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("stage ")] == ["stage analyze",
+                                                                                                "stage report"]
     assert read_json(os.path.join(wd.analysis_dir(work), "summary.json"))["config"]["split_half_repeats"] == 3
+    assert analysis_stage.staleness(c, work) == []
+    assert lineage.read_stamp(wd.report_dir(work))["inputs"]["analysis summary"]["digest"] == lineage.path_digest(
+        os.path.join(wd.analysis_dir(work), "summary.json"))
 
 
 def test_report_refuses_evaluation_records_of_another_model(work):

@@ -215,23 +215,23 @@ def test_tau_outside_0_1_is_refused_naming_steer_taus(tau):
 def test_damaged_output_names_the_stage_and_its_command(tmp_path, sub, stage):
     """"run that stage again" named neither the stage nor the command."""
     from moe_jax.artifacts import lineage
-    from moe_jax.io import storage
+    from moe_jax.io import integrity
     out_dir = tmp_path / sub
     out_dir.mkdir()
     data = b'{"a": 1}'
     (out_dir / "summary.json").write_bytes(data)
-    lineage.write_stamp(str(out_dir), {}, files={"summary.json": storage.record(data)})
+    lineage.write_stamp(str(out_dir), {}, files={"summary.json": integrity.entry_of(data)})
     assert lineage.read_output(str(out_dir), "summary.json") == data
     fix = (f"run the {stage} stage again: python -m moe_jax.launch --config=<your config> --workdir={tmp_path} "
            f"--stages={stage}")
     (out_dir / "summary.json").write_bytes(b'{"a": 2}')
-    with pytest.raises(storage.DigestMismatchError, match="were written; " + re.escape(fix)):
+    with pytest.raises(integrity.DigestMismatchError, match="were written; " + re.escape(fix)):
         lineage.read_output(str(out_dir), "summary.json")
     (out_dir / "summary.json").unlink()
-    with pytest.raises(storage.DigestMismatchError, match="but missing; run the " + stage):
+    with pytest.raises(integrity.DigestMismatchError, match="but missing; run the " + stage):
         lineage.read_output(str(out_dir), "summary.json")
     (out_dir / "provenance.json").unlink()
-    with pytest.raises(storage.UnpublishedError, match=r"did not finish\); run the " + stage):
+    with pytest.raises(integrity.UnpublishedError, match=r"did not finish\); run the " + stage):
         lineage.read_output(str(out_dir), "summary.json")
 
 
@@ -302,7 +302,7 @@ def test_report_suggests_a_command_that_is_not_refused_itself(tmp_path):
 def test_demo_files_as_local_data_are_refused_in_the_eval_plan():
     """The demo's Global-MMLU files given as eval.source='local' passed preflight and failed in lm-eval
     (``Elements of --samples should be in the interval [0,k-1] ... k=1``)."""
-    from moe_jax.pipeline import eval as eval_stage
+    from moe_jax.pipeline import eval as eval_stage, evaluation
     config = demo_config()
     config.eval.source = "local"
     config.eval.tasks = "gmmlu_medical"
@@ -312,25 +312,25 @@ def test_demo_files_as_local_data_are_refused_in_the_eval_plan():
     assert os.path.isfile(path)
     with pytest.raises(tasks.TaskError, match=rf"{re.escape(path)}: task 'gmmlu_medical' evaluates fixed items .*"
                                               r"subject 'clinical_knowledge'.*set eval.fixed_items=False"):
-        eval_stage.plan(eval_stage.options(config))
+        evaluation.plan(eval_stage.options(config))
     config.eval.fixed_items = False  # the way out: the file's own rows
-    assert [t["data_file"] for t in eval_stage.plan(eval_stage.options(config))] == [path]
+    assert [t["data_file"] for t in evaluation.plan(eval_stage.options(config))] == [path]
     config.eval.fixed_items, config.eval.source = True, "demo"  # the demo source evaluates them as they are
-    assert len(eval_stage.plan(eval_stage.options(config))) == 1
+    assert len(evaluation.plan(eval_stage.options(config))) == 1
 
 
 def test_demo_with_one_task_says_how_to_set_its_languages():
     """``eval.tasks=mgsm`` on the demo was refused (its eval.languages names three tasks) with no way out."""
-    from moe_jax.pipeline import eval as eval_stage
+    from moe_jax.pipeline import eval as eval_stage, evaluation
     config = demo_config()
     config.eval.tasks = "mgsm"
     with pytest.raises(StageError, match=r"eval.languages names task\(s\) \['gmmlu_medical', 'belebele'\] that are "
                                          r"not in eval.tasks \['mgsm'\]; give the languages of the tasks being run, "
                                          r"e.g. --config.eval.languages=en,zh .*--config.eval.tasks=mgsm,gmmlu_medical,"
                                          "belebele"):
-        eval_stage.plan(eval_stage.options(config))
+        evaluation.plan(eval_stage.options(config))
     config.eval.languages = "en,zh"  # the suggested flag
-    assert [(t["task"], t["code"]) for t in eval_stage.plan(eval_stage.options(config))] == [("mgsm", "en"),
+    assert [(t["task"], t["code"]) for t in evaluation.plan(eval_stage.options(config))] == [("mgsm", "en"),
                                                                                              ("mgsm", "zh")]
 
 

@@ -14,8 +14,7 @@ import pytest
 from moe_jax.pipeline import registry as stages
 from moe_jax.artifacts import layout as wd
 from moe_jax.io.storage import atomic_write_json
-from moe_jax.artifacts import eval_records as rec
-from moe_jax.pipeline import eval as eval_stage
+from moe_jax.artifacts import eval_records as rec, stage_outputs
 from moe_jax.eval.tasks import DEMO_DIR
 from moe_jax.errors import StageError
 from moe_jax.pipeline import report as report_stage
@@ -247,5 +246,5 @@ def test_report_refuses_outputs_their_records_no_longer_support(work, damage):
 
 
 def test_eval_summary_read_through_its_record(finished):
-    summary = eval_stage.read_output(finished)
+    summary = stage_outputs.read_eval(finished)
     assert [(r["task"], r["language"]) for r in summary["rows"]][:2] == [("belebele", l) for l in LANGS]

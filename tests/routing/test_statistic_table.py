@@ -159,13 +159,14 @@ def test_collected_gate_weight_per_sequence():
 
 @pytest.mark.parametrize("pooling", ["", "sequence"])
 def test_analysis_shared_exclusive_with_the_chosen_pooling(tmp_path, langs, pooling):
+    from moe_jax.artifacts import stage_outputs
     from moe_jax.pipeline import analyze as analysis_stage
     work = _workdir(tmp_path, langs)
     config = ml_collections.ConfigDict({"analysis": {"pooling": pooling, "metrics": ("js_divergence",),
                                                      "experts": {"shared_top_k": 1, "shared_thr": 0.5}}})
     summary = analysis_stage.run(config, work)
     assert summary["shared_exclusive"]["pooling"] == (pooling or "token")
-    rows = analysis_stage.read_output(work, "experts_pool.json")
+    rows = stage_outputs.read_analysis(work, "experts_pool.json")
     zh = {(r["layer"], r["expert"]) for r in rows if r["language"] == "zho_Hans" and r["label"] == "exclusive"}
     assert zh == {(l, SHARDS[pooling or "token"]["zho_Hans"]) for l in range(L)}
 
