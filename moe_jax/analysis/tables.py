@@ -2,7 +2,7 @@
 
 A table is a list of records (dicts with the same keys). ``write_table(dir, name, records)``
 writes ``name.csv`` and ``name.json``; ``read_table`` reads the JSON back. Paths may be local or
-``gs://`` URLs (``moe_jax.io.storage``). The writers return each file's ``storage.record`` (size and
+``gs://`` URLs (``moe_jax.io.storage``). The writers return each file's ``integrity.entry_of`` (size and
 sha256 of the bytes written), which the analyze stage records in ``provenance.json``.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from moe_jax.io import storage
+from moe_jax.io import integrity, storage
 from moe_jax.io.storage import read_json
 
 
@@ -50,7 +50,7 @@ def write_json(path: str, obj: Any) -> dict[str, Any]:
 
 def _write(path: str, data: bytes) -> dict[str, Any]:
     storage.atomic_write_bytes(path, data)
-    return storage.record(data)
+    return integrity.entry_of(data)
 
 
 def write_csv(path: str, records: Iterable[Mapping[str, Any]], columns: list[str] | None = None) -> dict[str, Any]:

@@ -26,12 +26,12 @@ redoes it), and a workdir evaluated with another model or other task options is 
 storage the manifest is the directory's publishing marker: record objects are written first, the
 manifest last, and a reader trusts only the files it names with their digest. A record being
 rewritten is first dropped from the manifest, so a kill between the record and the manifest leaves
-an unlisted object that the next run evaluates again, never one read against a stale entry.
+an unlisted object that the next run evaluates again, never one read against a stale entry. The
+protocol is ``moe_jax.io.integrity``'s resumable units (``LAYOUT`` and ``UNITS``: how these records differ).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -42,14 +42,30 @@ import numpy as np
 from moe_jax.artifacts import lineage
 from moe_jax.io import storage
 from moe_jax.artifacts import layout as wd
-from moe_jax.io.storage import atomic_write, atomic_write_json, read_json
+from moe_jax.io import integrity
 from moe_jax.errors import StageError
-from moe_jax.artifacts.routing_store import StoreMismatchError, file_intact, file_record, remove_temp_files
+from moe_jax.io.hashing import sha256_text
+from moe_jax.io.integrity import StoreMismatchError  # noqa: F401  (raised by open_records)
 
 log = logging.getLogger(__name__)
 
 FORMAT = "moe_jax.eval_records/1"
 MANIFEST = "manifest.json"
+# manifest.json lists each <task>/<language>.jsonl under "files" with its file_size and file_sha256
+LAYOUT = integrity.RecordLayout(MANIFEST, "files", "file_size", "file_sha256", format=FORMAT, suffix=".jsonl",
+                                nested=True, wording=integrity.Wording(
+    unreadable="{error}; delete it to evaluate every (task, language) of {dir} again",
+    no_record="{path}: (task, language) ({parts[0]}, {parts[1]}) is not finished in {record_path}{tail}",
+    unlisted="{path}: (task, language) ({parts[0]}, {parts[1]}) is not finished in {record_path}{tail}",
+    missing="{path} is missing{tail}",
+    changed="{path} has {size} bytes with sha256 {sha} but {want_size} bytes with sha256 {want_sha} were written "
+            "(changed after writing){tail}",
+    item_missing="{path} (missing)", item_changed="{path} (changed after it was written)"))
+# another fingerprint: refused if it finished any pair; with overwrite nothing is deleted, records are replaced
+# as the new ones are written
+UNITS = integrity.Units(LAYOUT, refuse_unfinished=False, redo="it will be evaluated again", mismatch=(
+    "{dir} holds evaluation records of another model or other task options (fingerprint {old!r} != {new!r}); "
+    "use another workdir, or --config.eval.overwrite=True to replace them"))
 
 
 def record_key(task: str, language: str) -> str:
@@ -60,18 +76,8 @@ def record_path(eval_dir: str, task: str, language: str) -> str:
     return storage.join(eval_dir, task, f"{language}.jsonl")
 
 
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def read_manifest(eval_dir: str) -> dict[str, Any] | None:
-    try:
-        m = read_json(storage.join(eval_dir, MANIFEST))
-    except ValueError as e:
-        raise ValueError(f"{e}; delete it to evaluate every (task, language) of {eval_dir} again") from None
-    if m is not None and not isinstance(m, dict):
-        raise ValueError(f"{storage.join(eval_dir, MANIFEST)} holds a {type(m).__name__}, not a JSON object")
-    return m
+    return integrity.read_record(eval_dir, LAYOUT)
 
 
 def check_records(eval_dir: str, fingerprint: str, *, overwrite: bool = False) -> dict[str, Any] | None:
@@ -79,13 +85,7 @@ def check_records(eval_dir: str, fingerprint: str, *, overwrite: bool = False) -
     ``fingerprint`` may write there: another fingerprint is refused (``StoreMismatchError``) unless
     ``overwrite`` (a manifest that lists no finished file, left by a failed run, is replaced freely).
     Reads only: a caller checks every directory it will write before writing any."""
-    old = read_manifest(eval_dir)
-    if old is not None and old.get("fingerprint") != fingerprint and old.get("files") and not overwrite:
-        raise StoreMismatchError(
-            f"{eval_dir} holds evaluation records of another model or other task options (fingerprint "
-            f"{old.get('fingerprint')!r} != {fingerprint!r}); use another workdir, or "
-            "--config.eval.overwrite=True to replace them")
-    return old
+    return integrity.check_units(eval_dir, UNITS, {"fingerprint": fingerprint}, overwrite=overwrite)
 
 
 def open_records(eval_dir: str, identity: Mapping[str, Any], fingerprint: str, *, overwrite: bool = False) -> dict:
@@ -94,33 +94,14 @@ def open_records(eval_dir: str, identity: Mapping[str, Any], fingerprint: str, *
     unless ``overwrite``, ``check_records``). Replacing deletes nothing here: the old manifest and
     files stay until ``write_records`` writes the first replacement record, and then only the files
     rewritten are replaced (the others stay on disk, unlisted)."""
-    old = check_records(eval_dir, fingerprint, overwrite=overwrite)
-    manifest = {"format": FORMAT, "identity": dict(identity), "fingerprint": fingerprint, "files": {}}
-    remove_temp_files(eval_dir)
-    for task in storage.listdir(eval_dir):  # every task dir: a kill may come before a task's first file is listed
-        if storage.isdir(storage.join(eval_dir, task)):
-            remove_temp_files(storage.join(eval_dir, task))
-    if old is not None and old.get("fingerprint") != fingerprint and old.get("files"):
-        log.info("%s: records of another fingerprint are replaced as the new ones are written", eval_dir)
-        return manifest
-    if old is not None and old.get("fingerprint") == fingerprint:
-        manifest["files"] = old.get("files", {})
-    atomic_write_json(storage.join(eval_dir, MANIFEST), manifest)
-    return manifest
+    return integrity.open_units(eval_dir, UNITS, {"identity": dict(identity), "fingerprint": fingerprint},
+                                overwrite=overwrite)
 
 
 def is_done(eval_dir: str, task: str, language: str, manifest: Mapping[str, Any] | None = None) -> bool:
     """The file of (task, language) is in the manifest (``manifest``, from ``open_records``, else the
     one on disk) and intact (size and sha256 as recorded)."""
-    files = (manifest if manifest is not None else read_manifest(eval_dir) or {}).get("files", {})
-    entry = files.get(record_key(task, language))
-    if entry is None:
-        return False
-    if not file_intact(record_path(eval_dir, task, language), entry):
-        log.warning("%s is missing or damaged (size/sha256 differ from the manifest); it will be evaluated again",
-                    record_path(eval_dir, task, language))
-        return False
-    return True
+    return bool(integrity.done_units(eval_dir, UNITS, manifest, [record_key(task, language)]))
 
 
 def write_records(eval_dir: str, task: str, language: str, records: Sequence[Mapping[str, Any]],
@@ -131,18 +112,7 @@ def write_records(eval_dir: str, task: str, language: str, records: Sequence[Map
     ``opened``: the manifest ``open_records`` returned; when it replaces one of another fingerprint
     (overwrite), the new empty manifest is written first, with this first replacement record."""
     data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode("utf-8")
-    manifest = read_manifest(eval_dir)
-    if opened is not None and (manifest or {}).get("fingerprint") != opened["fingerprint"]:
-        manifest = dict(opened, files={})
-        atomic_write_json(storage.join(eval_dir, MANIFEST), manifest)
-    if manifest is None:
-        raise FileNotFoundError(f"{eval_dir} has no {MANIFEST}; call open_records first")
-    key = record_key(task, language)
-    if manifest["files"].pop(key, None) is not None:
-        atomic_write_json(storage.join(eval_dir, MANIFEST), manifest)
-    atomic_write(record_path(eval_dir, task, language), lambda f: f.write(data))
-    manifest["files"][key] = dict(summary, **file_record(data))
-    atomic_write_json(storage.join(eval_dir, MANIFEST), manifest)
+    integrity.write_unit(eval_dir, UNITS, record_key(task, language), data, summary, opened)
 
 
 def repair_hint(eval_dir: str) -> str:
@@ -156,27 +126,17 @@ def repair_hint(eval_dir: str) -> str:
         workdir, stage = os.path.dirname(parent), "steer"
     else:
         return "run the stage that wrote it again to redo it"
-    return (f"run the {stage} stage again to redo it: python -m moe_jax.launch --config=<your config> "
-            f"--workdir={workdir} --stages={stage}")
+    return integrity.repair(stage, workdir, "to redo it")
 
 
 def read_records(eval_dir: str, task: str, language: str) -> list[dict[str, Any]]:
     """The records of (task, language), checked against the manifest first (listed, present, of the
     recorded size and sha256): ValueError naming the file and the command that redoes it otherwise."""
     path = record_path(eval_dir, task, language)
-    entry = (read_manifest(eval_dir) or {}).get("files", {}).get(record_key(task, language))
-    if entry is None:
-        raise ValueError(f"{path}: (task, language) ({task}, {language}) is not finished in "
-                         f"{storage.join(eval_dir, MANIFEST)}; {repair_hint(eval_dir)}")
     try:
-        data = storage.read_bytes(path)  # read once: the bytes checked are the bytes parsed
-    except FileNotFoundError:
-        raise ValueError(f"{path} is missing; {repair_hint(eval_dir)}") from None
-    got = file_record(data)
-    if got != {k: entry.get(k) for k in got}:
-        raise ValueError(f"{path} has {got['file_size']} bytes with sha256 {got['file_sha256']} but "
-                         f"{entry.get('file_size')} bytes with sha256 {entry.get('file_sha256')} were written "
-                         f"(changed after writing); {repair_hint(eval_dir)}")
+        data = integrity.verify(eval_dir, record_key(task, language), LAYOUT, hint=repair_hint(eval_dir))
+    except integrity.UnpublishedError as e:
+        raise ValueError(str(e)) from None
     try:
         return [json.loads(line) for line in data.decode("utf-8").split("\n") if line.strip()]
     except ValueError as e:
@@ -186,14 +146,7 @@ def read_records(eval_dir: str, task: str, language: str) -> list[dict[str, Any]
 def damaged_records(eval_dir: str) -> list[str]:
     """``"path (why)"`` of each file the manifest of ``eval_dir`` lists that is missing or changed since
     it was written; [] when every one is intact (or there is no manifest)."""
-    out = []
-    for key, entry in ((read_manifest(eval_dir) or {}).get("files") or {}).items():
-        path = storage.join(eval_dir, key + ".jsonl")
-        if not storage.exists(path):
-            out.append(f"{path} (missing)")
-        elif not file_intact(path, entry):
-            out.append(f"{path} (changed after it was written)")
-    return out
+    return integrity.damage(eval_dir, LAYOUT)
 
 
 def read_published(out_dir: str, name: str, workdir: str) -> bytes:
@@ -204,7 +157,7 @@ def read_published(out_dir: str, name: str, workdir: str) -> bytes:
     hint = repair_hint(out_dir)
     try:
         data = lineage.read_output(out_dir, name, fix=hint)
-    except (storage.UnpublishedError, storage.DigestMismatchError) as e:
+    except (integrity.UnpublishedError, integrity.DigestMismatchError) as e:
         raise StageError(str(e)) from None
     stamp = lineage.read_stamp(out_dir)
     problems = [f"{n} ({path}) changed after {name} was written" for n, path in lineage.input_paths(stamp, workdir).items()

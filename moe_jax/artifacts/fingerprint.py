@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 from typing import Any
 
 import moe_jax
+from moe_jax.io.hashing import sha256_text
 
 
 def fingerprint(obj: Any) -> str:
     """sha256 (16 hex digits) of the canonical JSON of ``obj``."""
     text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return sha256_text(text)[:16]
 
 
 def code_version() -> str:
@@ -37,4 +37,4 @@ def tokenizer_hash(tokenizer: Any) -> str:
         text = json.dumps(sorted(tokenizer.get_vocab().items()))
     extra = json.dumps({"chat_template": getattr(tokenizer, "chat_template", None),
                         "special": getattr(tokenizer, "all_special_tokens", None)}, sort_keys=True, default=str)
-    return hashlib.sha256((text + extra).encode()).hexdigest()[:16]
+    return sha256_text(text + extra)[:16]

@@ -15,11 +15,11 @@ Digests (``path_digest``) are cheap: a file's sha256; for a directory with a man
 the sha256 recorded per data file, which the readers verify on read. No file in the directory is
 rehashed here, and volatile manifest fields (code version, timings) do not count.
 
-An output directory is published like ``moe_jax.io.storage.publish``: its data files first, then
-``provenance.json`` LAST, which also records each data file's size and sha256 (``"files"``); a rerun
-first removes the old ``provenance.json``. So on a local path and on ``gs://`` (no rename, no
-directories) alike, a reader trusts only a directory whose ``provenance.json`` exists, and only the
-files it names with their recorded digest (``read_output``).
+An output directory is published with ``moe_jax.io.integrity`` (``PROVENANCE``: this record's layout):
+its data files first, then ``provenance.json`` LAST, which also records each data file's size and sha256
+(``"files"``); a rerun first removes the old ``provenance.json``. So on a local path and on ``gs://``
+(no rename, no directories) alike, a reader trusts only a directory whose ``provenance.json`` exists,
+and only the files it names with their recorded digest (``read_output``: ``integrity.verify``).
 
 Paths may be local or ``gs://`` URLs (``moe_jax.io.storage``).
 
@@ -32,15 +32,18 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from moe_jax.io import storage
+from moe_jax.io import hashing, integrity, storage
 from moe_jax.artifacts import layout as wd
 from moe_jax.pipeline.registry import STAGES
-from moe_jax.io.storage import DigestMismatchError, UnpublishedError, atomic_write_json, read_json
-from moe_jax.pipeline.common import source_identity
+from moe_jax.io.storage import read_json
 from moe_jax.artifacts.fingerprint import fingerprint
 
 STAMP = "provenance.json"
 FORMAT = "moe_jax.provenance/1"
+PROVENANCE = integrity.RecordLayout(STAMP, format=FORMAT, wording=integrity.Wording(
+    no_record="{path}: {record_path} is missing (the run writing {dir} did not finish){tail}",
+    unlisted="{path} is not among the files {record_path} records", missing="{path} is recorded in {record} but missing{tail}",
+    changed="{path} has {size} bytes with sha256 {sha}, but {want_size} bytes with sha256 {want_sha} were written{tail}"))
 # manifest file of a directory input -> its key of per-file records (each with "file_sha256")
 MANIFESTS = (("meta.json", "languages"), ("manifest.json", "files"))
 # the stage that writes each output directory of a workdir, named in "run it again" messages
@@ -61,11 +64,11 @@ def rerun_hint(out_dir: str) -> str:
     stage = STAGE_OF_DIR.get(os.path.basename(out_dir))
     if stage is None:
         return "run the stage that wrote it again"
-    return f"run the {stage} stage again: {command(os.path.dirname(out_dir), [stage])}"
+    return integrity.repair(stage, os.path.dirname(out_dir))
 
 
 def file_sha256(path: str) -> str:
-    return storage.digest(path)[1]
+    return hashing.file_digest(path)[1]
 
 
 def path_digest(path: str) -> str | None:
@@ -103,39 +106,29 @@ def describe(paths: Mapping[str, str], root: str) -> dict[str, dict[str, Any]]:
 def unpublish(out_dir: str) -> None:
     """Removes ``out_dir``'s ``provenance.json`` (if any) before its files are rewritten: until the new
     one is written last, no reader trusts the directory (module docstring)."""
-    stamp = storage.join(out_dir, STAMP)
-    if storage.exists(stamp):
-        storage.remove(stamp)
+    integrity.unpublish(out_dir, PROVENANCE)
 
 
 def write_stamp(out_dir: str, inputs: Mapping[str, Mapping[str, Any]], config: str | None = None,
                 files: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """Records ``inputs`` (from ``describe``), the config fingerprint and, when given, the output's
-    files (``{name relative to out_dir: storage.record(bytes)}``) beside an output; call it last."""
+    files (``{name relative to out_dir: integrity.entry_of(bytes)}``) beside an output; call it last."""
     stamp = {"format": FORMAT, "inputs": dict(inputs), "config": config}
     if files is not None:
         stamp["files"] = {name: dict(files[name]) for name in sorted(files)}
-    atomic_write_json(storage.join(out_dir, STAMP), stamp)
+    integrity.write_record(out_dir, stamp, PROVENANCE)
 
 
 def read_stamp(out_dir: str) -> dict[str, Any] | None:
     """The output's record; None when absent, unreadable or of another format (the output predates it)."""
-    stamp = read_json(storage.join(out_dir, STAMP), invalid_ok=True)
-    return stamp if isinstance(stamp, dict) and stamp.get("format") == FORMAT else None
+    stamp = integrity.read_record(out_dir, PROVENANCE, invalid_ok=True)
+    return stamp if stamp is not None and stamp.get("format") == FORMAT else None
 
 
 def damaged(stamp: Mapping[str, Any], out_dir: str, names: list[str] | None = None) -> list[str]:
     """Of the files ``stamp`` records (or of ``names`` among them), those missing or whose size or
     sha256 differs now, as ``"name (why)"``; [] for a stamp that records no files (older outputs)."""
-    files = stamp.get("files") or {}
-    out = []
-    for name in (files if names is None else [n for n in names if n in files]):
-        path = storage.join(out_dir, name)
-        if not storage.exists(path):
-            out.append(f"{name} (missing)")
-        elif list(storage.digest(path)) != [files[name]["size"], files[name]["sha256"]]:
-            out.append(f"{name} (changed after it was written)")
-    return out
+    return integrity.damage(out_dir, PROVENANCE, stamp, names)
 
 
 def read_output(out_dir: str, name: str, fix: str | None = None) -> bytes:
@@ -144,26 +137,10 @@ def read_output(out_dir: str, name: str, fix: str | None = None) -> bytes:
     name; ``DigestMismatchError``: damaged since. A stamp that records no files (written before files
     were recorded) vouches for every file, as it did then. Messages end with ``fix`` (default: the
     stage that writes ``out_dir`` and its command, ``rerun_hint``)."""
-    path = storage.join(out_dir, name)
-    fix = fix or rerun_hint(out_dir)
     stamp = read_stamp(out_dir)
-    if stamp is None:
-        raise UnpublishedError(f"{path}: {storage.join(out_dir, STAMP)} is missing (the run writing "
-                               f"{out_dir} did not finish); {fix}")
-    if "files" not in stamp:
-        return storage.read_bytes(path)
-    rec = stamp["files"].get(name)
-    if rec is None:
-        raise UnpublishedError(f"{path} is not among the files {storage.join(out_dir, STAMP)} records")
-    try:
-        data = storage.read_bytes(path)
-    except FileNotFoundError as e:
-        raise DigestMismatchError(f"{path} is recorded in {STAMP} but missing; {fix}") from e
-    got = storage.record(data)
-    if got != {"size": rec["size"], "sha256": rec["sha256"]}:
-        raise DigestMismatchError(f"{path} has {got['size']} bytes with sha256 {got['sha256']}, but {rec['size']} "
-                                  f"bytes with sha256 {rec['sha256']} were written; {fix}")
-    return data
+    if stamp is not None and "files" not in stamp:
+        return storage.read_bytes(storage.join(out_dir, name))
+    return integrity.verify(out_dir, name, PROVENANCE, hint=fix or rerun_hint(out_dir), record=stamp or {})
 
 
 def input_paths(stamp: Mapping[str, Any], root: str) -> dict[str, str]:
@@ -184,57 +161,3 @@ def changed(stamp: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], c
     out = [n for n in dict.fromkeys([*recorded, *inputs]) if recorded.get(n) != inputs.get(n)]
     return out + (["config"] if stamp.get("config") != config else [])
 
-
-# the fields of a routing store's meta and an evaluation's identity that name the model's weights
-MODEL_FIELDS = ("model_source", "dtype")
-
-
-def differences(recorded: Any, now: Any, name: str) -> list[str]:
-    """``"name.key: recorded != now"`` for each differing leaf of two JSON-like values (dicts descended)."""
-    if isinstance(recorded, Mapping) and isinstance(now, Mapping):
-        return [d for k in dict.fromkeys([*recorded, *now])
-                for d in differences(recorded.get(k), now.get(k), f"{name}.{k}")]
-    return [] if fingerprint(recorded) == fingerprint(now) else [f"{name}: {recorded!r} (recorded) != {now!r} (now)"]
-
-
-def model_differences(recorded: Mapping[str, Any], config: Any) -> list[str]:
-    """How the model an output records (``model_source``, ``dtype``) differs from ``config.model``'s;
-    fields the record lacks are not compared. [] = the same model."""
-    now = {"model_source": source_identity(config), "dtype": config.model.dtype}
-    return [d for k in MODEL_FIELDS if recorded.get(k) is not None for d in differences(recorded[k], now[k], k)]
-
-
-# outputs a later stage reads that record their model: (stage that writes it, its directory in a workdir,
-# manifest file, key of the model's identity in it or None for the manifest itself)
-MODEL_OUTPUTS = (("collect", wd.routing_dir, "meta.json", None), ("eval", wd.eval_dir, "manifest.json", "identity"),
-                 ("steer", lambda w: storage.join(wd.steer_dir(w), "baseline"), "manifest.json", "identity"))
-
-
-def model_problems(config: Any, workdir: str, consumer: str, outputs: list[tuple[str, str, str, str | None]]) -> list[str]:
-    """Of ``outputs`` (stage, directory, manifest, identity key, like ``MODEL_OUTPUTS``), those recording
-    another model than ``config.model``, as ``"<dir> holds outputs of another model (<field>: ...)"``,
-    then one line with the command that redoes them all for the ``consumer`` stage: the stages that wrote
-    them with ``overwrite`` (their preflight refuses outputs of another model otherwise), convert first
-    when ``workdir/checkpoint`` is of another model too (collect, eval and steer refuse it), analyze after
-    a new routing store. [] without a model section or when every output is of ``config.model``."""
-    if config is None or not hasattr(config, "get") or "model" not in config:
-        return []
-    found = []
-    for stage, path, manifest, key in outputs:
-        recorded = read_json(storage.join(path, manifest), invalid_ok=True)
-        recorded = (recorded or {}).get(key) if key and isinstance(recorded, dict) else recorded
-        diffs = model_differences(recorded, config) if isinstance(recorded, dict) else []
-        if diffs:
-            found.append((stage, path, diffs))
-    if not found:
-        return []
-    redo = {stage for stage, _, _ in found}
-    converted = read_json(wd.convert_stamp(workdir), invalid_ok=True)
-    if not isinstance(converted, dict) or model_differences(
-            {"model_source": converted.get("source"), "dtype": converted.get("dtype")}, config):
-        redo.add("convert")
-    if "collect" in redo:
-        redo.add("analyze")
-    return [f"{path} holds outputs of another model ({'; '.join(diffs)})" for _, path, diffs in found] + [
-        "to compute them again with config.model (their files are replaced), run: "
-        + command(workdir, [*redo, consumer], overwrite=tuple(stage for stage, _, _ in found))]

@@ -33,12 +33,12 @@ interrupted run resumes at the first missing language. Temp files left by a kill
 removed when the store is opened again. Each language's summary records its file's ``file_size``
 and ``file_sha256``, checked on resume and on read: a file damaged later (truncated, replaced, a
 byte changed in place, deleted) no longer counts as done, so the next collect run recomputes it, and
-reading it fails with an error naming the file, the language and that command.
+reading it fails with an error naming the file, the language and that command. The protocol is
+``moe_jax.io.integrity``'s resumable units (``LAYOUT`` and ``UNITS``: how this store differs).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -48,8 +48,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from moe_jax.artifacts import layout as wd
-from moe_jax.io import storage
-from moe_jax.io.storage import atomic_write, atomic_write_json, read_json
+from moe_jax.io import integrity, storage
+from moe_jax.io.integrity import CorruptStoreError, StoreMismatchError  # noqa: F401  (this store's errors)
+from moe_jax.io.storage import atomic_write_json  # noqa: F401  (tests edit a meta.json with it)
 
 log = logging.getLogger(__name__)
 
@@ -57,30 +58,28 @@ FORMAT = "moe_jax.routing_store/1"
 META = "meta.json"
 REQUIRED_KEYS = ("seq_ids", "seq_lengths", "seq_mean_probs", "seq_topk_freq", "seq_token_entropy",
                  "topk_counts", "gate_weight_sums", "token_totals")
-
-
-class StoreMismatchError(ValueError):
-    """The directory holds a store written for another model or configuration."""
-
-
-class CorruptStoreError(ValueError):
-    """A store file cannot be read or does not hold what the format requires."""
+# meta.json lists each language's <lang>.npz under "languages" with its file_size and file_sha256
+LAYOUT = integrity.RecordLayout(META, "languages", "file_size", "file_sha256", format=FORMAT, suffix=".npz",
+                                wording=integrity.Wording(
+    label="language {name!r}", unreadable="{error}; delete {record_path} (or the whole store) to collect it afresh",
+    missing="{path}: {label} is listed in {record} but its file is missing{tail}",
+    resized="{path}: {label} has {size} bytes but {want_size} were written{tail}",
+    changed="{path}: {label} has sha256 {sha} but {want_sha} was written (changed after writing){tail}"))
+# another fingerprint: refused, or with overwrite its language files are deleted at once; code_version alone
+# does not rewrite a finished store
+UNITS = integrity.Units(LAYOUT, volatile_keys=("code_version",), delete_on_overwrite=True, replace_unreadable=True,
+                        redo="language {name} will be collected again", mismatch=(
+    "{dir} holds routing statistics of another model or configuration (fingerprint {old!r} != {new!r}); "
+    "use another directory, or overwrite=True (--config.collect.overwrite=True) to replace it"))
 
 
 def lang_path(store: str, lang: str) -> str:
-    return os.path.join(store, f"{lang}.npz")
+    return integrity.path_of(store, LAYOUT, lang)
 
 
 def read_meta(store: str) -> dict[str, Any] | None:
-    """The store's metadata; None when it has no ``meta.json``."""
-    p = os.path.join(store, META)
-    try:
-        meta = read_json(p)
-    except ValueError as e:
-        raise CorruptStoreError(f"{e}; delete {p} (or the whole store) to collect it afresh") from e
-    if meta is not None and not isinstance(meta, dict):
-        raise CorruptStoreError(f"{p} holds a {type(meta).__name__}, not a JSON object")
-    return meta
+    """The store's metadata; None when it has no ``meta.json`` (``CorruptStoreError`` when unreadable)."""
+    return integrity.read_record(store, LAYOUT)
 
 
 def open_store(store: str, meta: Mapping[str, Any], *, fingerprint_keys: tuple[str, ...] = ("fingerprint",),
@@ -91,68 +90,13 @@ def open_store(store: str, meta: Mapping[str, Any], *, fingerprint_keys: tuple[s
     refused (``StoreMismatchError``) unless ``overwrite``, which deletes its language files first.
     Returns the metadata now on disk.
     """
-    try:
-        old = read_meta(store)
-    except CorruptStoreError:
-        if not overwrite:
-            raise
-        log.warning("%s: replacing an unreadable %s (overwrite=True)", store, META)
-        old = None
-    meta = dict(meta, format=FORMAT)
-    meta.setdefault("languages", {})
-    if old is not None:
-        same = all(old.get(k) == meta.get(k) for k in fingerprint_keys)
-        if not same and not overwrite:
-            raise StoreMismatchError(
-                f"{store} holds routing statistics of another model or configuration "
-                f"(fingerprint {old.get('fingerprint')!r} != {meta.get('fingerprint')!r}); "
-                "use another directory, or overwrite=True (--config.collect.overwrite=True) to replace it")
-        if same:
-            meta["languages"] = old.get("languages", {})
-            if {k: v for k, v in meta.items() if k != "code_version"} == \
-                    {k: v for k, v in old.items() if k != "code_version"}:
-                remove_temp_files(store)
-                return old  # nothing to record: a finished store is not rewritten by a rerun
-        else:
-            for lang in old.get("languages", {}):
-                if storage.exists(lang_path(store, lang)):
-                    storage.remove(lang_path(store, lang))
-    remove_temp_files(store)
-    atomic_write_json(os.path.join(store, META), meta)
-    return meta
+    return integrity.open_units(store, UNITS, meta, overwrite=overwrite, keys=fingerprint_keys)
 
 
 def done_languages(store: str) -> set[str]:
     """Languages whose file is complete: listed in meta, present on disk, and of the recorded size
     and sha256 (a damaged file is logged and left out, so that it is collected again)."""
-    meta = read_meta(store) or {}
-    done = set()
-    for lang, summary in meta.get("languages", {}).items():
-        p = lang_path(store, lang)
-        if not storage.exists(p):
-            continue
-        damage = file_damage(p, summary)
-        if damage:
-            log.warning("%s %s; language %s will be collected again", p, damage, lang)
-            continue
-        done.add(lang)
-    return done
-
-
-def file_damage(path: str, record: Mapping[str, Any]) -> str | None:
-    """How the existing file differs from its record (``file_size``, then ``file_sha256``, each only if
-    recorded), or None. Hashes in chunks: store files can be large."""
-    size = storage.size(path)
-    if "file_size" in record and size != record["file_size"]:
-        return f"has {size} bytes but {record['file_size']} were written"
-    if "file_sha256" in record:
-        h = hashlib.sha256()
-        with storage.open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 24), b""):
-                h.update(chunk)
-        if h.hexdigest() != record["file_sha256"]:
-            return f"has sha256 {h.hexdigest()} but {record['file_sha256']} was written (changed after writing)"
-    return None
+    return integrity.done_units(store, UNITS)
 
 
 def repair_hint(store: str) -> str:
@@ -165,26 +109,7 @@ def repair_hint(store: str) -> str:
         workdir = parent
     else:
         return "run the collect stage that wrote this store again to recompute it"
-    return ("run the collect stage again to recompute it: python -m moe_jax.launch --config=<your config> "
-            f"--workdir={workdir} --stages=collect")
-
-
-def file_record(data: bytes) -> dict[str, Any]:
-    """``file_size`` and ``file_sha256`` of bytes about to be written, recorded beside the file."""
-    return {"file_size": len(data), "file_sha256": hashlib.sha256(data).hexdigest()}
-
-
-def file_intact(path: str, record: Mapping[str, Any]) -> bool:
-    """The file exists with the recorded size and sha256 (a record without the sha256: never intact)."""
-    return storage.exists(path) and "file_sha256" in record and file_damage(path, record) is None
-
-
-def remove_temp_files(directory: str) -> None:
-    """Creates ``directory`` and removes the temp files a process killed mid-write left in it."""
-    storage.makedirs(directory)
-    for name in storage.listdir(directory):
-        if name.startswith(".") and name.endswith(".tmp"):
-            storage.remove(os.path.join(directory, name))
+    return integrity.repair("collect", workdir, "to recompute it")
 
 
 # key -> (dims, kind): dims name the axes (N sequences, L layers, E experts, T tokens, k top-k)
@@ -221,34 +146,32 @@ def check_arrays(lang: str, arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
 
 def write_language(store: str, lang: str, arrays: Mapping[str, np.ndarray], summary: Mapping[str, Any]) -> None:
     """Writes one language atomically, then records it in meta.json (also atomically), with the
-    file's ``file_size`` and ``file_sha256`` added to its summary."""
+    file's ``file_size`` and ``file_sha256`` added to its summary (``integrity.write_unit``)."""
     check_arrays(lang, arrays)
     buf = io.BytesIO()  # in memory first: the summary records the exact bytes' size and hash
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-    data = buf.getvalue()
-    atomic_write(lang_path(store, lang), lambda f: f.write(data))
-    meta = read_meta(store)
-    if meta is None:
-        raise FileNotFoundError(f"{store} has no {META}; call open_store first")
-    meta["languages"][lang] = dict(summary, **file_record(data))
-    atomic_write_json(os.path.join(store, META), meta)
+    integrity.write_unit(store, UNITS, lang, buf.getvalue(), summary)
 
 
 def read_language(store: str, lang: str) -> dict[str, np.ndarray]:
-    """The checked arrays of one language (``CorruptStoreError`` naming the file and language if
-    it cannot be read or lacks arrays)."""
+    """The checked arrays of one language file as it is now, NOT verified against ``meta.json``
+    (``read_store`` verifies). ``CorruptStoreError`` naming the file and language if it cannot be read
+    or lacks arrays."""
     p = lang_path(store, lang)
     if not storage.exists(p):
         raise FileNotFoundError(f"store {store} has no statistics for language {lang!r}")
+    return _arrays(store, lang, storage.read_bytes(p))  # read whole: on gs:// np.load's seeks would be requests
+
+
+def _arrays(store: str, lang: str, data: bytes) -> dict[str, np.ndarray]:
+    """The checked arrays of ``data``, the bytes of ``lang``'s file."""
     try:
-        # an object is read whole: np.load's seeks would each be a ranged request (~50 per language)
-        src = io.BytesIO(storage.read_bytes(p)) if storage.is_remote(p) else storage.open(p, "rb")
-        with src as f, np.load(f, allow_pickle=False) as z:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         check_arrays(lang, arrays)
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as e:
-        raise CorruptStoreError(f"{p}: the routing statistics of language {lang!r} cannot be read "
-                                f"({type(e).__name__}: {e}); {repair_hint(store)}") from e
+        raise CorruptStoreError(f"{lang_path(store, lang)}: the routing statistics of language {lang!r} cannot be "
+                                f"read ({type(e).__name__}: {e}); {repair_hint(store)}") from e
     return arrays
 
 
@@ -260,13 +183,11 @@ def read_store(store: str) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarr
         raise FileNotFoundError(f"no routing store at {store} (missing {META})")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{store}: unknown store format {meta.get('format')!r}, expected {FORMAT}")
-    langs = sorted(meta.get("languages", {}))
-    for lang in langs:
-        p = lang_path(store, lang)
-        if not storage.exists(p):
-            raise CorruptStoreError(f"{p}: language {lang!r} is listed in {META} but its file is missing; "
-                                    f"{repair_hint(store)}")
-        damage = file_damage(p, meta["languages"][lang])
-        if damage:
-            raise CorruptStoreError(f"{p}: language {lang!r} {damage}; {repair_hint(store)}")
-    return meta, {l: read_language(store, l) for l in langs}
+    out = {}
+    for lang in sorted(meta.get("languages", {})):  # verified through meta.json, parsed from the bytes verified
+        try:
+            data = integrity.verify(store, lang, LAYOUT, hint=repair_hint(store), record=meta)
+        except integrity.DigestMismatchError as e:
+            raise CorruptStoreError(str(e)) from None
+        out[lang] = _arrays(store, lang, data)
+    return meta, out

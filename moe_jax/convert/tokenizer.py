@@ -9,12 +9,11 @@ a digest of the files' bytes. Every host of a pod stages its own copy once per c
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from typing import Any
 
-from moe_jax.io import storage
+from moe_jax.io import hashing, storage
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -54,12 +53,9 @@ def tokenizer_key(ckpt_dir: str) -> str:
     (recorded in ``moe_jax.json`` for a conversion, else hashed from the bytes)."""
     rec = _recorded(ckpt_dir)
     if rec is None:
-        rec = {n: {"sha256": storage.digest(storage.join(ckpt_dir, n))[1]} for n in STAGED_FILES
+        rec = {n: {"sha256": hashing.file_digest(storage.join(ckpt_dir, n))[1]} for n in STAGED_FILES
                if storage.isfile(storage.join(ckpt_dir, n))}
-    h = hashlib.sha256()
-    for name in sorted(rec):
-        h.update(f"{name}\0{rec[name]['sha256']}\n".encode())
-    return "tokenizer-" + h.hexdigest()
+    return "tokenizer-" + hashing.sha256_text("".join(f"{name}\0{rec[name]['sha256']}\n" for name in sorted(rec)))
 
 
 def stage_tokenizer(ckpt_dir: str, *, cache: str | None = None) -> str:
@@ -72,7 +68,7 @@ def stage_tokenizer(ckpt_dir: str, *, cache: str | None = None) -> str:
     rec = _recorded(ckpt_dir)
     local = storage.local_dir(ckpt_dir, STAGED_FILES, tokenizer_key(ckpt_dir), cache=cache)
     bad = [n for n, r in sorted((rec or {}).items())
-           if not os.path.isfile(os.path.join(local, n)) or storage.digest(os.path.join(local, n))[1] != r["sha256"]]
+           if not os.path.isfile(os.path.join(local, n)) or hashing.file_digest(os.path.join(local, n))[1] != r["sha256"]]
     if bad:
         shutil.rmtree(local, ignore_errors=True)
         raise ValueError(f"the tokenizer files {bad} of {ckpt_dir} differ from what its {META_FILE} records "

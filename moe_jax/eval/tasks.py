@@ -26,7 +26,7 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-from moe_jax.io import storage
+from moe_jax.io import hashing, storage
 from moe_jax.data import languages as lang_lib
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -302,7 +302,7 @@ def local_data_file(path: str) -> str:
     if not storage.is_remote(path):
         return os.path.abspath(path)
     name = os.path.basename(path)
-    key = f"eval-data-{storage.digest(path)[1]}-{name}"  # the name too: two languages may share content
+    key = f"eval-data-{hashing.file_digest(path)[1]}-{name}"  # the name too: two languages may share content
     return os.path.join(storage.local_dir(os.path.dirname(path), [name], key), name)
 
 

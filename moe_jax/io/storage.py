@@ -6,17 +6,11 @@ share one client and one configuration. Without TensorFlow, epath serves ``gs://
 fsspec + ``gcsfs`` (extra ``moe_jax[gcs]``); tensorstore, which orbax uses for the arrays, has its
 own GCS driver. Local paths use ``os`` directly (same behaviour, fsync and file modes included).
 
-Two guarantees, on either kind of path:
-
-* ``atomic_write``: a reader sees the old object or the complete new one. Locally: temp file in the
-  same directory + fsync + rename. On GCS an object becomes visible only once its upload completes
-  (strong read-after-write consistency), so the bytes are uploaded straight to the final name.
-* ``publish``: a DIRECTORY of objects is not atomic anywhere (object stores have no rename and no
-  directories). Data objects are written first, then a small manifest (``MANIFEST``: each name
-  with its size and sha256), written last; a reader trusts only what the manifest names
-  (``read_published``) and checks its digest. A crash between the data and the manifest leaves
-  objects no manifest names: invisible, and overwritten by the next run. An entry being rewritten
-  is first dropped from the manifest, so no reader pairs the old record with new bytes.
+One guarantee, on either kind of path: ``atomic_write``: a reader sees the old object or the complete
+new one. Locally: temp file in the same directory + fsync + rename. On GCS an object becomes visible
+only once its upload completes (strong read-after-write consistency), so the bytes are uploaded
+straight to the final name. A DIRECTORY of objects is not atomic anywhere: it is published through
+one record written last (``moe_jax.io.integrity``); sha256s are ``moe_jax.io.hashing``'s.
 
 Clients are configured from the environment, as Google's own clients are: ``STORAGE_EMULATOR_HOST``
 points gcsfs at an emulator (see ``use_gcs_emulator``); credentials come from the usual Google
@@ -27,28 +21,17 @@ from __future__ import annotations
 
 import builtins
 import errno
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
-from typing import IO, Any, BinaryIO, Callable, Mapping, Sequence
+from typing import IO, Any, BinaryIO, Callable, Sequence
 
 from etils import epath
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "moe_jax.manifest/1"
-_CHUNK = 1 << 20  # bytes read at a time when hashing or copying (objects can be GBs)
-
-
-class UnpublishedError(FileNotFoundError):
-    """The name is not (or not yet) listed in its directory's manifest."""
-
-
-class DigestMismatchError(ValueError):
-    """An object's bytes differ from what its manifest recorded (damaged or replaced after writing)."""
+_CHUNK = 1 << 20  # bytes read at a time when copying (objects can be GBs)
 
 
 def is_remote(p: str | os.PathLike) -> bool:
@@ -129,14 +112,31 @@ def _fs(url: str):
     return fs, p
 
 
+def file_listing(root: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """``{relative path ("/"-joined): {"size"[, "md5"]}}`` of every file under ``root`` ({} if none).
+    On ``gs://`` one listing gives every size and the md5 GCS computed on upload (``md5Hash``; absent
+    for composed objects), not a request per object."""
+    root = os.fspath(root)
+    if is_remote(root):
+        fs, base = _fs(root)
+        base = base.rstrip("/")
+        try:
+            found = fs.find(base, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {p[len(base) + 1:]: {"size": int(info["size"]), **({"md5": info["md5Hash"]} if info.get("md5Hash") else {})}
+                for p, info in found.items() if p.startswith(base + "/")}
+    return {rel: {"size": os.path.getsize(os.path.join(root, rel))} for rel in walk_files(root)}
+
+
 def size(p: str | os.PathLike) -> int:
     return path(p).stat().length if is_remote(p) else os.path.getsize(p)
 
 
 def open(p: str | os.PathLike, mode: str = "rb") -> IO:  # noqa: A001  (mirrors builtins.open)
-    """A file object for reading (``"rb"``/``"r"``); writes go through ``atomic_write`` or ``publish``."""
+    """A file object for reading (``"rb"``/``"r"``); writes go through ``atomic_write`` (a directory: ``moe_jax.io.integrity.publish``)."""
     if "r" not in mode or "+" in mode:
-        raise ValueError(f"storage.open is for reading; write {os.fspath(p)} with atomic_write or publish")
+        raise ValueError(f"storage.open is for reading; write {os.fspath(p)} with atomic_write or publish (moe_jax.io.integrity)")
     return path(p).open(mode) if is_remote(p) else builtins.open(p, mode)
 
 
@@ -247,21 +247,6 @@ def local_dir(src: str | os.PathLike, names: Sequence[str], key: str, *, cache: 
     return out
 
 
-def digest(p: str | os.PathLike) -> tuple[int, str]:
-    """``(size, sha256 hex)`` of a file or object, read in chunks."""
-    h, n = hashlib.sha256(), 0
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-            n += len(chunk)
-    return n, h.hexdigest()
-
-
-def record(data: bytes) -> dict[str, Any]:
-    """The manifest record of bytes about to be written: ``{"size", "sha256"}``."""
-    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
 # -- single objects --------------------------------------------------------------------------------
 
 def atomic_write(p: str | os.PathLike, write_fn: Callable[[BinaryIO], Any], mode: int = 0o644) -> None:
@@ -330,60 +315,6 @@ def atomic_write_bytes(p: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(p: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(p, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
-
-
-# -- directories of objects: publish by manifest ---------------------------------------------------
-
-def read_manifest(directory: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """``{name: {"size", "sha256"}}`` of what ``directory`` has published ({} before any publish)."""
-    m = read_json(join(directory, MANIFEST))
-    if m is None:
-        return {}
-    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT or not isinstance(m.get("files"), dict):
-        raise ValueError(f"{join(directory, MANIFEST)} is not a {MANIFEST_FORMAT} manifest")
-    return m["files"]
-
-
-def _write_manifest(directory: str | os.PathLike, files: Mapping[str, Mapping[str, Any]]) -> None:
-    atomic_write_json(join(directory, MANIFEST), {"format": MANIFEST_FORMAT, "files": dict(files)})
-
-
-def publish(directory: str | os.PathLike, files: Mapping[str, bytes]) -> dict[str, dict[str, Any]]:
-    """Writes ``files`` (name -> bytes) into ``directory``, then the manifest naming them (and what it
-    named before), written last. Returns the new manifest entries. One writer per directory."""
-    bad = [n for n in files if not n or n == MANIFEST or "/" in n or n.startswith(".")]
-    if bad:
-        raise ValueError(f"cannot publish {bad} in {os.fspath(directory)}: names must be plain file names, "
-                         f"not {MANIFEST!r} or hidden")
-    listed = read_manifest(directory)
-    if any(n in listed for n in files):  # never let a reader pair an old record with new bytes
-        listed = {n: r for n, r in listed.items() if n not in files}
-        _write_manifest(directory, listed)
-    makedirs(directory)
-    for name, data in files.items():
-        atomic_write_bytes(join(directory, name), data)
-    listed.update({name: record(data) for name, data in files.items()})
-    _write_manifest(directory, listed)
-    return listed
-
-
-def read_published(directory: str | os.PathLike, name: str) -> bytes:
-    """The bytes of ``name`` if the manifest of ``directory`` lists it and they match its record;
-    ``UnpublishedError`` if not listed, ``DigestMismatchError`` if damaged (both name the object)."""
-    rec = read_manifest(directory).get(name)
-    p = join(directory, name)
-    if rec is None:
-        raise UnpublishedError(f"{p} is not published (not in {join(directory, MANIFEST)}): "
-                               "a write that did not finish, or never started")
-    try:
-        data = read_bytes(p)
-    except FileNotFoundError as e:
-        raise DigestMismatchError(f"{p} is listed in {MANIFEST} but missing") from e
-    got = record(data)
-    if got != {"size": rec["size"], "sha256": rec["sha256"]}:
-        raise DigestMismatchError(f"{p} has {got['size']} bytes with sha256 {got['sha256']}, but "
-                                  f"{rec['size']} bytes with sha256 {rec['sha256']} were published")
-    return data
 
 
 # -- clients ---------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """moe_jax.io.storage on a local directory and on gs:// (a local GCS emulator): round trips, atomic
-writes that fail, publish by manifest (a crash before the manifest leaves nothing visible, damage is
+writes that fail, publish by manifest (moe_jax.io.integrity: a crash before the manifest leaves nothing visible, damage is
 caught by the digest), orbax checkpoints restored onto two devices, and the routing store."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from moe_jax.io import storage
+from moe_jax.io import hashing, integrity, storage
 from moe_jax.artifacts import routing_store as store_lib
 from tests.helpers.simulated_devices import run_on_devices
 
@@ -39,7 +39,7 @@ def test_round_trip(root):
     assert storage.read_json(storage.join(root, "none.json")) is None
     assert storage.listdir(root) == ["a.bin", "sub"]
     assert storage.size(storage.join(root, "a.bin")) == 9
-    assert storage.digest(storage.join(root, "a.bin")) == (9, _sha(b"\x00\x01payload"))
+    assert hashing.file_digest(storage.join(root, "a.bin")) == (9, _sha(b"\x00\x01payload"))
     storage.atomic_write_bytes(storage.join(root, "a.bin"), b"new")  # replaces
     assert storage.read_bytes(storage.join(root, "a.bin")) == b"new"
     storage.remove(storage.join(root, "a.bin"))
@@ -67,48 +67,49 @@ def test_failed_write_leaves_the_old_object(root):
 
 def test_publish_then_read_checks_digests(root):
     files = {"en.npz": b"english bytes", "de.npz": b"german"}
-    storage.publish(root, files)
-    manifest = json.loads(storage.read_bytes(storage.join(root, storage.MANIFEST)))
+    integrity.publish(root, integrity.MANIFEST, files)
+    manifest = json.loads(storage.read_bytes(storage.join(root, integrity.MANIFEST.file)))
     assert manifest["files"] == {n: {"size": len(b), "sha256": _sha(b)} for n, b in files.items()}
-    assert {n: storage.read_published(root, n) for n in files} == files
-    storage.publish(root, {"fr.npz": b"french"})  # adds; keeps what was published
-    assert sorted(storage.read_manifest(root)) == ["de.npz", "en.npz", "fr.npz"]
+    assert {n: integrity.verify(root, n) for n in files} == files
+    integrity.publish(root, integrity.MANIFEST, {"fr.npz": b"french"})  # adds; keeps what was published
+    assert sorted(integrity.listed(integrity.read_record(root, integrity.MANIFEST), integrity.MANIFEST)) == [
+        "de.npz", "en.npz", "fr.npz"]
     with pytest.raises(ValueError, match="plain file names"):
-        storage.publish(root, {"a/b": b""})
+        integrity.publish(root, integrity.MANIFEST, {"a/b": b""})
 
 
 @pytest.mark.parametrize("rewrite", [False, True])
 def test_crash_before_the_manifest_leaves_nothing_visible(root, monkeypatch, rewrite):
-    storage.publish(root, {"en.npz": b"v1", "de.npz": b"kept"})
+    integrity.publish(root, integrity.MANIFEST, {"en.npz": b"v1", "de.npz": b"kept"})
     name, data = ("en.npz", b"version 2") if rewrite else ("fr.npz", b"french")
-    real = storage._write_manifest
+    real = integrity.write_record
 
-    def crash_on_final_manifest(directory, files):
-        if name in files:  # the manifest that would name the new data
+    def crash_on_final_manifest(directory, record, layout):
+        if name in record["files"]:  # the manifest that would name the new data
             raise KeyboardInterrupt("killed before the manifest")
-        real(directory, files)
+        real(directory, record, layout)
 
-    monkeypatch.setattr(storage, "_write_manifest", crash_on_final_manifest)
+    monkeypatch.setattr(integrity, "write_record", crash_on_final_manifest)
     new = {name: data}
     with pytest.raises(KeyboardInterrupt):
-        storage.publish(root, new)
+        integrity.publish(root, integrity.MANIFEST, new)
     monkeypatch.undo()
     assert storage.read_bytes(storage.join(root, name)) == new[name]  # the data object was written ...
-    with pytest.raises(storage.UnpublishedError, match=name):  # ... but no reader trusts it
-        storage.read_published(root, name)
-    assert storage.read_published(root, "de.npz") == b"kept"
-    storage.publish(root, new)  # the next run publishes it
-    assert storage.read_published(root, name) == new[name]
+    with pytest.raises(integrity.UnpublishedError, match=name):  # ... but no reader trusts it
+        integrity.verify(root, name)
+    assert integrity.verify(root, "de.npz") == b"kept"
+    integrity.publish(root, integrity.MANIFEST, new)  # the next run publishes it
+    assert integrity.verify(root, name) == new[name]
 
 
 def test_damaged_or_missing_object_is_caught_by_its_digest(root):
-    storage.publish(root, {"en.npz": b"english bytes"})
+    integrity.publish(root, integrity.MANIFEST, {"en.npz": b"english bytes"})
     storage.atomic_write_bytes(storage.join(root, "en.npz"), b"english bytez")  # same size, other bytes
-    with pytest.raises(storage.DigestMismatchError, match="en.npz has 13 bytes with sha256"):
-        storage.read_published(root, "en.npz")
+    with pytest.raises(integrity.DigestMismatchError, match="en.npz has 13 bytes with sha256"):
+        integrity.verify(root, "en.npz")
     storage.remove(storage.join(root, "en.npz"))
-    with pytest.raises(storage.DigestMismatchError, match="en.npz is listed in manifest.json but missing"):
-        storage.read_published(root, "en.npz")
+    with pytest.raises(integrity.DigestMismatchError, match="en.npz is listed in manifest.json but missing"):
+        integrity.verify(root, "en.npz")
 
 
 def test_gs_path_without_gcsfs_names_the_extra_to_install(monkeypatch):
@@ -121,7 +122,7 @@ ORBAX_ON_TWO_DEVICES = textwrap.dedent("""
     import json, sys
     import jax, numpy as np, orbax.checkpoint as ocp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from moe_jax.io import storage
+    from moe_jax.io import hashing, integrity, storage
     root = sys.argv[1]
     mesh = Mesh(np.array(jax.devices()), ("x",))
     rows = NamedSharding(mesh, P("x"))
@@ -203,13 +204,13 @@ def test_routing_store_on_gcs(gcs_dir, caplog):
 def test_objects_written_by_another_process_are_seen(gcs_dir):
     """A pod's hosts are separate processes: what one publishes, another sees at once (no cached
     listings or stale manifest in the reader)."""
-    storage.publish(gcs_dir, {"en.npz": b"from this host"})
-    assert storage.listdir(gcs_dir) == ["en.npz", storage.MANIFEST]
-    other_host = ("from moe_jax.io import storage; import sys; "
-                  "storage.publish(sys.argv[1], {'de.npz': b'from the other host'})")
+    integrity.publish(gcs_dir, integrity.MANIFEST, {"en.npz": b"from this host"})
+    assert storage.listdir(gcs_dir) == ["en.npz", integrity.MANIFEST.file]
+    other_host = ("from moe_jax.io import integrity; import sys; "
+                  "integrity.publish(sys.argv[1], integrity.MANIFEST, {'de.npz': b'from the other host'})")
     subprocess.run([sys.executable, "-c", other_host, gcs_dir], check=True, timeout=120)
-    assert storage.listdir(gcs_dir) == ["de.npz", "en.npz", storage.MANIFEST]
-    assert storage.read_published(gcs_dir, "de.npz") == b"from the other host"
+    assert storage.listdir(gcs_dir) == ["de.npz", "en.npz", integrity.MANIFEST.file]
+    assert integrity.verify(gcs_dir, "de.npz") == b"from the other host"
 
 
 def test_tree_helpers(root, tmp_path):
