@@ -452,6 +452,37 @@ def test_config_fields_exist(doc):
     _report(doc, problems)
 
 
+def _config_leaves(node, prefix: str = "") -> dict[str, str]:
+    """{section.field: repr of its default} of every field (an empty mapping is one field)."""
+    import ml_collections
+    out = {}
+    for key, value in node.items():
+        path = prefix + key
+        if isinstance(value, ml_collections.ConfigDict) and len(value):
+            out.update(_config_leaves(value, path + "."))
+        else:
+            out[path] = repr(value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value)
+    return out
+
+
+def test_pipeline_doc_lists_every_option_with_its_default():
+    """docs/pipeline.md's "Options of every stage" tables: one row per field of default_config(), with
+    its default as the code has it (a field added, removed or changed in the code shows here)."""
+    text = (ROOT / "docs/pipeline.md").read_text(encoding="utf-8")
+    part = text.split("\n## Options of every stage\n", 1)[1].split("\n## ", 1)[0]
+    documented = {}
+    for section, table in re.findall(r"^### `config\.(\w+)`\n(.*?)(?=^### |\Z)", part, re.M | re.S):
+        for field, default in re.findall(r"^\| `([\w.]+)` \| `([^`]*)` \|", table, re.M):
+            documented[section if field == section else f"{section}.{field}"] = default
+    actual = _config_leaves(_default_config())
+    missing = sorted(set(actual) - set(documented))
+    unknown = sorted(set(documented) - set(actual))
+    wrong = sorted(f"{k}: documented {documented[k]}, default_config() has {actual[k]}"
+                   for k in set(actual) & set(documented) if documented[k] != actual[k])
+    assert not (missing or unknown or wrong), (f"docs/pipeline.md options: not listed {missing}; not in the code "
+                                               f"{unknown}; defaults differ {wrong}")
+
+
 @pytest.mark.parametrize("doc", DOCS)
 def test_python_names_resolve(doc):
     problems = []
