@@ -20,7 +20,9 @@ import secrets
 import socket
 from typing import Sequence
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from moe_jax import sharding as shd
 from moe_jax.io import storage
@@ -32,9 +34,6 @@ _WIDTH = 4096  # bytes per process in the all-gather (host + path)
 
 def _allgather_text(text: str) -> list[str]:
     """Each process's ``text`` (utf-8, at most ``_WIDTH`` bytes), in process order."""
-    import jax
-    from jax.experimental import multihost_utils
-
     raw = text.encode()
     if len(raw) > _WIDTH:
         raise PreflightError(f"workdir path too long to compare across processes ({len(raw)} > {_WIDTH} bytes): {text}")
@@ -70,8 +69,6 @@ def workdir_problem(places: Sequence[tuple[str, str]], shared_workdir: bool) -> 
 
 def check_workdir_agreement(workdir: str, shared_workdir: bool) -> None:
     """Raises the same PreflightError on every process if they cannot share ``workdir`` (no-op with one)."""
-    import jax
-
     if jax.process_count() == 1:
         return
     places = [tuple(t.split("\t", 1)) for t in _allgather_text(f"{socket.gethostname()}\t{storage.absolute(workdir)}")]
@@ -83,8 +80,6 @@ def check_workdir_agreement(workdir: str, shared_workdir: bool) -> None:
 def check_workdir_visible(workdir: str) -> None:
     """For a local workdir under several processes: process 0 writes a nonce, every process reads it;
     the same PreflightError everywhere names the processes that cannot (no-op with one process or gs://)."""
-    import jax
-
     if jax.process_count() == 1 or storage.is_remote(workdir):
         return
     probe = os.path.join(workdir, PROBE)
