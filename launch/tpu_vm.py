@@ -35,6 +35,10 @@ import sys
 from typing import NamedTuple
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # this checkout's moe_jax, installed or not: the table below imports nothing
+    sys.path.insert(0, REPO_ROOT)
+from moe_jax.accelerators import ACCELERATORS, ALIASES  # noqa: E402  (chips per host, how slice names count)
+
 REMOTE_REPO = "moe_jax"  # under the workers' home directory
 REMOTE_VENV = "moe_jax_venv"
 ARCHIVE = "moe_jax_src.tar.gz"
@@ -43,18 +47,16 @@ ARCHIVE = "moe_jax_src.tar.gz"
 class TpuKind(NamedTuple):
     gcloud_type: str  # accelerator-type prefix gcloud expects
     runtime: str  # default --version (TPU VM software image)
-    chips_per_host: int
-    name_counts_cores: bool  # v4 / v5p slice names count TensorCores (2 per chip)
 
 
-# TPU generations as data: gcloud's accelerator-type prefix, runtime image, chips per host.
+# TPU generations as data: gcloud's accelerator-type prefix and runtime image; chips per host and how
+# slice names count (v4 / v5p: TensorCores, 2 per chip) come from moe_jax.accelerators.ACCELERATORS.
 TPUS: dict[str, TpuKind] = {
-    "v4": TpuKind("v4", "tpu-ubuntu2204-base", 4, True),
-    "v5e": TpuKind("v5litepod", "v2-alpha-tpuv5-lite", 8, False),
-    "v5p": TpuKind("v5p", "v2-alpha-tpuv5", 4, True),
-    "v6e": TpuKind("v6e", "v2-alpha-tpuv6e", 8, False),
+    "v4": TpuKind("v4", "tpu-ubuntu2204-base"),
+    "v5e": TpuKind("v5litepod", "v2-alpha-tpuv5-lite"),
+    "v5p": TpuKind("v5p", "v2-alpha-tpuv5"),
+    "v6e": TpuKind("v6e", "v2-alpha-tpuv6e"),
 }
-ALIASES = {"v5litepod": "v5e"}
 STEPS = ("plan", "create", "install", "config", "run", "fetch", "delete")
 
 
@@ -71,11 +73,11 @@ def parse_accelerator(name: str) -> Slice:
     if kind_name not in TPUS:
         raise SystemExit(f"unknown TPU accelerator {name!r}; expected <generation>-<size> with generation in "
                          f"{sorted(TPUS)} (v5litepod too), e.g. v5e-8, v4-8, v4-16")
-    kind, n = TPUS[kind_name], int(m.group(2))
-    chips = n // 2 if kind.name_counts_cores else n
+    kind, table, n = TPUS[kind_name], ACCELERATORS[kind_name], int(m.group(2))
+    chips = n // 2 if table.name_counts == "cores" else n
     if chips < 1:
         raise SystemExit(f"accelerator {name!r} has no chip")
-    return Slice(name, f"{kind.gcloud_type}-{n}", kind.runtime, max(1, -(-chips // kind.chips_per_host)))
+    return Slice(name, f"{kind.gcloud_type}-{n}", kind.runtime, max(1, -(-chips // table.devices_per_host)))
 
 
 def _tpu(args, verb: str, *extra: str) -> list[str]:

@@ -21,11 +21,19 @@ split over the data axis) raise ``MeshError`` before anything is compiled.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+try:  # jax's own Cloud TPU detection: private modules, absent from some jax versions (then nothing is detected)
+    from jax._src import cloud_tpu_init
+    from jax._src.clusters import cloud_tpu_cluster
+except ImportError:
+    cloud_tpu_init = cloud_tpu_cluster = None
 
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.params import map_spec
@@ -186,8 +194,6 @@ def _gce_tpu_worker_endpoints() -> str | None:
     """The GCE metadata's ``worker-network-endpoints`` on a Cloud TPU VM (None elsewhere): how a TPU
     VM pod slice lists its workers when no environment variable does. Asked only on a TPU VM."""
     try:
-        from jax._src import cloud_tpu_init
-        from jax._src.clusters import cloud_tpu_cluster
         if not cloud_tpu_init.running_in_cloud_tpu_vm:
             return None
         text, code = cloud_tpu_cluster.get_metadata("worker-network-endpoints")
@@ -206,7 +212,6 @@ def multihost_tpu_detected(environ: Mapping[str, str] | None = None,
     > 1 or ``MEGASCALE_COORDINATOR_ADDRESS``); else, on a Cloud TPU VM with the metadata server not
     switched off (``TPU_SKIP_MDS_QUERY``), more than one worker in the metadata's endpoints.
     """
-    import os
     env = os.environ if environ is None else environ
     for var in TPU_WORKER_LIST_VARS:
         if env.get(var):
@@ -280,7 +285,6 @@ def is_writer() -> bool:
 def sync(name: str) -> None:
     """Barrier across processes (no-op with one process)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(name)
 
 
@@ -288,7 +292,6 @@ def broadcast_from_writer(x: np.ndarray) -> np.ndarray:
     """Process 0's value of ``x`` on every process (same shape and dtype everywhere)."""
     if jax.process_count() == 1:
         return np.asarray(x)
-    from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(x)))
 
 
@@ -315,26 +318,6 @@ def run_on_writer(fn: Callable[[], T], what: str) -> T | None:
 
 
 # -------------------------------------------------------------------------------------------- config
-
-def default_mesh_config():
-    """The ``config.mesh`` section: ``shape`` (axis -> size, -1 = the rest) and ``rules`` (overrides
-    of ``DEFAULT_RULES``: logical axis -> mesh axis or None)."""
-    import ml_collections
-    return ml_collections.ConfigDict({"shape": {"data": -1, "model": 1}, "rules": {}})
-
-
-def default_distributed_config():
-    """The ``config.distributed`` section (see ``initialize_distributed``); ``enabled`` is True, False
-    or "auto" (default: on in a multi-host TPU job, off elsewhere). ``shared_workdir``: a local
-    ``--workdir`` is a filesystem every host mounts (NFS); without it a local workdir on several hosts
-    is refused (``moe_jax.pipeline.hosts``)."""
-    import ml_collections
-    from ml_collections import config_dict
-    return ml_collections.ConfigDict({"enabled": config_dict.FieldReference("auto", field_type=object),
-                                      "coordinator_address": "", "num_processes": -1,
-                                      "process_id": -1, "cpu_collectives": "gloo",
-                                      "shared_workdir": False})
-
 
 def rules_from_config(mesh_cfg: Mapping[str, Any] | None) -> dict[str, str | None]:
     """``DEFAULT_RULES`` updated with ``config.mesh.rules`` ("" or "none" = replicated)."""

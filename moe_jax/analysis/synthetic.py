@@ -36,8 +36,9 @@ import sys
 
 import numpy as np
 
+from moe_jax.analysis.tables import write_json
+from moe_jax.artifacts import layout as wd, routing_store as store_lib
 from moe_jax.io import storage
-from moe_jax.artifacts import routing_store as store_lib
 
 # (code, weight w_x, family, planted accuracy): accuracy falls as the language-specific weight grows.
 DEFAULT_LANGUAGES = (
@@ -256,8 +257,6 @@ def write_demo(workdir: str, spec: SyntheticSpec = SyntheticSpec()) -> dict[str,
 
     Refuses (FileExistsError, before writing anything) a workdir whose stores or files were not written by
     an earlier synthetic run."""
-    from moe_jax.artifacts import layout as wd
-    from moe_jax.analysis.tables import write_json
     paths = {"routing": wd.routing_dir(workdir), "task_math": wd.task_store_dir(workdir, "math"),
              "accuracy": storage.join(workdir, "accuracy.json"), "config": storage.join(workdir, CONFIG_NAME)}
     _refuse_foreign(paths, spec.accuracy())

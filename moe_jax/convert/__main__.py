@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from moe_jax.convert.checkpoint import convert_checkpoint
+from moe_jax.convert.safetensors_io import CheckpointError
+
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "HF checkpoint dir (config.json + safetensors).", required=True)
 _OUT = flags.DEFINE_string("out", None, "Output dir of the converted checkpoint.", required=True)
 _DTYPE = flags.DEFINE_string("dtype", "auto", "Parameter dtype: auto (the checkpoint's own), float32, bfloat16 "
@@ -19,8 +22,6 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --out (o
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from moe_jax.convert.checkpoint import convert_checkpoint
-    from moe_jax.convert.safetensors_io import CheckpointError
     try:
         out = convert_checkpoint(_HF_DIR.value, _OUT.value, dtype=_DTYPE.value, overwrite=_OVERWRITE.value)
     except (ValueError, FileExistsError, FileNotFoundError, CheckpointError) as e:

@@ -13,6 +13,7 @@ import numpy as np
 from moe_jax.io import storage
 from moe_jax.io.storage import atomic_write_json
 from moe_jax.convert import name_map
+from moe_jax.convert.loader import hf_tensors_to_params
 from moe_jax.convert.safetensors_io import INDEX_FILE, SINGLE_FILE, write_safetensors
 from moe_jax.models.config import ModelConfig
 
@@ -49,7 +50,6 @@ def write_hf_checkpoint(out_dir: str | os.PathLike, hf_config: Mapping[str, Any]
     """
     out_dir = os.fspath(out_dir)
     if fused_experts:
-        from moe_jax.convert.loader import hf_tensors_to_params  # the loader imports this module's peers
         cfg = ModelConfig.from_hf(hf_config)
         dtypes = {np.asarray(x).dtype for x in tensors.values()}
         params = hf_tensors_to_params(cfg, dict(tensors), dtypes.pop() if len(dtypes) == 1 else "float32")

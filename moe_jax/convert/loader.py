@@ -27,9 +27,11 @@ from tqdm.auto import tqdm
 from moe_jax.io import storage
 from moe_jax.artifacts import checkpoint as digest
 from moe_jax.convert import mxfp4, name_map, orbax_io
+from moe_jax.convert import tokenizer as tokenizer_lib
 from moe_jax.convert.safetensors_io import (DTYPES, CheckpointError, HFCheckpoint, TensorInfo, read_tensor,
                                             scan_checkpoint)
-from moe_jax.models.config import SUPPORTED_DTYPES, ModelConfig, load_hf_config
+from moe_jax.models.config import SUPPORTED_DTYPES, ModelConfig
+from moe_jax.models.model import MoeModel
 from moe_jax.models.params import map_spec
 
 log = logging.getLogger(__name__)
@@ -255,6 +257,21 @@ def hf_tensors_to_params(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype
     return assemble(cfg, arrays, dtype)
 
 
+def load_hf_config(path: str | os.PathLike) -> ModelConfig:
+    """Reads ``config.json`` from a checkpoint directory (or the file itself), local or ``gs://``
+    (the reading lives here: ``models/`` does no file I/O, ``ModelConfig.from_hf`` takes the dict)."""
+    path = os.fspath(path)
+    if storage.isdir(path):
+        path = storage.join(path, "config.json")
+    if not storage.exists(path):
+        raise FileNotFoundError(f"no config.json at {path}")
+    try:
+        hf = json.loads(storage.read_bytes(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    return ModelConfig.from_hf(hf)
+
+
 def open_hf(path: str | os.PathLike) -> tuple[ModelConfig, HFCheckpoint, list]:
     """Config + scanned checkpoint + matched tensors: every check, no tensor data read."""
     cfg = load_hf_config(path)
@@ -323,6 +340,41 @@ def load_params(path: str | os.PathLike, dtype: Any = "float32", shardings: Any 
     cfg, ckpt, pairs = open_hf(path)
     np_dtype = resolve_dtype(dtype, native_dtype(os.fspath(path), ckpt))
     return cfg, stream_hf(cfg, pairs, np_dtype, device_sink(shardings))
+
+
+def checkpoint_config(path: str | os.PathLike) -> ModelConfig:
+    """The ``ModelConfig`` of an HF checkpoint dir or a converted moe_jax dir, no tensor read."""
+    if checkpoint_kind(path) == "converted":
+        return ModelConfig.from_dict(orbax_io.read_meta(path)["config"])
+    return load_hf_config(path)
+
+
+def load_model(path: str | os.PathLike, dtype: str = "float32", *, shardings: Any = None,
+               backend: str = "auto", load_tokenizer: bool = True) -> MoeModel:
+    """Loads an HF checkpoint directory or a converted moe_jax directory as a callable ``MoeModel``
+    (``moe_jax.load``, re-exported by ``moe_jax.api``).
+
+    Args:
+      path: directory with ``config.json`` + safetensors, or the output of ``moe_jax.convert``.
+      dtype: parameter/activation dtype, "float32", "bfloat16", "float16" or "auto" (the checkpoint's
+        own). Loading a conversion that narrowed its source (float32 -> bfloat16) as float32 logs a
+        warning: its logits stay ~1e-2 off the float32 reference.
+      shardings: optional tree of ``jax.sharding.Sharding`` matching the params (see
+        ``moe_jax.sharding``); each tensor is placed as it is read.
+      backend: the routed experts' dispatch backend (``MoeModel``).
+      load_tokenizer: attach the checkpoint's tokenizer (None when it has none).
+    """
+    cfg, params = load_params(path, dtype=dtype, shardings=shardings)
+    tokenizer = _maybe_tokenizer(path) if load_tokenizer else None
+    return MoeModel(cfg, params, tokenizer=tokenizer, backend=backend)
+
+
+def _maybe_tokenizer(path: str | os.PathLike) -> Any:
+    """The checkpoint's tokenizer (local or ``gs://``, see ``convert.tokenizer``), or None without one."""
+    path = os.fspath(path)
+    if not any(storage.exists(storage.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    return tokenizer_lib.load_tokenizer(path)
 
 
 def check_conversion_files(path: str, meta: dict, *, content: bool) -> None:

@@ -24,6 +24,7 @@ import os
 import struct
 from typing import Any, Mapping
 
+import fsspec
 import ml_dtypes
 import numpy as np
 
@@ -166,8 +167,6 @@ def _sample_data(path: str, data_start: int, samples: int = 16, width: int = 256
     n = min(width, size)
     starts = [data_start + (size - n) * i // max(samples - 1, 1) for i in range(samples)]
     if storage.is_remote(path):  # exact ranges: a seek + read would fetch a 5 MB read-ahead block each
-        import fsspec
-
         fs, p = fsspec.core.url_to_fs(path)
         return b"".join(fs.cat_ranges([p] * samples, starts, [s + n for s in starts]))
     with storage.open(path, "rb") as f:

@@ -18,7 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from moe_jax.convert.export import params_to_hf_tensors, write_hf_checkpoint
+from moe_jax.convert.loader import resolve_dtype
 from moe_jax.models.config import ModelConfig, UnsupportedModelError
+from moe_jax.models.params import init_params
 
 _COMMON = dict(vocab_size=128, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
                hidden_act="silu", initializer_range=0.02, tie_word_embeddings=False, use_cache=True,
@@ -94,10 +97,6 @@ def write_random_hf_checkpoint(out_dir: str | os.PathLike, hf_config: dict[str, 
     away from 1/0 so they are tested); router kernels times ``router_scale`` so routing is far
     from uniform. ``dtype``: float32 | bfloat16 | float16 (also written into config.json).
     """
-    from moe_jax.convert.export import params_to_hf_tensors, write_hf_checkpoint
-    from moe_jax.convert.loader import resolve_dtype
-    from moe_jax.models.params import init_params
-
     np_dtype = resolve_dtype(dtype)
     cfg = ModelConfig.from_hf(hf_config)
     params = init_params(cfg, seed=seed, dtype=np.float32)

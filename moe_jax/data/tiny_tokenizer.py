@@ -14,6 +14,9 @@ import shutil
 import tempfile
 from typing import Iterable
 
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from moe_jax.data.corpora import load_builtin
 from moe_jax.io import storage
 
 # Qwen2 / Qwen3 pre-tokenisation pattern (numbers split digit by digit).
@@ -39,8 +42,6 @@ CHAT_TEMPLATE = (
 
 def train_backend(texts: Iterable[str], vocab_size: int = 512):
     """The ``tokenizers.Tokenizer`` (byte-level BPE, special tokens first: ids 0, 1, 2)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size {vocab_size} < {256 + len(SPECIAL_TOKENS)}: the 256 byte symbols and "
                          f"{len(SPECIAL_TOKENS)} special tokens must fit")
@@ -64,10 +65,9 @@ def build_tiny_tokenizer(out_dir: str, texts: Iterable[str] | None = None, vocab
     are written to a temporary directory first and moved in one by one (each move atomic); a
     ``gs://`` ``out_dir`` gets them uploaded one object each from a local temporary directory.
     """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast  # lazy: it imports torch when installed (seconds)
 
     if texts is None:
-        from moe_jax.data.corpora import load_builtin
         corpus = load_builtin()
         texts = [t for lang in corpus.languages for t in corpus.texts[lang]]
     backend = train_backend(texts, vocab_size)

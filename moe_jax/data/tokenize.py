@@ -20,6 +20,7 @@ import dataclasses
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from moe_jax.data.parallel import Turns
 
@@ -250,8 +251,6 @@ def encode_texts(tokenizer, texts: Sequence, *, chat_template: bool = True,
 def encode_corpus(tokenizer, corpus, cfg: Any = None, languages: Sequence[str] | None = None,
                   **overrides) -> dict[str, EncodedTexts]:
     """``encode_texts`` for every language of a ``ParallelCorpus`` with the options of ``cfg``."""
-    from tqdm.auto import tqdm
-
     opts = {**corpus_encoding_options(cfg, corpus), **overrides}
     langs = list(languages or corpus.languages)
     return {lang: encode_texts(tokenizer, corpus.texts[lang], **opts)

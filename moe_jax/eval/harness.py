@@ -30,6 +30,9 @@ from lm_eval.models.utils import (_add_special_kwargs, configure_pad_token, hand
                                   has_bos_prefix, normalize_gen_kwargs, postprocess_generated_text)
 from tqdm import tqdm
 
+from moe_jax import sharding as shd
+from moe_jax.convert.loader import checkpoint_config, load_model
+from moe_jax.convert.tokenizer import load_tokenizer
 from moe_jax.eval import scoring
 from moe_jax.eval.steering_file import load_intervention
 from moe_jax.models.intervention import Intervention
@@ -77,18 +80,15 @@ class MoeJaxLM(TemplateLM):
         self.batch_size = _positive_int(batch_size, "batch_size")
         self.mesh = _mesh(data_parallel, model_parallel, self.batch_size)
         if model is None:
-            from moe_jax.api import load
-            model = load(pretrained, dtype=dtype, backend=dispatch, load_tokenizer=True,
-                         shardings=None if self.mesh is None else _param_shardings(pretrained, self.mesh))
+            model = load_model(pretrained, dtype=dtype, backend=dispatch, load_tokenizer=True,
+                               shardings=None if self.mesh is None else _param_shardings(pretrained, self.mesh))
         self.model = model
         self.cfg = model.cfg
         self.params = model.param_tree
         if self.mesh is not None and pretrained is None:  # a loaded model: place its parameters on the mesh
-            from moe_jax import sharding as shd
             self.params = jax.device_put(self.params, shd.param_shardings(self.cfg, self.mesh))
         self.dispatch = dispatch
         if isinstance(tokenizer, (str, os.PathLike)):  # a directory, local or gs://
-            from moe_jax.convert.tokenizer import load_tokenizer
             tokenizer = load_tokenizer(tokenizer)
         tokenizer = tokenizer if tokenizer is not None else model.tokenizer
         if tokenizer is None:
@@ -300,7 +300,6 @@ def _mesh(data_parallel, model_parallel, batch_size: int):
     over ``model`` (moe_jax.sharding's logical-axis rules)."""
     if data_parallel in (None, "") and model_parallel in (None, ""):
         return None
-    from moe_jax import sharding as shd
     dp = _positive_int(data_parallel, "data_parallel") if data_parallel not in (None, "") else 1
     mp = _positive_int(model_parallel, "model_parallel") if model_parallel not in (None, "") else 1
     if dp * mp > jax.device_count():
@@ -313,13 +312,7 @@ def _mesh(data_parallel, model_parallel, batch_size: int):
 
 def _param_shardings(pretrained: str, mesh):
     """Per-leaf shardings for the checkpoint in ``pretrained`` (each tensor is placed as it is read)."""
-    from moe_jax import sharding as shd
-    from moe_jax.convert import orbax_io
-    from moe_jax.convert.loader import checkpoint_kind
-    from moe_jax.models.config import ModelConfig, load_hf_config
-    cfg = (ModelConfig.from_dict(orbax_io.read_meta(pretrained)["config"]) if checkpoint_kind(pretrained) == "converted"
-           else load_hf_config(pretrained))
-    return shd.param_shardings(cfg, mesh)
+    return shd.param_shardings(checkpoint_config(pretrained), mesh)
 
 
 def _check_greedy(kwargs: dict) -> None:

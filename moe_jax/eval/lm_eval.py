@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import sys
 
+from lm_eval.__main__ import cli_evaluate
+
 import moe_jax.eval  # noqa: F401  registers "moe_jax"
 
 
 def main(argv: list[str] | None = None) -> None:
     """Runs lm-eval's CLI on ``argv`` (default ``sys.argv[1:]``)."""
-    from lm_eval.__main__ import cli_evaluate
-
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]  # lm-eval's parser reads sys.argv
     cli_evaluate()

@@ -23,7 +23,9 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
+from moe_jax.models import generate as gen
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.decoder import forward
 from moe_jax.models.intervention import Intervention
@@ -36,12 +38,10 @@ def put_batch(arrays, mesh=None):
     when a mesh is given (the model's parameters are placed by the same mesh), else the default device."""
     if mesh is None:
         return jax.device_put(arrays)
-    from jax.sharding import NamedSharding, PartitionSpec
     return jax.tree.map(lambda a: jax.device_put(a, NamedSharding(mesh, PartitionSpec("data"))), arrays)
 
 
 def replicated(mesh):
-    from jax.sharding import NamedSharding, PartitionSpec
     return NamedSharding(mesh, PartitionSpec())
 
 
@@ -192,8 +192,6 @@ def greedy_until_tokens(params: dict, cfg: ModelConfig, prompts: Sequence[Sequen
     by the caller's own cut (the text is cut at the first stop string), so the result equals
     generating without any early stop and cutting afterwards.
     """
-    from moe_jax.models import generate as gen  # local: the KV-cache module is only needed here
-
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
     for i, p in enumerate(prompts):

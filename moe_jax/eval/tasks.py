@@ -26,6 +26,8 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
+import pyarrow.parquet as pq
+
 from moe_jax.io import hashing, storage
 from moe_jax.data import languages as lang_lib
 
@@ -189,7 +191,6 @@ def _located_rows(path: str) -> list[tuple[str, dict[str, Any]]]:
     "row N" (from 0). Text that is not JSON, or a row that is not an object, is a TaskError naming the
     file and the line."""
     if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
         with storage.open(path, "rb") as f:
             return [(f"row {i}", r) for i, r in enumerate(pq.read_table(f).to_pylist())]
     raw = storage.read_bytes(path)
@@ -267,14 +268,20 @@ def check_fixed_items(spec: TaskSpec, code: str, path: str, limit: int | None) -
                    else ""))
 
 
+def _lm_eval_tasks():
+    """lm-eval's ``tasks`` package (its task files and YAML loader), imported on first use: the import
+    takes seconds, and the pipeline's preflight reads this module's tables without it."""
+    import lm_eval.tasks._yaml_loader  # lazy on purpose (see above)
+    return lm_eval.tasks
+
+
 def lm_eval_task_dir() -> str:
-    import lm_eval.tasks
-    return os.path.dirname(os.path.abspath(lm_eval.tasks.__file__))
+    return os.path.dirname(os.path.abspath(_lm_eval_tasks().__file__))
 
 
 @functools.lru_cache(maxsize=None)
 def _load_yaml(path: str) -> dict[str, Any]:
-    from lm_eval.tasks._yaml_loader import load_yaml
+    load_yaml = _lm_eval_tasks()._yaml_loader.load_yaml
     if not os.path.exists(path):
         raise TaskError(f"lm-eval has no task file {path} (lm-eval version too old?)")
     return load_yaml(path, resolve_func=True)

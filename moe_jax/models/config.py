@@ -8,12 +8,8 @@ transformers assumes when a key is absent) are written here.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from typing import Any, Mapping
-
-from moe_jax.io import storage
 
 
 class UnsupportedModelError(ValueError):
@@ -360,16 +356,3 @@ def _yarn(hf: Mapping[str, Any], rope: Mapping[str, Any]) -> YarnConfig:
                       beta_slow=float(rope.get("beta_slow") or 1), original_max_position_embeddings=orig,
                       truncate=bool(rope.get("truncate", True)), attention_factor=float(attention_factor))
 
-
-def load_hf_config(path: str | os.PathLike) -> ModelConfig:
-    """Reads ``config.json`` from a checkpoint directory (or the file itself), local or ``gs://``."""
-    path = os.fspath(path)
-    if storage.isdir(path):
-        path = storage.join(path, "config.json")
-    if not storage.exists(path):
-        raise FileNotFoundError(f"no config.json at {path}")
-    try:
-        hf = json.loads(storage.read_bytes(path))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    return ModelConfig.from_hf(hf)

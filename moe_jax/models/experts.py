@@ -36,6 +36,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from absl import flags
 
 from moe_jax.models import layers
 
@@ -134,8 +135,7 @@ def ragged_dispatch(x, idx, w, p, act):
 def tokamax_dispatch(x, idx, w, p, act, implementation=None):
     """``implementation``: tokamax's choice (None: the best for the platform), or a sequence of its
     ragged-dot implementations to try in order (e.g. its TPU kernel in Pallas interpret mode)."""
-    import tokamax  # lazily: an optional dependency (the gpu/tpu extras)
-    from absl import flags
+    tokamax = _import_tokamax()
     if not flags.FLAGS.is_parsed():  # else tokamax parses sys.argv, another program's command line, as absl flags
         flags.FLAGS.mark_as_parsed()
     return _sorted_grouped(x, idx, w, p, act, functools.partial(tokamax.ragged_dot, implementation=implementation))
@@ -224,9 +224,15 @@ BACKENDS: dict[str, Callable] = {"dense": dense_dispatch, "grouped": grouped_dis
 AUTO = "auto"
 
 
+def _import_tokamax():
+    """The ``tokamax`` module; ImportError without the gpu/tpu extra."""
+    import tokamax  # here, not at the top: an optional dependency whose import takes seconds
+    return tokamax
+
+
 def tokamax_available() -> bool:
     try:
-        import tokamax  # noqa: F401
+        _import_tokamax()
     except ImportError:
         return False
     return True

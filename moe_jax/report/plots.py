@@ -16,6 +16,8 @@ from matplotlib import colors as mcolors  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from scipy.cluster import hierarchy  # noqa: E402
 
+from moe_jax.io.storage import atomic_write_bytes  # noqa: E402
+
 BAND_COLOR = "#cfe3f7"
 # viridis without its palest yellow, which vanishes on white
 ACCURACY_CMAP = mcolors.LinearSegmentedColormap.from_list("viridis_dark", plt.get_cmap("viridis")(np.linspace(0, 0.85, 256)))
@@ -35,7 +37,6 @@ def png_bytes(fig, path: str | None = None, dpi: int = 110, stamp: str | None = 
     plt.close(fig)
     data = buf.getvalue()
     if path is not None:  # local or gs:// (no savefig to a path: matplotlib writes local files only)
-        from moe_jax.io.storage import atomic_write_bytes
         atomic_write_bytes(path, data)
     return data
 

@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 
 from moe_jax.data.tokenize import EncodedTexts, batches
 from moe_jax.models.config import ModelConfig
+from moe_jax.models.decoder import forward
 from moe_jax import sharding as shd
 from moe_jax.routing.statistics import routing_statistics
 
@@ -35,8 +36,7 @@ def make_collect_step(cfg: ModelConfig, mesh: Mesh, *, token_topk: bool = False,
     outputs are replicated over the mesh so that every process can read them.
     ``forward_fn`` defaults to ``moe_jax.models.decoder.forward``.
     """
-    if forward_fn is None:
-        from moe_jax.models.decoder import forward as forward_fn
+    forward_fn = forward if forward_fn is None else forward_fn
 
     def step(params, input_ids, attention_mask, count_mask):
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # experts run where they are stored

@@ -15,9 +15,9 @@ from safetensors.numpy import load_file
 from moe_jax.convert import name_map
 from moe_jax.convert.checkpoint import convert_checkpoint
 from moe_jax.convert.export import params_to_hf_tensors, write_hf_checkpoint
-from moe_jax.convert.loader import hf_tensors_to_params, load_params
+from moe_jax.convert.loader import hf_tensors_to_params, load_hf_config, load_params
 from moe_jax.convert.safetensors_io import write_safetensors
-from moe_jax.models.config import ModelConfig, load_hf_config
+from moe_jax.models.config import ModelConfig
 from moe_jax.models.params import init_params, layer_params, param_shapes, unstack_layers
 from moe_jax.convert.tiny import tiny_hf_config, write_random_hf_checkpoint
 
