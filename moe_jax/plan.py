@@ -28,9 +28,9 @@ parameters plus the larger of the two activation peaks stay below ``plan.headroo
 memory. If not, the error names the smallest model axis (experts, heads and MLP widths split over
 more devices) that fits on these devices, or else the smallest slice of the same accelerator.
 
-Accelerators: ``ACCELERATORS`` (per-chip memory and chips per host as data); TPU slices are named as
-Cloud TPU names them (``v4-8`` counts TensorCores: 4 chips; ``v5e-8`` counts chips); ``auto`` reads
-the devices jax sees (their memory limit; host RAM divided over CPU devices).
+Accelerators: ``ACCELERATORS`` (``moe_jax.accelerators``: per-chip memory and chips per host as
+data); TPU slices are named as Cloud TPU names them (``v4-8`` counts TensorCores: 4 chips; ``v5e-8``
+counts chips); ``auto`` reads the devices jax sees (their memory limit; host RAM divided over CPU devices).
 """
 
 from __future__ import annotations
@@ -42,35 +42,20 @@ import os
 import re
 from typing import Any, Mapping
 
-import ml_collections
+import jax
 import numpy as np
+from absl import app, flags
+from huggingface_hub import hf_hub_download
+from ml_collections import config_flags
 
-from moe_jax import sharding as shd
+from moe_jax import sharding as shd, xla_memory
+from moe_jax.accelerators import ACCELERATORS, ALIASES, GiB, AcceleratorKind  # noqa: F401  (plan's names, as before)
+from moe_jax.convert import tiny
+from moe_jax.convert.loader import resolve_dtype
 from moe_jax.io import storage
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.params import param_spec, run_spec
 from moe_jax.errors import StageError
-
-GiB = 1024 ** 3
-
-
-@dataclasses.dataclass(frozen=True)
-class AcceleratorKind:
-    memory: int  # bytes per device (one JAX device: a TPU chip, megacore on v4/v5p, or a GPU)
-    devices_per_host: int
-    name_counts: str  # what the N of "<kind>-N" counts: "chips", "cores" (2 per chip), "devices"
-
-
-# Nominal HBM per chip (Cloud TPU and NVIDIA documentation). v4 and v5p chips are one JAX device
-# (megacore) but their slice names count TensorCores.
-ACCELERATORS: dict[str, AcceleratorKind] = {
-    "v4": AcceleratorKind(32 * GiB, 4, "cores"),
-    "v5e": AcceleratorKind(16 * GiB, 8, "chips"),
-    "v5p": AcceleratorKind(95 * GiB, 4, "cores"),
-    "v6e": AcceleratorKind(32 * GiB, 8, "chips"),
-    "H100-80GB": AcceleratorKind(80 * GiB, 8, "devices"),
-}
-ALIASES = {"v5litepod": "v5e", "h100": "H100-80GB", "h100-80gb": "H100-80GB"}
 
 
 class PlanError(StageError):
@@ -126,7 +111,6 @@ def host_ram() -> int:
 
 def detect_accelerator() -> Accelerator:
     """The devices jax sees: their memory limit (TPU/GPU) or the host RAM shared by the CPU devices."""
-    import jax
     devices = jax.devices()
     local = jax.local_devices()
     d = local[0]
@@ -351,8 +335,6 @@ def compare_with_xla(plan: Plan, cfg: ModelConfig, workload: Workload, *,
     the KV cache: XLA's memory analysis of the stages' programs compiled ahead of time for the
     current backend on the plan's mesh (``moe_jax.xla_memory``; nothing is allocated). Needs as many
     devices as the plan's mesh (on CPU: ``XLA_FLAGS=--xla_force_host_platform_device_count=N``)."""
-    import jax
-    from moe_jax import xla_memory
     n = math.prod(plan.mesh.values())
     if jax.device_count() < n:
         raise PlanError(f"comparing with XLA on mesh {plan.mesh} needs {n} devices, {jax.device_count()} are "
@@ -374,31 +356,19 @@ def format_comparison(rows: list[tuple[str, int, int]]) -> str:
 
 # ------------------------------------------------------------------------------------------ config edge
 
-def default_config() -> ml_collections.ConfigDict:
-    """The ``config.plan`` section."""
-    return ml_collections.ConfigDict({
-        "check": True,  # the convert stage refuses a model that does not fit (before any download)
-        "accelerator": "auto",  # auto (the devices jax sees) | v4-8 | v5e-8 | v5p-8 | v6e-8 | H100-80GB | CPU
-        "headroom": 0.9,  # fraction of device memory the plan may use (XLA workspace, fragmentation)
-        "config_json": "",  # a local config.json to plan from ("" = the model source's)
-    })
-
-
-def model_config_json(config: Any) -> dict[str, Any]:
-    """The model's ``config.json`` without its weights: a tiny model's, a local dir's, or the hub's
-    config.json alone (a few KB)."""
-    m, p = config.model, config.get("plan") or {}
-    path = p.get("config_json") or (os.path.join(m.hf_dir, "config.json") if m.source == "hf_dir" else "")
+def model_config_json(model: Any, config_json: str = "") -> dict[str, Any]:
+    """The model's ``config.json`` without its weights: ``config_json`` (a local copy) when given, else a
+    tiny model's, a local dir's, or the hub's config.json alone (a few KB). ``model``: the pipeline's
+    model options (``source``, ``hf_dir``, ``tiny``, ``hub_id``, ``revision``, ``cache_dir``)."""
+    m = model
+    path = config_json or (os.path.join(m.hf_dir, "config.json") if m.source == "hf_dir" else "")
     if path:
         return _read_json(path)
     if m.source == "tiny_random":
-        from moe_jax.convert import tiny
         spec = m.tiny.to_dict()
         return tiny.tiny_hf_config(spec["model_type"], **dict(spec.get("overrides", {}), vocab_size=spec["vocab_size"]))
     try:
-        from huggingface_hub import hf_hub_download
-        path = hf_hub_download(m.hub_id, "config.json", revision=m.get("revision") or None,
-                               cache_dir=m.get("cache_dir") or None)
+        path = hf_hub_download(m.hub_id, "config.json", revision=m.revision or None, cache_dir=m.cache_dir or None)
     except Exception as e:
         raise ModelConfigUnavailable(f"could not read config.json of {m.hub_id!r} from the hub ({type(e).__name__}: {e}); "
                         "give a local copy with --config.plan.config_json=PATH") from e
@@ -413,25 +383,26 @@ def _read_json(path: str) -> dict[str, Any]:
         raise ModelConfigUnavailable(f"cannot read the model's config.json {path}: {e}") from None
 
 
-def workload(config: Any, native_dtype: str = "float32") -> Workload:
-    """``native_dtype``: the checkpoint's own (config.json's), what ``model.dtype`` "auto" means."""
-    from moe_jax.convert.loader import resolve_dtype
-    e = config.get("eval") or {}
-    return Workload(dtype_bytes=int(np.dtype(resolve_dtype(config.model.dtype, native_dtype)).itemsize),
-                    collect_batch=int(config.collect.batch_size), eval_batch=int(e.get("batch_size") or 1),
-                    seq=int(config.data.max_length), max_gen_toks=int(e.get("max_gen_toks") or 0))
+def workload(options: Any, native_dtype: str = "float32") -> Workload:
+    """The work of the pipeline's ``options`` (``moe_jax.pipeline.options.Options``: its model dtype,
+    collect and eval batches, data max_length, eval max_gen_toks); ``native_dtype``: the checkpoint's
+    own (config.json's), what ``model.dtype`` "auto" means."""
+    e = options.eval
+    return Workload(dtype_bytes=int(np.dtype(resolve_dtype(options.model.dtype, native_dtype)).itemsize),
+                    collect_batch=int(options.collect.batch_size), eval_batch=int(e.batch_size or 1),
+                    seq=int(options.data.max_length), max_gen_toks=int(e.max_gen_toks or 0))
 
 
 def plan_from_config(config: Any, accelerator: str | None = None) -> tuple[Plan, ModelConfig, Workload, dict]:
-    """The plan of a pipeline config (``accelerator`` overrides ``config.plan.accelerator``)."""
+    """The plan of the pipeline's options (``moe_jax.pipeline.options.Options``, or a whole config with
+    the same sections); ``accelerator`` overrides ``plan.accelerator``."""
     from moe_jax.pipeline.common import model_name
-    p = config.get("plan") or default_config()
-    cfg = ModelConfig.from_hf(model_config_json(config))
-    acc = get_accelerator(accelerator if accelerator is not None else p.get("accelerator", "auto"))
+    p = config.plan
+    cfg = ModelConfig.from_hf(model_config_json(config.model, p.config_json))
+    acc = get_accelerator(accelerator if accelerator is not None else p.accelerator)
     w = workload(config, cfg.dtype)
-    from moe_jax.convert.loader import resolve_dtype
-    kwargs = dict(rules=shd.rules_from_config(config.get("mesh")), dtype=resolve_dtype(config.model.dtype, cfg.dtype).name,
-                  headroom=float(p.get("headroom", 0.9)), model=model_name(config))
+    kwargs = dict(rules=shd.rules_from_config(config.mesh), dtype=resolve_dtype(config.model.dtype, cfg.dtype).name,
+                  headroom=float(p.headroom), model=model_name(config.model))
     try:
         plan = make_plan(cfg, acc, config.mesh.shape, w, **kwargs)
     except shd.MeshError as e:
@@ -441,9 +412,8 @@ def plan_from_config(config: Any, accelerator: str | None = None) -> tuple[Plan,
 
 def check_config_fits(config: Any, verbose: bool = True) -> Plan | None:
     """The convert stage's check (``config.plan.check``): prints the plan (``verbose``), raises
-    ``PlanError`` when it does not fit."""
-    p = config.get("plan") or default_config()
-    if not p.get("check", True):
+    ``PlanError`` when it does not fit. ``config``: the pipeline's options (``plan_from_config``)."""
+    if not config.plan.check:
         return None
     try:
         plan, cfg, w, kwargs = plan_from_config(config)
@@ -460,9 +430,6 @@ def main() -> None:
     """``python -m moe_jax.plan --config=FILE [--accelerator=NAME]``: prints the plan; exit status 1
     with the smallest fitting mesh when it does not fit. Flags are defined here, not at import, so
     that importing this module (the convert stage does) never clashes with ``moe_jax.launch``'s."""
-    from absl import app, flags
-    from ml_collections import config_flags
-
     config_flag = config_flags.DEFINE_config_file("config", None, "Pipeline config file (configs/*.py).")
     acc_flag = flags.DEFINE_string("accelerator", None, "auto | CPU | v4-8 | v5e-8 | v5p-8 | v6e-8 | H100-80GB "
                                    "(slices like v5e-16 too); default: config.plan.accelerator")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -59,15 +60,6 @@ class Inputs:
             raise Skip(f"{what}: the store holds only the pivot language")
 
 
-def config_languages(config) -> list[str] | None:
-    data = config.get("data") if hasattr(config, "get") and "data" in config else None
-    langs = data.get("languages") if data is not None and hasattr(data, "get") else None
-    if not langs:
-        return None
-    from moe_jax.data.corpora import parse_languages
-    return parse_languages(langs)
-
-
 def select_languages(store: str, meta: dict, stored: list[str],
                      requested: list[str] | None) -> tuple[list[str], dict]:
     """The pool of languages to analyse and a record of how it was chosen.
@@ -118,7 +110,8 @@ def load_inputs(store: str, pivot: str, requested: list[str] | None = None) -> I
     return Inputs(store, meta, data, langs, L, E, max(k, 1), ids, pivot, pool_info)
 
 
-def parse_task_stores(spec) -> dict[str, str]:
+def parse_task_stores(spec: Any) -> dict[str, str]:
+    """``analysis.task_stores`` (a mapping or ``"name=path,..."``) -> ``{task: store path}``."""
     if not spec:
         return {}
     if isinstance(spec, str):
@@ -129,22 +122,20 @@ def parse_task_stores(spec) -> dict[str, str]:
     return {str(k): str(v) for k, v in (spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)).items()}
 
 
-def resolve_task_stores(config, cfg, workdir: str) -> tuple[dict[str, str], str]:
-    """``({task: store path}, where they came from)``: ``analysis.task_stores`` when given, else the
-    collect stage's ``workdir/tasks/<name>`` stores (of the names in ``config.tasks`` when the config
-    has that section, else of every store found there)."""
-    explicit = parse_task_stores(cfg.task_stores)
+def resolve_task_stores(task_stores: Any, tasks: Sequence[str] | None, workdir: str) -> tuple[dict[str, str], str]:
+    """``({task: store path}, where they came from)``: ``task_stores`` (``analysis.task_stores``: a
+    mapping or ``"name=path,..."``) when given, else the collect stage's ``workdir/tasks/<name>``
+    stores of the names in ``tasks`` (``config.tasks``' names; None: of every store found there)."""
+    explicit = parse_task_stores(task_stores)
     if explicit:
         return explicit, "analysis.task_stores"
     root = wd.tasks_dir(workdir)
     found = sorted(n for n in storage.listdir(root) if read_meta(storage.join(root, n)) is not None)
-    tasks = config.get("tasks") if hasattr(config, "get") else None
     if tasks is not None:
-        names = list(tasks.to_dict() if hasattr(tasks, "to_dict") else tasks)
-        missing = [n for n in names if n not in found]
+        missing = [n for n in tasks if n not in found]
         if missing:
             log.warning("analyze: no task store under %s for %s (run the collect stage)", root, missing)
-        found = [n for n in names if n in found]
+        found = [n for n in tasks if n in found]
     return {n: storage.join(root, n) for n in found}, root
 
 

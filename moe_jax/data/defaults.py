@@ -87,11 +87,3 @@ def task_data_config(data: Any, name: str, task: Any) -> ml_collections.ConfigDi
     c.update({k: v for k, v in _as_dict(data).items() if k not in TASK_CORPUS_FIELDS})
     c.update(task)
     return c
-
-
-def task_data_configs(config: Any) -> dict[str, ml_collections.ConfigDict]:
-    """``{task name: data config}`` of ``config.tasks`` (empty when the config has none)."""
-    tasks = config.get("tasks") if hasattr(config, "get") else None
-    if not tasks:
-        return {}
-    return {name: task_data_config(config.data, name, task) for name, task in _as_dict(tasks).items()}

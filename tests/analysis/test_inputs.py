@@ -205,10 +205,9 @@ def test_unknown_config_keys_are_errors(demo):
     with pytest.raises(ValueError, match=r"config.analysis.experts.task_taux is not a known field \(did you mean config.analysis.experts.task_tau\?\)"):
         stage.run(c, wd)
     with pytest.raises(ValueError, match=r"config.analysis.bootstrap.seeed is not a known field"):
-        stage.section({"bootstrap": {"seeed": 1}}, "analysis", stage.default_config())
+        stage.options({"bootstrap": {"seeed": 1}})
     # mappings of the user's own keys stay free
-    cfg = stage.section({"accuracy": {"fr": 0.5}, "task_stores": {"any_name": "/x"}}, "analysis",
-                        stage.default_config(), stage.FREE_FORM)
+    cfg = stage.options({"accuracy": {"fr": 0.5}, "task_stores": {"any_name": "/x"}})
     assert cfg.accuracy["fr"] == 0.5 and inputs.parse_task_stores(cfg.task_stores) == {"any_name": "/x"}
 
 

@@ -145,7 +145,7 @@ def test_command_line_overrides_of_placeholder_fields(monkeypatch):
     assert tuple(a.middle_band) == (3, 7) and a.accuracy == "/tmp/acc.csv" and a.bootstrap.n == 50
     assert inputs.parse_task_stores(a.task_stores) == {"math": "/a", "med": "/b"}
     # the section alone, or a partial dict, works too
-    cfg = stage.section({"pivot": "fra_Latn", "bootstrap": {"n": 7}}, "analysis", stage.default_config())
+    cfg = stage.options({"pivot": "fra_Latn", "bootstrap": {"n": 7}})
     assert cfg.pivot == "fra_Latn" and cfg.bootstrap.n == 7 and cfg.bootstrap.seed == 0
 
 

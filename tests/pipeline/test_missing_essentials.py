@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from moe_jax.pipeline import common as pipeline
+from moe_jax.pipeline import options
 from moe_jax import plan
 from moe_jax.convert import tiny
 from moe_jax.artifacts import layout as wd
@@ -152,7 +152,7 @@ def test_conversion_keeps_the_checkpoints_own_dtype(hf_dirs, tmp_path):
     out = convert_checkpoint(bare, tmp_path / "bare_out")
     assert json.load(open(os.path.join(out, "moe_jax.json")))["dtype"] == "bfloat16"
     # the pipeline's default and the memory plan's reading of it
-    assert pipeline.default_model_config().dtype == "auto"
+    assert options.ModelOptions().dtype == options.default_config().model.dtype == "auto"
     config = _demo_config(hf_dirs["bfloat16"])
     config.model.dtype = "auto"
     assert plan.workload(config, "bfloat16").dtype_bytes == 2 and plan.workload(config, "float32").dtype_bytes == 4

@@ -16,7 +16,8 @@ from moe_jax.pipeline import analyze as analysis_stage
 from moe_jax.analysis import tables
 from moe_jax.data import corpora
 from moe_jax.data.parallel import Turns
-from moe_jax.data.defaults import task_data_config, task_data_configs
+from moe_jax.data.defaults import task_data_config
+from moe_jax.pipeline import options
 from moe_jax.pipeline import collect as collect_stage
 from moe_jax.artifacts import routing_store as store
 from tests.helpers.configs import CONFIGS, demo_config, load_config
@@ -103,7 +104,7 @@ def test_check_config_checks_task_corpora():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
 def test_configs_collect_the_shipped_task_corpora(path):
     config = load_config(path)
-    tasks = task_data_configs(config)
+    tasks = options.from_config(config).tasks
     assert set(tasks) == {"math", "medicine"}
     for name, data in tasks.items():
         assert data.source == "builtin_task" and data.task == name

@@ -8,6 +8,7 @@ from jax.sharding import AbstractMesh, PartitionSpec as P
 from moe_jax import sharding as shd
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.params import logical_axes
+from moe_jax.pipeline.options import DistributedOptions
 
 
 def test_axis_sizes_resolve_minus_one():
@@ -88,13 +89,13 @@ def test_distributed_auto_detects_multihost_tpu_only(monkeypatch):
     flags, exactly in a multi-host Cloud TPU job; never on a plain CPU machine."""
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
-    assert shd.default_distributed_config().enabled == "auto"
+    assert DistributedOptions().enabled == "auto"
     for var in ("TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
                 "MEGASCALE_NUM_SLICES", "TPU_SKIP_MDS_QUERY"):
         monkeypatch.delenv(var, raising=False)
     # this machine: no TPU variables, not a Cloud TPU VM (no metadata asked)
     assert not shd.multihost_tpu_detected()
-    assert not shd.initialize_distributed(shd.default_distributed_config()) and calls == []
+    assert not shd.initialize_distributed(DistributedOptions()) and calls == []
     no_vm = lambda: None  # noqa: E731
     assert not shd.multihost_tpu_detected({"TPU_WORKER_HOSTNAMES": "localhost"}, no_vm)  # one host
     assert shd.multihost_tpu_detected({"TPU_WORKER_HOSTNAMES": "t1k-w-0,t1k-w-1", "TPU_WORKER_ID": "1"}, no_vm)
