@@ -393,10 +393,22 @@ def workload(options: Any, native_dtype: str = "float32") -> Workload:
                     seq=int(options.data.max_length), max_gen_toks=int(e.max_gen_toks or 0))
 
 
+def model_name(model: Any) -> str:
+    """The model's display name (``model``: the pipeline's model options): its ``name``, else the hub id,
+    the local directory's name or ``tiny-random-<type>``. The pipeline names the model so too
+    (``moe_jax.pipeline.common.model_name`` is this function)."""
+    if model.name:
+        return model.name
+    if model.source == "hub":
+        return model.hub_id
+    if model.source == "hf_dir":
+        return os.path.basename(os.path.normpath(model.hf_dir))
+    return f"tiny-random-{model.tiny.model_type}"
+
+
 def plan_from_config(config: Any, accelerator: str | None = None) -> tuple[Plan, ModelConfig, Workload, dict]:
     """The plan of the pipeline's options (``moe_jax.pipeline.options.Options``, or a whole config with
     the same sections); ``accelerator`` overrides ``plan.accelerator``."""
-    from moe_jax.pipeline.common import model_name
     p = config.plan
     cfg = ModelConfig.from_hf(model_config_json(config.model, p.config_json))
     acc = get_accelerator(accelerator if accelerator is not None else p.accelerator)

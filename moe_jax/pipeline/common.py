@@ -6,13 +6,14 @@ Below the stages: stage modules import this, never the registry (``moe_jax.pipel
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Iterable
 
 from moe_jax.io import storage
+from moe_jax import plan
 
 RANDOM_WEIGHTS_WARNING = ("RANDOM WEIGHTS: this model is a tiny randomly initialised network; every routing "
                           "statistic, divergence and plot computed from it is meaningless (demo/test only).")
+model_name = plan.model_name  # the model's display name (one definition, in the library below)
 
 
 def collect_problems(checks: Iterable[Callable[[], Any]]) -> list[str]:
@@ -30,17 +31,6 @@ def collect_problems(checks: Iterable[Callable[[], Any]]) -> list[str]:
             found = [found] if isinstance(found, str) else found if isinstance(found, list) else []
             problems += [p for p in found if isinstance(p, str)]
     return problems
-
-
-def model_name(m: Any) -> str:
-    """The model's display name (``m``: ``options.ModelOptions``, or a ``config.model`` section)."""
-    if m.get("name"):
-        return m.name
-    if m.source == "hub":
-        return m.hub_id
-    if m.source == "hf_dir":
-        return os.path.basename(os.path.normpath(m.hf_dir))
-    return f"tiny-random-{m.tiny.model_type}"
 
 
 def model_warning(m: Any) -> str | None:
