@@ -5,7 +5,7 @@ CPU devices here): the table of docs/tpu.md.
     python benchmarks/plan_vs_xla.py [--devices=1|8] [--models=olmoe,qwen15,qwen3,phi,gptoss] [--json=FILE]
 
 Everything is compiled ahead of time from shapes (nothing is allocated, no checkpoint is read):
-each model's ``config.json`` values are the released ones (tests/test_released_configs.py). The
+each model's ``config.json`` values are the released ones (tests/helpers/released.py). The
 mesh is the config's (``mesh.shape``: the whole mesh on the model axis for Qwen3-30B-A3B and
 Phi-3.5-MoE, on the data axis for the others) with the default sharding rules. Workloads: ``study``
 (the config's collect batch, eval batch 8, 512 tokens, 256 generated) and ``long`` (batch 8 of
@@ -29,7 +29,7 @@ def _args(argv=None):
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# short name: (config file, name in tests/test_released_configs.RELEASED)
+# short name: (config file, name in tests.helpers.released.RELEASED)
 MODELS = {
     "olmoe": ("olmoe_1b7b_instruct.py", "OLMoE-1B-7B-0125-Instruct"),
     "qwen15": ("qwen15_moe_a27b_chat.py", "Qwen1.5-MoE-A2.7B"),
@@ -63,8 +63,8 @@ def workload(model: str, name: str):
 
 def compare(model: str, workload_name: str, devices: int) -> list[dict]:
     """Rows ``{model, workload, devices, mesh, term, estimate, xla, ratio}`` (bytes per device)."""
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from test_released_configs import RELEASED
+    sys.path.insert(0, ROOT)  # the released configs' config.json dicts: the tests' helpers package
+    from tests.helpers.released import RELEASED
     from moe_jax import plan as pl
     from moe_jax import sharding as shd
     from moe_jax.models.config import ModelConfig

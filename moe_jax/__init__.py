@@ -6,10 +6,9 @@ __all__ = ["__version__", "load"]
 
 
 def __getattr__(name: str):
-    """``moe_jax.load`` (``moe_jax.api.load``), resolved on first use (PEP 562): importing the package
-    stays free of jax, so the CLIs parse their flags (and ``jax.distributed`` can initialise) before
-    jax is imported, and light modules (``artifacts.fingerprint``, ``moe_jax.plan``'s table) stay light."""
+    """``moe_jax.load`` is ``moe_jax.api.load``, looked up on first use (PEP 562). The package itself
+    imports nothing: every ``import moe_jax.<module>`` runs this file first, and dependency-free modules
+    (``moe_jax.accelerators`` for ``launch/tpu_vm.py``, ``artifacts.fingerprint``) must not pull in jax."""
     if name == "load":
-        from moe_jax.api import load  # lazy on purpose: jax and the loaders, only when asked for
-        return load
+        return __import__("moe_jax.api", fromlist=["load"]).load  # the api layer (5), only when asked for
     raise AttributeError(f"module 'moe_jax' has no attribute {name!r}")

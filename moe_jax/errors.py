@@ -7,3 +7,8 @@ class StageError(ValueError):
 
 class PreflightError(StageError):
     """The requested stages cannot run: every problem found before anything was written."""
+
+
+class MeshError(ValueError):
+    """The requested mesh, rules, batch or process layout cannot be laid out on the available devices
+    (``moe_jax.sharding``, ``moe_jax.distributed``)."""

@@ -18,7 +18,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 # importing these does not touch jax's devices: jax.distributed initialises after flag parsing (main)
-from moe_jax import errors, sharding
+from moe_jax import distributed, errors
 from moe_jax.pipeline import common as pipeline, registry as stages
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Pipeline config file (configs/*.py).")
@@ -47,10 +47,10 @@ def main(argv):
     except errors.StageError as e:
         raise app.UsageError(str(e)) from None
     options = stages.check_config(config)  # every field checked; the run's Options, built once
-    sharding.initialize_distributed(options.distributed)
+    distributed.initialize_distributed(options.distributed)
     logging.getLogger("moe_jax").setLevel(logging.INFO)
     absl_logging.get_absl_handler().addFilter(_QuietLibraries())
-    warning = pipeline.model_warning(options.model) if sharding.is_writer() else None
+    warning = pipeline.model_warning(options.model) if distributed.is_writer() else None
     if warning:
         print(f"WARNING: {warning}", flush=True)
     try:

@@ -13,6 +13,8 @@ import os
 import shutil
 from typing import Any
 
+from transformers import AutoTokenizer
+
 from moe_jax.io import hashing, storage
 
 TOKENIZER_FILES = (
@@ -83,6 +85,4 @@ def load_tokenizer(ckpt_dir: str | os.PathLike, *, cache: str | None = None) -> 
     missing = missing_tokenizer(ckpt_dir)
     if missing:
         raise FileNotFoundError(missing)
-    from transformers import AutoTokenizer  # lazy: it imports torch when installed (seconds)
-
     return AutoTokenizer.from_pretrained(stage_tokenizer(ckpt_dir, cache=cache))

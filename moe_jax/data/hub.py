@@ -25,6 +25,7 @@ import logging
 import os
 from typing import Iterable, Sequence
 
+import datasets
 from tqdm.auto import tqdm
 
 from moe_jax.data.languages import (BELEBELE_LANGUAGES, FLORES_PLUS_LANGUAGES, FLORES_PLUS_RENAMES, LANGUAGES,
@@ -78,7 +79,7 @@ def read_local_rows(data_files, split: str, cache_dir: str | None = None) -> tup
     missing = [f for f in _flat(files) if not glob.glob(str(f))]
     if missing:
         raise CorpusError(f"data_files: no such file {missing[0]!r}")
-    ds = _load_dataset(fmt, data_files=files, split=ds_split, cache_dir=cache_dir)
+    ds = datasets.load_dataset(fmt, data_files=files, split=ds_split, cache_dir=cache_dir)
     return ds.to_list(), f"data_files {files!r}"
 
 
@@ -94,18 +95,11 @@ def read_hub_rows(hub_id: str, subsets: Sequence[str], split: str, token: str | 
     rows: list[dict] = []
     for subset in tqdm(list(subsets), desc=f"{hub_id} [{split}]", unit="lang", disable=len(subsets) < 4):
         try:
-            ds = _load_dataset(hub_id, subset, split=split, token=token or None, cache_dir=cache_dir)
+            ds = datasets.load_dataset(hub_id, subset, split=split, token=token or None, cache_dir=cache_dir)
         except Exception as e:  # noqa: BLE001 - every failure gets the same actionable message
             raise hub_error(e, hub_id, subset, split) from e
         rows.extend(ds.to_list())
     return rows
-
-
-def _load_dataset(*args, **kwargs):
-    """``datasets.load_dataset``; ``datasets`` is imported here, on first use: its import takes over a
-    second, and most runs (the shipped corpus, a tiny model) never read a dataset."""
-    import datasets  # lazy on purpose (see above)
-    return datasets.load_dataset(*args, **kwargs)
 
 
 def hub_error(exc: BaseException, hub_id: str, subset: str, split: str) -> HubAccessError:

@@ -15,6 +15,7 @@ import tempfile
 from typing import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from moe_jax.data.corpora import load_builtin
 from moe_jax.io import storage
@@ -65,8 +66,6 @@ def build_tiny_tokenizer(out_dir: str, texts: Iterable[str] | None = None, vocab
     are written to a temporary directory first and moved in one by one (each move atomic); a
     ``gs://`` ``out_dir`` gets them uploaded one object each from a local temporary directory.
     """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast  # lazy: it imports torch when installed (seconds)
-
     if texts is None:
         corpus = load_builtin()
         texts = [t for lang in corpus.languages for t in corpus.texts[lang]]

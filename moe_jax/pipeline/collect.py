@@ -5,7 +5,7 @@ Per language: tokenise (chat template, count mask), run the jitted collection st
 batches, write ``<lang>.npz`` atomically and record its summary in ``meta.json``. A rerun resumes
 at the first language not in the store (or whose file was damaged since); a store of another
 model / data / options is refused unless ``collect.overwrite``. With several processes, every
-process computes, process 0 writes (``sharding.run_on_writer``: a failure there stops them all).
+process computes, process 0 writes (``distributed.run_on_writer``: a failure there stops them all).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from moe_jax.pipeline import model_identity
 from moe_jax.io import storage
 from moe_jax import sharding as shd
+from moe_jax import distributed
 from moe_jax.artifacts import layout as wd
 from moe_jax.convert import orbax_io
 from moe_jax.convert.loader import load_hf_config, load_params
@@ -99,11 +100,11 @@ def run(config: Any, workdir: str) -> dict[str, dict[str, dict]]:
         out[job.key] = collect_to_store(job.store_dir, job.meta, job.corpus.languages, job.encoder(tokenizer),
                                         step=step, params=params, cfg=cfg, mesh=mesh, options=opts,
                                         batching=job.batching(tokenizer, opts), done=job.done)
-        if shd.is_writer():
+        if distributed.is_writer():
             print(f"routing statistics of {job.meta['model']} written to {job.store_dir}\n"
                   f"{format_summary(out[job.key])}", flush=True)
     warning = plan[0].meta.get("warning")
-    if warning and shd.is_writer():
+    if warning and distributed.is_writer():
         print(f"WARNING: {warning}", flush=True)
     return out
 
@@ -221,7 +222,7 @@ def collect_to_store(store_dir: str, meta: Mapping[str, Any], languages: Sequenc
     """
     if done is None:
         done = _open(store_dir, meta, languages, bool(options.get("overwrite", False)), input_hashes)
-    show = bool(options.get("progress", True)) and shd.is_writer()
+    show = bool(options.get("progress", True)) and distributed.is_writer()
     summaries: dict[str, dict] = {}
     bar = tqdm(languages, desc="languages", unit="lang", disable=not show)
     for lang in bar:
@@ -239,7 +240,7 @@ def collect_to_store(store_dir: str, meta: Mapping[str, Any], languages: Sequenc
                    "compile_seconds": round(res.compile_seconds, 3),
                    "tokens_per_s": round(res.tokens_per_s, 1), **inp.info}
         arrays = dict(res.arrays, seq_ids=np.asarray(inp.seq_ids, dtype=str))
-        shd.run_on_writer(lambda: store_lib.write_language(store_dir, lang, arrays, summary),
+        distributed.run_on_writer(lambda: store_lib.write_language(store_dir, lang, arrays, summary),
                           f"writing language {lang} to {store_dir}")
         summaries[lang] = summary
         log.info("%s: %s", lang, summary)
@@ -256,8 +257,8 @@ def _open(store_dir: str, meta: Mapping[str, Any], languages: Sequence[str], ove
                                              summaries[lang].get("text_sha256") == input_hashes.get(lang))
                            for lang in languages], np.int32)
 
-    status = shd.run_on_writer(open_store, f"opening the routing store {store_dir}")
-    status = shd.broadcast_from_writer(np.zeros(len(languages), np.int32) if status is None else status)
+    status = distributed.run_on_writer(open_store, f"opening the routing store {store_dir}")
+    status = distributed.broadcast_from_writer(np.zeros(len(languages), np.int32) if status is None else status)
     return {lang for lang, d in zip(languages, status) if d}
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from huggingface_hub import snapshot_download
 
-from moe_jax import sharding as shd
+from moe_jax import distributed
 from moe_jax.artifacts import layout as wd
 from moe_jax.convert import tiny
 from moe_jax.convert.checkpoint import check_out_dir, convert_checkpoint, is_intact, remove_stale_temps
@@ -35,9 +35,9 @@ def run(config: Any, workdir: str) -> str:
     fit the devices is refused before anything is downloaded. ``config``: the run's Options
     (``moe_jax.pipeline.options``: ``model.source`` checked there), or a config they are built from."""
     config = options_lib.of(config)
-    check_config_fits(config, verbose=shd.is_writer())
+    check_config_fits(config, verbose=distributed.is_writer())
     out = wd.checkpoint_dir(workdir)
-    shd.run_on_writer(lambda: _convert(config, workdir, out), f"converting the checkpoint into {out}")
+    distributed.run_on_writer(lambda: _convert(config, workdir, out), f"converting the checkpoint into {out}")
     return out
 
 

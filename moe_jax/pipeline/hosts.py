@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from moe_jax import sharding as shd
+from moe_jax import distributed
 from moe_jax.io import storage
 from moe_jax.errors import PreflightError
 
@@ -84,14 +84,14 @@ def check_workdir_visible(workdir: str) -> None:
         return
     probe = os.path.join(workdir, PROBE)
     nonce = secrets.token_hex(16)
-    shd.run_on_writer(lambda: storage.atomic_write_bytes(probe, nonce.encode()), f"writing {probe}")
+    distributed.run_on_writer(lambda: storage.atomic_write_bytes(probe, nonce.encode()), f"writing {probe}")
     expected = _allgather_text(nonce)[0]
     try:
         seen = storage.read_bytes(probe).decode()
     except OSError as e:
         seen = f"<{type(e).__name__}>"
     blind = [i for i, s in enumerate(_allgather_text(seen)) if s != expected]
-    if shd.is_writer():
+    if distributed.is_writer():
         storage.remove(probe)
     if blind:
         hosts = _allgather_text(socket.gethostname())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from moe_jax import sharding as shd
+from moe_jax import distributed
 from moe_jax.artifacts import layout as wd
 from moe_jax.convert import orbax_io, tiny
 from moe_jax.convert.safetensors_io import scan_checkpoint
@@ -41,7 +41,7 @@ def open_checkpoint(config: Any, workdir: str) -> Checkpoint:
     ckpt_dir = wd.checkpoint_dir(workdir)
     if not storage.exists(storage.join(ckpt_dir, orbax_io.META_FILE)):
         raise FileNotFoundError(f"no converted checkpoint at {ckpt_dir}; run the 'convert' stage first")
-    shd.run_on_writer(lambda: converted_identity(config, workdir), f"checking the checkpoint in {ckpt_dir}")
+    distributed.run_on_writer(lambda: converted_identity(config, workdir), f"checking the checkpoint in {ckpt_dir}")
     meta = orbax_io.read_meta(ckpt_dir)
     return Checkpoint(ckpt_dir, meta, ModelConfig.from_dict(meta["config"]))
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from moe_jax import sharding as shd
+from moe_jax import distributed
 from moe_jax.io import storage, reach as storage_reach
 from moe_jax.pipeline import hosts as workdir_hosts, lock as workdir_lock, options
 from moe_jax.pipeline.common import collect_problems
@@ -161,11 +162,11 @@ def run_stages(config: Any, workdir: str, stages: str | Sequence[str] | None = N
         raise PreflightError(f"--workdir: {e}") from None
     check_workdir_is_directory(workdir)
     workdir_hosts.check_workdir_agreement(workdir, bool(config.distributed.get("shared_workdir", False)))
-    names = _from_writer(shd.run_on_writer(lambda: preflight(config, workdir, names), "checking the requested stages"))
+    names = _from_writer(distributed.run_on_writer(lambda: preflight(config, workdir, names), "checking the requested stages"))
     storage.makedirs(workdir)
     workdir_hosts.check_workdir_visible(workdir)
     with contextlib.ExitStack() as held:  # process 0 writes, so it holds the stages' locks
-        shd.run_on_writer(lambda: held.enter_context(workdir_lock.hold(workdir, names)), "locking the stages")
+        distributed.run_on_writer(lambda: held.enter_context(workdir_lock.hold(workdir, names)), "locking the stages")
         for name in names:
             log.info("stage %s", name)
             get_stage(name)(config, workdir)
@@ -173,7 +174,7 @@ def run_stages(config: Any, workdir: str, stages: str | Sequence[str] | None = N
 
 def _from_writer(names: Sequence[str] | None) -> list[str]:
     """Process 0's stage names (its preflight decided them) on every process."""
-    mask = shd.broadcast_from_writer(np.asarray([n in (names or ()) for n in STAGES], np.int32))
+    mask = distributed.broadcast_from_writer(np.asarray([n in (names or ()) for n in STAGES], np.int32))
     return [n for n, m in zip(STAGES, mask) if m]
 
 
@@ -211,7 +212,7 @@ def check_config(config: Any, num_devices: int | None = None) -> options.Options
     if num_devices is None:  # the smallest device count the shape allows (-1 axis = 1): checks the fixed axes
         num_devices = math.prod(v for v in opts.mesh.shape.values() if v > 0)
     dist = opts.distributed
-    processes = int(dist.num_processes) if shd.distributed_mode(dist.enabled) and int(dist.num_processes) > 0 else 1
+    processes = int(dist.num_processes) if distributed.distributed_mode(dist.enabled) and int(dist.num_processes) > 0 else 1
     shd.check_batch_size(int(opts.collect.batch_size), shd.mesh_axis_sizes(opts.mesh.shape, num_devices),
                          num_processes=processes)
     return opts

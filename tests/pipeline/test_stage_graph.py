@@ -15,7 +15,7 @@ PACKAGE = os.path.join(ROOT, "moe_jax")
 STAGE_MODULES = {f"moe_jax.pipeline.{n}" for n in ("convert", "collect", "eval", "analyze", "steer", "report")}
 # layers, bottom up (docs/architecture.md): a module imports only from its layer or below
 LAYERS = {
-    1: ("moe_jax.models", "moe_jax.io", "moe_jax.errors", "moe_jax.distributed"),
+    1: ("moe_jax.models", "moe_jax.io", "moe_jax.errors", "moe_jax.distributed", "moe_jax.accelerators"),
     2: ("moe_jax.artifacts",),
     3: ("moe_jax.convert", "moe_jax.data", "moe_jax.routing", "moe_jax.eval", "moe_jax.analysis",
         "moe_jax.steering", "moe_jax.report", "moe_jax.sharding", "moe_jax.plan", "moe_jax.xla_memory"),

@@ -5,7 +5,7 @@ import jax
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from moe_jax import sharding as shd
+from moe_jax import distributed, sharding as shd
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.params import logical_axes
 from moe_jax.pipeline.options import DistributedOptions
@@ -75,12 +75,12 @@ def test_distributed_disabled_is_noop_and_bad_process_id_refused(monkeypatch):
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
     for dist in (None, {}, {"enabled": False, "num_processes": 2, "process_id": 1, "coordinator_address": "h:1"}):
-        shd.initialize_distributed(dist)
+        distributed.initialize_distributed(dist)
     assert calls == []  # disabled: jax.distributed is never initialised
-    shd.initialize_distributed({"enabled": True, "num_processes": 2, "process_id": 1, "coordinator_address": "h:1"})
+    distributed.initialize_distributed({"enabled": True, "num_processes": 2, "process_id": 1, "coordinator_address": "h:1"})
     assert calls == [{"coordinator_address": "h:1", "num_processes": 2, "process_id": 1}]
     with pytest.raises(shd.MeshError, match="process_id=2"):
-        shd.initialize_distributed({"enabled": True, "num_processes": 2, "process_id": 2,
+        distributed.initialize_distributed({"enabled": True, "num_processes": 2, "process_id": 2,
                                     "coordinator_address": "127.0.0.1:1"})
 
 
@@ -94,21 +94,21 @@ def test_distributed_auto_detects_multihost_tpu_only(monkeypatch):
                 "MEGASCALE_NUM_SLICES", "TPU_SKIP_MDS_QUERY"):
         monkeypatch.delenv(var, raising=False)
     # this machine: no TPU variables, not a Cloud TPU VM (no metadata asked)
-    assert not shd.multihost_tpu_detected()
-    assert not shd.initialize_distributed(DistributedOptions()) and calls == []
+    assert not distributed.multihost_tpu_detected()
+    assert not distributed.initialize_distributed(DistributedOptions()) and calls == []
     no_vm = lambda: None  # noqa: E731
-    assert not shd.multihost_tpu_detected({"TPU_WORKER_HOSTNAMES": "localhost"}, no_vm)  # one host
-    assert shd.multihost_tpu_detected({"TPU_WORKER_HOSTNAMES": "t1k-w-0,t1k-w-1", "TPU_WORKER_ID": "1"}, no_vm)
-    assert shd.multihost_tpu_detected({"TPU_PROCESS_ADDRESSES": "10.0.0.2:8476,10.0.0.3:8476"}, no_vm)
-    assert shd.multihost_tpu_detected({"MEGASCALE_NUM_SLICES": "2"}, no_vm)
-    assert not shd.multihost_tpu_detected({"MEGASCALE_NUM_SLICES": "1"}, no_vm)
-    assert shd.multihost_tpu_detected({}, lambda: "10.0.0.2,10.0.0.3")  # GCE TPU VM metadata, 2 workers
-    assert not shd.multihost_tpu_detected({"TPU_SKIP_MDS_QUERY": "1"}, lambda: "10.0.0.2,10.0.0.3")
+    assert not distributed.multihost_tpu_detected({"TPU_WORKER_HOSTNAMES": "localhost"}, no_vm)  # one host
+    assert distributed.multihost_tpu_detected({"TPU_WORKER_HOSTNAMES": "t1k-w-0,t1k-w-1", "TPU_WORKER_ID": "1"}, no_vm)
+    assert distributed.multihost_tpu_detected({"TPU_PROCESS_ADDRESSES": "10.0.0.2:8476,10.0.0.3:8476"}, no_vm)
+    assert distributed.multihost_tpu_detected({"MEGASCALE_NUM_SLICES": "2"}, no_vm)
+    assert not distributed.multihost_tpu_detected({"MEGASCALE_NUM_SLICES": "1"}, no_vm)
+    assert distributed.multihost_tpu_detected({}, lambda: "10.0.0.2,10.0.0.3")  # GCE TPU VM metadata, 2 workers
+    assert not distributed.multihost_tpu_detected({"TPU_SKIP_MDS_QUERY": "1"}, lambda: "10.0.0.2,10.0.0.3")
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t1k-w-0,t1k-w-1")
     monkeypatch.setenv("TPU_WORKER_ID", "0")
-    assert shd.initialize_distributed({"enabled": "auto", "coordinator_address": "", "num_processes": -1,
+    assert distributed.initialize_distributed({"enabled": "auto", "coordinator_address": "", "num_processes": -1,
                                        "process_id": -1, "cpu_collectives": ""})
     assert calls == [{}]  # jax's own TPU cluster detection fills in coordinator, count and id
-    assert not shd.initialize_distributed({"enabled": "false"}) and calls == [{}]
+    assert not distributed.initialize_distributed({"enabled": "false"}) and calls == [{}]
     with pytest.raises(shd.MeshError, match="expected True, False or 'auto'"):
-        shd.initialize_distributed({"enabled": "maybe"})
+        distributed.initialize_distributed({"enabled": "maybe"})
