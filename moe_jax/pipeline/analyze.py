@@ -82,11 +82,9 @@ def task_store_paths(opts: options_lib.Options, workdir: str) -> tuple[dict[str,
 
 # -- analyses: each returns {table name: records} and a summary piece, or raises Skip ------------
 
-def seq_statistic(inp: Inputs, cfg) -> str:
-    """The store key of ``analysis.routing_statistic``; refuses a store collected before it existed."""
-    if cfg.routing_statistic not in stat_table.DISTRIBUTIONS:
-        raise ValueError(f"analysis.routing_statistic {cfg.routing_statistic!r} is not one of "
-                         f"{sorted(stat_table.DISTRIBUTIONS)}")
+def seq_statistic(inp: Inputs, cfg: options_lib.AnalysisOptions) -> str:
+    """The store key of ``analysis.routing_statistic`` (a known one: ``options.analysis_problems``);
+    refuses a store collected before it existed."""
     key = stat_table.STATISTICS[cfg.routing_statistic].seq_key
     missing = [l for l in inp.languages if key not in inp.data[l]]
     if missing:

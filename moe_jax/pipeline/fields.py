@@ -1,4 +1,4 @@
-"""Refusing unknown config fields (no jax import: the analysis stages use it too).
+"""Refusing unknown config fields (``moe_jax.pipeline.options.from_config`` uses it for every section).
 
 ``ConfigDict.update`` and config files add unknown keys silently, so a typo (``collect.batchsize``)
 would otherwise leave the default in force without a word.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 from typing import Any, Collection, Mapping
+
+import ml_collections
 
 
 class UnknownFieldError(ValueError):
@@ -27,8 +29,6 @@ def check_known_fields(values: Any, defaults: Any, where: str = "config", free_f
 
 
 def _unknown_fields(values: Any, defaults: Any, where: str, free_form: Collection[str]) -> list[str]:
-    import ml_collections
-
     errors = []
     known = sorted(defaults.keys())
     for key in values.keys():

@@ -23,7 +23,7 @@ builds the ConfigDict of a section, or of the whole pipeline, from them). ``from
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Iterator, Mapping
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import ml_collections
 from ml_collections import config_dict
@@ -186,7 +186,7 @@ class MeshOptions(Section):
 
 @_section("config.distributed")
 class DistributedOptions(Section):
-    """``config.distributed`` (``moe_jax.sharding.initialize_distributed``): ``enabled`` True, False or
+    """``config.distributed`` (``moe_jax.distributed.initialize_distributed``): ``enabled`` True, False or
     "auto"; ``shared_workdir``: a local workdir every host mounts (``moe_jax.pipeline.hosts``)."""
 
     enabled: Any = _field("auto", object)
@@ -389,7 +389,7 @@ class Options:
     analysis: AnalysisOptions
     steer: SteerOptions
     report: ReportOptions
-    stages: str
+    stages: str | Sequence[str]  # config.stages ("convert,collect" or a list), checked by the registry
     sweep: EvalOptions  # the steer sweep's evaluation: config.eval with steer.tasks / languages / limit
     problems: Mapping[str, tuple[str, ...]]  # {section: value problems}, refused when a stage reading it runs
     sections: frozenset[str]  # the whole config's sections (empty: one stage's section given alone, of_section)
@@ -457,7 +457,7 @@ def from_config(config: Any) -> Options:
     sweep, sweep_problems = _sweep(sections["eval"], sections["steer"])
     problems = {"eval": eval_problems(sections["eval"]), "analysis": analysis_problems(sections["analysis"]),
                 "steer": steer_problems(sections["steer"]) + sweep_problems}
-    return Options(tasks=tasks, stages=str(config.get("stages", STAGE_ORDER)) if "stages" in config else STAGE_ORDER,
+    return Options(tasks=tasks, stages=config["stages"] if "stages" in config else STAGE_ORDER,
                    sweep=sweep, problems={k: tuple(v) for k, v in problems.items() if v},
                    sections=frozenset(k for k in config.keys()), **sections)  # type: ignore[arg-type]
 
