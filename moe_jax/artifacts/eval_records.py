@@ -20,7 +20,7 @@ unfinished pairs, a damaged file is redone (and ``read_records`` refuses it, nam
 redoes it), and a workdir evaluated with another model or other task options is refused unless
 ``overwrite``, which replaces the records as the new ones are written, never deleting any first
 (the routing store's conventions, ``moe_jax.artifacts.routing_store``). A summary of records is read through
-``read_published``: only as its ``provenance.json`` publishes it, over records unchanged since.
+``moe_jax.artifacts.stage_outputs``: only as its ``provenance.json`` publishes it, over records unchanged since.
 
 ``eval_dir`` may be local or ``gs://`` (every access goes through ``moe_jax.io.storage``). On object
 storage the manifest is the directory's publishing marker: record objects are written first, the
@@ -39,11 +39,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from moe_jax.artifacts import lineage
 from moe_jax.io import storage
 from moe_jax.artifacts import layout as wd
 from moe_jax.io import integrity
-from moe_jax.errors import StageError
 from moe_jax.io.hashing import sha256_text
 from moe_jax.io.integrity import StoreMismatchError  # noqa: F401  (raised by open_records)
 
@@ -147,26 +145,6 @@ def damaged_records(eval_dir: str) -> list[str]:
     """``"path (why)"`` of each file the manifest of ``eval_dir`` lists that is missing or changed since
     it was written; [] when every one is intact (or there is no manifest)."""
     return integrity.damage(eval_dir, LAYOUT)
-
-
-def read_published(out_dir: str, name: str, workdir: str) -> bytes:
-    """``out_dir/name`` (a summary of the eval or steer stage) as ``out_dir``'s ``provenance.json``
-    publishes it, once the record directories it summarises (its recorded inputs) are checked:
-    unchanged since (manifest digests) and intact (every listed file's size and sha256). Else
-    ``StageError`` naming what changed, the stage and the command that redoes it."""
-    hint = repair_hint(out_dir)
-    try:
-        data = lineage.read_output(out_dir, name, fix=hint)
-    except (integrity.UnpublishedError, integrity.DigestMismatchError) as e:
-        raise StageError(str(e)) from None
-    stamp = lineage.read_stamp(out_dir)
-    problems = [f"{n} ({path}) changed after {name} was written" for n, path in lineage.input_paths(stamp, workdir).items()
-                if n in lineage.stale(stamp, workdir)]
-    problems += [d for path in lineage.input_paths(stamp, workdir).values() for d in damaged_records(path)]
-    if problems:
-        raise StageError(f"{storage.join(out_dir, name)} summarises records that changed since: "
-                         f"{'; '.join(problems)}; {hint}")
-    return data
 
 
 # -- records from lm-eval's logged samples -------------------------------------------------------

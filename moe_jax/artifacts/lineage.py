@@ -23,8 +23,8 @@ and only the files it names with their recorded digest (``read_output``: ``integ
 
 Paths may be local or ``gs://`` URLs (``moe_jax.io.storage``).
 
-Below the stages: imports ``moe_jax.io.storage``, ``moe_jax.pipeline``, the workdir layout, the stage
-order (``moe_jax.pipeline.registry.STAGES``, a table) and the fingerprint helper.
+Below the stages: imports ``moe_jax.io`` (storage, hashing, integrity), the workdir layout, the records'
+layouts (routing store, eval records) and the fingerprint helper.
 """
 
 from __future__ import annotations
@@ -33,9 +33,7 @@ import os
 from typing import Any, Mapping
 
 from moe_jax.io import hashing, integrity, storage
-from moe_jax.artifacts import layout as wd
-from moe_jax.pipeline.registry import STAGES
-from moe_jax.io.storage import read_json
+from moe_jax.artifacts import eval_records, layout as wd, routing_store
 from moe_jax.artifacts.fingerprint import fingerprint
 
 STAMP = "provenance.json"
@@ -44,18 +42,10 @@ PROVENANCE = integrity.RecordLayout(STAMP, format=FORMAT, wording=integrity.Word
     no_record="{path}: {record_path} is missing (the run writing {dir} did not finish){tail}",
     unlisted="{path} is not among the files {record_path} records", missing="{path} is recorded in {record} but missing{tail}",
     changed="{path} has {size} bytes with sha256 {sha}, but {want_size} bytes with sha256 {want_sha} were written{tail}"))
-# manifest file of a directory input -> its key of per-file records (each with "file_sha256")
-MANIFESTS = (("meta.json", "languages"), ("manifest.json", "files"))
+# the records of directory inputs: a routing store's meta.json, an evaluation's manifest.json
+MANIFESTS = (routing_store.LAYOUT, eval_records.LAYOUT)
 # the stage that writes each output directory of a workdir, named in "run it again" messages
 STAGE_OF_DIR = {wd.ANALYSIS: "analyze", wd.EVAL: "eval", wd.STEER: "steer", wd.REPORT: "report"}
-
-
-def command(workdir: str, stages: list[str] | tuple[str, ...], overwrite: tuple[str, ...] = ()) -> str:
-    """The launch command running ``stages`` (put in pipeline order) on ``workdir``, with
-    ``--config.<stage>.overwrite=True`` for each stage of ``overwrite``."""
-    names = ",".join(s for s in STAGES if s in stages)
-    flags = "".join(f" --config.{s}.overwrite=True" for s in STAGES if s in overwrite)
-    return f"python -m moe_jax.launch --config=<your config> --workdir={workdir} --stages={names}{flags}"
 
 
 def rerun_hint(out_dir: str) -> str:
@@ -76,12 +66,11 @@ def path_digest(path: str) -> str | None:
     docstring); None when the path does not exist (or is a directory without a manifest)."""
     if storage.isfile(path):
         return file_sha256(path)
-    for name, files_key in MANIFESTS:
-        manifest = read_json(storage.join(path, name), invalid_ok=True)
-        if isinstance(manifest, dict):
-            files = manifest.get(files_key) or {}
-            return fingerprint({"fingerprint": manifest.get("fingerprint"),
-                                "files": {k: (v or {}).get("file_sha256") for k, v in files.items()}})
+    for layout in MANIFESTS:
+        manifest = integrity.read_record(path, layout, invalid_ok=True)
+        if manifest is not None:
+            return fingerprint({"fingerprint": manifest.get("fingerprint"), "files": {
+                k: (v or {}).get(layout.sha_key) for k, v in integrity.listed(manifest, layout).items()}})
     return None
 
 

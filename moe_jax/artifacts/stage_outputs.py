@@ -3,8 +3,8 @@ readers. A later stage (steer, report) or a CLI (compare) reads another stage's 
 never through that stage's module: no stage module imports another.
 
 Every reader returns a file only as its stage published it (``provenance.json`` written last, with the
-file's size and sha256): an unfinished run (``storage.UnpublishedError``), a damaged or edited file
-(``storage.DigestMismatchError``) or, for eval and steer, records changed since (``StageError``) raise,
+file's size and sha256): an unfinished run (``integrity.UnpublishedError``), a damaged or edited file
+(``integrity.DigestMismatchError``) or, for eval and steer, records changed since (``StageError``) raise,
 naming the file and the command that redoes it.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 from moe_jax.artifacts import eval_records, layout as wd, lineage
 from moe_jax.errors import StageError
-from moe_jax.io import storage
+from moe_jax.io import integrity, storage
 
 ANALYSIS_SUMMARY = "summary.json"  # workdir/analysis/summary.json
 EVAL_SUMMARY_FILES = ("summary.json", "summary.csv")  # published by eval/provenance.json
@@ -61,14 +61,34 @@ def require_current_analysis(workdir: str, reader: str) -> None:
                          f"moe_jax.launch --config=<your config> --workdir={workdir} --stages=analyze,{reader}")
 
 
+def _read_summary(out_dir: str, name: str, workdir: str) -> bytes:
+    """``out_dir/name`` (a summary of the eval or steer stage) as ``out_dir``'s ``provenance.json``
+    publishes it, once the record directories it summarises (its recorded inputs) are checked:
+    unchanged since (manifest digests) and intact (every listed file's size and sha256). Else
+    ``StageError`` naming what changed, the stage and the command that redoes it."""
+    hint = eval_records.repair_hint(out_dir)
+    try:
+        data = lineage.read_output(out_dir, name, fix=hint)
+    except (integrity.UnpublishedError, integrity.DigestMismatchError) as e:
+        raise StageError(str(e)) from None
+    stamp = lineage.read_stamp(out_dir)
+    problems = [f"{n} ({path}) changed after {name} was written" for n, path in lineage.input_paths(stamp, workdir).items()
+                if n in lineage.stale(stamp, workdir)]
+    problems += [d for path in lineage.input_paths(stamp, workdir).values() for d in eval_records.damaged_records(path)]
+    if problems:
+        raise StageError(f"{storage.join(out_dir, name)} summarises records that changed since: "
+                         f"{'; '.join(problems)}; {hint}")
+    return data
+
+
 def read_eval(workdir: str, name: str = "summary.json") -> Any:
     """The eval stage's ``summary.json`` (parsed) or ``summary.csv`` (bytes) as its ``provenance.json``
-    publishes it, over records unchanged and intact since (``eval_records.read_published``)."""
-    return _parsed(eval_records.read_published(wd.eval_dir(workdir), name, workdir), name)
+    publishes it, over records unchanged and intact since (``_read_summary``)."""
+    return _parsed(_read_summary(wd.eval_dir(workdir), name, workdir), name)
 
 
 def read_steer(workdir: str, name: str = "summary.json") -> Any:
     """``steer/summary.json`` or ``settings.json`` (parsed), or ``summary.csv`` (bytes), as the sweep's
     ``provenance.json`` publishes it, over setting records unchanged and intact since
-    (``eval_records.read_published``)."""
-    return _parsed(eval_records.read_published(wd.steer_dir(workdir), name, workdir), name)
+    (``_read_summary``)."""
+    return _parsed(_read_summary(wd.steer_dir(workdir), name, workdir), name)

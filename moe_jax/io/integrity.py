@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from moe_jax.io import hashing, storage
 from moe_jax.io.storage import atomic_write_bytes, atomic_write_json
@@ -95,10 +95,16 @@ class RecordLayout:
 MANIFEST = RecordLayout("manifest.json", format="moe_jax.manifest/1")
 
 
+def launch_command(workdir: str, stages: Sequence[str], overwrite: Sequence[str] = ()) -> str:
+    """The launch command running ``stages`` (in the order given) on ``workdir``, with
+    ``--config.<stage>.overwrite=True`` for each stage of ``overwrite``."""
+    flags = "".join(f" --config.{s}.overwrite=True" for s in overwrite)
+    return f"python -m moe_jax.launch --config=<your config> --workdir={workdir} --stages={','.join(stages)}{flags}"
+
+
 def repair(stage: str, workdir: str, purpose: str = "") -> str:
     """The one repair-hint format: "run the <stage> stage again[ <purpose>]: <launch command>"."""
-    return (f"run the {stage} stage again{' ' + purpose if purpose else ''}: python -m moe_jax.launch "
-            f"--config=<your config> --workdir={workdir} --stages={stage}")
+    return f"run the {stage} stage again{' ' + purpose if purpose else ''}: {launch_command(workdir, [stage])}"
 
 
 def path_of(directory: str, layout: RecordLayout, name: str) -> str:
@@ -205,6 +211,8 @@ def verify(directory: str, name: str, layout: RecordLayout = MANIFEST, *, hint: 
         record = read_record(directory, layout)
     if not record:
         raise UnpublishedError(layout.wording.no_record.format(**_fields(directory, layout, name, hint)))
+    if layout.format and record.get("format") != layout.format:
+        raise CorruptStoreError(f"{storage.join(directory, layout.file)} is not a {layout.format} record")
     entry = listed(record, layout).get(name)
     if entry is None:
         raise UnpublishedError(layout.wording.unlisted.format(**_fields(directory, layout, name, hint)))

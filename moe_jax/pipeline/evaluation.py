@@ -18,7 +18,7 @@ from moe_jax.artifacts import eval_records as rec
 from moe_jax.errors import StageError
 from moe_jax.eval import tasks as task_lib
 from moe_jax.eval.steering_file import check_steering_file
-from moe_jax.io import storage
+from moe_jax.io import hashing, storage
 from moe_jax.pipeline import loading
 from moe_jax.pipeline import model_identity
 from moe_jax.pipeline.common import model_name, source_identity
@@ -78,7 +78,7 @@ def plan(opts: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def data_sha256(path: str | None) -> str | None:
     """sha256 of a local or ``gs://`` file (None for no file)."""
-    return storage.digest(path)[1] if path else None
+    return hashing.file_digest(path)[1] if path else None
 
 
 def scoring_options(opts: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,10 +11,11 @@ from typing import Any, Mapping
 
 from moe_jax.artifacts import layout as wd
 from moe_jax.artifacts.fingerprint import fingerprint
-from moe_jax.artifacts.lineage import command
 from moe_jax.io import storage
+from moe_jax.io.integrity import launch_command
 from moe_jax.io.storage import read_json
 from moe_jax.pipeline.common import source_identity
+from moe_jax.pipeline.registry import STAGES
 
 
 # the fields of a routing store's meta and an evaluation's identity that name the model's weights
@@ -71,4 +72,5 @@ def model_problems(model: Any, workdir: str, consumer: str,
         redo.add("analyze")
     return [f"{path} holds outputs of another model ({'; '.join(diffs)})" for _, path, diffs in found] + [
         "to compute them again with config.model (their files are replaced), run: "
-        + command(workdir, [*redo, consumer], overwrite=tuple(stage for stage, _, _ in found))]
+        + launch_command(workdir, [s for s in STAGES if s in {*redo, consumer}],
+                         overwrite=[s for s in STAGES if s in {stage for stage, _, _ in found}])]

@@ -174,3 +174,11 @@ def test_unreadable_record(tmp_path):
         integrity.open_units(str(tmp_path), LAZY, {"fingerprint": "f1"}, overwrite=True)
     replacing = integrity.Units(UNITS_LAYOUT, mismatch="", replace_unreadable=True)
     assert integrity.open_units(str(tmp_path), replacing, {"fingerprint": "f1"}, overwrite=True)["units"] == {}
+
+
+def test_a_record_of_another_format_is_refused(tmp_path):
+    integrity.publish(str(tmp_path), integrity.MANIFEST, {"a": b"x"})
+    record = integrity.read_record(str(tmp_path), integrity.MANIFEST)
+    storage.atomic_write_json(str(tmp_path / "manifest.json"), dict(record, format="other/1"))
+    with pytest.raises(integrity.CorruptStoreError, match="manifest.json is not a moe_jax.manifest/1 record"):
+        integrity.verify(str(tmp_path), "a")
