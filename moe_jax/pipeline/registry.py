@@ -90,15 +90,14 @@ def _shown(spec: str | Sequence[str]) -> str:
     return repr(spec if isinstance(spec, str) else ",".join(spec))
 
 
-def get_stage(name: str) -> Callable[[Any, str], Any]:
-    module, func = STAGES[parse_stages([name])[0]].split(":")
-    return getattr(importlib.import_module(module), func)
-
-
 def _target(spec: str) -> Callable[..., Any]:
     """``"module:function"`` -> the function; a stage module is imported only when its entry is used."""
     module, func = spec.split(":")
     return getattr(importlib.import_module(module), func)
+
+
+def get_stage(name: str) -> Callable[[Any, str], Any]:
+    return _target(STAGES[parse_stages([name])[0]])
 
 
 def schedule(config: Any, workdir: str, names: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -136,8 +135,7 @@ def preflight(config: Any, workdir: str, names: Sequence[str]) -> list[str]:
         target = PREFLIGHTS.get(name)
         if target is None:
             continue
-        module, func = target.split(":")
-        check = getattr(importlib.import_module(module), func)
+        check = _target(target)
         found = collect_problems([lambda: check(config, workdir, frozenset(names[:i]))])  # a raise: one problem
         problems += [f"[{name}] {p}" for p in found]
     if problems:
@@ -162,7 +160,8 @@ def run_stages(config: Any, workdir: str, stages: str | Sequence[str] | None = N
         raise PreflightError(f"--workdir: {e}") from None
     check_workdir_is_directory(workdir)
     workdir_hosts.check_workdir_agreement(workdir, bool(config.distributed.get("shared_workdir", False)))
-    names = _from_writer(distributed.run_on_writer(lambda: preflight(config, workdir, names), "checking the requested stages"))
+    names = _from_writer(distributed.run_on_writer(lambda: preflight(config, workdir, names),
+                                                   "checking the requested stages"))
     storage.makedirs(workdir)
     workdir_hosts.check_workdir_visible(workdir)
     with contextlib.ExitStack() as held:  # process 0 writes, so it holds the stages' locks
