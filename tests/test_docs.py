@@ -4,9 +4,12 @@ Per document (the test id names it; a failure lists every wrong name in it):
 
 * ``python -m <module>`` commands, in code blocks and inline code: the module runs as a main
   (``importlib.util.find_spec`` finds it; a package's ``__main__``), and for moe_jax's command lines
-  every ``--flag`` shown is one the module defines: absl CLIs (launch, convert, plan) by their
-  ``--helpfull``, argparse CLIs (compare, analysis.synthetic, and lm-eval's behind eval.lm_eval) by
-  their ``--help``, each run once in a subprocess;
+  every ``--flag`` shown is one the module defines: absl CLIs (launch, convert) imported and their
+  flags read from absl's registry (plus absl's own), plan's read from its source (it defines them
+  inside ``main()``), argparse CLIs (compare, analysis.synthetic) read from their ``add_argument``
+  calls, lm-eval's behind eval.lm_eval from its parser (its ``run --help`` in a subprocess if that
+  parser is not where this test looks); ``python <launch|benchmarks|scripts>/x.py`` commands: the
+  file exists and defines each flag shown; a flag shown on its own is defined by some command line;
 * ``--config.<section>.<field>`` overrides, and ``config.<section>.<field>`` names in inline code,
   exist in ``moe_jax.pipeline.registry.default_config()`` (free-form mappings such as ``config.tasks``
   accept any key below them);
@@ -20,7 +23,8 @@ Per document (the test id names it; a failure lists every wrong name in it):
 * README.md has at most 200 lines and keeps its two set-up commands byte for byte (.ci/run and the
   newcomer rely on them).
 
-No model runs: imports, ``find_spec`` and ``--help`` only.
+No model runs and no subprocess starts (the command lines' imports cost seconds each): imports,
+``find_spec`` and reading files only.
 """
 
 from __future__ import annotations
@@ -56,11 +60,14 @@ SETUP_COMMANDS = (
 )
 
 # Command lines whose flags are checked, and how to list them.
-ABSL_CLIS = {"moe_jax.launch", "moe_jax.convert", "moe_jax.plan"}
-ARGPARSE_CLIS = {"moe_jax.compare", "moe_jax.analysis.synthetic", "moe_jax.eval.lm_eval"}
-HELP_ARGS = {"moe_jax.eval.lm_eval": ["run", "--help"]}  # lm-eval's options are those of its default command
-# argparse CLIs whose options are all literals in their own file: read, not run (saves seconds of imports)
-READ_CLIS = {"moe_jax.compare": "moe_jax/compare.py", "moe_jax.analysis.synthetic": "moe_jax/analysis/synthetic.py"}
+# absl CLI -> the module that defines its flags at import
+ABSL_CLIS = {"moe_jax.launch": "moe_jax.launch", "moe_jax.convert": "moe_jax.convert.__main__"}
+ABSL_BUILTINS = {"help", "helpfull", "helpshort", "helpxml", "flagfile", "undefok"}
+# CLIs whose flags are all literals in their own file (argparse add_argument, or absl DEFINE_* inside main())
+READ_CLIS = {"moe_jax.plan": "moe_jax/plan.py", "moe_jax.compare": "moe_jax/compare.py",
+             "moe_jax.analysis.synthetic": "moe_jax/analysis/synthetic.py"}
+LM_EVAL_CLI = "moe_jax.eval.lm_eval"  # lm-eval's command line: the options of its default command, run
+CLIS = set(ABSL_CLIS) | set(READ_CLIS) | {LM_EVAL_CLI}
 
 # Flags of tools outside this repository that the docs show on their own (each with its tool).
 EXTERNAL_FLAGS = {
@@ -162,37 +169,49 @@ def _runnable(module: str) -> bool:
     return True
 
 
-def _help_texts(modules: set[str]) -> dict[str, str]:
-    """``--helpfull`` (absl) or ``--help`` (argparse) of each module, run in parallel subprocesses."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               JAX_PLATFORMS="cpu")
-    procs = {m: subprocess.Popen([sys.executable, "-m", m, *HELP_ARGS.get(m, ["--helpfull" if m in ABSL_CLIS
-                                                                             else "--help"])],
-                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for m in sorted(modules)}
-    out = {}
-    for m, p in procs.items():
-        text, _ = p.communicate(timeout=120)
-        out[m] = text
-    return out
+def _absl_flags(module: str) -> set[str]:
+    from absl import flags
+    importlib.import_module(module)  # defines its flags (its main() runs only as __main__)
+    by_module = flags.FLAGS.flags_by_module_dict()
+    found = {f.name for m in (module, "absl.app", "absl.logging") for f in by_module.get(m, ())}
+    assert found, f"no absl flags registered by {module}"
+    return found | {"no" + f.name for f in by_module.get(module, ()) if f.boolean} | ABSL_BUILTINS
 
 
-_HELP: dict[str, str] = {}
+def _read_flags(path: str) -> set[str]:
+    text = (ROOT / path).read_text(encoding="utf-8")
+    found = set(re.findall(r"""["']--([A-Za-z][\w-]*)["']""", text))  # argparse
+    defined = re.findall(r"""DEFINE_(\w+)\(\s*["'](\w+)["']""", text)  # absl
+    found |= {name for _, name in defined} | {"no" + name for kind, name in defined if kind == "bool"}
+    assert found, f"no flags found in {path}"
+    return found | {"help"} | (ABSL_BUILTINS if defined else set())
 
 
-def _defined_flags(module: str) -> set[str]:
-    if module in READ_CLIS:
-        return set(_script_flags(READ_CLIS[module])) | {"help"}
-    if module not in _HELP:
-        _HELP.update(_help_texts((ABSL_CLIS | ARGPARSE_CLIS) - set(READ_CLIS) - set(_HELP)))
-    text = _HELP[module]
+def _lm_eval_flags() -> set[str]:
+    import argparse
+    try:
+        from lm_eval._cli import HarnessCLI
+        parser = HarnessCLI()._parser
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        text = " ".join(o for a in sub.choices["run"]._actions for o in a.option_strings)
+    except (ImportError, AttributeError, KeyError, StopIteration):  # another lm-eval: ask its command line
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+                   JAX_PLATFORMS="cpu")
+        text = subprocess.run([sys.executable, "-m", LM_EVAL_CLI, "run", "--help"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600).stdout
+    found = set(re.findall(r"(?<![\w-])--([A-Za-z][\w-]*)", text))
+    assert found, "no lm-eval options found"
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def _defined_flags(module: str) -> frozenset[str]:
     if module in ABSL_CLIS:
-        names = set(re.findall(r"^\s+--(?:\[no\])?([\w.-]+):", text, re.M))
-        names |= {"no" + n for n in re.findall(r"^\s+--\[no\]([\w.-]+):", text, re.M)}
-    else:
-        names = set(re.findall(r"(?<![\w-])--([A-Za-z][\w-]*)", text))
-    assert names, f"no flags parsed from the help of {module}:\n{text[-2000:]}"
-    return names
+        return frozenset(_absl_flags(ABSL_CLIS[module]))
+    if module in READ_CLIS:
+        return frozenset(_read_flags(READ_CLIS[module]))
+    assert module == LM_EVAL_CLI, module
+    return frozenset(_lm_eval_flags())
 
 
 # -- config names -------------------------------------------------------------------------------------------
@@ -381,7 +400,7 @@ def test_commands_run_and_their_flags_exist(doc):
         if not _runnable(module):
             problems.append(f"python -m {module}: no such module (or package without __main__)")
             continue
-        if module not in ABSL_CLIS | ARGPARSE_CLIS:
+        if module not in CLIS:
             if module.startswith("moe_jax") and flags:
                 problems.append(f"python -m {module}: not a known moe_jax command line (add it to this test)")
             continue
@@ -412,7 +431,7 @@ def test_script_commands_exist_and_their_flags_are_defined(doc):
 def _every_flag() -> set[str]:
     """Every option some command line of the repository defines."""
     names = set(EXTERNAL_FLAGS)
-    for module in sorted(ABSL_CLIS | ARGPARSE_CLIS):
+    for module in sorted(CLIS):
         names |= _defined_flags(module)
     for folder in ("launch", "benchmarks", "scripts"):
         for path in (ROOT / folder).glob("*.py"):
@@ -533,6 +552,12 @@ def test_the_checks_see_what_they_check():
     assert ("moe_jax.launch", ["config", "workdir"]) in _commands("README.md")
     assert ("launch/tpu_vm.py", ["name", "zone", "accelerator", "config", "dry_run"]) in _script_commands("docs/tpu.md")
     assert {"dry_run", "overwrite", "xla", "helpfull", "model_args"} <= _every_flag()
+    assert {"config", "workdir", "stages", "helpfull"} <= _defined_flags("moe_jax.launch")
+    assert {"hf_dir", "out", "dtype", "overwrite", "nooverwrite"} <= _defined_flags("moe_jax.convert")
+    assert {"config", "accelerator", "xla", "noxla"} <= _defined_flags("moe_jax.plan")
+    assert {"workdirs", "out"} <= _defined_flags("moe_jax.compare")
+    assert {"model", "model_args", "tasks", "output_path"} <= _defined_flags("moe_jax.eval.lm_eval")
+    assert "no_such_flag" not in _every_flag()
     assert "eval.limit" in _config_names("README.md")
     assert "moe_jax.models.decoder.forward" in _python_names("docs/api.md")
     assert "moe_jax.models.generate.prefill" in _python_names("docs/api.md")  # through its alias `gen`
