@@ -40,16 +40,10 @@ from pathlib import Path
 
 import pytest
 
-
-def _root() -> Path:
-    here = Path(__file__).resolve().parent
-    for d in (here, *here.parents):
-        if (d / "README.md").is_file() and (d / "moe_jax").is_dir():
-            return d
-    raise RuntimeError(f"no repository root above {here}")
+from tests.helpers.paths import REPO_ROOT
 
 
-ROOT = _root()
+ROOT = Path(REPO_ROOT)
 DOCS = ["README.md"] + sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))
 
 README_MAX_LINES = 200
