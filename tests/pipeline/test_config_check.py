@@ -1,6 +1,5 @@
 """Unknown config fields (typos in config files) are refused before any stage runs, with a close match."""
 
-import glob
 import os
 import subprocess
 import sys
@@ -10,18 +9,8 @@ import pytest
 
 from moe_jax.pipeline import registry as stages
 from moe_jax.pipeline import collect as collect_stage
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py")) if not p.endswith("common.py"))
-
-
-def load_config(path):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
+from tests.helpers.configs import CONFIGS, load_config
+from tests.helpers.paths import REPO_ROOT as ROOT
 
 def demo():
     return load_config(os.path.join(ROOT, "configs", "demo.py"))
