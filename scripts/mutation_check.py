@@ -99,7 +99,7 @@ MUTATIONS: list[Mutation] = [
       "top + _FORCE_MARGIN * jnp.maximum(1.0, jnp.abs(top))", "top", ("tests/models/test_intervention.py",)),
     # --- expert dispatch
     M("dense_dispatch_ignores_weights", "moe_jax/models/experts.py", "cw = combine_weights(idx, w, ",
-      "cw = combine_weights(idx, jnp.ones_like(w), ", ("tests/models/test_routing_rules.py",)),
+      "cw = combine_weights(idx, jnp.ones_like(w), ", ("tests/models/test_dispatch.py",)),
     M("grouped_rows_left_sorted", "moe_jax/models/experts.py",
       'return jnp.einsum("tkh,tk->th", rows[where].reshape(T, k, -1), w)',
       'return jnp.einsum("tkh,tk->th", rows.reshape(T, k, -1), w)', ("tests/models/test_dispatch.py",)),
