@@ -52,3 +52,14 @@ def steer_config():
             node = node[p]
         node[leaf] = value
     return c
+
+
+def eval_config():
+    """The demo with the 2-layer tiny model and a few items of Belebele and MGSM (both language namings)."""
+    c = load_config(os.path.join(ROOT, "configs", "demo.py"))
+    c.model.tiny.overrides = {}  # the default 2-layer tiny model: fast
+    c.eval.tasks = "belebele,mgsm"
+    c.eval.languages = {"belebele": "en,deu_Latn", "mgsm": "eng_Latn,fr"}  # both namings
+    c.eval.limit = 3
+    c.eval.max_gen_toks = 4
+    return c

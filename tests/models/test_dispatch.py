@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from moe_jax.models import experts
+from tests.helpers.dispatch_problems import problem, stacked_problem
 
 BACKENDS = experts.available_backends()
 # grouped with small chunks: groups run as several full chunks of one expert, then the binary tail
@@ -47,19 +48,6 @@ def np_swiglu(g, u):
 def np_clamped(g, u, limit=0.6, alpha=1.702):
     g = np.minimum(g, limit)
     return (np.clip(u, -limit, limit) + 1) * g / (1 + np.exp(-alpha * g))
-
-
-def problem(T, k, E, seed, biases=False, idx=None, H=16, F=8):
-    rng = np.random.default_rng(seed)
-    shapes = {"gate": (E, H, F), "up": (E, H, F), "down": (E, F, H)}
-    if biases:
-        shapes.update(gate_bias=(E, F), up_bias=(E, F), down_bias=(E, H))
-    p = {n: rng.normal(size=s).astype(np.float32) * 0.4 for n, s in shapes.items()}
-    x = rng.normal(size=(T, H)).astype(np.float32)
-    if idx is None:  # experts 0 and E-1 never chosen: empty groups at both ends
-        idx = np.stack([rng.choice(np.arange(1, E - 1), size=k, replace=False) for _ in range(T)])
-    w = rng.uniform(size=(T, k)).astype(np.float32)
-    return x, np.asarray(idx, np.int32), w, p
 
 
 def check(backend, opts, prob, act=experts.swiglu, np_act=np_swiglu, dtype=jnp.float32):
@@ -132,13 +120,6 @@ def test_overhang_into_the_next_group_leaks_nothing(backend, opts):
     np.testing.assert_array_equal(y[5:], 0)
 
 
-def stacked_problem():
-    """Two layers' experts stacked on a leading axis ([2, E, ...]), as a layer scan holds them."""
-    x, idx, w, p0 = problem(29, 3, 8, seed=12, biases=True)
-    p1 = problem(29, 3, 8, seed=13, biases=True)[3]
-    return x, idx, w, (p0, p1), {n: np.stack([p0[n], p1[n]]) for n in p0}
-
-
 @pytest.mark.parametrize("backend,opts", CASES)
 def test_stacked_layers_run_the_named_layer(backend, opts):
     """``layer=`` (traced, as in a scan) picks that layer's experts out of the stack."""
@@ -152,7 +133,7 @@ def test_stacked_layers_run_the_named_layer(backend, opts):
 
 EXPERT_PARALLEL_STACKED = """
 import jax, jax.numpy as jnp, numpy as np
-from tests.models.test_dispatch import stacked_problem
+from tests.helpers.dispatch_problems import stacked_problem
 from moe_jax import sharding as shd
 from moe_jax.models import experts
 x, idx, w, layers, stacked = stacked_problem()

@@ -17,22 +17,11 @@ from moe_jax.pipeline import convert as convert_stage
 from moe_jax.artifacts import eval_records as rec
 from moe_jax.pipeline import eval as eval_stage, evaluation
 from moe_jax.artifacts.routing_store import StoreMismatchError
+from tests.helpers.configs import eval_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 Z = 1.959963984540054
 PAIRS = [("belebele", "eng_Latn"), ("belebele", "deu_Latn"), ("mgsm", "eng_Latn"), ("mgsm", "fra_Latn")]
-
-
-def eval_config():
-    from tests.helpers.configs import load_config
-
-    c = load_config(os.path.join(ROOT, "configs", "demo.py"))
-    c.model.tiny.overrides = {}  # the default 2-layer tiny model: fast
-    c.eval.tasks = "belebele,mgsm"
-    c.eval.languages = {"belebele": "en,deu_Latn", "mgsm": "eng_Latn,fr"}  # both namings
-    c.eval.limit = 3
-    c.eval.max_gen_toks = 4
-    return c
 
 
 def files(eval_dir):
@@ -90,7 +79,7 @@ def test_resume_after_kill_and_damaged_file(evaluated, tmp_path):
     shutil.copy(wd.convert_stamp(work), run)
     # the child stops after its first (task, language) file, so that the kill lands mid-task
     script = (f"import sys, time; sys.path.insert(0, {ROOT!r})\n"
-              "from tests.pipeline.test_eval_stage import eval_config\n"
+              "from tests.helpers.configs import eval_config\n"
               "from moe_jax.artifacts import eval_records as records\nfrom moe_jax.pipeline import eval as stage\n"
               "write = records.write_records\n"
               "def slow(*a, **k):\n    write(*a, **k); time.sleep(600)\n"
