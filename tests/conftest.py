@@ -5,6 +5,8 @@ import uuid
 
 import pytest
 
+from tests.helpers.simulated_devices import SESSION_XLA_FLAGS
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # One JAX compilation cache for the whole test session: the controller makes it before the xdist
@@ -15,8 +17,13 @@ _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 
 
 def pytest_configure(config):
-    if hasattr(config, "workerinput") or os.environ.get(_CACHE_ENV):
-        return  # an xdist worker, or a cache chosen by the caller: inherited as it is
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: the controller's environment, inherited as it is
+    flags = os.environ.get("XLA_FLAGS", "")
+    if SESSION_XLA_FLAGS not in flags:  # fast compiles (tests/helpers/simulated_devices.py)
+        os.environ["XLA_FLAGS"] = f"{flags} {SESSION_XLA_FLAGS}".strip()
+    if os.environ.get(_CACHE_ENV):
+        return  # a cache chosen by the caller
     config._moe_jax_jax_cache = tempfile.mkdtemp(prefix="moe_jax_tests_jax_cache_")
     os.environ[_CACHE_ENV] = config._moe_jax_jax_cache
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"

@@ -11,14 +11,15 @@ import time
 
 import pytest
 
+from tests.helpers.simulated_devices import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT = 420
 
 
 def start(args, env_extra=None):
     """``python -m moe_jax.launch *args`` on CPU from the repository root."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **(env_extra or {}))
-    env.pop("XLA_FLAGS", None)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, XLA_FLAGS=xla_flags(), **(env_extra or {}))
     logs = [tempfile.TemporaryFile("w+") for _ in range(2)]
     proc = subprocess.Popen([sys.executable, "-m", "moe_jax.launch", *map(str, args)], cwd=ROOT, env=env,
                             stdout=logs[0], stderr=logs[1], text=True, start_new_session=True)

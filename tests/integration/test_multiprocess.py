@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from moe_jax.artifacts import routing_store as store
+from tests.helpers.simulated_devices import xla_flags
 
 pytestmark = pytest.mark.slow  # two-process runs through the command line
 
@@ -23,8 +24,7 @@ TIMING = ("seconds", "compile_seconds", "tokens_per_s", "file_sha256")  # differ
 
 
 def launch(workdir, *extra, args=ARGS):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-    env.pop("XLA_FLAGS", None)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, XLA_FLAGS=xla_flags())
     return subprocess.Popen([sys.executable, "-m", "moe_jax.launch", *args, f"--workdir={workdir}", *extra],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
