@@ -37,6 +37,12 @@ def pytest_unconfigure(config):
         os.environ.pop(_CACHE_ENV, None)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The ``slow`` tests first (a stable sort: each worker collects the same order): started early, the
+    long ones overlap the many short ones instead of running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def gcs_bucket():
     """``gs://<bucket>`` on a local GCS emulator started for this session (clients of this process and
