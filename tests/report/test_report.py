@@ -1,4 +1,5 @@
-"""The report stage renders a self-contained HTML page: every plot embedded, none empty or blank."""
+"""The report stage renders a self-contained HTML page: every plot embedded, none empty or blank.
+Tests about the page's text alone (the language pool) skip the PNG rendering."""
 
 import base64
 import io
@@ -17,6 +18,7 @@ import pytest  # noqa: E402
 from moe_jax.pipeline import analyze as analysis_stage  # noqa: E402
 from moe_jax.analysis.synthetic import SyntheticSpec, write_demo, write_synthetic_store  # noqa: E402
 from moe_jax.pipeline import report as report_stage  # noqa: E402
+from moe_jax.report import plots  # noqa: E402
 
 SPEC = SyntheticSpec(moe_layer_ids=tuple(range(1, 13)), warning="random weights: numbers mean nothing")
 
@@ -85,6 +87,7 @@ def _check_images(path):
     return names
 
 
+@pytest.mark.slow  # renders every plot (matplotlib: most of this file's time)
 def test_full_report_has_every_plot(full):
     _, path = full
     assert path.endswith(os.path.join("report", "index.html"))
@@ -96,6 +99,7 @@ def test_full_report_has_every_plot(full):
         assert f"{expected}.png" in names
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_and_shows_metadata(full):
     wd, path = full
     text, p = _parse(path)
@@ -109,6 +113,7 @@ def test_report_is_self_contained_and_shows_metadata(full):
     assert "synthetic-parallel" in text and "Pearson r = -0.9" in text and "moe_layer_ids" in text
 
 
+@pytest.mark.slow
 def test_report_with_missing_pieces(tmp_path):
     write_synthetic_store(str(tmp_path / "routing"), SyntheticSpec(n_sequences=8), with_token_topk=False)
     analysis_stage.run(_config(), str(tmp_path))
@@ -124,7 +129,16 @@ def test_report_needs_analysis_first(tmp_path):
         report_stage.run(None, str(tmp_path))
 
 
-def test_report_shows_the_language_pool(tmp_path):
+def _no_render(fig, path=None, dpi=110, stamp=None):
+    """``plots.png_bytes`` without matplotlib's rendering (the figures are not the point)."""
+    plots.plt.close(fig)
+    if path is not None:
+        plots.atomic_write_bytes(path, b"png")
+    return b"png"
+
+
+def test_report_shows_the_language_pool(tmp_path, monkeypatch):
+    monkeypatch.setattr(plots, "png_bytes", _no_render)
     write_demo(str(tmp_path), SyntheticSpec(n_sequences=8))
     meta_path = tmp_path / "routing" / "meta.json"
     meta = json.loads(meta_path.read_text())
@@ -139,9 +153,8 @@ def test_report_shows_the_language_pool(tmp_path):
     assert "<tr><td>tha_Thai</td><td>no</td>" in text and "<tr><td>fra_Latn</td><td>yes</td>" in text
 
 
-def test_report_config_typo_is_an_error(full):
-    wd, _ = full
+def test_report_config_typo_is_an_error(tmp_path):
     c = _config()
     c.report.titel = "x"
     with pytest.raises(ValueError, match=r"config.report.titel is not a known field \(did you mean config.report.title\?\)"):
-        report_stage.run(c, wd)
+        report_stage.run(c, str(tmp_path))  # refused before any input is read
