@@ -14,7 +14,10 @@ pytestmark = pytest.mark.slow  # the notebooks executed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
-SMOKE = {"smoke": True, "max_sentences": 12, "checkout": ROOT}  # 12 sentences per language keep it fast
+# 12 sentences of three languages (English, a Latin and a non-Latin script) and two MGSM languages
+# (English and one other, for the non-English rows) keep it fast
+SMOKE = {"smoke": True, "max_sentences": 12, "languages": ["eng_Latn", "fra_Latn", "zho_Hans"],
+         "mgsm_languages": ["en", "zh"], "checkout": ROOT}
 # what each notebook must print once it has run (its last steps' outputs)
 EXPECTED = {"01_routing_quickstart.ipynb": ["mean divergence over the middle band", "eng_Latn ", "image/png"],
             "02_steering.ipynb": ["random (soft)  non-English", "McNemar p=", "image/png", "compiles:"]}
