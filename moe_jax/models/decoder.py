@@ -32,6 +32,10 @@ class ModelOutput(NamedTuple):
     router_logits: jax.Array | None = None  # [moe_layers, B, S, E] float32
     topk_idx: jax.Array | None = None  # [moe_layers, B, S, k] int32
     topk_weights: jax.Array | None = None  # [moe_layers, B, S, k] float32
+    # [layers + 1, B, S, H] float32, as transformers' output_hidden_states: entry 0 the embeddings, entry l the
+    # residual stream after layer l, the last one after the final norm
+    hidden_states: jax.Array | None = None
+    last_residual: jax.Array | None = None  # [B, S, H] float32: the last layer's output before the final norm
 
 
 def moe_block(p: dict, x: jax.Array, cfg: ModelConfig, iv: iv_lib.Intervention | None,
@@ -101,7 +105,8 @@ def decoder_layer(lp: dict, d: LayerData, x: jax.Array, cache: KVCache | None, c
 def decoder_layers(params: dict, cfg: ModelConfig, input_ids: jax.Array, positions: jax.Array,
                    valid: jax.Array, *, cache: KVCache | None = None, index: jax.Array | int = 0,
                    intervention: iv_lib.Intervention | None = None, backend: str = "auto",
-                   scan_layers: bool = True) -> tuple[jax.Array, RouterOutput | None, KVCache | None]:
+                   scan_layers: bool = True, return_hidden: bool = False,
+                   ) -> tuple[jax.Array, RouterOutput | None, KVCache | None, jax.Array | None]:
     """The layer stack, shared by ``forward`` and KV-cache prefill/decode (``generate.py``).
 
     Each run of ``params["layers"]`` is one ``lax.scan`` over its stacked params and per-layer data
@@ -113,12 +118,16 @@ def decoder_layers(params: dict, cfg: ModelConfig, input_ids: jax.Array, positio
       input_ids, positions, valid: ``[B, S]``; ``valid`` marks real tokens.
       cache: None, or a KVCache the S tokens are written to at slots ``[index, index + S)``
         (they attend to every valid slot up to their own).
+      return_hidden: also return the residual stream of every layer (a scan output: nothing extra is
+        computed, and nothing is kept when not asked).
     Returns:
       hidden states ``[B, S, H]`` before the final norm, the router outputs of the MoE layers
       stacked (fields ``[moe_layers, B*S, ...]``; None without MoE layers), the updated cache
-      (None without one).
+      (None without one), and with ``return_hidden`` the residual stream ``[layers + 1, B, S, H]``
+      (entry 0 the embeddings, entry l the output of layer l, before any final norm; else None).
     """
     x = params["embed"][input_ids]
+    residuals = [x[None]] if return_hidden else None
     rope = layers.rope_cos_sin(cfg, positions, x.dtype)
     if cache is not None:
         cache = kv_cache.write_tokens(cache, positions, valid, index)
@@ -136,35 +145,46 @@ def decoder_layers(params: dict, cfg: ModelConfig, input_ids: jax.Array, positio
             row = d.layer - start
             x, cache, r = decoder_layer(layers.take_row(stack, row), d, x, cache, cfg, rope, positions, valid,
                                         index, backend, experts, row)
-            return (x, cache), r
+            return (x, cache), (r, x if return_hidden else None)
 
         if scan_layers:  # the scan reads each layer's row itself (take_row), so bf16 stacks stay bf16
-            (x, cache), r = jax.lax.scan(body, (x, cache), data)
+            (x, cache), (r, h) = jax.lax.scan(body, (x, cache), data)
         else:
             start, stop, _ = cfg.layer_runs[run]
             ys = []
             for row in range(stop - start):
                 (x, cache), y = body((x, cache), jax.tree.map(lambda a: a[row], data))
                 ys.append(y)
-            r = None if ys[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *ys)
+            r = None if ys[0][0] is None else jax.tree.map(lambda *a: jnp.stack(a), *[y[0] for y in ys])
+            h = jnp.stack([y[1] for y in ys]) if return_hidden else None
         if r is not None:
             routers.append(r)
+        if return_hidden:
+            residuals.append(h)
+    if return_hidden:
+        residuals = jnp.concatenate(residuals)
     if not routers:
-        return x, None, cache
-    return x, jax.tree.map(lambda *a: jnp.concatenate(a), *routers), cache
+        return x, None, cache, residuals
+    return x, jax.tree.map(lambda *a: jnp.concatenate(a), *routers), cache, residuals
+
+
+def final_norm(params: dict, cfg: ModelConfig, x: jax.Array) -> jax.Array:
+    """The norm after the last layer, on a residual stream ``[..., H]``."""
+    return layers.norm(params["final_norm"], x, cfg)
 
 
 def lm_head(params: dict, cfg: ModelConfig, x: jax.Array) -> jax.Array:
     """Final norm and output projection: hidden ``[..., H]`` to logits ``[..., V]``."""
-    x = layers.norm(params["final_norm"], x, cfg)
+    x = final_norm(params, cfg, x)
     return x @ params["embed"].T if cfg.tie_word_embeddings else layers.linear(params["lm_head"], x)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "return_router", "compute_logits", "backend", "scan_layers"))
+@functools.partial(jax.jit, static_argnames=("cfg", "return_router", "compute_logits", "backend", "scan_layers",
+                                             "return_hidden_states"))
 def forward(params: dict, cfg: ModelConfig, input_ids: jax.Array, attention_mask: jax.Array | None = None,
             positions: jax.Array | None = None, intervention: iv_lib.Intervention | None = None,
             return_router: bool = False, compute_logits: bool = True, backend: str = "auto",
-            scan_layers: bool = True) -> ModelOutput:
+            scan_layers: bool = True, return_hidden_states: bool = False) -> ModelOutput:
     """Runs the decoder on ``input_ids [B, S]``.
 
     Args:
@@ -175,17 +195,25 @@ def forward(params: dict, cfg: ModelConfig, input_ids: jax.Array, attention_mask
       compute_logits: False skips the final norm and lm head (routing collection needs neither).
       backend: expert dispatch backend (``experts.BACKENDS``, or ``"auto"``: the fastest exact one here).
       scan_layers: False unrolls the layers (reference for tests; compile time grows with depth).
+      return_hidden_states: also return ``hidden_states [layers + 1, B, S, H]`` (as transformers'
+        ``output_hidden_states``) and ``last_residual [B, S, H]``, float32.
     """
     B, S = input_ids.shape
     if attention_mask is None:
         attention_mask = jnp.ones((B, S), jnp.int32)
     if positions is None:
         positions = default_positions(attention_mask)
-    x, r, _ = decoder_layers(params, cfg, input_ids, positions, attention_mask.astype(bool),
-                             intervention=intervention, backend=backend, scan_layers=scan_layers)
+    x, r, _, residuals = decoder_layers(params, cfg, input_ids, positions, attention_mask.astype(bool),
+                                        intervention=intervention, backend=backend, scan_layers=scan_layers,
+                                        return_hidden=return_hidden_states)
     logits = lm_head(params, cfg, x) if compute_logits else None
+    hidden = {}
+    if return_hidden_states:
+        residuals = residuals.astype(jnp.float32)
+        normed = final_norm(params, cfg, x).astype(jnp.float32)
+        hidden = dict(hidden_states=jnp.concatenate([residuals[:-1], normed[None]]), last_residual=residuals[-1])
     if not return_router:
-        return ModelOutput(logits)
+        return ModelOutput(logits, **hidden)
     M = cfg.num_moe_layers
     return ModelOutput(logits, r.logits.reshape(M, B, S, -1), r.topk_idx.reshape(M, B, S, -1),
-                       r.topk_weights.reshape(M, B, S, -1))
+                       r.topk_weights.reshape(M, B, S, -1), **hidden)

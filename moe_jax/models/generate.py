@@ -65,7 +65,7 @@ def _prefill(params, cfg, input_ids, attention_mask, cache_len, intervention, ba
     valid = attention_mask.astype(bool)
     positions = default_positions(attention_mask)
     cache = kv_cache.init(cfg, B, cache_len, params["embed"].dtype)
-    x, _, cache = decoder_layers(params, cfg, input_ids, positions, valid, cache=cache, index=0,
+    x, _, cache, _ = decoder_layers(params, cfg, input_ids, positions, valid, cache=cache, index=0,
                                  intervention=intervention, backend=backend)
     last = P - 1 - jnp.argmax(valid[:, ::-1], axis=1)  # last real token of each row, either padding side
     return DecodeState(cache=cache, next_token=_greedy(params, cfg, x[jnp.arange(B), last]),
@@ -84,7 +84,7 @@ def _emit(state: DecodeState, stop_token_ids: jax.Array, pad_id) -> tuple[jax.Ar
 def _feed(params, cfg, state: DecodeState, intervention, backend):
     """Runs ``next_token`` through the model at its slot; the new state holds the following token."""
     ids, pos = state.next_token[:, None], state.position[:, None]
-    x, routers, cache = decoder_layers(params, cfg, ids, pos, jnp.ones_like(ids, bool), cache=state.cache,
+    x, routers, cache, _ = decoder_layers(params, cfg, ids, pos, jnp.ones_like(ids, bool), cache=state.cache,
                                        index=state.index, intervention=intervention, backend=backend)
     state = state._replace(cache=cache, next_token=_greedy(params, cfg, x[:, 0]), position=state.position + 1,
                            index=state.index + 1)

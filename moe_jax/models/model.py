@@ -1,9 +1,10 @@
 """A thin Flax NNX module around the pure ``forward`` (``moe_jax.load`` builds one from a checkpoint).
 
-Router outputs are sown as ``nnx.Intermediate`` when asked for, so both styles work::
+Router outputs and hidden states are sown as ``nnx.Intermediate`` when asked for, so both styles work::
 
-    out = model(ids, attention_mask=mask, return_router_logits=True)
+    out = model(ids, attention_mask=mask, return_router_logits=True, return_hidden_states=True)
     out.router_logits                                   # [moe_layers, B, S, E] float32
+    out.hidden_states                                   # [layers + 1, B, S, H] float32
 
     out, inter = nnx.capture(model, nnx.Intermediate)(ids, return_router_logits=True)
     inter["router_logits"]
@@ -45,19 +46,23 @@ class MoeModel(nnx.Module):
 
     def __call__(self, input_ids, attention_mask=None, *, positions=None,
                  intervention: Intervention | None = None, return_router_logits: bool = False,
-                 compute_logits: bool = True, allow_over_k: bool = False) -> ModelOutput:
+                 return_hidden_states: bool = False, compute_logits: bool = True,
+                 allow_over_k: bool = False) -> ModelOutput:
         """Forward of ``input_ids [B, S]`` (or ``[S]``: one sequence, batch 1), checked first
-        (``check_inputs``); ``allow_over_k`` lets an intervention force more than top-k experts."""
+        (``check_inputs``); ``allow_over_k`` lets an intervention force more than top-k experts.
+        ``return_hidden_states``: ``out.hidden_states [layers + 1, B, S, H]`` as transformers'
+        ``output_hidden_states`` and ``out.last_residual [B, S, H]`` (before the final norm)."""
         ids, mask = check_inputs(self.cfg, input_ids, attention_mask, intervention, allow_over_k)
         out = forward(self.param_tree, self.cfg, ids, mask, positions, intervention,
                       return_router=return_router_logits, compute_logits=compute_logits,
-                      backend=self.backend)
+                      backend=self.backend, return_hidden_states=return_hidden_states)
         # Sow only under nnx.capture (which sets __captures__): sow outside it is deprecated and
         # would keep per-call arrays alive on the module.
-        if return_router_logits and hasattr(self, "__captures__"):
-            self.sow(nnx.Intermediate, "router_logits", out.router_logits)
-            self.sow(nnx.Intermediate, "topk_idx", out.topk_idx)
-            self.sow(nnx.Intermediate, "topk_weights", out.topk_weights)
+        if hasattr(self, "__captures__"):
+            sown = (("router_logits", "topk_idx", "topk_weights") if return_router_logits else ()) + \
+                   (("hidden_states", "last_residual") if return_hidden_states else ())
+            for name in sown:
+                self.sow(nnx.Intermediate, name, getattr(out, name))
         return out
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 64, stop_token_ids=None,

@@ -120,10 +120,10 @@ def prefill_and_decode(params, cfg, ids, mask, iv, scan):
     """Prefill of ``ids [B, P]`` into a cache, then a decode step of one token per row."""
     cache = kv_cache.init(cfg, B, P + 1, params["embed"].dtype)
     pos = default_positions(mask)
-    x, r, cache = decoder_layers(params, cfg, ids, pos, mask.astype(bool), cache=cache, index=0,
+    x, r, cache, _ = decoder_layers(params, cfg, ids, pos, mask.astype(bool), cache=cache, index=0,
                                  intervention=iv, backend=BACKEND, scan_layers=scan)
     nxt = (ids[:, -1:] * 7 + 3) % cfg.vocab_size
-    x2, r2, cache = decoder_layers(params, cfg, nxt, pos[:, -1:] + 1, jnp.ones_like(nxt, bool), cache=cache,
+    x2, r2, cache, _ = decoder_layers(params, cfg, nxt, pos[:, -1:] + 1, jnp.ones_like(nxt, bool), cache=cache,
                                    index=P, intervention=iv, backend=BACKEND, scan_layers=scan)
     return [(x, r), (x2, r2)], cache
 
