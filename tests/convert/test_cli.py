@@ -1,7 +1,10 @@
 """The conversion CLI / convert_checkpoint: multi-shard conversion, atomicity, and bad input rejected
 before anything is written (each error naming the file and tensor)."""
 
+import contextlib
+import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -11,8 +14,11 @@ import textwrap
 
 import numpy as np
 import pytest
+from absl import flags
+from absl.testing import flagsaver
 from safetensors.numpy import load_file, save_file
 
+from moe_jax.convert import __main__ as convert_main
 from moe_jax.convert import checkpoint, loader, orbax_io
 from moe_jax.convert.checkpoint import convert_checkpoint
 from moe_jax.convert.loader import load_params
@@ -26,10 +32,40 @@ TOKENIZER = {"tokenizer.json": '{"version": "1.0"}', "tokenizer_config.json": '{
              "chat_template.jinja": "{{ messages }}"}
 
 
-def run_cli(*args, **kw):
+def run_cli(*args):
+    """``python -m moe_jax.convert *args`` as a process: its own flag parsing (app.run) and exit status.
+    Only where the process is the point (test_killed_conversion_leaves_no_loadable_dir): each start
+    costs seconds of imports."""
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, "-m", "moe_jax.convert", *args], capture_output=True, text=True,
-                          env=env, timeout=120, **kw)
+                          env=env, timeout=120)
+
+
+def main_cli(*args):
+    """The CLI's ``main`` in this process, its flags (``--name=value`` or ``--name``) set as app.run
+    parses them and restored after: a ``CompletedProcess`` whose returncode and stderr are those of
+    ``python -m moe_jax.convert *args`` (a ``SystemExit`` message goes to stderr with status 1)."""
+    fv = flags.FLAGS
+    was_parsed, code = fv.is_parsed(), 0
+    out, err = io.StringIO(), io.StringIO()
+    with flagsaver.flagsaver(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        handler = logging.StreamHandler(err)  # the conversion's warnings, as absl logs them to stderr
+        logging.getLogger().addHandler(handler)
+        try:
+            for arg in args:
+                name, _, value = arg[2:].partition("=")
+                fv[name].parse(value or "true")
+            fv.mark_as_parsed()
+            convert_main.main(["moe_jax.convert"])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+        finally:
+            logging.getLogger().removeHandler(handler)
+            if not was_parsed:
+                fv.unparse_flags()
+    return subprocess.CompletedProcess(["moe_jax.convert", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +95,7 @@ def assert_same(a, b):
 def test_cli_converts_multishard_checkpoint(hf_dir, reference, tmp_path):
     assert len([f for f in os.listdir(hf_dir) if f.endswith(".safetensors")]) == 3
     out = tmp_path / "out"
-    r = run_cli(f"--hf_dir={hf_dir}", f"--out={out}", "--dtype=float32")
+    r = main_cli(f"--hf_dir={hf_dir}", f"--out={out}", "--dtype=float32")
     assert r.returncode == 0, r.stderr
     assert "converting" in r.stderr  # tqdm bar
     assert sorted(os.listdir(out)) == sorted(["params", "config.json", "moe_jax.json", *TOKENIZER])
@@ -76,9 +112,9 @@ def test_cli_converts_multishard_checkpoint(hf_dir, reference, tmp_path):
     assert cfg.moe_layers == (True, False, True)
     assert_same(params, reference)
     # existing --out is refused without --overwrite, replaced with it
-    r = run_cli(f"--hf_dir={hf_dir}", f"--out={out}")
+    r = main_cli(f"--hf_dir={hf_dir}", f"--out={out}")
     assert r.returncode != 0 and "exists" in r.stderr and "--overwrite" in r.stderr
-    r = run_cli(f"--hf_dir={hf_dir}", f"--out={out}", "--overwrite", "--dtype=bfloat16")
+    r = main_cli(f"--hf_dir={hf_dir}", f"--out={out}", "--overwrite", "--dtype=bfloat16")
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "moe_jax.json").read_text())["dtype"] == "bfloat16"
     assert sorted(os.listdir(tmp_path)) == ["out"]  # no temp or old dirs left
@@ -87,7 +123,7 @@ def test_cli_converts_multishard_checkpoint(hf_dir, reference, tmp_path):
 def test_cli_converts_to_float16(hf_dir, reference, tmp_path):
     """--dtype=float16: every stored leaf is the float32 weight rounded to float16 (NumPy's rounding)."""
     out = tmp_path / "f16"
-    r = run_cli(f"--hf_dir={hf_dir}", f"--out={out}", "--dtype=float16")
+    r = main_cli(f"--hf_dir={hf_dir}", f"--out={out}", "--dtype=float16")
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "moe_jax.json").read_text())["dtype"] == "float16"
     _, f16 = load_params(out, dtype="float16")
@@ -100,7 +136,7 @@ def test_cli_converts_to_float16(hf_dir, reference, tmp_path):
 
 
 def test_cli_rejects_unsupported_dtype(hf_dir, tmp_path):
-    r = run_cli(f"--hf_dir={hf_dir}", f"--out={tmp_path / 'out'}", "--dtype=int8")
+    r = main_cli(f"--hf_dir={hf_dir}", f"--out={tmp_path / 'out'}", "--dtype=int8")
     assert r.returncode != 0
     assert "unsupported dtype 'int8'" in r.stderr and "Traceback" not in r.stderr
     assert os.listdir(tmp_path) == []
@@ -175,6 +211,7 @@ def test_crash_keeps_existing_out(hf_dir, reference, tmp_path, monkeypatch, stag
     assert_same(load_params(out)[1], reference)
 
 
+@pytest.mark.slow  # two Python processes (the killed conversion, then the CLI)
 def test_killed_conversion_leaves_no_loadable_dir(hf_dir, tmp_path):
     """A SIGKILL mid-conversion (no cleanup runs) leaves only an incomplete temp dir."""
     script = textwrap.dedent(f"""
@@ -361,10 +398,10 @@ def test_overwrite_refuses_out_holding_the_input(hf_dir, tmp_path):
     shutil.copytree(hf_dir, out / "hf")
     (out / "notes.txt").write_text("mine")
     before = snapshot(out)
-    r = run_cli(f"--hf_dir={out / 'hf'}", f"--out={out}", "--overwrite")
+    r = main_cli(f"--hf_dir={out / 'hf'}", f"--out={out}", "--overwrite")
     assert r.returncode != 0 and "contains the input dir" in r.stderr, r.stderr
     assert snapshot(out) == before
-    r = run_cli(f"--hf_dir={out / 'hf'}", f"--out={out / 'hf' / 'conv'}", "--overwrite")
+    r = main_cli(f"--hf_dir={out / 'hf'}", f"--out={out / 'hf' / 'conv'}", "--overwrite")
     assert r.returncode != 0 and "is inside the input dir" in r.stderr, r.stderr
     assert snapshot(out) == before
 
