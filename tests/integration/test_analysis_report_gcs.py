@@ -26,6 +26,10 @@ SMALL = SyntheticSpec(languages=tuple(l for l in SPEC.languages if l[0] in ("eng
                       moe_layer_ids=SPEC.moe_layer_ids, n_sequences=8)
 
 
+# slow: the tests over the module's full-size run (~10 CPU s to build) and those that analyse twice; the
+# fast lane keeps a damaged and a missing analysis on gs:// and the foreign-files refusal
+
+
 def _config(paths):
     c = ml_collections.ConfigDict({"analysis": analysis_stage.default_config(), "report": report_stage.default_config()})
     c.analysis.bootstrap.n = 100
@@ -73,6 +77,7 @@ def runs(gcs_bucket, tmp_path_factory):
     return local, remote, config, page
 
 
+@pytest.mark.slow
 def test_gcs_analysis_equals_local(runs):
     local, remote, _, _ = runs
     want, got = _files(local, wd.ANALYSIS), _files(remote, wd.ANALYSIS)
@@ -92,6 +97,7 @@ def test_gcs_analysis_equals_local(runs):
     assert summary["accuracy_source"] == "analysis.accuracy" and "math" in summary["task_experts"]["tasks"]
 
 
+@pytest.mark.slow
 def test_gcs_report_equals_local(runs):
     local, remote, _, page = runs
     assert page == storage.join(wd.report_dir(remote), "index.html")
@@ -109,6 +115,7 @@ def test_gcs_report_equals_local(runs):
     assert stamp["inputs"]["routing store"] == local_inputs["routing store"]
 
 
+@pytest.mark.slow
 def test_gcs_preflight_and_staleness_on_a_current_run(runs):
     _, remote, config, _ = runs
     assert analysis_stage.staleness(None, remote) == []
@@ -135,6 +142,7 @@ def analysed(gcs_dir):
     return gcs_dir, c
 
 
+@pytest.mark.slow
 def test_gcs_staleness_after_the_store_changes(analysed):
     work, c = analysed
     write_synthetic_store(wd.routing_dir(work), dataclasses.replace(SMALL, seed=1))
@@ -172,6 +180,7 @@ def test_gcs_damaged_outputs_are_not_trusted(analysed):
     assert analysis_stage.staleness(c, work) == [] and stage_outputs.read_analysis(work)["pivot"] == "eng_Latn"
 
 
+@pytest.mark.slow
 def test_gcs_unfinished_analysis_is_not_trusted(analysed, monkeypatch):
     """A run killed after its first table: the old provenance.json was removed first and no new one
     was written, so no reader trusts analysis/ (the report refuses it or computes it again)."""
@@ -203,6 +212,7 @@ def test_gcs_unfinished_analysis_is_not_trusted(analysed, monkeypatch):
     assert "analysis_divergence.csv" in copied and "analysis_stray.csv" not in copied
 
 
+@pytest.mark.slow
 def test_gcs_synthetic_demo_config_names_the_bucket(runs, tmp_path):
     _, remote, _, _ = runs
     text = storage.read_bytes(storage.join(remote, CONFIG_NAME)).decode()

@@ -13,7 +13,7 @@ from moe_jax.eval import steering_file, tasks
 from moe_jax.artifacts.routing_store import StoreMismatchError
 from moe_jax.steering.spec import SteeringSpec
 
-pytestmark = pytest.mark.slow  # the eval and steer stages on a gs:// workdir
+# the test running the eval and steer stages on a gs:// workdir is slow; the records layer's tests are not
 
 IDENT = {"model": "tiny", "options": {"limit": 2}}
 PAIRS = [("belebele", "eng_Latn"), ("belebele", "fra_Latn"), ("mgsm", "eng_Latn")]
@@ -306,6 +306,7 @@ def _preflight_on_gcs_refuses_other_options_and_missing_inputs(stage_runs):
     assert not storage.exists(empty)
 
 
+@pytest.mark.slow
 def test_eval_and_steer_stages_on_a_gcs_workdir(stage_runs, tmp_path, monkeypatch):
     """One test over the module's stage runs (built once; tests of one module may run on two workers):
     outputs equal a local workdir's, preflight on gs://, lm-eval from a gs:// checkpoint, then a
