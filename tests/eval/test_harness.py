@@ -53,6 +53,7 @@ def random_requests(rng, n, vocab, lo=2, hi=90):
     return out
 
 
+@pytest.mark.slow  # compiles the scoring programs of several shapes
 def test_loglikelihood_tokens_match_unbatched_reference(lm):
     rng = np.random.default_rng(0)
     V = lm.cfg.vocab_size
@@ -75,6 +76,7 @@ def test_loglikelihood_tokens_match_unbatched_reference(lm):
     assert stats["batches"] == 3  # 13 requests, 9 distinct model inputs, batches of 3
 
 
+@pytest.mark.slow
 def test_text_requests_follow_lm_eval_encoding(lm):
     tok = lm.tokenizer
     reqs = [Instance("loglikelihood", {}, args, i) for i, args in enumerate(
@@ -87,6 +89,7 @@ def test_text_requests_follow_lm_eval_encoding(lm):
     assert c == pytest.approx(ref, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_loglikelihood_rolling_sums_disjoint_windows(lm):
     from lm_eval import utils as lm_utils
     text = " ".join(["The river flows north through the old town, past the market."] * 12)
@@ -100,6 +103,7 @@ def test_loglikelihood_rolling_sums_disjoint_windows(lm):
     assert got == pytest.approx(ref, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_bucketing_keeps_compiles_few(lm):
     rng = np.random.default_rng(1)
     V = lm.cfg.vocab_size
@@ -139,6 +143,7 @@ def ref_generate(lm, prompt_ids, max_new, until):
     return text
 
 
+@pytest.mark.slow
 def test_generate_until_matches_uncached_reference(lm):
     prompts = ["Question: Tom has 3 apples. How many?\nAnswer:", "Hello", "Der Zug fährt um 7 Uhr ab.\nAntwort:",
                "x"]
@@ -201,6 +206,7 @@ def mc_requests():
             for i, c in enumerate([" town", " market", " bridge"])]
 
 
+@pytest.mark.slow
 def test_steering_file(lm, model_dir, tmp_path):
     L, E = lm.cfg.num_moe_layers, lm.cfg.num_experts
     base = lm.loglikelihood(mc_requests(), disable_tqdm=True)
@@ -226,6 +232,7 @@ def test_steering_file(lm, model_dir, tmp_path):
         make(steering=write_json(tmp_path / "bad3.json", {"mode": "boost"}))
 
 
+@pytest.mark.slow
 def test_lm_eval_cli_runs_the_model(model_dir, tmp_path, monkeypatch):
     import lm_eval.tasks
     from lm_eval.tasks import TaskManager

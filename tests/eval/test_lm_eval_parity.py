@@ -26,6 +26,8 @@ import moe_jax.eval  # noqa: E402,F401  registers "moe_jax"
 
 # "al" and "ik" are frequent in this random model's output: some rows stop early, others run to
 # max_gen_toks, so the cut at the first stop string is exercised.
+pytestmark = pytest.mark.slow  # lm-eval end to end, twice (moe_jax and transformers) per test
+
 UNTIL = ["Question:", "</s>", "<|im_end|>", "al", "ik"]
 BATCH = 4
 

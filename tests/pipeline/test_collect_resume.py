@@ -75,6 +75,7 @@ def run(setup, path, step, meta=None, encoded=None, hashes=None, **options):
                             options={**OPTIONS, **options}, batching=BATCHING, input_hashes=hashes)
 
 
+@pytest.mark.slow
 def test_crash_mid_language_then_resume(setup, tmp_path):
     ref_dir, dir_ = tmp_path / "ref", tmp_path / "run"
     full = CountingStep(setup[3])

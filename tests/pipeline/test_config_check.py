@@ -83,6 +83,7 @@ def test_collect_stage_refuses_unknown_collect_fields():
     assert opts.batch_size == 4 and opts.pad_to_multiple == collect_stage.default_config().pad_to_multiple
 
 
+@pytest.mark.slow  # a launch CLI subprocess (imports every stage)
 def test_launch_refuses_a_config_file_typo_before_anything_runs(tmp_path):
     cfg = tmp_path / "typo.py"
     cfg.write_text(

@@ -44,6 +44,7 @@ def wilson(k, n):
     return c - h, c + h
 
 
+@pytest.mark.slow  # convert + eval of the tiny model
 def test_records_and_summary(evaluated):
     work, _, summary = evaluated
     out = wd.eval_dir(work)
@@ -71,6 +72,7 @@ def test_records_and_summary(evaluated):
     assert summary["languages"]["mgsm/fra_Latn"] == "fr"
 
 
+@pytest.mark.slow
 def test_resume_after_kill_and_damaged_file(evaluated, tmp_path):
     work, config, _ = evaluated
     expected = files(wd.eval_dir(work))
@@ -133,6 +135,7 @@ def test_config_errors(tmp_path):
         eval_stage.options(c)
 
 
+@pytest.mark.slow
 def test_long_prompts_are_truncated_and_counted(evaluated, tmp_path):
     work, _, _ = evaluated
     shutil.copytree(wd.checkpoint_dir(work), wd.checkpoint_dir(str(tmp_path)))

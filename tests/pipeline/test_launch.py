@@ -61,6 +61,7 @@ def test_run_stages_in_order_with_defaults(tmp_path, monkeypatch):
     assert len(CALLS) == 1  # nothing ran: every name and field is checked first
 
 
+@pytest.mark.slow  # a launch CLI subprocess (imports every stage)
 def test_cli_unknown_stage_lists_known_ones(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "moe_jax.launch", "--config=configs/demo.py",
                            f"--workdir={tmp_path}", "--stages=convert,stear"], cwd=ROOT, capture_output=True,

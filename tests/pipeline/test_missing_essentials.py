@@ -174,6 +174,7 @@ def test_widening_load_of_a_narrowing_conversion_warns(hf_dirs, tmp_path, caplog
             and "convert again with dtype float32" in message)
 
 
+@pytest.mark.slow
 def test_generate_checks_its_arguments():
     from moe_jax.models.config import ModelConfig
     from moe_jax.models.model import MoeModel

@@ -190,6 +190,7 @@ def test_the_analysis_settings_keep_their_fingerprint():
     assert fingerprint({"analysis": a.to_dict(), "languages": None}) == "fb885be247ef0a29"  # main before Options
 
 
+@pytest.mark.slow
 def test_options_are_built_once_per_run(tmp_path, monkeypatch):
     calls = []
     real = options.from_config

@@ -20,6 +20,7 @@ def collected(tmp_path_factory):
     return work
 
 
+@pytest.mark.slow
 def test_convert_then_collect_refused_before_convert_replaces_anything(collected):
     """The probe: another model's convert,collect into a workdir holding a store: refused by collect's
     preflight before convert touched checkpoint/ or hf_tiny/; overwrite lifts the refusal."""
@@ -145,6 +146,7 @@ def test_checkpoint_tokenizer_must_fit_the_model_and_match_the_store(collected, 
         stages.preflight(c, work, ["collect"])
 
 
+@pytest.mark.slow  # a launch CLI subprocess (imports every stage)
 def test_launch_lists_the_problems_without_a_traceback(tmp_path):
     import subprocess
     import sys

@@ -56,6 +56,7 @@ def test_analysis_and_report_record_their_inputs(reported):
     assert shown["eval summary"] == {"path": "eval/summary.json", "digest": None}
 
 
+@pytest.mark.slow  # collects another model
 def test_report_after_the_store_changed_recomputes_the_analysis(work):
     """The probe: another model collected with overwrite, then --stages=report alone: the analysis of
     the previous model's store is computed again from the new store before the page is drawn."""
@@ -74,6 +75,7 @@ def test_report_after_the_store_changed_recomputes_the_analysis(work):
     assert analysis_stage.staleness(c, work) == []
 
 
+@pytest.mark.slow
 def test_stale_analysis_refused_without_a_config_to_recompute_it(work):
     """report.run with no config (the analysis settings unknown) refuses a stale analysis, naming the
     changed input and the command; an analysis from before provenance was recorded is stale too."""
@@ -109,6 +111,7 @@ def test_a_stage_called_directly_refuses_a_stale_analysis(work, stage):
     assert read_json(stamp_path) == stamp  # not computed again
 
 
+@pytest.mark.slow
 def test_changed_analysis_settings_recompute_before_the_report(work, caplog):
     """--stages=report after the analysis settings changed: the registry's preflight decides it once and
     runs the analyze stage first, logged as such; the page shows the fresh analysis."""

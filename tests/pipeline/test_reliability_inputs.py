@@ -39,6 +39,7 @@ def test_stage_lists_in_order_pass():
     assert stages.parse_stages(["analyze", "steer"]) == ["analyze", "steer"]
 
 
+@pytest.mark.slow  # a launch CLI subprocess (imports every stage)
 def test_empty_stages_flag_is_refused_not_all_six(tmp_path):
     """``--stages=`` used to fall back to config.stages and run every stage."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)

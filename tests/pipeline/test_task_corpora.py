@@ -132,6 +132,7 @@ def collected(tmp_path_factory):
     return workdir, collect_stage.run(task_config(), workdir)
 
 
+@pytest.mark.slow
 def test_collect_writes_one_store_per_task(collected):
     workdir, out = collected
     assert set(out) == {"routing", "tasks/math", "tasks/medicine"}
@@ -153,6 +154,7 @@ def test_collect_writes_one_store_per_task(collected):
     assert "task" not in main and "task" not in main["data_source"] and "count" not in main["data_source"]
 
 
+@pytest.mark.slow  # the collected module fixture (a tiny model, three stores)
 def test_task_store_equals_a_main_store_of_the_same_corpus(collected, tmp_path):
     """A task corpus is collected exactly as config.data would be (same model, template, batching)."""
     workdir, _ = collected
@@ -170,6 +172,7 @@ def test_task_store_equals_a_main_store_of_the_same_corpus(collected, tmp_path):
         np.testing.assert_array_equal(got["eng_Latn"][key], v, err_msg=key)
 
 
+@pytest.mark.slow
 def test_rerun_resumes_every_store(collected, tmp_path):
     workdir, _ = collected
     work = str(tmp_path / "w")
@@ -187,6 +190,7 @@ def test_rerun_resumes_every_store(collected, tmp_path):
     np.testing.assert_array_equal(a["eng_Latn"]["seq_topk_freq"], b["eng_Latn"]["seq_topk_freq"])
 
 
+@pytest.mark.slow
 def test_foreign_task_store_is_refused_before_loading(collected, tmp_path, monkeypatch):
     workdir, _ = collected
     work = str(tmp_path / "w")
@@ -232,6 +236,7 @@ def task_table(workdir):
     return out
 
 
+@pytest.mark.slow
 def test_analyze_uses_the_collected_task_stores(collected):
     workdir, _ = collected
     s = analysis_stage.run(task_config(), workdir)
@@ -249,6 +254,7 @@ def test_analyze_uses_the_collected_task_stores(collected):
         assert t["n_task_experts"] == int((delta > 0.3).sum())
 
 
+@pytest.mark.slow
 def test_explicit_task_stores_win(collected, tmp_path):
     workdir, _ = collected
     path = os.path.join(workdir, "tasks", "medicine")
@@ -260,6 +266,7 @@ def test_explicit_task_stores_win(collected, tmp_path):
         assert d == pytest.approx(delta[l, e], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_config_tasks_select_the_stores(collected, caplog):
     workdir, _ = collected
     s = analysis_stage.run(task_config({"medicine": 4, "law": 3}), workdir)  # math: not configured, law: not collected
@@ -273,6 +280,7 @@ def test_config_tasks_select_the_stores(collected, caplog):
     assert list(s["task_experts"]["tasks"]) == ["math", "medicine"]
 
 
+@pytest.mark.slow
 def test_task_store_of_another_checkpoint_is_an_error(collected, tmp_path):
     workdir, _ = collected
     work = str(tmp_path / "w")

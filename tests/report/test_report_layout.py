@@ -187,6 +187,7 @@ def report(tmp_path_factory):
         return wd, f.read(), figs
 
 
+@pytest.mark.slow  # the report of a synthetic workdir (the module fixture)
 def test_report_curves_break_over_the_dense_layer(report):
     _, _, figs = report
     curves = {n: v for n, v in figs.items() if v[0]}
@@ -237,6 +238,7 @@ def _parse(text):
     return p
 
 
+@pytest.mark.slow
 def test_no_long_token_widens_the_page(report):
     wd, text, _ = report
     p = _parse(text)
@@ -271,6 +273,7 @@ FORMULAS = {
 }
 
 
+@pytest.mark.slow
 def test_captions_carry_the_formulas_of_docs_methods(report):
     _, text, _ = report
     p = _parse(text)
@@ -289,6 +292,7 @@ def test_captions_carry_the_formulas_of_docs_methods(report):
             assert section in headings, (name, section)  # ... and that section exists
 
 
+@pytest.mark.slow
 def test_report_cites_no_file_outside_the_repository(report):
     _, text, _ = report
     page = html_lib.unescape(re.sub(r'src="data:[^"]*"', "", text))

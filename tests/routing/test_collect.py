@@ -94,6 +94,7 @@ def encoded(ids, masks):
     return EncodedTexts(list(ids), list(masks), np.zeros(len(ids), bool))
 
 
+@pytest.mark.slow  # the reference: a forward pass per sequence
 def test_statistics_match_numpy(model, corpus, mesh, step, reference):
     res = run(model, corpus, mesh, step)
     a = res.arrays
@@ -110,6 +111,7 @@ def test_statistics_match_numpy(model, corpus, mesh, step, reference):
     assert res.tokens == sum(len(x) for x in corpus[0]) and res.batches == 2
 
 
+@pytest.mark.slow
 def test_padding_amount_and_pad_ids_do_not_matter(model, corpus, mesh, step):
     base = run(model, corpus, mesh, step).arrays
     unsorted = run(model, corpus, mesh, step, pad_to_multiple=32, sort_by_length=False, batch_size=2).arrays
@@ -120,6 +122,7 @@ def test_padding_amount_and_pad_ids_do_not_matter(model, corpus, mesh, step):
         np.testing.assert_allclose(unsorted[key], v, atol=1e-5, err_msg=key)
 
 
+@pytest.mark.slow
 def test_compiles_once_per_shape(model, corpus, mesh):
     cfg, params = model
     step = collect.make_collect_step(cfg, mesh)
@@ -157,6 +160,7 @@ def test_row_without_counted_tokens_is_zero():
     np.testing.assert_allclose(out["seq_mean_probs"][0], 0.25)
 
 
+@pytest.mark.slow
 def test_bad_inputs(model, corpus, mesh, step):
     cfg, params = model
     with pytest.raises(ValueError, match="sequence 1"):

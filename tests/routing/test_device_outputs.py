@@ -36,6 +36,7 @@ def compiled_forward(model, **kw):
     return jax.jit(lambda p, i, m: forward(p, cfg, i, m, **kw)).lower(params, ids, mask).compile()
 
 
+@pytest.mark.slow  # compiles the forward pass twice
 def test_router_outputs_cost_nothing_unless_asked(model):
     cfg = model[0]
     bare = compiled_forward(model, return_router=False)
@@ -51,7 +52,7 @@ def test_router_outputs_cost_nothing_unless_asked(model):
     assert bare.cost_analysis()["transcendentals"] <= asked.cost_analysis()["transcendentals"]
 
 
-@pytest.mark.parametrize("token_topk", [False, True])
+@pytest.mark.parametrize("token_topk", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_collect_step_returns_per_sequence_summaries_only(model, token_topk):
     cfg, params, ids, mask = model
     step = collect.make_collect_step(cfg, shd.make_mesh({"data": -1}), token_topk=token_topk)

@@ -49,6 +49,7 @@ def test_js_divergence_values():
     np.testing.assert_allclose(np.asarray(learned.js_divergence(p, q)), [np.log(2), 0.0], atol=1e-6)
 
 
+@pytest.mark.slow  # compiles the tiny model's loss and gradient
 def test_gradient_is_zero_outside_the_band(problem):
     params, lang, mask, target = problem
     band = jnp.asarray([0.0, 1.0, 0.0])
@@ -59,6 +60,7 @@ def test_gradient_is_zero_outside_the_band(problem):
     assert np.abs(grad[1]).max() > 1e-4
 
 
+@pytest.mark.slow
 def test_fit_lowers_the_training_divergence_in_the_band_only(problem):
     params, lang, mask, target = problem
     fit = learned.fit_router_bias(params, CFG, lang, mask, mask, target, [False, True, True], steps=25,
@@ -72,6 +74,7 @@ def test_fit_lowers_the_training_divergence_in_the_band_only(problem):
     np.testing.assert_allclose(spec.to_intervention(CFG).bias, fit.bias, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_bad_shapes(problem):
     params, lang, mask, target = problem
     with pytest.raises(ValueError, match=r"target must be \[sequences, moe_layers, experts\]"):

@@ -80,6 +80,7 @@ def test_over_k_allowed_explicitly_and_unknown_fields():
         SteeringSpec.from_dict({"method": "soft", "targets": [[0, 1, 1]], "lambda": 0.5})
 
 
+@pytest.mark.slow  # forward passes of the tiny model
 def test_forced_experts_used_by_every_token_and_masked_by_none(model):
     params, ids = model
     base = np.asarray(forward(params, CFG, ids, return_router=True).topk_idx)  # [L, B, S, k]
@@ -108,6 +109,7 @@ def test_from_targets_and_stacked_sweep():
     assert sweep.std_scale[0, 1, 6] == 0.5 and sweep.mode[1, 0, 1] == FORBID
 
 
+@pytest.mark.slow
 def test_forced_and_masked_experts_in_generation(model):
     """Generation applies the spec at every decoded token as scoring does at every position."""
     from moe_jax.models.generate import generate
@@ -126,6 +128,7 @@ def test_forced_and_masked_experts_in_generation(model):
     assert (used[1] == common).any()
 
 
+@pytest.mark.slow
 def test_hard_noise_orders_forced_experts_by_seeded_draws(model):
     """With the study's noise, which of more-than-k forced experts win varies with the seed and token,
     reproducibly; with the deterministic margin the lowest indices always win."""

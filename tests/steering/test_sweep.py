@@ -32,6 +32,7 @@ def test_reordering_within_the_top_k_is_no_change():
     np.testing.assert_array_equal(np.asarray(sweep.topk_change(params, cfg, ids, mask, counted, iv)), 0.0)
 
 
+@pytest.mark.slow  # another compile of topk_change (the other test is the fast lane's)
 def test_forbidding_an_expert_changes_exactly_the_tokens_that_used_it():
     cfg, params, ids, mask, counted = setup(num_experts=8, top_k=2)
     base = np.asarray(forward(params, cfg, ids, mask, return_router=True, compute_logits=False).topk_idx)
