@@ -11,25 +11,29 @@ paths inside JSON files are written relative to the workdir first).
 
 import glob
 import json
+import logging
 import os
 
 import pytest
 
 from tests.helpers.cli_runs import finish, kill_when, start
+from tests.helpers.configs import load_config
+from tests.helpers.paths import REPO_ROOT
 from tests.helpers.workdirs import digests
+from moe_jax.pipeline import registry as stages
 from moe_jax.convert import loader
 from moe_jax.convert.safetensors_io import CheckpointError
 from moe_jax.artifacts import eval_records as rec
 from moe_jax.artifacts import routing_store as store
 
-pytestmark = pytest.mark.slow  # stages killed and resumed through the command line
+# the tests over the killed and resumed runs are slow (stages through the command line); the others are not
 
 LANGS = ["eng_Latn", "fra_Latn", "deu_Latn", "spa_Latn"]
 EVAL_LANGS = ["eng_Latn", "fra_Latn", "deu_Latn"]
-ARGS = ["--config=configs/demo.py", "--stages=convert,collect,eval", f"--config.data.languages={','.join(LANGS)}",
-        "--config.data.max_sentences=6", "--config.tasks={}", "--config.collect.token_topk=False",
-        "--config.eval.tasks=belebele", f"--config.eval.languages={','.join(EVAL_LANGS)}", "--config.eval.limit=3",
-        "--config.plan.check=False"]
+SETTINGS = {"data.languages": ",".join(LANGS), "data.max_sentences": 6, "tasks": {}, "collect.token_topk": False,
+            "eval.tasks": "belebele", "eval.languages": ",".join(EVAL_LANGS), "eval.limit": 3, "plan.check": False}
+STAGES = "convert,collect,eval"
+ARGS = ["--config=configs/demo.py", f"--stages={STAGES}", *(f"--config.{k}={v}" for k, v in SETTINGS.items())]
 CACHE = []  # the module's Hugging Face home (set by the fixture)
 
 
@@ -38,6 +42,18 @@ def launch(workdir, *extra):
     # cached executables compute the same bits. The Hugging Face cache (the eval stage's data loading
     # caches the demo items there) is the module's own, outside the workdirs, so that it is seen.
     return start([f"--workdir={workdir}", *ARGS, *extra], {"HF_HOME": CACHE[0]})
+
+
+def config():
+    """``ARGS``'s config, for a run in-process."""
+    c = load_config(os.path.join(REPO_ROOT, "configs", "demo.py"))
+    for key, value in SETTINGS.items():
+        *parents, leaf = key.split(".")
+        node = c
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return c
 
 
 def leftovers(workdir):
@@ -88,6 +104,7 @@ def runs(tmp_path_factory):
     return ref, work, before, base
 
 
+@pytest.mark.slow
 def test_killed_runs_resume_bit_identical(runs):
     ref, work, before, base = runs
     want, got = digests(ref), digests(work)
@@ -131,12 +148,13 @@ def _chunks(params):
     return same, [f for files in by_shape.values() for f in files if f not in same]
 
 
-def test_damaged_files_are_named_and_redone(runs):
+@pytest.mark.slow
+def test_damaged_files_are_named_and_redone(runs, caplog):
     """Each kind of damage (truncate, same-size byte flip, delete, replace with another file of the
     same kind) on the routing store, the converted checkpoint and the eval records (truncated in the
     fixture, before the last resumed run): readers name the
-    file and the command that repairs it, and that command (here the three stages in one launch)
-    restores the uninterrupted run's outputs."""
+    file and the command that repairs it, and that command (here the three stages in one run,
+    in-process) restores the uninterrupted run's outputs."""
     ref, work, _, _ = runs
     w = str(work)
     routing, ckpt, ev = work / "routing", work / "checkpoint", work / "eval" / "belebele"
@@ -161,9 +179,10 @@ def test_damaged_files_are_named_and_redone(runs):
         with pytest.raises(ValueError, match=f"{lang}.jsonl .*--workdir={w} --stages=eval"):
             rec.read_records(str(work / "eval"), "belebele", lang)
 
-    done = finish(launch(work))
-    out = done.stdout + done.stderr
-    assert "will be converted again" in out and "will be collected again" in out
+    # in-process (what the command line runs; the launches above show the command line)
+    with caplog.at_level(logging.INFO, logger="moe_jax"):
+        stages.run_stages(config(), w, STAGES)
+    assert "will be converted again" in caplog.text and "will be collected again" in caplog.text
     want, got = digests(ref), digests(work)
     assert sorted(got) == sorted(want)
     assert {k for k in want if got[k] != want[k]} == set()
