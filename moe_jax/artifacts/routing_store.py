@@ -25,6 +25,11 @@ Arrays of ``<lang>.npz`` (N sequences, L MoE layers, E experts, k top-k):
     token_totals       [L]        int64    counted tokens (same for every layer)
     token_topk         [T, L, k]  int16    optional: per-token top-k experts of all counted tokens,
                                            concatenated over sequences (T = sum seq_lengths)
+    seq_hidden         [N, D, P]  float16  optional (collect.hidden_states): mean hidden state over counted
+                                           tokens of each of the D = decoder layers + 1 states (embeddings
+                                           first, the last after the final norm), projected to P dims
+    seq_lens_mass      [N, D, 2]  float32  optional: the logit lens's mean probability mass on the pivot's
+                                           tokens and on the language's own tokens, per state
 
 Writes are atomic (``moe_jax.io.storage``: local temp file + ``os.replace``, one upload per object on
 ``gs://``): a language file either exists complete or not at
@@ -112,11 +117,13 @@ def repair_hint(store: str) -> str:
     return integrity.repair("collect", workdir, "to recompute it")
 
 
-# key -> (dims, kind): dims name the axes (N sequences, L layers, E experts, T tokens, k top-k)
+# key -> (dims, kind): dims name the axes (N sequences, L layers, E experts, T tokens, k top-k, D hidden
+# states, P projected dims, M token sets)
 SHAPES = {"seq_ids": ("N", "U"), "seq_lengths": ("N", "i"), "seq_mean_probs": ("NLE", "f"),
           "seq_topk_freq": ("NLE", "f"), "seq_topk_weight": ("NLE", "f"), "seq_gate_weight": ("NLE", "f"),
           "seq_token_entropy": ("NL", "f"), "topk_counts": ("LE", "i"),
-          "gate_weight_sums": ("LE", "f"), "token_totals": ("L", "i"), "token_topk": ("TLk", "i")}
+          "gate_weight_sums": ("LE", "f"), "token_totals": ("L", "i"), "token_topk": ("TLk", "i"),
+          "seq_hidden": ("NDP", "f"), "seq_lens_mass": ("NDM", "f")}
 
 
 def check_arrays(lang: str, arrays: Mapping[str, np.ndarray]) -> dict[str, int]:

@@ -34,7 +34,7 @@ from moe_jax.models.config import ModelConfig
 from moe_jax.pipeline import loading
 from moe_jax.pipeline import options as options_lib
 from moe_jax.pipeline.common import collect_problems, model_name, model_warning, source_identity
-from moe_jax.routing import collect
+from moe_jax.routing import collect, hidden_statistics
 from moe_jax.artifacts import fingerprint as provenance, routing_store as store_lib
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def run(config: Any, workdir: str) -> dict[str, dict[str, dict]]:
     weights are loaded or anything is compiled; the model is loaded and compiled once for all stores.
     ``config``: the run's Options (``moe_jax.pipeline.options``), or a config they are built from.
     """
-    config = options_lib.of(config)
+    config = options_lib.of(config).checked("collect")
     opts = config.collect
     ckpt = loading.open_checkpoint(config, workdir)
     ckpt_dir, ckpt_meta, cfg = ckpt.dir, ckpt.meta, ckpt.cfg
@@ -97,9 +97,14 @@ def run(config: Any, workdir: str) -> dict[str, dict[str, dict]]:
     step = collect.make_collect_step(cfg, mesh, token_topk=bool(opts.token_topk), backend=opts.backend)
     out: dict[str, dict[str, dict]] = {}
     for job in plan:
-        out[job.key] = collect_to_store(job.store_dir, job.meta, job.corpus.languages, job.encoder(tokenizer),
-                                        step=step, params=params, cfg=cfg, mesh=mesh, options=opts,
-                                        batching=job.batching(tokenizer, opts), done=job.done)
+        encode, hidden, job_step = job.encoder(tokenizer), None, step
+        if opts.hidden_states and job.key == wd.ROUTING:  # representations of the main corpus only
+            encode, hidden = _hidden_inputs(job, encode, cfg, opts, config.analysis.pivot)
+            job_step = collect.make_collect_step(cfg, mesh, token_topk=bool(opts.token_topk), backend=opts.backend,
+                                                 hidden_states=True)
+        out[job.key] = collect_to_store(job.store_dir, job.meta, job.corpus.languages, encode,
+                                        step=job_step, params=params, cfg=cfg, mesh=mesh, options=opts,
+                                        batching=job.batching(tokenizer, opts), done=job.done, hidden=hidden)
         if distributed.is_writer():
             print(f"routing statistics of {job.meta['model']} written to {job.store_dir}\n"
                   f"{format_summary(out[job.key])}", flush=True)
@@ -107,6 +112,30 @@ def run(config: Any, workdir: str) -> dict[str, dict[str, dict]]:
     if warning and distributed.is_writer():
         print(f"WARNING: {warning}", flush=True)
     return out
+
+
+def _hidden_inputs(job: "_StorePlan", encode: Callable[[str], LanguageInput], cfg: ModelConfig, opts: Any,
+                   pivot: str) -> tuple[Callable[[str], LanguageInput], Callable[[str], collect.HiddenInputs]]:
+    """Every language of the main corpus tokenised once (its token counts decide which tokens belong to
+    which language, so all are needed even when some are already collected): the encoder reading those
+    encodings, and each language's step inputs (the projection, the pivot's and its own token set)."""
+    encoded = {lang: encode(lang) for lang in job.corpus.languages}
+    counts = {lang: hidden_statistics.token_counts(
+        np.concatenate([ids[mask.astype(bool)] for ids, mask in zip(inp.encoded.input_ids, inp.encoded.count_mask)]),
+        cfg.vocab_size) for lang, inp in encoded.items()}
+    sets = hidden_statistics.token_languages(counts, share=float(opts.lens_token_share))
+    proj = hidden_statistics.projection(cfg.hidden_size, int(opts.hidden_dim))
+    return encoded.__getitem__, lambda lang: collect.HiddenInputs(proj, np.stack([sets[pivot], sets[lang]]).astype(np.float32))
+
+
+def hidden_identity(opts: Any, pivot: str) -> dict[str, Any] | None:
+    """What determines a store's hidden-state arrays (recorded in its meta and fingerprint), or None
+    when it has none. ``dim``: the projection's (no projection when the model's hidden size is smaller)."""
+    if not opts.get("hidden_states", False):
+        return None
+    return {"dim": int(opts["hidden_dim"]), "seed": hidden_statistics.PROJECTION_SEED,
+            "lens_token_share": float(opts["lens_token_share"]), "pivot": pivot,
+            "states": "embeddings, the output of each decoder layer, the last after the final norm"}
 
 
 @dataclasses.dataclass
@@ -174,6 +203,9 @@ def build_meta(config: Any, cfg: ModelConfig, ckpt_meta: Mapping[str, Any], toke
         "data_source": source, "sentence_ids": provenance.fingerprint(list(corpus.ids)),
         "token_topk": bool(opts.get("token_topk", False)),
     }
+    hidden = hidden_identity(opts, config.analysis.pivot) if task is None else None
+    if hidden is not None:  # only then: stores without hidden states keep their fingerprint
+        identity["hidden_states"] = hidden
     meta = {
         "model": model_name(config.model), "model_type": cfg.model_type, "model_source": identity["model_source"],
         "checkpoint_sha256": identity["checkpoint_sha256"], "dtype": config.model.dtype,
@@ -185,6 +217,8 @@ def build_meta(config: Any, cfg: ModelConfig, ckpt_meta: Mapping[str, Any], toke
         "num_experts": cfg.num_experts, "top_k": cfg.top_k, "token_topk": identity["token_topk"],
         "code_version": provenance.code_version(), "fingerprint": provenance.fingerprint(identity),
     }
+    if hidden is not None:
+        meta["hidden_states"] = hidden
     if task is not None:
         meta["task"] = task
     warning = model_warning(config.model)
@@ -210,7 +244,8 @@ def _text_hash(texts: Sequence[str]) -> str:
 def collect_to_store(store_dir: str, meta: Mapping[str, Any], languages: Sequence[str],
                      encode: Callable[[str], LanguageInput], *, step: collect.Step, params: Any,
                      cfg: ModelConfig, mesh: Any, options: Mapping[str, Any], batching: Mapping[str, Any],
-                     input_hashes: Mapping[str, str] | None = None, done: set[str] | None = None) -> dict[str, dict]:
+                     input_hashes: Mapping[str, str] | None = None, done: set[str] | None = None,
+                     hidden: Callable[[str], collect.HiddenInputs] | None = None) -> dict[str, dict]:
     """Collects every language of ``languages`` not yet in the store; returns their summaries.
 
     ``options``: the ``collect`` config section; ``batching``: keyword arguments of
@@ -218,7 +253,8 @@ def collect_to_store(store_dir: str, meta: Mapping[str, Any], languages: Sequenc
     ``encode(lang)`` is called only for languages that still need collecting. ``input_hashes``
     (language -> hash of its texts, stored in its summary as ``text_sha256``): a finished language
     whose texts changed since is collected again. ``done``: the languages already in the store, when
-    the caller has opened it (``_open``); None opens it here.
+    the caller has opened it (``_open``); None opens it here. ``hidden(lang)``: the inputs of a step
+    made with ``hidden_states=True``.
     """
     if done is None:
         done = _open(store_dir, meta, languages, bool(options.get("overwrite", False)), input_hashes)
@@ -233,7 +269,8 @@ def collect_to_store(store_dir: str, meta: Mapping[str, Any], languages: Sequenc
         inp = encode(lang)
         with tqdm(total=len(inp.encoded), desc=f"  {lang}", unit="seq", leave=False, disable=not show) as seq_bar:
             res = collect.collect_language(step, params, inp.encoded, cfg=cfg, mesh=mesh, **batching,
-                                           keep_token_topk=bool(options["token_topk"]), progress=seq_bar.update)
+                                           keep_token_topk=bool(options["token_topk"]), progress=seq_bar.update,
+                                           hidden=None if hidden is None else hidden(lang))
         summary = {"sequences": res.sequences, "counted_tokens": res.counted_tokens, "tokens": res.tokens,
                    "padded_tokens": res.padded_tokens, "batches": res.batches,
                    "truncated": inp.encoded.num_truncated, "seconds": round(res.seconds, 3),
@@ -282,6 +319,8 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
     local corpus (read and aligned) or local copy of hub data, and each existing store written for
     another model or corpus (collect would refuse it, after convert had replaced the checkpoint)."""
     config = options_lib.of(config)
+    if config.section_problems("collect"):  # bad collect options: the checks below need valid ones
+        return config.section_problems("collect")
     opts = config.collect
     n = jax.device_count()
 
@@ -317,6 +356,9 @@ def preflight(config: Any, workdir: str, before: frozenset[str] = frozenset()) -
             diffs = (loading.recorded_model_differences(meta, config)
                      + model_identity.differences(recorded_source, data_source(data), "data_source")
                      + model_identity.differences(bool(meta.get("token_topk")), bool(opts.token_topk), "token_topk"))
+            if key == wd.ROUTING:  # a store collected with other hidden-state options
+                diffs += model_identity.differences(meta.get("hidden_states"),
+                                                    hidden_identity(opts, config.analysis.pivot), "hidden_states")
             if diffs:
                 return (f"{path} holds routing statistics of another model or corpus ({'; '.join(diffs)}); use "
                         "another --workdir, or --config.collect.overwrite=True to replace it (its files are deleted)")

@@ -170,6 +170,12 @@ class CollectOptions(Section):
     pad_to_multiple: int = _field(64, doc="sequence length is rounded up to this: one compile per length bucket")
     sort_by_length: bool = _field(True, doc="batch similar lengths together; results stay in corpus order")
     token_topk: bool = _field(False, doc="also store per-token top-k experts of counted tokens ([T, L, k] int16)")
+    hidden_states: bool = _field(False, doc="main corpus: also store each sentence's mean hidden state per layer "
+                                            "(randomly projected, float16) and the logit lens's mass on the "
+                                            "pivot's and the language's own tokens (docs/methods.md)")
+    hidden_dim: int = _field(256, doc="hidden_states: dimensions of the seeded random projection")
+    lens_token_share: float = _field(0.5, doc="hidden_states: a token belongs to a language when at least this "
+                                              "share of its corpus occurrences are in it")
     backend: str = _field("auto", doc="expert dispatch backend of the forward (auto | grouped | dense | ...)")
     overwrite: bool = _field(False, doc="replace a store written for another model / data / options")
     progress: bool = _field(True, doc="tqdm bars over languages and batches")
@@ -455,7 +461,8 @@ def from_config(config: Any) -> Options:
             raise StageError(f"{where}.source {d.source!r} is not one of {DATA_SOURCES}")
         parse_languages(d.languages)  # raises on unknown codes, with close matches
     sweep, sweep_problems = _sweep(sections["eval"], sections["steer"])
-    problems = {"eval": eval_problems(sections["eval"]), "analysis": analysis_problems(sections["analysis"]),
+    problems = {"collect": collect_problems(sections["collect"], data, sections["analysis"].pivot),
+                "eval": eval_problems(sections["eval"]), "analysis": analysis_problems(sections["analysis"]),
                 "steer": steer_problems(sections["steer"]) + sweep_problems}
     return Options(tasks=tasks, stages=config["stages"] if "stages" in config else STAGE_ORDER,
                    sweep=sweep, problems={k: tuple(v) for k, v in problems.items() if v},
@@ -524,6 +531,22 @@ def eval_problems(e: EvalOptions, where: str = "eval") -> list[str]:
             problems.append(f"{where}.{key} is {value!r}; give a whole number >= 1"
                             + (" (or None for " + ("every item)" if key == "limit" else "the model's maximum)")
                                if optional else ""))
+    return problems
+
+
+def collect_problems(c: CollectOptions, data: DataOptions, pivot: str) -> list[str]:
+    """Problems of ``config.collect`` (with the corpus it reads and the analysis pivot it measures from)."""
+    if not c.hidden_states:
+        return []
+    problems = []
+    if isinstance(c.hidden_dim, bool) or not isinstance(c.hidden_dim, int) or c.hidden_dim < 1:
+        problems.append(f"collect.hidden_dim must be a positive int, got {c.hidden_dim!r}")
+    if not 0 < c.lens_token_share <= 1:
+        problems.append(f"collect.lens_token_share must be in (0, 1], got {c.lens_token_share!r}")
+    languages = parse_languages(data.languages)
+    if languages and pivot not in languages:
+        problems.append(f"collect.hidden_states measures the logit lens's mass on the pivot's tokens, but the pivot "
+                        f"{pivot} (analysis.pivot) is not among data.languages {list(languages)}")
     return problems
 
 

@@ -5,15 +5,16 @@ size (the last batch is filled with dummy rows that count nothing) and the seque
 up to a multiple of ``pad_to_multiple``, so a run compiles at most ``max_length / pad_to_multiple``
 shapes. Sequences are batched by length (less padding); results are put back in corpus order.
 
-Only ``[B, L, E]`` summaries leave the device, unless per-token top-k indices are asked for.
-Language totals are accumulated on the host in int64 / float64.
+Only ``[B, L, E]`` summaries leave the device, unless per-token top-k indices are asked for; with
+hidden states, ``[B, layers + 1, k]`` projected pooled states and ``[B, layers + 1, 2]`` logit-lens
+masses (``hidden_statistics``). Language totals are accumulated on the host in int64 / float64.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import numpy as np
@@ -23,14 +24,26 @@ from moe_jax.data.tokenize import EncodedTexts, batches
 from moe_jax.models.config import ModelConfig
 from moe_jax.models.decoder import forward
 from moe_jax import sharding as shd
+from moe_jax.models.lens import residual_stream
+from moe_jax.routing import hidden_statistics
 from moe_jax.routing.statistics import routing_statistics
 
 Step = Callable[..., Mapping[str, Any]]
 
 
+class HiddenInputs(NamedTuple):
+    """What a hidden-state collection step takes besides the batch: ``projection [H, k]`` float32 and
+    ``token_sets [2, V]`` (1 on the pivot's tokens, 1 on the language's own tokens)."""
+
+    projection: Any
+    token_sets: Any
+
+
 def make_collect_step(cfg: ModelConfig, mesh: Mesh, *, token_topk: bool = False, backend: str = "auto",
-                      forward_fn: Callable | None = None) -> Step:
-    """``step(params, input_ids [B,S], attention_mask [B,S], count_mask [B,S]) -> statistics dict``.
+                      forward_fn: Callable | None = None, hidden_states: bool = False) -> Step:
+    """``step(params, input_ids [B,S], attention_mask [B,S], count_mask [B,S]) -> statistics dict``;
+    with ``hidden_states``, ``step(params, ids, mask, count_mask, hidden: HiddenInputs)`` also returns
+    ``seq_hidden [B, layers + 1, k]`` float16 and ``seq_lens_mass [B, layers + 1, 2]`` float32.
 
     Jitted and run under ``mesh`` (so a ``model`` axis splitting the experts runs them expert-parallel);
     outputs are replicated over the mesh so that every process can read them.
@@ -38,13 +51,19 @@ def make_collect_step(cfg: ModelConfig, mesh: Mesh, *, token_topk: bool = False,
     """
     forward_fn = forward if forward_fn is None else forward_fn
 
-    def step(params, input_ids, attention_mask, count_mask):
+    def step(params, input_ids, attention_mask, count_mask, hidden=None):
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # experts run where they are stored
             out = forward_fn(params, cfg, input_ids, attention_mask=attention_mask, return_router=True,
-                             compute_logits=False, backend=backend)
+                             compute_logits=False, backend=backend,
+                             **({"return_hidden_states": True} if hidden_states else {}))
         counted = attention_mask.astype(bool) & count_mask.astype(bool)
-        return routing_statistics(out.router_logits, out.topk_idx, out.topk_weights, counted,
-                                  token_topk=token_topk)
+        stats = routing_statistics(out.router_logits, out.topk_idx, out.topk_weights, counted,
+                                   token_topk=token_topk)
+        if hidden_states:
+            stats["seq_hidden"] = hidden_statistics.pooled_states(out.hidden_states, counted, hidden.projection)
+            stats["seq_lens_mass"] = hidden_statistics.lens_mass(params, cfg, residual_stream(out), counted,
+                                                                 hidden.token_sets)
+        return stats
 
     return jax.jit(step, out_shardings=shd.replicated(mesh))
 
@@ -56,6 +75,7 @@ class LanguageAccumulator:
 
     def __init__(self, num_seqs: int, num_layers: int, num_experts: int, keep_token_topk: bool):
         N, L, E = num_seqs, num_layers, num_experts
+        self.hidden: dict[str, np.ndarray] = {}  # seq_hidden / seq_lens_mass rows, when the step returns them
         self.seq_lengths = np.full(N, -1, np.int64)
         self.seq_mean_probs = np.zeros((N, L, E), np.float32)
         self.seq_topk_freq = np.zeros((N, L, E), np.float32)
@@ -85,6 +105,11 @@ class LanguageAccumulator:
         self.topk_counts += np.asarray(out["topk_counts"], np.int64)
         self.gate_weight_sums += np.asarray(out["gate_weight_sums"], np.float64)
         self.token_total += int(out["token_count"])
+        for key in ("seq_hidden", "seq_lens_mass"):
+            if key in out:
+                x = np.asarray(out[key])
+                rows_of = self.hidden.setdefault(key, np.zeros((len(self.seq_lengths), *x.shape[1:]), x.dtype))
+                rows_of[r] = x[valid]
         if self.token_topk is not None:
             tok = np.asarray(out["token_topk"])  # [B, S, L, k]
             for i in np.flatnonzero(valid):
@@ -106,6 +131,7 @@ class LanguageAccumulator:
             "topk_counts": self.topk_counts,
             "gate_weight_sums": self.gate_weight_sums,
             "token_totals": np.full(L, self.token_total, np.int64),
+            **self.hidden,
         }
         if self.token_topk is not None:
             out["token_topk"] = np.concatenate(self.token_topk, axis=0).astype(np.int16)
@@ -134,8 +160,10 @@ class LanguageResult:
 def collect_language(step: Step, params: Any, encoded: EncodedTexts, *, cfg: ModelConfig, mesh: Mesh,
                      batch_size: int, pad_id: int = 0, padding_side: str = "right", pad_to_multiple: int = 16,
                      sort_by_length: bool = True, keep_token_topk: bool = False,
-                     progress: Callable[[int], None] | None = None) -> LanguageResult:
+                     progress: Callable[[int], None] | None = None,
+                     hidden: HiddenInputs | None = None) -> LanguageResult:
     """Runs ``step`` over all sequences of one language (every process calls this with the same data).
+    ``hidden``: the inputs of a step made with ``hidden_states=True`` (this language's token sets).
 
     ``encoded``: the language's token sequences and count masks (``moe_jax.data.encode_texts``).
     Batching is ``moe_jax.data.batches`` (fixed ``batch_size``; lengths rounded up to
@@ -165,7 +193,8 @@ def collect_language(step: Step, params: Any, encoded: EncodedTexts, *, cfg: Mod
                      pad_to_multiple=pad_to_multiple, sort_by_length=sort_by_length):
         arrays = [shd.global_batch(mesh, x[local], batch_size) for x in (b.input_ids, b.attention_mask, b.count_mask)]
         compiled, t = cache_size(), time.perf_counter()
-        out = step(params, *arrays)  # dispatched asynchronously: overlaps with fetching the previous batch
+        extra = () if hidden is None else (hidden,)
+        out = step(params, *arrays, *extra)  # dispatched asynchronously: overlaps with fetching the previous batch
         if cache_size() != compiled:  # this dispatch compiled a new shape (synchronously)
             compile_s += time.perf_counter() - t
         if pending is not None:

@@ -1,0 +1,95 @@
+"""The collect stage with ``collect.hidden_states``: each sentence's pooled hidden states and logit-lens
+masses land in the routing store beside its routing statistics, equal to what the loaded model gives
+for that sentence; the options are recorded, checked and part of the store's identity."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import moe_jax
+from moe_jax.artifacts import layout as wd
+from moe_jax.artifacts import routing_store as store
+from moe_jax.data import corpora, tokenize as tok_lib
+from moe_jax.errors import StageError
+from moe_jax.models.decoder import forward
+from moe_jax.models.lens import logit_lens, residual_stream
+from moe_jax.pipeline import options as options_lib
+from moe_jax.pipeline import registry
+from moe_jax.routing import hidden_statistics as hs
+from tests.helpers.configs import small_config
+
+
+def hidden_config(**collect):
+    c = small_config()
+    c.model.tiny.overrides = {}  # the 2-layer tiny model
+    c.collect.hidden_states = True
+    c.collect.update(collect)
+    return c
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    work = str(tmp_path_factory.mktemp("hidden") / "w")
+    config = hidden_config()
+    registry.run_stages(config, work, "convert,collect")
+    return config, work
+
+
+def test_store_holds_the_models_pooled_states_and_lens_masses(collected):
+    config, work = collected
+    meta, data = store.read_store(wd.routing_dir(work))
+    model = moe_jax.load(wd.checkpoint_dir(work), dtype="float32")
+    cfg = model.cfg
+    assert meta["hidden_states"]["dim"] == 256 and meta["hidden_states"]["pivot"] == "eng_Latn"
+    corpus = corpora.load_corpus(options_lib.of(config).data)
+    encoded = {lang: tok_lib.encode_texts(model.tokenizer, corpus.texts[lang], **tok_lib.corpus_encoding_options(
+        options_lib.of(config).data, corpus)) for lang in corpus.languages}
+    counts = {lang: hs.token_counts(np.concatenate([i[m.astype(bool)] for i, m in zip(e.input_ids, e.count_mask)]),
+                                    cfg.vocab_size) for lang, e in encoded.items()}
+    sets = hs.token_languages(counts, 0.5)
+    proj = hs.projection(cfg.hidden_size, 256)  # the tiny model's hidden size is below 256: the identity
+    for lang in ("eng_Latn", "fra_Latn"):
+        arrays = data[lang]
+        n = len(arrays["seq_ids"])
+        assert arrays["seq_hidden"].shape == (n, cfg.num_layers + 1, min(256, cfg.hidden_size))
+        assert arrays["seq_hidden"].dtype == np.float16 and arrays["seq_lens_mass"].shape == (n, cfg.num_layers + 1, 2)
+        for i in (0, n - 1):  # one sentence alone, unpadded: its own forward
+            ids, counted = encoded[lang].input_ids[i], encoded[lang].count_mask[i].astype(bool)
+            out = forward(model.param_tree, cfg, jnp.asarray(ids[None], jnp.int32), return_hidden_states=True)
+            want = np.asarray(out.hidden_states, np.float64)[:, 0, counted].mean(1) @ proj
+            np.testing.assert_allclose(arrays["seq_hidden"][i], want, rtol=3e-3, atol=3e-3)
+            lens = np.asarray(logit_lens(model.param_tree, cfg, residual_stream(out)), np.float64)[:, 0, counted]
+            probs = np.exp(lens - lens.max(-1, keepdims=True))
+            probs /= probs.sum(-1, keepdims=True)
+            mass = probs @ np.stack([sets["eng_Latn"], sets[lang]]).T.astype(np.float64)  # [L + 1, T, 2]
+            np.testing.assert_allclose(arrays["seq_lens_mass"][i], mass.mean(1), rtol=1e-4, atol=1e-6)
+    eng = data["eng_Latn"]["seq_lens_mass"]
+    np.testing.assert_array_equal(eng[..., 0], eng[..., 1])  # the pivot's own tokens are the pivot's
+
+
+def test_hidden_options_are_part_of_the_store_identity(collected, tmp_path):
+    config, work = collected
+    before = store.read_meta(wd.routing_dir(work))
+    other = hidden_config(lens_token_share=0.8)
+    with pytest.raises(StageError, match=r"hidden_states.lens_token_share: 0.5 \(recorded\) != 0.8 \(now\)"):
+        registry.preflight(other, work, ["collect"])
+    assert store.read_meta(wd.routing_dir(work)) == before
+    plain = small_config()
+    plain.model.tiny.overrides = {}
+    work2 = str(tmp_path / "plain")
+    registry.run_stages(plain, work2, "convert,collect")
+    meta = store.read_meta(wd.routing_dir(work2))
+    assert "hidden_states" not in meta and meta["fingerprint"] != before["fingerprint"]
+    assert "seq_hidden" not in store.read_store(wd.routing_dir(work2))[1]["eng_Latn"]
+
+
+def test_bad_hidden_options_are_refused_before_anything_is_written(tmp_path):
+    for collect, message in ((dict(hidden_dim=0), "collect.hidden_dim must be a positive int"),
+                             (dict(lens_token_share=1.5), r"collect.lens_token_share must be in \(0, 1\]")):
+        with pytest.raises(StageError, match=message):
+            registry.run_stages(hidden_config(**collect), str(tmp_path / "w"), "convert,collect")
+    c = hidden_config()
+    c.data.languages = "fra_Latn,deu_Latn"
+    with pytest.raises(StageError, match="the pivot eng_Latn .analysis.pivot. is not among data.languages"):
+        registry.run_stages(c, str(tmp_path / "w"), "convert,collect")
+    assert not (tmp_path / "w").exists()
