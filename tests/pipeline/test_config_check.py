@@ -1,8 +1,6 @@
 """Unknown config fields (typos in config files) are refused before any stage runs, with a close match."""
 
 import os
-import subprocess
-import sys
 
 import ml_collections
 import pytest
@@ -10,6 +8,7 @@ import pytest
 from moe_jax.pipeline import registry as stages
 from moe_jax.pipeline import collect as collect_stage
 from tests.helpers.configs import CONFIGS, load_config
+from tests.helpers.launch_in_process import launch_main
 from tests.helpers.paths import REPO_ROOT as ROOT
 
 def demo():
@@ -83,7 +82,6 @@ def test_collect_stage_refuses_unknown_collect_fields():
     assert opts.batch_size == 4 and opts.pad_to_multiple == collect_stage.default_config().pad_to_multiple
 
 
-@pytest.mark.slow  # a launch CLI subprocess (imports every stage)
 def test_launch_refuses_a_config_file_typo_before_anything_runs(tmp_path):
     cfg = tmp_path / "typo.py"
     cfg.write_text(
@@ -96,8 +94,7 @@ def test_launch_refuses_a_config_file_typo_before_anything_runs(tmp_path):
         "    c.collect.batchsize = 4\n"
         "    return c\n")
     work = tmp_path / "work"
-    proc = subprocess.run([sys.executable, "-m", "moe_jax.launch", f"--config={cfg}", f"--workdir={work}"], cwd=ROOT,
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    proc = launch_main(f"--config={cfg}", f"--workdir={work}")
     assert proc.returncode != 0
     assert ("config.collect.batchsize is not a known field (did you mean config.collect.batch_size?)"
             in proc.stderr + proc.stdout)

@@ -1,8 +1,6 @@
 """Stage registry, config files, the convert stage and the collect stage's checks (no hub access)."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -17,6 +15,7 @@ from moe_jax.pipeline import collect as collect_stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests.helpers.configs import CONFIGS, demo_config, load_config
+from tests.helpers.launch_in_process import launch_main
 R_LANGS = ["eng_Latn", "bam_Latn", "fra_Latn", "tha_Thai", "pes_Arab", "arb_Arab", "arb_Latn", "ary_Arab",
            "hin_Deva", "zho_Hans", "srp_Cyrl", "lit_Latn", "ory_Orya", "ben_Beng", "asm_Beng"]
 HUB_IDS = {"olmoe_1b7b_instruct": "allenai/OLMoE-1B-7B-0125-Instruct",
@@ -61,11 +60,8 @@ def test_run_stages_in_order_with_defaults(tmp_path, monkeypatch):
     assert len(CALLS) == 1  # nothing ran: every name and field is checked first
 
 
-@pytest.mark.slow  # a launch CLI subprocess (imports every stage)
 def test_cli_unknown_stage_lists_known_ones(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "moe_jax.launch", "--config=configs/demo.py",
-                           f"--workdir={tmp_path}", "--stages=convert,stear"], cwd=ROOT, capture_output=True,
-                          text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    proc = launch_main(f"--config={ROOT}/configs/demo.py", f"--workdir={tmp_path}", "--stages=convert,stear")
     assert proc.returncode != 0
     assert "unknown stage(s) ['stear']; known stages: convert, collect, eval, analyze" in proc.stderr + proc.stdout
     assert not os.listdir(tmp_path)

@@ -14,6 +14,7 @@ from moe_jax.eval import tasks
 from moe_jax.pipeline import report as report_stage
 from moe_jax.pipeline import collect as collect_stage
 from moe_jax.errors import PreflightError, StageError
+from tests.helpers.launch_in_process import launch_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ORDER = "convert,collect,eval,analyze,steer,report"
@@ -39,13 +40,9 @@ def test_stage_lists_in_order_pass():
     assert stages.parse_stages(["analyze", "steer"]) == ["analyze", "steer"]
 
 
-@pytest.mark.slow  # a launch CLI subprocess (imports every stage)
 def test_empty_stages_flag_is_refused_not_all_six(tmp_path):
     """``--stages=`` used to fall back to config.stages and run every stage."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-m", "moe_jax.launch", "--config=configs/demo.py",
-                          f"--workdir={tmp_path / 'w'}", "--stages="], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = launch_main(f"--config={ROOT}/configs/demo.py", f"--workdir={tmp_path / 'w'}", "--stages=")
     assert out.returncode != 0
     assert "no stages given" in out.stderr and ORDER in out.stderr
     assert not (tmp_path / "w").exists()
