@@ -23,14 +23,23 @@ pytestmark = pytest.mark.slow  # a whole steering sweep, killed in a subprocess 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests.helpers.configs import OVERRIDES, steer_config
-CLI_OVERRIDES = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+# the routing store of the sweep's two languages only (the demo collects twelve): the baseline, the language
+# control and the learned fit read no other
+LANGUAGES = "eng_Latn,fra_Latn"
+CLI_OVERRIDES = [f"--config.{k}={v}" for k, v in OVERRIDES.items()] + [f"--config.data.languages={LANGUAGES}"]
+
+
+def sweep_config():
+    c = steer_config()
+    c.data.languages = LANGUAGES
+    return c
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A workdir after convert, collect and analyze (the inputs of steer), and the config."""
     work = str(tmp_path_factory.mktemp("steer") / "work")
-    config = steer_config()
+    config = sweep_config()
     stages.run_stages(config, work, "convert,collect,analyze")
     return config, work
 
