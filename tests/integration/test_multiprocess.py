@@ -1,7 +1,8 @@
 """Two local processes (jax.distributed over 127.0.0.1, gloo CPU collectives) produce the same store
-as one process, through the real entry point ``python -m moe_jax.launch``, on one local workdir and on
-one gs:// workdir (a local GCS emulator); processes given different workdirs are refused; when process
-0 fails in work only it does, both processes stop with an error instead of waiting for each other forever."""
+as one process (the stages run in-process), through the real entry point ``python -m moe_jax.launch``,
+on one local workdir and on one gs:// workdir (a local GCS emulator); processes given different workdirs
+are refused; when process 0 fails in work only it does, both processes stop with an error instead of
+waiting for each other forever."""
 
 import os
 import socket
@@ -12,9 +13,12 @@ import numpy as np
 import pytest
 
 from moe_jax.artifacts import routing_store as store
+from moe_jax.pipeline import convert as convert_stage, registry as stages
+from moe_jax.pipeline.hosts import workdir_problem
+from tests.helpers.configs import demo_config, small_config
 from tests.helpers.simulated_devices import xla_flags
 
-pytestmark = pytest.mark.slow  # two-process runs through the command line
+# the tests that launch processes are slow (two-process runs through the command line); the rules are not
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARGS = ["--config=configs/demo.py", "--stages=convert,collect", "--config.data.languages=eng_Latn,fra_Latn,hin_Deva",
@@ -58,12 +62,16 @@ def finish_all(procs):
                 p.kill()
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_same_store_as_one(tmp_path, gcs_dir):
     """On one local workdir, then on one gs:// workdir (no shared filesystem: each process reads what
     process 0 published in the bucket)."""
-    single = launch(tmp_path / "one")
+    # the one-process reference in-process: run_stages is what the command line runs (a launch would
+    # add ~7 CPU s of imports); the two-process runs are what goes through the command line
+    c = small_config()
+    c.data.languages, c.data.max_sentences = "eng_Latn,fra_Latn,hin_Deva", 20  # as ARGS
+    stages.run_stages(c, str(tmp_path / "one"), "convert,collect")
     outs = finish_all(launch_two(tmp_path / "two"))
-    finish(single)
     assert "written to" in outs[1] and "written to" not in outs[0]  # process 0 reports, process 1 only computes
     outs = finish_all(launch_two(gcs_dir))
     assert "written to" in outs[1] and "written to" not in outs[0]
@@ -99,6 +107,7 @@ def fail_together(procs, timeout=150):
     return outs
 
 
+@pytest.mark.slow
 def test_writer_failure_in_convert_stops_both_processes(tmp_path):
     empty = tmp_path / "hf"  # no weights: converting fails on process 0, the only one that converts
     empty.mkdir()
@@ -108,10 +117,8 @@ def test_writer_failure_in_convert_stops_both_processes(tmp_path):
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.slow
 def test_writer_failure_in_collect_stops_both_processes(tmp_path):
-    from moe_jax.pipeline import convert as convert_stage
-    from tests.helpers.configs import demo_config
-
     work = tmp_path / "work"
     convert_stage.run(demo_config(), str(work))
     (work / "routing").mkdir()
@@ -121,6 +128,7 @@ def test_writer_failure_in_collect_stops_both_processes(tmp_path):
     assert "WriterFailedError: process 0 failed while checking the requested stages" in outs[0]
 
 
+@pytest.mark.slow
 def test_different_local_workdirs_are_refused_by_every_process(tmp_path):
     """Two processes given different local workdirs (as two pod hosts with their own disks would be)
     both stop before anything is written, saying why and what to use instead."""
@@ -134,8 +142,6 @@ def test_different_local_workdirs_are_refused_by_every_process(tmp_path):
 
 def test_workdir_problem_rules():
     """Which (host, workdir) combinations of the processes can share one workdir."""
-    from moe_jax.pipeline.hosts import workdir_problem
-
     same_host = [("vm0", "/w"), ("vm0", "/w")]
     two_hosts = [("vm0", "/w"), ("vm1", "/w")]
     assert workdir_problem(same_host, False) is None  # one machine, one directory
