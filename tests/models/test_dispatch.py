@@ -1,5 +1,8 @@
 """Every expert dispatch backend against a per-token loop: float32 and bfloat16, biases and the
-clamped activation, empty experts, one expert taking every token, chunks that do not divide T*k."""
+clamped activation, empty experts, one expert taking every token, chunks that do not divide T*k.
+
+Backends run under ``jax.jit`` (one compile per backend, options and shapes; run eagerly, grouped's
+loops were traced again at every call), as they run inside the model's jitted forward."""
 
 import functools
 import sys
@@ -15,15 +18,37 @@ from tests.helpers.dispatch_problems import problem, stacked_problem
 BACKENDS = experts.available_backends()
 # grouped with small chunks: groups run as several full chunks of one expert, then the binary tail
 # (4, 2) and a last chunk past the group's end; T*k (111) is no multiple of any chunk
-CASES = [(b, {}) for b in BACKENDS] + [("grouped", {"max_chunk": 8, "min_chunk": 2}),
-                                       ("grouped", {"max_chunk": 4, "min_chunk": 4}),
-                                       ("grouped", {"max_chunk": 16, "min_chunk": 1})]
+CHUNKED = [("grouped", {"max_chunk": 8, "min_chunk": 2}), ("grouped", {"max_chunk": 4, "min_chunk": 4}),
+           ("grouped", {"max_chunk": 16, "min_chunk": 1})]
+FAST = "dense"  # the backend kept in the fast lane (-m "not slow"): the cheapest compile; auto's grouped below
+
+
+def cases(chunked=True):
+    return [pytest.param(b, opts, marks=() if b == FAST else pytest.mark.slow)
+            for b, opts in [(b, {}) for b in BACKENDS] + (CHUNKED if chunked else [])]
+
+
+CASES = cases()
+# Tests whose property (biases, the clamp, absent ids, a layer of a stack, one full group) takes no
+# branch of grouped's chunk loop that test_matches_per_token_loop (groups of several full chunks,
+# binary tail, overhang into padding), test_decode_sized_batches and the overhang test do not take:
+# every backend at its default options, without the three chunked variants.
+BASE = cases(chunked=False)
+
+
+# one object, so that it is one static argument of the jitted dispatch below
+CLAMPED = functools.partial(experts.clamped_swiglu, limit=0.6, alpha=1.702)
+
+
+@functools.partial(jax.jit, static_argnames=("backend", "opts", "act"))
+def _run(backend, opts, x, idx, w, p, act):
+    if opts:
+        return experts.BACKENDS[backend](x, idx, w.astype(x.dtype), p, act, **dict(opts))
+    return experts.dispatch(x, idx, w, p, backend, act)
 
 
 def run(backend, opts, x, idx, w, p, act=experts.swiglu):
-    if opts:
-        return experts.BACKENDS[backend](x, idx, w.astype(x.dtype), p, act, **opts)
-    return experts.dispatch(x, idx, w, p, backend, act)
+    return _run(backend, tuple(sorted(opts.items())), x, idx, w, p, act)
 
 
 def loop(x, idx, w, p, act):
@@ -71,17 +96,16 @@ def test_matches_per_token_loop(backend, opts, dtype, k):
     check(backend, opts, problem(37, k, 6, seed=k), dtype=dtype)
 
 
-@pytest.mark.parametrize("backend,opts", CASES)
+@pytest.mark.parametrize("backend,opts", BASE)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 def test_biases_and_clamped_swiglu(backend, opts, dtype):
-    act = functools.partial(experts.clamped_swiglu, limit=0.6, alpha=1.702)
     prob = problem(29, 3, 6, seed=4, biases=True)
     x, _, _, p = prob
     assert (np.abs(np.einsum("th,ehf->tef", x, p["gate"])) > 0.6).mean() > 0.2  # the clamp bites
-    check(backend, opts, prob, act, np_clamped, dtype)
+    check(backend, opts, prob, CLAMPED, np_clamped, dtype)
 
 
-@pytest.mark.parametrize("backend,opts", CASES)
+@pytest.mark.parametrize("backend,opts", BASE)
 def test_one_expert_takes_every_token(backend, opts):
     T = 45
     idx = np.stack([np.full(T, 2), np.arange(T) % 2 * 3], 1)  # expert 2 everywhere; 1, 4, 5 empty
@@ -95,7 +119,7 @@ def test_decode_sized_batches(backend, opts, T):
     check(backend, opts, problem(T, 2, 16, seed=T))
 
 
-@pytest.mark.parametrize("backend,opts", CASES)
+@pytest.mark.parametrize("backend,opts", BASE)
 def test_absent_expert_id_adds_nothing(backend, opts):
     """Expert parallelism passes another shard's assignments as id E with weight 0."""
     x, idx, w, p = problem(23, 3, 6, seed=11, biases=True)
@@ -105,7 +129,7 @@ def test_absent_expert_id_adds_nothing(backend, opts):
     np.testing.assert_allclose(np.asarray(y), want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend,opts", [c for c in CASES if c[0] == "grouped"])
+@pytest.mark.parametrize("backend,opts", [c for c in CASES if c.values[0] == "grouped"])
 def test_overhang_into_the_next_group_leaks_nothing(backend, opts):
     """grouped's last chunk of expert 1 runs past its group into expert 2's rows; there expert 1
     overflows to inf (huge tokens), which must not reach the output (inf * 0 would be NaN). (dense
@@ -120,7 +144,7 @@ def test_overhang_into_the_next_group_leaks_nothing(backend, opts):
     np.testing.assert_array_equal(y[5:], 0)
 
 
-@pytest.mark.parametrize("backend,opts", CASES)
+@pytest.mark.parametrize("backend,opts", BASE)
 def test_stacked_layers_run_the_named_layer(backend, opts):
     """``layer=`` (traced, as in a scan) picks that layer's experts out of the stack."""
     x, idx, w, layers, stacked = stacked_problem()
@@ -146,6 +170,7 @@ with jax.set_mesh(mesh):
 """
 
 
+@pytest.mark.slow
 def test_stacked_layers_expert_parallel(tmp_path):
     """On 4 devices splitting the experts, ``layer=`` runs each device's experts of that layer."""
     from tests.helpers.simulated_devices import run_on_devices
@@ -157,6 +182,7 @@ def test_stacked_layers_expert_parallel(tmp_path):
                                    rtol=1e-5, atol=1e-5, err_msg=backend)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_chunk,min_chunk", [(8, 2), (128, 8), (4, 4)])
 def test_grouped_rows_counted_by_its_loops(max_chunk, min_chunk):
     """The rows grouped computes, counted inside its chunk loops, are each group rounded up to

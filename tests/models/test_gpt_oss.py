@@ -3,15 +3,17 @@
 Cases differ in the layer-type pattern, the sliding window, YaRN options and the SwiGLU clamp; every
 batch is longer than the window and holds a full, a left-padded and a right-padded row. Sinks, norms
 and all biases are perturbed (``build_hf_model``). Also: YaRN frequencies, MXFP4 dequantisation
-(bit-exact against transformers' own), conversion of plain and MXFP4 checkpoints through the CLI,
+(bit-exact against transformers' own), conversion of plain and MXFP4 checkpoints,
 bad packed input, interventions and routing collection, greedy generation with a KV cache.
+Conversion is ``convert_checkpoint``, what ``python -m moe_jax.convert`` runs (the CLI itself:
+tests/convert/test_cli.py). Forwards of the (3, 40) batch with the default config all ask for router
+outputs: they share one compiled program.
 """
 
 import dataclasses
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -28,17 +30,15 @@ from moe_jax.convert.checkpoint import convert_checkpoint
 from moe_jax.convert.safetensors_io import CheckpointError
 from moe_jax.models.config import ModelConfig, UnsupportedModelError
 from moe_jax.models.intervention import FORCE
-from moe_jax.models.model import MoeModel
 from moe_jax.models.params import layer_params
 from moe_jax.models.yarn import yarn_inv_freq
 from moe_jax.convert.tiny import tiny_hf_config, write_random_hf_checkpoint
-from tests.helpers.cli_runs import convert_cli
 
 TOL = 1e-4
 B, S = 3, 40  # S > every case's window
 
 CASES = {
-    # transformers' default pattern (sliding, full, sliding), window 8, converted through the CLI.
+    # transformers' default pattern (sliding, full, sliding), window 8, converted (the others load the HF dir).
     "alternating": dict(),
     # full attention first, then two sliding layers of window 5; truncated YaRN ramp; a clamp that bites.
     "full_first_w5_clamped": dict(
@@ -67,13 +67,15 @@ def rel_err(got, want, real):
     return np.abs(np.asarray(got) - want)[real].max() / np.abs(want[real]).max()
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
+# whole-model tests (a compile each) out of the fast lane; the unit tests of config, YaRN, MXFP4 and
+# the bf16 norm stay in it
+@pytest.fixture(scope="module", params=[pytest.param(c, marks=pytest.mark.slow) for c in sorted(CASES)])
 def case(request, tmp_path_factory):
     d = tmp_path_factory.mktemp(request.param)
     hf_cfg = tiny_hf_config("gpt_oss", **CASES[request.param])
     hf_model = build_hf_model(hf_cfg, seed=3)
     save_hf_model(hf_model, str(d / "hf"))
-    path = convert_cli(d / "hf", d / "jax") if request.param == "alternating" else d / "hf"
+    path = convert_checkpoint(d / "hf", d / "jax", dtype="float32") if request.param == "alternating" else d / "hf"
     return request.param, hf_model, moe_jax.load(path)
 
 
@@ -129,6 +131,7 @@ def test_config_read_as_transformers_reads_it():
         ModelConfig.from_hf(dict(d, layer_types=["chunked_attention"] * 4))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["alternating"], indirect=True)
 def test_random_checkpoint_written_without_torch_matches_transformers(case, tmp_path):
     """``write_random_hf_checkpoint`` (export: re-interleaved gate/up) loads in transformers with no
@@ -140,9 +143,11 @@ def test_random_checkpoint_written_without_torch_matches_transformers(case, tmp_
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     ids, mask = batch(model.cfg.vocab_size)
     ref_logits, _ = reference_forward(hf_model.eval(), ids, mask, position_ids=positions(mask))
-    assert rel_err(moe_jax.load(path)(ids, attention_mask=mask).logits, ref_logits, mask.astype(bool)) <= TOL
+    out = moe_jax.load(path)(ids, attention_mask=mask, return_router_logits=True)  # the parity test's program
+    assert rel_err(out.logits, ref_logits, mask.astype(bool)) <= TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["full_first_w5_clamped"], indirect=True)
 def test_sinks_window_and_clamp_matter(case):
     """The parity cases exercise each feature: switching it off changes the reference's logits."""
@@ -275,9 +280,10 @@ def mxfp4_checkpoint(tmp_path_factory):
     return hf_model, d / "hf", tensors, packed
 
 
-def test_mxfp4_checkpoint_converts_through_cli(mxfp4_checkpoint, tmp_path):
+@pytest.mark.slow
+def test_mxfp4_checkpoint_converts(mxfp4_checkpoint, tmp_path):
     hf_model, hf_dir, _, _ = mxfp4_checkpoint
-    model = moe_jax.load(convert_cli(hf_dir, tmp_path / "jax"))
+    model = moe_jax.load(convert_checkpoint(hf_dir, tmp_path / "jax", dtype="float32"))
     ids, mask = batch(model.cfg.vocab_size, seed=1)
     ref_logits, ref_router = reference_forward(hf_model, ids, mask, position_ids=positions(mask))
     out = model(ids, attention_mask=mask, return_router_logits=True)
@@ -353,6 +359,7 @@ def test_bad_mxfp4_checkpoints_are_refused_by_name(mxfp4_checkpoint, tmp_path):
     assert not os.path.exists(tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_bfloat16_checkpoint_converts(tmp_path):
     """A bf16 checkpoint (the release's non-expert tensors are bf16): read exactly, parity in float32."""
     hf_model = build_hf_model(tiny_hf_config("gpt_oss"), seed=5).to(torch.bfloat16)
@@ -370,16 +377,15 @@ def test_bfloat16_checkpoint_converts(tmp_path):
 # Interventions, collection, generation
 
 
-def test_interventions_and_collection_work_unchanged():
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["alternating"], indirect=True)
+def test_interventions_and_collection_work_unchanged(case):
+    """On the parity case's model (routers scaled x10 by ``build_hf_model``: routing far from uniform)."""
     from moe_jax import sharding as shd
     from moe_jax.data.tokenize import EncodedTexts
-    from moe_jax.models.params import init_params
     from moe_jax.routing import collect
-    cfg = ModelConfig.from_hf(tiny_hf_config("gpt_oss"))
-    params = init_params(cfg, seed=2)
-    for layer in params["layers"]:
-        layer["moe"]["router"]["kernel"] *= 10  # routing far from uniform
-    model = MoeModel(cfg, jax.tree.map(jnp.asarray, params))
+    _, _, model = case
+    cfg = model.cfg
     ids, mask = batch(cfg.vocab_size)
     base = model(ids, attention_mask=mask, return_router_logits=True)
     iv = model.no_intervention()
@@ -404,6 +410,7 @@ def test_interventions_and_collection_work_unchanged():
         np.testing.assert_allclose(res.arrays["seq_topk_freq"][r], freq, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["alternating", "full_first_w5_clamped"], indirect=True)
 def test_greedy_generation_matches_transformers(case):
     """KV-cache decoding honours each layer's window: prompts of 20 tokens and 16 new ones, window 8
