@@ -18,9 +18,11 @@ from moe_jax.artifacts import eval_records as rec, stage_outputs
 from moe_jax.eval.tasks import DEMO_DIR
 from moe_jax.errors import StageError
 from moe_jax.pipeline import report as report_stage
+from moe_jax.report import plots
 from moe_jax.artifacts.routing_store import StoreMismatchError
 from moe_jax.pipeline.steer import BASELINE
 from tests.helpers.configs import demo_config
+from tests.helpers.no_render import no_render
 from tests.helpers.workdirs import snapshot
 
 pytestmark = pytest.mark.slow  # one workdir through every stage (about 1.5 min on 2 cores), shared by the module
@@ -45,7 +47,9 @@ def config():
 def finished(tmp_path_factory):
     """A workdir through every stage."""
     work = str(tmp_path_factory.mktemp("reliable") / "work")
-    stages.run_stages(config(), work, "convert,collect,eval,analyze,steer,report")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "png_bytes", no_render)  # the report's figures are not what these tests check
+        stages.run_stages(config(), work, "convert,collect,eval,analyze,steer,report")
     return work
 
 
@@ -187,7 +191,7 @@ def test_steer_reevaluates_exactly_the_stale_pairs(work, tmp_path, capsys):
 
 # (3) a refused sweep leaves the earlier sweep as it was ---------------------------------------------------
 
-def test_refused_steer_run_keeps_settings_and_the_report_inputs(work):
+def test_refused_steer_run_keeps_settings_and_the_report_inputs(work, monkeypatch):
     """The setting's records were written for other targets (as after a change of steer.statistic): the run
     is refused before ``settings.json`` (or anything else) is rewritten, and the report still shows the old sweep."""
     sdir = next(os.path.join(wd.steer_dir(work), d) for d in os.listdir(wd.steer_dir(work)) if d.startswith("soft-"))
@@ -198,6 +202,7 @@ def test_refused_steer_run_keeps_settings_and_the_report_inputs(work):
         stages.run_stages(config(), work, "steer")
     assert snapshot(wd.steer_dir(work)) == before
     atomic_write_json(os.path.join(sdir, rec.MANIFEST), manifest)
+    monkeypatch.setattr(plots, "png_bytes", no_render)
     stages.run_stages(config(), work, "report")
 
 

@@ -19,6 +19,7 @@ from moe_jax.pipeline import analyze as analysis_stage  # noqa: E402
 from moe_jax.analysis.synthetic import SyntheticSpec, write_demo, write_synthetic_store  # noqa: E402
 from moe_jax.pipeline import report as report_stage  # noqa: E402
 from moe_jax.report import plots  # noqa: E402
+from tests.helpers.no_render import no_render  # noqa: E402
 
 SPEC = SyntheticSpec(moe_layer_ids=tuple(range(1, 13)), warning="random weights: numbers mean nothing")
 
@@ -129,16 +130,8 @@ def test_report_needs_analysis_first(tmp_path):
         report_stage.run(None, str(tmp_path))
 
 
-def _no_render(fig, path=None, dpi=110, stamp=None):
-    """``plots.png_bytes`` without matplotlib's rendering (the figures are not the point)."""
-    plots.plt.close(fig)
-    if path is not None:
-        plots.atomic_write_bytes(path, b"png")
-    return b"png"
-
-
 def test_report_shows_the_language_pool(tmp_path, monkeypatch):
-    monkeypatch.setattr(plots, "png_bytes", _no_render)
+    monkeypatch.setattr(plots, "png_bytes", no_render)  # the page's text is the point
     write_demo(str(tmp_path), SyntheticSpec(n_sequences=8))
     meta_path = tmp_path / "routing" / "meta.json"
     meta = json.loads(meta_path.read_text())
