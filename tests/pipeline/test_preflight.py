@@ -9,6 +9,8 @@ from moe_jax.pipeline import registry as stages
 from moe_jax.artifacts import layout as wd
 from moe_jax.convert.checkpoint import TOKENIZER_FILES
 from tests.helpers.configs import demo_config, small_config
+from tests.helpers.launch_in_process import launch_main
+from tests.helpers.paths import REPO_ROOT as ROOT
 from tests.helpers.workdirs import snapshot
 
 
@@ -146,17 +148,9 @@ def test_checkpoint_tokenizer_must_fit_the_model_and_match_the_store(collected, 
         stages.preflight(c, work, ["collect"])
 
 
-@pytest.mark.slow  # a launch CLI subprocess (imports every stage)
 def test_launch_lists_the_problems_without_a_traceback(tmp_path):
-    import subprocess
-    import sys
-
-    from tests.helpers.paths import REPO_ROOT as ROOT
-
     work = str(tmp_path / "new")
-    r = subprocess.run([sys.executable, "-m", "moe_jax.launch", f"--config={ROOT}/configs/demo.py",
-                        f"--workdir={work}", "--stages=analyze,report"], capture_output=True, text=True, cwd=ROOT,
-                       timeout=300)
+    r = launch_main(f"--config={ROOT}/configs/demo.py", f"--workdir={work}", "--stages=analyze,report")
     assert r.returncode == 1, r.stderr
     assert f"[analyze] no routing store at {wd.routing_dir(work)}" in r.stderr
     assert f"[report] no analysis at {wd.analysis_dir(work)}" not in r.stderr  # analyze runs first
