@@ -13,7 +13,8 @@ from moe_jax.models.params import init_params
 from moe_jax.convert.tiny import tiny_hf_config
 
 
-@pytest.fixture(scope="module", params=["qwen3_moe", "phimoe"])
+# whole-model forwards (two compiles per family) out of the fast lane; apply's unit tests stay in it
+@pytest.fixture(scope="module", params=[pytest.param(f, marks=pytest.mark.slow) for f in ("qwen3_moe", "phimoe")])
 def setup(request):
     cfg = ModelConfig.from_hf(tiny_hf_config(request.param))
     params = jax.tree.map(jnp.asarray, init_params(cfg, seed=1))

@@ -36,6 +36,7 @@ def test_length_equal_to_original_max_uses_short_factors(models):
     assert err <= TOL, f"logits max rel err {err:.2e} at length {orig}"
 
 
+@pytest.mark.slow
 def test_padded_batch_wider_than_original_max_keeps_short_factors(models):
     """Padded width 80 > 64, but every row holds at most 64 real tokens (left, right padded, short):
     the regime follows the positions, not the padded width."""

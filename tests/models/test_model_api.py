@@ -1,4 +1,7 @@
-"""The public model API: moe_jax.load on both directory kinds, router outputs, nnx.capture."""
+"""The public model API: moe_jax.load on both directory kinds, router outputs, nnx.capture.
+
+The forwards of the Qwen3-MoE checkpoint run one batch shape (``IDS_SHAPE``): one compile each for
+router outputs on and off."""
 
 import numpy as np
 import pytest
@@ -7,6 +10,9 @@ from flax import nnx
 import moe_jax
 from moe_jax.convert.checkpoint import convert_checkpoint
 from moe_jax.convert.tiny import tiny_hf_config, write_random_hf_checkpoint
+
+
+IDS_SHAPE = (2, 12)
 
 
 @pytest.fixture(scope="module")
@@ -33,31 +39,34 @@ def test_tokenizer_travels_with_the_checkpoint(tmp_path):
     assert moe_jax.load(out, load_tokenizer=False).tokenizer is None
 
 
+@pytest.mark.slow
 def test_hf_dir_and_converted_dir_load_the_same_model(dirs):
     a, b = (moe_jax.load(p) for p in dirs)
-    ids = np.random.default_rng(0).integers(0, a.cfg.vocab_size, (2, 12))
+    ids = np.random.default_rng(0).integers(0, a.cfg.vocab_size, IDS_SHAPE)
     oa, ob = a(ids, return_router_logits=True), b(ids, return_router_logits=True)
     np.testing.assert_array_equal(np.asarray(oa.logits), np.asarray(ob.logits))
     np.testing.assert_array_equal(np.asarray(oa.router_logits), np.asarray(ob.router_logits))
 
 
+@pytest.mark.slow
 def test_router_outputs_only_when_asked(dirs):
     model = moe_jax.load(dirs[1])
-    ids = np.zeros((1, 5), np.int32)
+    ids = np.zeros(IDS_SHAPE, np.int32)
     out = model(ids)
     assert out.router_logits is None and out.topk_idx is None and out.topk_weights is None
     out = model(ids, return_router_logits=True)
     cfg = model.cfg
-    assert out.router_logits.shape == (cfg.num_moe_layers, 1, 5, cfg.num_experts)
-    assert out.topk_idx.shape == out.topk_weights.shape == (cfg.num_moe_layers, 1, 5, cfg.top_k)
+    assert out.router_logits.shape == (cfg.num_moe_layers, *IDS_SHAPE, cfg.num_experts)
+    assert out.topk_idx.shape == out.topk_weights.shape == (cfg.num_moe_layers, *IDS_SHAPE, cfg.top_k)
     # Qwen3 renormalises its top-k weights.
     np.testing.assert_allclose(np.asarray(out.topk_weights).sum(-1), 1.0, rtol=1e-6)
     assert not nnx.state(model, nnx.Intermediate)  # nothing kept on the module outside capture
 
 
+@pytest.mark.slow
 def test_nnx_capture_returns_router_intermediates(dirs):
     model = moe_jax.load(dirs[1])
-    ids = np.random.default_rng(1).integers(0, model.cfg.vocab_size, (2, 7))
+    ids = np.random.default_rng(1).integers(0, model.cfg.vocab_size, IDS_SHAPE)
     out, inter = nnx.capture(model, nnx.Intermediate)(ids, return_router_logits=True)
     for name in ("router_logits", "topk_idx", "topk_weights"):
         (captured,) = inter[name].get_value()  # sow appends to a tuple
@@ -91,6 +100,7 @@ def test_out_of_vocabulary_ids_are_refused(tiny_model, bad_id):
         tiny_model(ids.astype(np.float32))
 
 
+@pytest.mark.slow
 def test_one_dimensional_ids_are_one_sequence(tiny_model):
     ids, mask = np.array([5, 6, 7, 8]), np.array([1, 1, 1, 1])
     out = tiny_model(ids, attention_mask=mask)
@@ -107,6 +117,7 @@ def test_attention_mask_of_another_shape_is_refused(tiny_model):
             entry()
 
 
+@pytest.mark.slow
 def test_bad_interventions_are_refused_naming_the_field(tiny_model):
     from moe_jax.models.intervention import FORCE
     ids, none = np.array([[5, 6, 7]]), tiny_model.no_intervention()

@@ -75,6 +75,7 @@ def test_route_dispatches_on_family():
     np.testing.assert_array_equal(np.asarray(w), np.asarray(w2))
 
 
+@pytest.mark.slow
 def test_sparsemixer_bfloat16_matches_the_reference_function():
     """In bf16 the reference runs the relative-distance test in bf16: compare with transformers' own
     sparsemixer (eval mode) on bf16 logits with many near-ties."""
