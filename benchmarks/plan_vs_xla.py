@@ -63,7 +63,8 @@ def workload(model: str, name: str):
 
 def compare(model: str, workload_name: str, devices: int) -> list[dict]:
     """Rows ``{model, workload, devices, mesh, term, estimate, xla, ratio}`` (bytes per device)."""
-    sys.path.insert(0, ROOT)  # the released configs' config.json dicts: the tests' helpers package
+    if ROOT not in sys.path:  # the released configs' config.json dicts: the tests' helpers package
+        sys.path.insert(0, ROOT)
     from tests.helpers.released import RELEASED
     from moe_jax import plan as pl
     from moe_jax import sharding as shd
