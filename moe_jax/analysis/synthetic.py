@@ -168,6 +168,34 @@ def language_arrays(spec: SyntheticSpec, lang: str, with_token_topk: bool = True
     return _reduce(spec, z, lengths, ids, with_token_topk)
 
 
+HIDDEN_DIM = 32
+
+
+def hidden_arrays(spec: SyntheticSpec, lang: str) -> dict[str, np.ndarray]:
+    """Planted representation summaries of one language: ``seq_hidden [N, D, 32]`` float16 and
+    ``seq_lens_mass [N, D, 2]`` (D = decoder layers + 1 states). A sentence's state is its shared meaning
+    weighted by the inverted-U ``c(l)``, a language offset (removed by mean-centring), a language-specific
+    part of each sentence weighted by ``w_x s(l)`` and noise, so representation alignment peaks in the
+    middle and falls with ``w_x``; the lens puts mass on the
+    pivot's tokens where meaning dominates and on the language's own tokens where it does not."""
+    xi, weight = spec.codes.index(lang), spec.languages[spec.codes.index(lang)][1]
+    ids = spec.layer_ids()
+    n_states = max(ids) + 2
+    at = np.clip(np.searchsorted(ids, np.arange(n_states) - 1), 0, spec.n_layers - 1)  # nearest MoE layer
+    content, strength = spec.content_weight()[at], spec.strength()[at]  # [D]
+    meaning = np.random.default_rng((spec.seed, 4)).standard_normal((spec.n_sequences, 1, HIDDEN_DIM))
+    rng = np.random.default_rng((spec.seed, 5, xi))
+    offset = rng.standard_normal((1, 1, HIDDEN_DIM))  # what every sentence of the language shares (centred away)
+    own = rng.standard_normal((spec.n_sequences, n_states, HIDDEN_DIM))  # language-specific, per sentence
+    h = (content[None, :, None] * meaning + offset + 0.5 * weight * strength[None, :, None] * own
+         + 0.3 * rng.standard_normal((spec.n_sequences, n_states, HIDDEN_DIM)))
+    share = content / (content + weight * strength + 1e-9)  # [D]
+    pivot_mass = np.broadcast_to(0.6 * share, (spec.n_sequences, n_states))
+    own_mass = np.broadcast_to(0.6 if weight == 0 else 0.6 * (1 - share), (spec.n_sequences, n_states))
+    return {"seq_hidden": h.astype(np.float16),
+            "seq_lens_mass": np.stack([pivot_mass, own_mass], -1).astype(np.float32)}
+
+
 def _meta(spec: SyntheticSpec, dataset: str) -> dict:
     return {"model": "synthetic", "dataset": dataset, "fingerprint": f"synthetic-{dataset}-{spec.seed}",
             "moe_layer_ids": spec.layer_ids(), "num_experts": spec.n_experts, "top_k": spec.top_k,
@@ -176,9 +204,11 @@ def _meta(spec: SyntheticSpec, dataset: str) -> dict:
 
 def write_synthetic_store(path: str, spec: SyntheticSpec = SyntheticSpec(), with_token_topk: bool = True) -> dict:
     """Writes the multilingual store of ``spec`` at ``path``; returns its meta."""
-    meta = store_lib.open_store(path, _meta(spec, "synthetic-parallel"), overwrite=True)
+    meta = dict(_meta(spec, "synthetic-parallel"), hidden_states={"dim": HIDDEN_DIM, "pivot": spec.pivot,
+                                                                     "planted": True})
+    meta = store_lib.open_store(path, meta, overwrite=True)
     for lang in spec.codes:
-        a = language_arrays(spec, lang, with_token_topk)
+        a = dict(language_arrays(spec, lang, with_token_topk), **hidden_arrays(spec, lang))
         store_lib.write_language(path, lang, a, {"n_sequences": spec.n_sequences,
                                                  "n_tokens": int(a["seq_lengths"].sum())})
     return store_lib.read_meta(path) or meta

@@ -39,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from moe_jax.analysis import (accuracy as accuracy_lib, consistency, correlation, divergence, layer_entropy,
-                              experts, similarity, tables)
+                              experts, representations, similarity, tables)
 from moe_jax.analysis.inputs import (Inputs, Skip, check_task_store, load_inputs, parse_task_stores,
                                      resolve_task_stores, task_language)
 from moe_jax.analysis.validate import normalize_band
@@ -343,6 +343,7 @@ def _correlation(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
                    f"have {langs} (accuracies outside the pool: {cov['not_analysed']}; analysed languages "
                    f"without accuracy: {cov['without_accuracy']})")
     b = cfg.bootstrap
+    state["accuracy"] = acc
     res = correlation.divergence_accuracy_correlation(state["curves"], acc, state.get("band"), b.n, b.seed, b.ci)
     rows = []
     for stat, per in res["per_layer"].items():
@@ -361,6 +362,60 @@ def _correlation(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
                              "bootstrap": b.to_dict()}})
 
 
+REPRESENTATION_CURVES = ("similarity", "retrieval_from_pivot", "retrieval_to_pivot")
+
+
+def _representations(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
+    """Per language and hidden state (``state`` 0 the embeddings, ``state`` d the output of decoder layer
+    d - 1): parallel-sentence similarity and retrieval to and from the pivot, and the logit lens's mean
+    mass on the pivot's and the language's own tokens; over the middle band, which of routing and
+    representation alignment goes with accuracy (``representations.alignment_accuracy``)."""
+    if not inp.meta.get("hidden_states"):  # not asked for at collection: nothing to do, nothing skipped
+        log.info("representations: the store has no hidden states (--config.collect.hidden_states=True collects them)")
+        return {}, {}
+    missing = [l for l in inp.languages if "seq_hidden" not in inp.data[l]]
+    if missing:
+        raise Skip(f"representations: no hidden states for {missing} (collect them with "
+                   "--config.collect.hidden_states=True)")
+    inp.require_pivot("representations")
+    pooled = {l: np.swapaxes(inp.data[l]["seq_hidden"].astype(np.float64), 0, 1) for l in inp.languages}  # [D, N, P]
+    curves = representations.alignment_curves(pooled, inp.pivot)
+    n_states = pooled[inp.pivot].shape[0]
+    rows = []
+    for lang in inp.languages:
+        mass = inp.data[lang]["seq_lens_mass"].astype(np.float64).mean(0)  # [D, 2]
+        c = curves.get(lang)  # None for the pivot: its alignment with itself is not a measurement
+        rows += [dict(language=lang, state=d, decoder_layer=d - 1,
+                      **{k: None if c is None else float(c[k][d]) for k in REPRESENTATION_CURVES},
+                      lens_pivot_mass=mass[d, 0], lens_own_mass=mass[d, 1]) for d in range(n_states)]
+    piece = {"states": n_states, "dim": int(pooled[inp.pivot].shape[-1]), "hidden_states": inp.meta.get("hidden_states"),
+             "correlation": None}
+    tabs = {"representations": rows}
+    if "band" not in state or not state.get("accuracy") or "curves" not in state:
+        piece["correlation_skipped"] = ("no middle band, divergence curves or accuracies to correlate with "
+                                        "(see the correlation analysis)")
+    else:
+        s, e = state["band"]
+        band_states = list(range(inp.layer_ids[s] + 1, inp.layer_ids[e] + 2))  # after the band's decoder layers
+        rep_align = {l: float(c["similarity"][band_states].mean()) for l, c in curves.items()}
+        routing_align = {l: -float(v[s: e + 1].mean()) for l, v in state["curves"].items()}
+        try:
+            res = representations.alignment_accuracy(routing_align, rep_align, state["accuracy"],
+                                                     cfg.bootstrap.n, cfg.bootstrap.seed)
+        except ValueError as err:
+            piece["correlation_skipped"] = str(err)
+        else:
+            corr_rows = [dict(alignment=name, statistic=stat, **_corr_cols(c))
+                         for name in ("routing", "representation") for stat, c in res[name].items()]
+            corr_rows += [dict(alignment=name, statistic="partial_pearson", **res[name].to_dict())
+                          for name in ("routing_given_representation", "representation_given_routing")]
+            tabs["representation_correlation"] = corr_rows
+            piece["correlation"] = {"languages": res["languages"], "band_states": band_states,
+                                    "routing_alignment": "minus the band's mean divergence from the pivot",
+                                    "representation_alignment": "the band's mean parallel-sentence similarity"}
+    return tabs, {"representations": piece}
+
+
 def _corr_cols(c: correlation.Correlation) -> dict:
     d = c.to_dict()
     d.pop("statistic")
@@ -370,13 +425,13 @@ def _corr_cols(c: correlation.Correlation) -> dict:
 # every table an analysis may write (stale copies from an earlier run are removed)
 TABLES = ("divergence", "divergence_aggregate", "baseline", "entropy", "consistency", "similarity_layers",
           "similarity_bands", "clustering", "experts_language", "experts_pool", "experts_task", "expert_overlap",
-          "correlation", "correlation_points", "accuracy")
+          "correlation", "correlation_points", "accuracy", "representations", "representation_correlation")
 
 ANALYSES: tuple[tuple[str, Callable], ...] = (
     ("divergence", _divergence), ("split_half_baseline", _baseline), ("middle_band", _band),
     ("entropy", _entropy), ("consistency", _consistency), ("similarity", _similarity),
     ("language_experts", _language_experts), ("shared_exclusive", _shared_exclusive),
-    ("task_experts", _task_experts), ("correlation", _correlation))
+    ("task_experts", _task_experts), ("correlation", _correlation), ("representations", _representations))
 
 
 def run(config, workdir: str) -> dict[str, Any]:

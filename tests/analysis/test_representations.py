@@ -115,3 +115,18 @@ def test_alignment_accuracy_says_which_alignment_carries_the_signal():
     assert abs(out["routing_given_representation"].r) < 0.4
     with pytest.raises(ValueError, match="at least 4 languages"):
         rep.alignment_accuracy({"a": 1, "b": 2}, {"a": 1, "b": 2}, {"a": 1, "b": 2})
+
+
+def test_planted_synthetic_representations_peak_in_the_middle_and_fall_with_the_language_weight():
+    """moe_jax.analysis.synthetic plants meaning weighted by an inverted U and a language vector weighted by
+    w_x times a U: similarity is highest in the middle states and lower for heavier-weighted languages."""
+    from moe_jax.analysis.synthetic import SyntheticSpec, hidden_arrays
+
+    spec = SyntheticSpec()
+    pooled = {l: np.swapaxes(hidden_arrays(spec, l)["seq_hidden"].astype(np.float64), 0, 1) for l in spec.codes}
+    curves = rep.alignment_curves(pooled, spec.pivot)
+    mid = pooled[spec.pivot].shape[0] // 2
+    for lang, c in curves.items():
+        assert c["similarity"][mid] > max(c["similarity"][1], c["similarity"][-1]), lang
+    by_weight = [curves[code]["similarity"][1:].mean() for code, w, _, _ in spec.languages if w > 0]
+    assert by_weight == sorted(by_weight, reverse=True)  # fra (0.5) ... tha (1.5)

@@ -2,26 +2,35 @@
 masses land in the routing store beside its routing statistics, equal to what the loaded model gives
 for that sentence; the options are recorded, checked and part of the store's identity."""
 
+import csv
+import os
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import moe_jax
 from moe_jax.artifacts import layout as wd
+from moe_jax.analysis import representations as rep
 from moe_jax.artifacts import routing_store as store
 from moe_jax.data import corpora, tokenize as tok_lib
 from moe_jax.errors import StageError
 from moe_jax.models.decoder import forward
 from moe_jax.models.lens import logit_lens, residual_stream
+from moe_jax.pipeline import analyze
 from moe_jax.pipeline import options as options_lib
 from moe_jax.pipeline import registry
 from moe_jax.routing import hidden_statistics as hs
 from tests.helpers.configs import small_config
 
 
+LANGS = "eng_Latn,fra_Latn,deu_Latn,spa_Latn,zho_Hans"  # the pivot and 4 with placeholder accuracies
+
+
 def hidden_config(**collect):
     c = small_config()
-    c.model.tiny.overrides = {}  # the 2-layer tiny model
+    c.model.tiny.overrides = {}  # the 3-layer tiny model
+    c.data.languages = LANGS
     c.collect.hidden_states = True
     c.collect.update(collect)
     return c
@@ -48,7 +57,7 @@ def test_store_holds_the_models_pooled_states_and_lens_masses(collected):
                                     cfg.vocab_size) for lang, e in encoded.items()}
     sets = hs.token_languages(counts, 0.5)
     proj = hs.projection(cfg.hidden_size, 256)  # the tiny model's hidden size is below 256: the identity
-    for lang in ("eng_Latn", "fra_Latn"):
+    for lang in ("eng_Latn", "zho_Hans"):
         arrays = data[lang]
         n = len(arrays["seq_ids"])
         assert arrays["seq_hidden"].shape == (n, cfg.num_layers + 1, min(256, cfg.hidden_size))
@@ -93,3 +102,38 @@ def test_bad_hidden_options_are_refused_before_anything_is_written(tmp_path):
     with pytest.raises(StageError, match="the pivot eng_Latn .analysis.pivot. is not among data.languages"):
         registry.run_stages(c, str(tmp_path / "w"), "convert,collect")
     assert not (tmp_path / "w").exists()
+
+
+def test_analyze_writes_representation_curves_and_correlations(collected):
+    """The curves equal moe_jax.analysis.representations on the stored arrays; the correlation uses the
+    states after the middle band's decoder layers and minus the band's divergence as routing alignment."""
+    config, work = collected
+    summary = analyze.run(config, work)
+    piece = summary["representations"]
+    _, data = store.read_store(wd.routing_dir(work))
+    pooled = {l: np.swapaxes(a["seq_hidden"].astype(np.float64), 0, 1) for l, a in data.items()}
+    curves = rep.alignment_curves(pooled, "eng_Latn")
+    table = read_csv(wd.analysis_dir(work), "representations")
+    rows = [r for r in table if r["language"] == "fra_Latn"]
+    assert [int(r["state"]) for r in rows] == list(range(piece["states"])) == [int(r["decoder_layer"]) + 1 for r in rows]
+    for key in ("similarity", "retrieval_from_pivot", "retrieval_to_pivot"):
+        np.testing.assert_allclose([float(r[key]) for r in rows], curves["fra_Latn"][key], rtol=1e-6, err_msg=key)
+    np.testing.assert_allclose([float(r["lens_own_mass"]) for r in rows],
+                               data["fra_Latn"]["seq_lens_mass"][..., 1].mean(0), rtol=1e-6)
+    band = summary["middle_band"]["decoder_layers"]
+    states = piece["correlation"]["band_states"]
+    assert states == list(range(band[0] + 1, band[1] + 2))
+    acc = {l: config.analysis.accuracy[l] for l in LANGS.split(",")[1:]}
+    want = rep.alignment_accuracy({l: -v for l, v in summary["band_divergence"].items() if l != "eng_Latn"},
+                                  {l: c["similarity"][states].mean() for l, c in curves.items()}, acc)
+    got = {(r["alignment"], r["statistic"]): float(r["r"]) for r in read_csv(wd.analysis_dir(work),
+                                                                               "representation_correlation")}
+    assert got[("representation", "pearson")] == pytest.approx(want["representation"]["pearson"].r, abs=1e-9)
+    assert got[("routing", "spearman")] == pytest.approx(want["routing"]["spearman"].r, abs=1e-9)
+    assert got[("routing_given_representation", "partial_pearson")] == pytest.approx(
+        want["routing_given_representation"].r, abs=1e-9)
+
+
+def read_csv(directory, name):
+    with open(os.path.join(directory, f"{name}.csv")) as f:
+        return list(csv.DictReader(f))
