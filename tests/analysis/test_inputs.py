@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from moe_jax.analysis import inputs, tables
+from moe_jax.analysis import inputs, synthetic, tables
 from moe_jax.pipeline import analyze as stage
 from moe_jax.analysis.synthetic import SyntheticSpec, language_arrays, write_demo
 from moe_jax.data.languages import UnknownLanguageError
@@ -213,15 +213,14 @@ def test_unknown_config_keys_are_errors(demo):
 
 # -- the README's synthetic demo, through the launcher -----------------------------------------------------
 
+@pytest.mark.slow  # the launcher in its own process
 def test_synthetic_demo_through_the_launcher(tmp_path):
     wd = str(tmp_path / "demo")
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    run = lambda *args: subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True,
-                                       text=True, timeout=300)
-    out = run("moe_jax.analysis.synthetic", wd)
-    assert out.returncode == 0, out.stderr
+    assert synthetic.main([wd]) == 0  # the README's `python -m moe_jax.analysis.synthetic WORKDIR`, in-process
     assert os.path.isdir(os.path.join(wd, "tasks", "math")) and not os.path.exists(os.path.join(wd, "task_math"))
-    out = run("moe_jax.launch", "--config=configs/demo.py", "--stages=analyze,report", f"--workdir={wd}")
+    out = subprocess.run([sys.executable, "-m", "moe_jax.launch", "--config=configs/demo.py", "--stages=analyze,report",
+                          f"--workdir={wd}"], cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     # configs/demo.py lists math and medicine: the medicine store is missing, which is only logged
     assert "no task store" in out.stderr and "medicine" in out.stderr
