@@ -133,6 +133,7 @@ checkpoint.convert_checkpoint(sys.argv[1], sys.argv[2])
 """
 
 
+@pytest.mark.slow  # a conversion SIGKILLed in its own process
 def test_killed_or_failed_conversion_on_gcs(converted, gcs_dir, monkeypatch):
     """Killed after the params: the prefix keeps the partial marker, load refuses it naming the command,
     and a rerun (no --overwrite needed) replaces it. Raising after the params: nothing is left."""
@@ -236,6 +237,7 @@ print(json.dumps(out))
 """.replace("import jax\n", "import jax\nimport numpy as np\n")
 
 
+@pytest.mark.slow  # 2 simulated devices in a subprocess
 def test_restore_from_gcs_onto_two_devices_reads_expert_chunks(converted):
     """Saved layout: each routed-expert stack has one chunk object per expert (all layers of that
     expert), so a host holding experts [a, b) reads only their objects. Restored on 2 simulated devices

@@ -48,6 +48,7 @@ def nbytes(tree):
     return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
+@pytest.mark.slow  # a 240 MB conversion measured in its own process (the module's one test)
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
 def test_conversion_peak_memory_is_output_plus_about_one_layer(tmp_path):
     cfg = ModelConfig.from_hf(BIG)

@@ -189,6 +189,7 @@ def qa_config(path, count, overwrite=False):
     return config
 
 
+@pytest.mark.slow  # converts a tiny model and runs the collect stage twice
 def test_collect_two_turn_task_store_records_count(collected):
     from transformers import AutoTokenizer
 

@@ -122,6 +122,7 @@ def test_accelerator_table():
         pl.named_accelerator("v4-3")
 
 
+@pytest.mark.slow  # two processes of the CLI (its flags are defined in main: one run per process)
 def test_cli_prints_plan_and_fails_with_smallest_mesh(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(RELEASED["Qwen3-30B-A3B"][0]))
