@@ -110,6 +110,7 @@ def test_reachable_bucket_passes(gcs_dir):
     storage_reach.check_reachable("/not/a/url")  # local paths are not probed
 
 
+@pytest.mark.slow  # the launcher in its own process (a clean credential chain)
 def test_no_credentials_names_the_chain_and_what_to_set(tmp_path):
     """No emulator and no credentials (the metadata server pointed at a dead loopback port, an empty
     gcloud config): the launch stops at once, naming the chain it tried and every way to fix it."""
