@@ -410,6 +410,61 @@ class _Report:
                 ("correlation_layer",)))
         return blocks
 
+    def representations(self) -> list[str]:
+        rows, info = self.table("representations"), self.s.get("representations")
+        if not rows or not info:
+            return []
+        pivot, label = self.s["pivot"], METRIC_LABELS.get(self.primary, self.primary)
+
+        def by_state(value: str, languages=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+            """x = decoder layer after which the state is taken (-1: the embeddings), {language: [states]}."""
+            out: dict[str, np.ndarray] = {}
+            for r in rows:
+                if r[value] is not None and (languages is None or r["language"] in languages):
+                    out.setdefault(r["language"], np.full(info["states"], np.nan))[r["state"]] = r[value]
+            return np.arange(info["states"]) - 1, out
+
+        band = None
+        if self.band is not None:
+            band = (self.x[self.band[0]], self.x[self.band[1]])
+        x_states, sim = by_state("similarity")
+        panels = [(x_states, sim, "similarity"), (x_states, by_state("retrieval_to_pivot")[1], f"retrieval -> {pivot}")]
+        div = self.curves(self.table("divergence") or [], "mean", metric=self.primary)
+        if div:
+            panels.insert(0, (self.x, div, f"routing {label}"))
+        blocks = [self.fig(
+            plots.stacked_layer_panels(panels, band=band,
+                                       title=f"Routing and hidden representations against {pivot}, per layer"),
+            "representation_alignment",
+            (f"Top: routing divergence from {pivot} (MoE layers). Below: for the hidden state after each decoder layer "
+             f"(-1: the embeddings), the mean cosine of parallel sentences with {pivot} after per-language "
+             f"mean-centring, and the share of sentences whose nearest {pivot} sentence is their translation. "
+             f"States: mean over counted tokens, randomly projected to {info['dim']} dimensions. "
+             f"Shaded: the {self.band_text()}."), ("representation_similarity", "retrieval"))]
+        _, to_pivot = by_state("lens_pivot_mass")
+        _, own = by_state("lens_own_mass", [l for l in sim])
+        blocks.append(self.fig(
+            plots.stacked_layer_panels([(x_states, to_pivot, f"mass on {pivot} tokens"),
+                                        (x_states, own, "mass on own tokens")], band=band,
+                                       title="Logit lens: which language each layer decodes to"),
+            "logit_lens",
+            f"Each layer's residual stream through the final norm and unembedding: the mean probability on tokens of "
+            f"{pivot} and on tokens of the sentence's own language (a token belongs to a language when at least "
+            f"{(info.get('hidden_states') or {}).get('lens_token_share', 0.5)} of its corpus occurrences are there).",
+            ("logit_lens",)))
+        corr = self.table("representation_correlation")
+        if corr:
+            c = info["correlation"]
+            blocks += [html.paragraph(
+                f"Which alignment goes with accuracy, over {len(c['languages'])} languages, middle band (hidden states "
+                f"{c['band_states'][0]}-{c['band_states'][-1]}): routing alignment is {c['routing_alignment']}, "
+                f"representation alignment {c['representation_alignment']}; the partial rows hold the other fixed."),
+                html.table([[r["alignment"], r["statistic"], r["r"], r["ci_low"], r["ci_high"], r["p"], r["n"]]
+                            for r in corr], ["alignment", "statistic", "r", "CI low", "CI high", "p", "languages"])]
+        elif info.get("correlation_skipped"):
+            blocks.append(html.paragraph(f"No correlation with accuracy: {info['correlation_skipped']}"))
+        return blocks
+
     def metadata(self) -> list[str]:
         meta = {k: v for k, v in self.meta.items() if k != "languages"}
         langs = self.meta.get("languages", {})
@@ -459,6 +514,7 @@ SECTIONS: tuple[tuple[str, str, Callable[[_Report], list[str]]], ...] = (
     ("Expert specialisation", "experts", _Report.experts),
     ("Evaluation accuracy", "accuracy", _Report.evaluation),
     ("Correlation with accuracy", "correlation", _Report.correlation),
+    ("Hidden representations", "representations", _Report.representations),
     ("Router steering", "steering", _Report.steering),
     ("Downloads", "downloads", _Report.downloads),
     ("Run metadata", "metadata", _Report.metadata),

@@ -56,6 +56,12 @@ FORMULAS: dict[str, tuple[str, tuple[str, ...]]] = {
         "   ρ = r of the ranks;   x_{j} = mean_{l ∈ band} Div(j, l),  y_{j} = accuracy of language j",)),
     "correlation_layer": ("Correlation with accuracy", (
         "r_{l} = corr(Div(j, l), accuracy_{j}) over the languages j,   ρ_{l}: the same on ranks",)),
+    "representation_similarity": ("Hidden representations", (
+        "Sim(j, l) = (1/n) Σ_{i} cos(u_{i}^{l}, v_{i}^{l}),   u_{i} ← u_{i} − (1/n) Σ_{i'} u_{i'}  (each language centred)",)),
+    "retrieval": ("Hidden representations", (
+        "share of i with argmax_{i'} cos(v_{i}^{l}, u_{i'}^{l}) = i   (nearest pivot sentence among all n)",)),
+    "logit_lens": ("Hidden representations", (
+        "mass_{S}(l) = mean_{t} Σ_{v ∈ S} softmax(W_{U} norm_{f}(h_{t}^{l}))_{v},   S: the pivot's or the own language's tokens",)),
     "paired": ("Paired statistics", (
         "Δ = mean(steered) − mean(baseline);   p = exact binomial test of b in b + c trials at ½"
         "   (b: right only when steered, c: right only at baseline)",)),

@@ -478,3 +478,30 @@ def alignment_panels(panels: Mapping[str, tuple[np.ndarray, np.ndarray, Sequence
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def stacked_layer_panels(panels: Sequence[tuple[np.ndarray, Mapping[str, np.ndarray], str]], *, title: str,
+                         band: tuple[float, float] | None = None, xlabel: str = "decoder layer"):
+    """Panels stacked on one shared decoder-layer axis, one line per language in each:
+    ``panels [(x [points], {language: [points]}, ylabel)]`` (each panel its own x, e.g. MoE layers for
+    routing and every layer for hidden states); ``band`` (decoder layers, inclusive) shaded in all.
+    A language keeps its colour and marker in every panel."""
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.9 * len(panels)), sharex=True, squeeze=False)
+    langs = sorted({l for _, curves, _ in panels for l in curves})
+    palette = plt.get_cmap("tab20")
+    for ax, (x, curves, ylabel) in zip(axes[:, 0], panels):
+        if band is not None:
+            ax.axvspan(band[0] - 0.5, band[1] + 0.5, color=BAND_COLOR, zorder=0)
+        for lang in sorted(curves):
+            i = langs.index(lang)
+            xg, y = with_gaps(x, curves[lang])  # no line across a layer without a value (a dense layer)
+            ax.plot(xg, y, ms=4, lw=1.6, color=palette(i % 20), label=lang, gid=f"language:{lang}", **line_style(i))
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel(xlabel)
+    axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles = {h.get_label(): h for ax in axes[:, 0] for h in ax.get_lines()}
+    axes[0, 0].legend([handles[l] for l in langs if l in handles], [l for l in langs if l in handles], fontsize=8,
+                      frameon=False, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=min(len(langs), 6))
+    axes[0, 0].set_title(title, pad=8 + 13 * -(-len(langs) // 6))
+    return fig

@@ -137,3 +137,16 @@ def test_analyze_writes_representation_curves_and_correlations(collected):
 def read_csv(directory, name):
     with open(os.path.join(directory, f"{name}.csv")) as f:
         return list(csv.DictReader(f))
+
+
+def test_report_shows_the_representation_section(collected):
+    from moe_jax.pipeline import report
+
+    config, work = collected
+    analyze.run(config, work)
+    page = open(report.run(config, work)).read()
+    assert ">Hidden representations<" in page
+    for png in ("representation_alignment", "logit_lens"):
+        assert os.path.getsize(os.path.join(work, "report", f"{png}.png")) > 0 and f"{png}.png" in page, png
+    text = page.replace("<wbr>", "")  # long cell words may break
+    assert "partial_pearson" in text and "representation_given_routing" in text  # the correlations side by side
