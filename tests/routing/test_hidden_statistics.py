@@ -55,6 +55,7 @@ def model():
     return cfg, params, out, counted
 
 
+@pytest.mark.slow  # the tiny model's forward and lens (the module fixture)
 def test_pooled_states_are_projected_means_over_counted_tokens(model):
     cfg, _, out, counted = model
     proj = hs.projection(cfg.hidden_size, 16)
@@ -67,6 +68,7 @@ def test_pooled_states_are_projected_means_over_counted_tokens(model):
     np.testing.assert_array_equal(got[2], 0)
 
 
+@pytest.mark.slow
 def test_lens_mass_equals_softmax_sums_over_the_token_sets(model):
     cfg, params, out, counted = model
     rng = np.random.default_rng(1)
