@@ -128,9 +128,12 @@ def test_logits_router_logits_and_choices_match(converted):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("converted", ["phimoe", "qwen2_moe"], indirect=True)
 def test_padding_does_not_change_real_tokens(converted):
     """The padded rows' real tokens give what they give without padding (the two rows hold as many
-    real tokens: one unpadded batch of both, one compile)."""
+    real tokens: one unpadded batch of both, one compile). Padding reaches a family only through the
+    positions and the attention mask, the same code for every family: PhiMoE (whose LongRoPE regime
+    follows the positions) and Qwen2-MoE (MoE, dense, MoE layers)."""
     _, _, _, model = converted
     ids, mask = batch(model.cfg.vocab_size)
     full = run(model, ids, mask)
