@@ -102,13 +102,16 @@ def test_out_of_vocabulary_ids_are_refused(tiny_model, bad_id):
 
 @pytest.mark.slow
 def test_one_dimensional_ids_are_one_sequence(tiny_model):
-    ids, mask = np.array([5, 6, 7, 8]), np.array([1, 1, 1, 1])
-    out = tiny_model(ids, attention_mask=mask)
-    assert out.logits.shape == (1, 4, 128)
-    np.testing.assert_array_equal(out.logits, tiny_model(ids[None], attention_mask=mask[None]).logits)
-    gen = tiny_model.generate(ids, max_new_tokens=3, stop_token_ids=[])
-    assert gen.tokens.shape == (1, 3)
-    np.testing.assert_array_equal(gen.tokens, tiny_model.generate(ids[None], max_new_tokens=3, stop_token_ids=[]).tokens)
+    # with an intervention and router outputs: the programs test_bad_interventions_... compiles
+    ids, mask, kw = np.array([5, 6, 7]), np.array([1, 1, 1]), dict(intervention=tiny_model.no_intervention())
+    out = tiny_model(ids, attention_mask=mask, return_router_logits=True, **kw)
+    assert out.logits.shape == (1, 3, 128)
+    np.testing.assert_array_equal(out.logits, tiny_model(ids[None], attention_mask=mask[None],
+                                                         return_router_logits=True, **kw).logits)
+    gen = tiny_model.generate(ids, max_new_tokens=2, stop_token_ids=[], **kw)
+    assert gen.tokens.shape == (1, 2)
+    np.testing.assert_array_equal(gen.tokens, tiny_model.generate(ids[None], max_new_tokens=2, stop_token_ids=[],
+                                                                  **kw).tokens)
 
 
 def test_attention_mask_of_another_shape_is_refused(tiny_model):
@@ -131,6 +134,7 @@ def test_bad_interventions_are_refused_naming_the_field(tiny_model):
         for entry in call_and_generate(tiny_model, ids, intervention=iv):
             with pytest.raises(ValueError, match=message):
                 entry()
-    out = tiny_model(ids, intervention=none._replace(mode=over), allow_over_k=True, return_router_logits=True)
+    out = tiny_model(ids, np.ones_like(ids), intervention=none._replace(mode=over), allow_over_k=True,
+                     return_router_logits=True)
     assert set(np.asarray(out.topk_idx[1]).ravel()) <= {0, 1, 2}  # the forced experts take the top-k
     tiny_model.generate(ids, max_new_tokens=2, intervention=none._replace(mode=over), allow_over_k=True)
