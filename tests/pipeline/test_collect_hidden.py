@@ -44,6 +44,7 @@ def collected(tmp_path_factory):
     return config, work
 
 
+@pytest.mark.slow  # the collected module fixture (convert + collect of 5 languages)
 def test_store_holds_the_models_pooled_states_and_lens_masses(collected):
     config, work = collected
     meta, data = store.read_store(wd.routing_dir(work))
@@ -76,6 +77,7 @@ def test_store_holds_the_models_pooled_states_and_lens_masses(collected):
     np.testing.assert_array_equal(eng[..., 0], eng[..., 1])  # the pivot's own tokens are the pivot's
 
 
+@pytest.mark.slow
 def test_hidden_options_are_part_of_the_store_identity(collected, tmp_path):
     config, work = collected
     before = store.read_meta(wd.routing_dir(work))
@@ -104,6 +106,7 @@ def test_bad_hidden_options_are_refused_before_anything_is_written(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_analyze_writes_representation_curves_and_correlations(collected):
     """The curves equal moe_jax.analysis.representations on the stored arrays; the correlation uses the
     states after the middle band's decoder layers and minus the band's divergence as routing alignment."""
@@ -139,6 +142,7 @@ def read_csv(directory, name):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_report_shows_the_representation_section(collected):
     from moe_jax.pipeline import report
 
