@@ -278,6 +278,7 @@ def test_restore_from_gcs_onto_two_devices_reads_expert_chunks(converted):
     assert got["layers/0/moe/gate"]["spec"] == [None, "model", None, None]  # experts split across devices
 
 
+@pytest.mark.slow  # the convert stage; gs:// conversion itself stays in the fast lane (loads_like_the_local_one)
 def test_convert_stage_on_a_gcs_workdir(gcs_dir, monkeypatch, tmp_path):
     """The convert stage with a gs:// workdir: preflight passes, the tiny source is written to
     <workdir>/hf_tiny, the checkpoint and its source stamp to the bucket; a rerun finds it up to date,
