@@ -16,6 +16,7 @@ from scipy.spatial.distance import squareform
 from moe_jax.analysis import (aggregate_divergence, band_similarity, cluster_languages, detect_middle_band,
                               divergence_accuracy_correlation, expert_overlap, language_experts, pivot_divergence,
                               shared_exclusive_experts, task_experts, token_consistency)
+from moe_jax.analysis import synthetic
 from moe_jax.analysis.synthetic import SyntheticSpec, language_arrays, write_demo
 from moe_jax.artifacts import routing_store as store_lib
 
@@ -121,15 +122,21 @@ def _run(*args, cwd):
                           timeout=300)
 
 
-def test_synthetic_cli_help_and_missing_path_write_nothing(tmp_path):
-    out = _run("moe_jax.analysis.synthetic", "--help", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("usage: python -m moe_jax.analysis.synthetic") and "WORKDIR" in out.stdout
-    out = _run("moe_jax.analysis.synthetic", cwd=tmp_path)
-    assert out.returncode == 2 and "the following arguments are required: WORKDIR" in out.stderr
+def test_synthetic_cli_help_and_missing_path_write_nothing(tmp_path, monkeypatch, capsys):
+    """The CLI's main(argv) in-process (the documented flow below runs it as a process)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        synthetic.main(["--help"])
+    out = capsys.readouterr()
+    assert e.value.code == 0, out.err
+    assert out.out.startswith("usage: python -m moe_jax.analysis.synthetic") and "WORKDIR" in out.out
+    with pytest.raises(SystemExit) as e:
+        synthetic.main([])
+    assert e.value.code == 2 and "the following arguments are required: WORKDIR" in capsys.readouterr().err
     assert not os.listdir(tmp_path)  # no directory named --help, nothing else
 
 
+@pytest.mark.slow  # the README's two commands, each its own process
 def test_documented_synthetic_flow_correlates_against_the_planted_accuracies(tmp_path):
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = " ".join(f.read().split())
