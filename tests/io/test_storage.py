@@ -152,6 +152,7 @@ ORBAX_ON_TWO_DEVICES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # 2 simulated devices in a subprocess
 def test_orbax_checkpoint_on_gcs_restores_each_device_its_rows(gcs_dir):
     """Saved and restored on gs:// onto 2 simulated devices: each device holds only its half of the
     rows. A leaf saved sharded, or from host memory with ``chunk_byte_size``/``shard_axes``, has one
