@@ -363,6 +363,7 @@ def _correlation(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
 
 
 REPRESENTATION_CURVES = ("similarity", "retrieval_from_pivot", "retrieval_to_pivot")
+LENS_COLUMNS = ("lens_pivot_mass", "lens_own_mass")
 
 
 def _representations(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
@@ -383,11 +384,13 @@ def _representations(inp: Inputs, cfg, state: dict) -> tuple[dict, dict]:
     n_states = pooled[inp.pivot].shape[0]
     rows = []
     for lang in inp.languages:
-        mass = inp.data[lang]["seq_lens_mass"].astype(np.float64).mean(0)  # [D, 2]
+        lens = inp.data[lang].get("seq_lens_mass")  # [N, D, 2]; absent when collected without the logit lens
+        mass = np.full((n_states, 2), np.nan) if lens is None else lens.astype(np.float64).mean(0)
         c = curves.get(lang)  # None for the pivot: its alignment with itself is not a measurement
         rows += [dict(language=lang, state=d, decoder_layer=d - 1,
                       **{k: None if c is None else float(c[k][d]) for k in REPRESENTATION_CURVES},
-                      lens_pivot_mass=mass[d, 0], lens_own_mass=mass[d, 1]) for d in range(n_states)]
+                      **{k: None if lens is None else float(mass[d, i]) for i, k in enumerate(LENS_COLUMNS)})
+                 for d in range(n_states)]
     piece = {"states": n_states, "dim": int(pooled[inp.pivot].shape[-1]), "hidden_states": inp.meta.get("hidden_states"),
              "correlation": None}
     tabs = {"representations": rows}

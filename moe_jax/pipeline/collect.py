@@ -101,7 +101,7 @@ def run(config: Any, workdir: str) -> dict[str, dict[str, dict]]:
         if opts.hidden_states and job.key == wd.ROUTING:  # representations of the main corpus only
             encode, hidden = _hidden_inputs(job, encode, cfg, opts, config.analysis.pivot)
             job_step = collect.make_collect_step(cfg, mesh, token_topk=bool(opts.token_topk), backend=opts.backend,
-                                                 hidden_states=True)
+                                                 hidden_states=True, logit_lens=bool(opts.logit_lens))
         out[job.key] = collect_to_store(job.store_dir, job.meta, job.corpus.languages, encode,
                                         step=job_step, params=params, cfg=cfg, mesh=mesh, options=opts,
                                         batching=job.batching(tokenizer, opts), done=job.done, hidden=hidden)
@@ -134,7 +134,7 @@ def hidden_identity(opts: Any, pivot: str) -> dict[str, Any] | None:
     if not opts.get("hidden_states", False):
         return None
     return {"dim": int(opts["hidden_dim"]), "seed": hidden_statistics.PROJECTION_SEED,
-            "lens_token_share": float(opts["lens_token_share"]), "pivot": pivot,
+            "logit_lens": bool(opts["logit_lens"]), "lens_token_share": float(opts["lens_token_share"]), "pivot": pivot,
             "states": "embeddings, the output of each decoder layer, the last after the final norm"}
 
 

@@ -174,6 +174,8 @@ class CollectOptions(Section):
                                             "(randomly projected, float16) and the logit lens's mass on the "
                                             "pivot's and the language's own tokens (docs/methods.md)")
     hidden_dim: int = _field(256, doc="hidden_states: dimensions of the seeded random projection")
+    logit_lens: bool = _field(True, doc="hidden_states: also the logit lens's masses (one unembedding per layer: "
+                                        "several times the forward's cost when the vocabulary is large)")
     lens_token_share: float = _field(0.5, doc="hidden_states: a token belongs to a language when at least this "
                                               "share of its corpus occurrences are in it")
     backend: str = _field("auto", doc="expert dispatch backend of the forward (auto | grouped | dense | ...)")

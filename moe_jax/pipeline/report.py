@@ -443,7 +443,7 @@ class _Report:
              f"Shaded: the {self.band_text()}."), ("representation_similarity", "retrieval"))]
         _, to_pivot = by_state("lens_pivot_mass")
         _, own = by_state("lens_own_mass", [l for l in sim])
-        blocks.append(self.fig(
+        blocks += [] if not to_pivot else [self.fig(
             plots.stacked_layer_panels([(x_states, to_pivot, f"mass on {pivot} tokens"),
                                         (x_states, own, "mass on own tokens")], band=band,
                                        title="Logit lens: which language each layer decodes to"),
@@ -451,7 +451,7 @@ class _Report:
             f"Each layer's residual stream through the final norm and unembedding: the mean probability on tokens of "
             f"{pivot} and on tokens of the sentence's own language (a token belongs to a language when at least "
             f"{(info.get('hidden_states') or {}).get('lens_token_share', 0.5)} of its corpus occurrences are there).",
-            ("logit_lens",)))
+            ("logit_lens",))]
         corr = self.table("representation_correlation")
         if corr:
             c = info["correlation"]

@@ -40,10 +40,12 @@ class HiddenInputs(NamedTuple):
 
 
 def make_collect_step(cfg: ModelConfig, mesh: Mesh, *, token_topk: bool = False, backend: str = "auto",
-                      forward_fn: Callable | None = None, hidden_states: bool = False) -> Step:
+                      forward_fn: Callable | None = None, hidden_states: bool = False,
+                      logit_lens: bool = True) -> Step:
     """``step(params, input_ids [B,S], attention_mask [B,S], count_mask [B,S]) -> statistics dict``;
     with ``hidden_states``, ``step(params, ids, mask, count_mask, hidden: HiddenInputs)`` also returns
-    ``seq_hidden [B, layers + 1, k]`` float16 and ``seq_lens_mass [B, layers + 1, 2]`` float32.
+    ``seq_hidden [B, layers + 1, k]`` float16 and (with ``logit_lens``) ``seq_lens_mass [B, layers + 1, 2]``
+    float32 (``hidden.token_sets`` unused without it).
 
     Jitted and run under ``mesh`` (so a ``model`` axis splitting the experts runs them expert-parallel);
     outputs are replicated over the mesh so that every process can read them.
@@ -61,8 +63,9 @@ def make_collect_step(cfg: ModelConfig, mesh: Mesh, *, token_topk: bool = False,
                                    token_topk=token_topk)
         if hidden_states:
             stats["seq_hidden"] = hidden_statistics.pooled_states(out.hidden_states, counted, hidden.projection)
-            stats["seq_lens_mass"] = hidden_statistics.lens_mass(params, cfg, residual_stream(out), counted,
-                                                                 hidden.token_sets)
+            if logit_lens:
+                stats["seq_lens_mass"] = hidden_statistics.lens_mass(params, cfg, residual_stream(out), counted,
+                                                                     hidden.token_sets)
         return stats
 
     return jax.jit(step, out_shardings=shd.replicated(mesh))

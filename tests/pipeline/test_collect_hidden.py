@@ -154,3 +154,18 @@ def test_report_shows_the_representation_section(collected):
         assert os.path.getsize(os.path.join(work, "report", f"{png}.png")) > 0 and f"{png}.png" in page, png
     text = page.replace("<wbr>", "")  # long cell words may break
     assert "partial_pearson" in text and "representation_given_routing" in text  # the correlations side by side
+
+
+@pytest.mark.slow  # a second convert + collect
+def test_without_the_logit_lens_only_the_states_are_collected(tmp_path):
+    config = hidden_config(logit_lens=False)
+    config.data.languages = "eng_Latn,fra_Latn"
+    work = str(tmp_path / "w")
+    registry.run_stages(config, work, "convert,collect,analyze,report")
+    meta, data = store.read_store(wd.routing_dir(work))
+    assert meta["hidden_states"]["logit_lens"] is False
+    assert "seq_hidden" in data["fra_Latn"] and "seq_lens_mass" not in data["fra_Latn"]
+    rows = read_csv(wd.analysis_dir(work), "representations")
+    assert rows and all(r["lens_own_mass"] == "" and r["similarity"] != "" for r in rows if r["language"] == "fra_Latn")
+    page = open(os.path.join(work, "report", "index.html")).read()
+    assert "representation_alignment.png" in page and "logit_lens.png" not in page
