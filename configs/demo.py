@@ -3,7 +3,8 @@
     python -m moe_jax.launch --config=configs/demo.py --workdir=/tmp/moe_jax_demo
 
 The weights are random: the numbers exercise the pipeline and mean nothing. The shipped English
-math and medicine task corpora are collected too (task experts), and ILLUSTRATIVE per-language
+math and medicine task corpora are collected too (task experts), hidden representations and the logit
+lens beside routing, and ILLUSTRATIVE per-language
 accuracies (placeholders, not measurements) make the correlation section render, so the report
 shows every section. The eval stage scores the random model on the shipped DEMO sets (a few invented
 items per task in en/de/fr/zh, moe_jax/eval/data/demo; the demo runs two languages per task): its
@@ -43,6 +44,7 @@ def get_config():
     c.collect.batch_size = 8
     c.collect.pad_to_multiple = 64  # few length buckets (compiles): the two-turn task chats reach 256 tokens
     c.collect.token_topk = True  # enables the token-consistency analysis
+    c.collect.hidden_states = True  # hidden representations beside routing, and the logit lens
     c.mesh.shape = {"data": -1, "model": 1}
     c.analysis.accuracy = dict(ILLUSTRATIVE_ACCURACY)
     c.eval = common.demo_eval()

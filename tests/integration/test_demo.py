@@ -61,6 +61,8 @@ def check_demo_outputs(root, proc):
         np.testing.assert_allclose(a["seq_topk_freq"].sum(-1), 3, atol=1e-5)
         assert a["seq_ids"].tolist() == data["eng_Latn"]["seq_ids"].tolist()
     assert "ILLUSTRATIVE PLACEHOLDERS" in meta["warning"]  # the demo's accuracies are invented
+    assert meta["hidden_states"]["logit_lens"] and data["fra_Latn"]["seq_hidden"].shape[:2] == (42, 9)  # 8 layers + 1
+    assert summary_path_has_representations(root)
     for task in ("math", "medicine"):  # the shipped English task corpora, collected like the main corpus
         tmeta, tdata = store.read_store(storage.join(root, "tasks", task))
         assert list(tdata) == ["eng_Latn"] and tmeta["task"] == task and tmeta["template"] == meta["template"]
@@ -87,14 +89,21 @@ def check_demo_outputs(root, proc):
     assert "every accuracy change of this sweep is noise" in proc.stdout
     page = storage.read_bytes(storage.join(root, "report", "index.html")).decode()
     for section in ("Divergence from the pivot", "Routing entropy", "Token consistency", "Language similarity",
-                    "Expert specialisation", "Evaluation accuracy", "Correlation with accuracy", "Router steering",
+                    "Expert specialisation", "Evaluation accuracy", "Correlation with accuracy",
+                    "Hidden representations", "Router steering",
                     "Downloads", "Run metadata"):
         assert f">{section}<" in page, section
     assert "DEMO DATA" in page
     for png in ("correlation_scatter", "correlation_by_layer", "experts_task_math", "experts_task_medicine",
                 "accuracy_mgsm", "accuracy_gmmlu_medical", "accuracy_belebele", "steer_heatmap_belebele",
-                "steer_controls_belebele", "steer_targets"):
+                "steer_controls_belebele", "steer_targets", "representation_alignment", "logit_lens"):
         assert storage.size(storage.join(root, "report", f"{png}.png")) > 0 and f"{png}.png" in page, png
+
+
+def summary_path_has_representations(root):
+    """The analysis measured hidden representations and their correlation with the placeholder accuracies."""
+    rep = storage.read_json(storage.join(root, "analysis", "summary.json"))["representations"]
+    return rep["states"] == 9 and len(rep["correlation"]["languages"]) == 11
 
 
 def _leaves(x, key=""):

@@ -84,8 +84,9 @@ def test_two_processes_write_the_same_store_as_one(tmp_path, gcs_dir):
         for lang in one:
             assert set(one[lang]) == set(two[lang])
             for key, ref in one[lang].items():
-                if ref.dtype.kind == "f":
-                    np.testing.assert_allclose(two[lang][key], ref, atol=1e-5, rtol=1e-5, err_msg=f"{where} {lang}/{key}")
+                if ref.dtype.kind == "f":  # float16 hidden states: equal float32 values may round one ulp apart
+                    rtol = 2 ** -10 if ref.dtype == np.float16 else 1e-5
+                    np.testing.assert_allclose(two[lang][key], ref, atol=1e-5, rtol=rtol, err_msg=f"{where} {lang}/{key}")
                 else:
                     np.testing.assert_array_equal(two[lang][key], ref, err_msg=f"{where} {lang}/{key}")
             strip = lambda s: {k: v for k, v in s.items() if k not in TIMING}

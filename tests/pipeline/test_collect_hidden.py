@@ -87,6 +87,7 @@ def test_hidden_options_are_part_of_the_store_identity(collected, tmp_path):
     assert store.read_meta(wd.routing_dir(work)) == before
     plain = small_config()
     plain.model.tiny.overrides = {}
+    plain.collect.hidden_states = False  # the demo collects them by default
     work2 = str(tmp_path / "plain")
     registry.run_stages(plain, work2, "convert,collect")
     meta = store.read_meta(wd.routing_dir(work2))

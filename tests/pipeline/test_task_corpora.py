@@ -164,6 +164,7 @@ def test_task_store_equals_a_main_store_of_the_same_corpus(collected, tmp_path):
     config = task_config({})
     config.data.source, config.data.task, config.data.max_sentences = "builtin_task", "math", 5
     config.data.languages = None
+    config.collect.hidden_states = False  # task stores hold routing only (hidden states: the main corpus's)
     collect_stage.run(config, work)
     ref_meta, ref = store.read_store(os.path.join(work, "routing"))
     meta, got = store.read_store(os.path.join(workdir, "tasks", "math"))
