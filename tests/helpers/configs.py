@@ -42,16 +42,21 @@ OVERRIDES = {
 }
 
 
-def steer_config():
-    """The demo config with the compact sweep ``OVERRIDES``."""
+def demo_with(settings):
+    """``configs/demo.py`` with dotted overrides ``{"section.field": value}``."""
     c = load_config(os.path.join(ROOT, "configs", "demo.py"))
-    for key, value in OVERRIDES.items():
+    for key, value in settings.items():
         *parents, leaf = key.split(".")
         node = c
         for p in parents:
             node = node[p]
         node[leaf] = value
     return c
+
+
+def steer_config():
+    """The demo config with the compact sweep ``OVERRIDES``."""
+    return demo_with(OVERRIDES)
 
 
 def eval_config():

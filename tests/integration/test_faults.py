@@ -17,8 +17,7 @@ import os
 import pytest
 
 from tests.helpers.cli_runs import finish, kill_when, start
-from tests.helpers.configs import load_config
-from tests.helpers.paths import REPO_ROOT
+from tests.helpers.configs import demo_with
 from tests.helpers.workdirs import digests
 from moe_jax.pipeline import registry as stages
 from moe_jax.convert import loader
@@ -46,14 +45,7 @@ def launch(workdir, *extra):
 
 def config():
     """``ARGS``'s config, for a run in-process."""
-    c = load_config(os.path.join(REPO_ROOT, "configs", "demo.py"))
-    for key, value in SETTINGS.items():
-        *parents, leaf = key.split(".")
-        node = c
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
-    return c
+    return demo_with(SETTINGS)
 
 
 def leftovers(workdir):
