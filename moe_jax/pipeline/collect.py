@@ -124,6 +124,9 @@ def _hidden_inputs(job: "_StorePlan", encode: Callable[[str], LanguageInput], cf
         np.concatenate([ids[mask.astype(bool)] for ids, mask in zip(inp.encoded.input_ids, inp.encoded.count_mask)]),
         cfg.vocab_size) for lang, inp in encoded.items()}
     sets = hidden_statistics.token_languages(counts, share=float(opts.lens_token_share))
+    if pivot not in sets:
+        raise ValueError(f"collect.hidden_states measures the logit lens's mass on the pivot's tokens, but the corpus "
+                         f"{job.corpus.name} has no {pivot} (analysis.pivot); its languages: {list(sets)}")
     proj = hidden_statistics.projection(cfg.hidden_size, int(opts.hidden_dim))
     return encoded.__getitem__, lambda lang: collect.HiddenInputs(proj, np.stack([sets[pivot], sets[lang]]).astype(np.float32))
 
